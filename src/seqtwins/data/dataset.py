@@ -1,0 +1,377 @@
+"""The canonical dataset directory: CSR sequence arrays, item and user tables, meta.json.
+
+Layout (see DESIGN.md, "Canonical dataset directory")::
+
+    meta.json        schema version, source, counts, fields, parameters, content hash
+    items.parquet    item_idx (1..N; 0 = padding, N+1 = MASK), item_id, [categories], [title]
+    users.parquet    user_idx (0..U-1), user_id, split, [attribute columns]
+    offsets.npy      (U+1,) int64   CSR row pointers into the per-interaction arrays
+    items.npy        (I,)   int32   item_idx of each interaction, chronological per user
+    times.npy        (I,)   int64   optional, epoch seconds
+    ratings.npy      (I,)   float32 optional
+    history_end.npy  (U,)   int64   absolute index where a user's history ends and the
+                                    held-out future window begins
+
+A directory is written atomically (temporary sibling, then rename) and a reader refuses
+one whose files do not match its ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from seqtwins.errors import SeqtwinsError
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "valid", "test")
+PAD = 0
+_ARRAYS = ("offsets", "items", "times", "ratings", "history_end")
+_DTYPES = {
+    "offsets": np.int64,
+    "items": np.int32,
+    "times": np.int64,
+    "ratings": np.float32,
+    "history_end": np.int64,
+}
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """User sequences as CSR arrays; user ``u`` owns ``items[offsets[u]:offsets[u+1]]``.
+
+    ``history_end[u]`` is an absolute index in ``[offsets[u], offsets[u+1]]``: interactions
+    before it are the user's history (used for pretraining), those after it the held-out
+    future window (used only for downstream labels).
+    """
+
+    offsets: np.ndarray
+    items: np.ndarray
+    history_end: np.ndarray
+    times: np.ndarray | None = None
+    ratings: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n_users = len(self.offsets) - 1
+        if n_users < 0 or self.offsets[0] != 0 or self.offsets[-1] != len(self.items):
+            raise ValueError("offsets must start at 0 and end at len(items)")
+        if np.any(np.diff(self.offsets) < 0):
+            raise ValueError("offsets must be non-decreasing")
+        if len(self.history_end) != n_users:
+            raise ValueError("history_end must have one entry per user")
+        if np.any(self.history_end < self.offsets[:-1]) or np.any(
+            self.history_end > self.offsets[1:]
+        ):
+            raise ValueError("history_end must lie within each user's row")
+        for name in ("times", "ratings"):
+            arr = getattr(self, name)
+            if arr is not None and len(arr) != len(self.items):
+                raise ValueError(f"{name} must have one entry per interaction")
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_interactions(self) -> int:
+        return len(self.items)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def history_lengths(self) -> np.ndarray:
+        return self.history_end - self.offsets[:-1]
+
+    def history(self, u: int) -> np.ndarray:
+        return np.asarray(self.items[self.offsets[u] : self.history_end[u]])
+
+    def future(self, u: int) -> np.ndarray:
+        return np.asarray(self.items[self.history_end[u] : self.offsets[u + 1]])
+
+    @classmethod
+    def from_lists(
+        cls, seqs: list[list[int]], history_lens: list[int] | None = None
+    ) -> Sequences:
+        """Build from Python lists (tests, small inputs). Default: no future window."""
+        lens = np.array([len(s) for s in seqs], dtype=np.int64)
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        items = (
+            np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs])
+            if seqs
+            else np.zeros(0, np.int32)
+        )
+        hl = lens if history_lens is None else np.asarray(history_lens, dtype=np.int64)
+        return cls(offsets=offsets, items=items.astype(np.int32), history_end=offsets[:-1] + hl)
+
+
+def _hash_arrays(seqs: Sequences, items: pl.DataFrame, users: pl.DataFrame) -> str:
+    h = hashlib.sha256()
+    h.update(f"schema={SCHEMA_VERSION};".encode())
+    for name in _ARRAYS:
+        arr = getattr(seqs, name)
+        if arr is not None:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(arr, dtype=_DTYPES[name]).tobytes())
+    h.update(b"item_id")
+    h.update("\x1f".join(items["item_id"].cast(pl.String).to_list()).encode())
+    h.update(b"split")
+    h.update("\x1f".join(users["split"].to_list()).encode())
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success rename it to ``out``.
+
+    On any exception the temporary directory is removed and ``out`` is untouched.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SeqtwinsError(f"{out} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_dataset(
+    out: Path | str,
+    *,
+    sequences: Sequences,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    source: str,
+    params: Mapping[str, Any] | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a canonical dataset directory atomically and return its path.
+
+    ``items`` has one row per item in ``item_idx`` order 1..N with column ``item_id``
+    (original id) and optional ``categories`` (list of strings) and ``title``.
+    ``users`` has one row per sequence row with ``user_id`` and ``split`` and any
+    attribute columns (stored as strings). ``item_idx`` / ``user_idx`` are added here.
+    """
+    out = Path(out)
+    n_items, n_users = items.height, users.height
+    if sequences.num_users != n_users:
+        raise ValueError(f"{n_users} user rows for {sequences.num_users} sequences")
+    if "item_id" not in items.columns or not {"user_id", "split"} <= set(users.columns):
+        raise ValueError("items needs item_id; users needs user_id and split")
+    bad_split = set(users["split"].unique().to_list()) - set(SPLITS)
+    if bad_split:
+        raise ValueError(f"unknown split names {sorted(bad_split)}")
+    if sequences.num_interactions and (
+        int(sequences.items.min()) < 1 or int(sequences.items.max()) > n_items
+    ):
+        raise ValueError("sequence item indices must lie in 1..num_items")
+
+    items = items.with_columns(pl.col("item_id").cast(pl.String))
+    items = items.select(
+        pl.int_range(1, n_items + 1, dtype=pl.Int32).alias("item_idx"), pl.all()
+    )
+    users = users.with_columns(pl.col("user_id").cast(pl.String))
+    attr_cols = [c for c in users.columns if c not in ("user_id", "split")]
+    users = users.with_columns([pl.col(c).cast(pl.String) for c in attr_cols])
+    users = users.select(
+        pl.int_range(0, n_users, dtype=pl.Int64).alias("user_idx"), "user_id", "split", *attr_cols
+    )
+
+    has_categories = "categories" in items.columns
+    split_counts = {s: int((users["split"] == s).sum()) for s in SPLITS}
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "counts": {
+            "users": n_users,
+            "items": n_items,
+            "interactions": sequences.num_interactions,
+            "history_interactions": int(sequences.history_lengths().sum()),
+            "splits": split_counts,
+        },
+        "fields": {
+            "times": sequences.times is not None,
+            "ratings": sequences.ratings is not None,
+            "categories": has_categories,
+            "titles": "title" in items.columns,
+            "user_attributes": attr_cols,
+        },
+        "params": dict(params or {}),
+        "content_hash": _hash_arrays(sequences, items, users),
+    }
+    if extra_meta:
+        meta.update(extra_meta)
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name in _ARRAYS:
+            arr = getattr(sequences, name)
+            if arr is not None:
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr, dtype=_DTYPES[name]))
+        items.write_parquet(tmp / "items.parquet")
+        users.write_parquet(tmp / "users.parquet")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+class SequenceDataset:
+    """A canonical dataset directory opened read-only; arrays are memory-mapped.
+
+    Item indices: ``0`` is padding, ``1..num_items`` are items and ``mask_token =
+    num_items + 1`` is the MASK token used by augmentations, so embedding tables need
+    ``vocab_size = num_items + 2`` rows.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], sequences: Sequences,
+                 items: pl.DataFrame, users: pl.DataFrame) -> None:
+        self.path = path
+        self.meta = meta
+        self.sequences = sequences
+        self.items = items
+        self.users = users
+
+    @classmethod
+    def open(cls, path: Path | str, mmap: bool = True) -> SequenceDataset:
+        path = Path(path)
+        what = "create one with `seqtwins prepare` or `seqtwins synth`"
+        if not path.is_dir():
+            raise SeqtwinsError(f"dataset directory {path} does not exist; {what}")
+        meta_file = path / "meta.json"
+        if not meta_file.is_file():
+            raise SeqtwinsError(f"{path} is not a seqtwins dataset (no meta.json); {what}")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SeqtwinsError(f"{meta_file} is corrupt ({e}); recreate the dataset") from e
+        version = meta.get("schema_version") if isinstance(meta, dict) else None
+        if version != SCHEMA_VERSION:
+            raise SeqtwinsError(
+                f"{path} has dataset schema version {version}, this seqtwins reads "
+                f"{SCHEMA_VERSION}; recreate it with this version's `seqtwins prepare`"
+            )
+        fields, counts = meta["fields"], meta["counts"]
+        arrays: dict[str, np.ndarray | None] = {}
+        for name in _ARRAYS:
+            f = path / f"{name}.npy"
+            required = name not in ("times", "ratings") or bool(fields.get(name))
+            if not required:
+                arrays[name] = None
+                continue
+            if not f.is_file():
+                raise SeqtwinsError(f"{f} is missing; the dataset is incomplete, recreate it")
+            try:
+                arrays[name] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise SeqtwinsError(f"{f} is corrupt ({e}); recreate the dataset") from e
+        expected = {
+            "offsets": counts["users"] + 1,
+            "history_end": counts["users"],
+            "items": counts["interactions"],
+            "times": counts["interactions"],
+            "ratings": counts["interactions"],
+        }
+        for name, arr in arrays.items():
+            if arr is not None and (arr.shape != (expected[name],) or arr.dtype != _DTYPES[name]):
+                raise SeqtwinsError(
+                    f"{path / (name + '.npy')} has shape {arr.shape} {arr.dtype}, meta.json "
+                    f"says ({expected[name]},) {np.dtype(_DTYPES[name])}; recreate the dataset"
+                )
+        try:
+            items = pl.read_parquet(path / "items.parquet")
+            users = pl.read_parquet(path / "users.parquet")
+        except Exception as e:  # polars raises several types for missing/corrupt files
+            raise SeqtwinsError(f"{path}: cannot read items/users table ({e})") from e
+        if items.height != counts["items"] or users.height != counts["users"]:
+            raise SeqtwinsError(f"{path}: item/user tables do not match meta.json counts")
+        try:
+            seqs = Sequences(
+                offsets=arrays["offsets"],  # type: ignore[arg-type]
+                items=arrays["items"],  # type: ignore[arg-type]
+                history_end=arrays["history_end"],  # type: ignore[arg-type]
+                times=arrays["times"],
+                ratings=arrays["ratings"],
+            )
+        except ValueError as e:
+            raise SeqtwinsError(f"{path}: inconsistent sequence arrays ({e})") from e
+        return cls(path, meta, seqs, items, users)
+
+    # --- sizes and vocabulary -------------------------------------------------------
+    @property
+    def num_users(self) -> int:
+        return self.sequences.num_users
+
+    @property
+    def num_items(self) -> int:
+        return int(self.meta["counts"]["items"])
+
+    @property
+    def mask_token(self) -> int:
+        return self.num_items + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_items + 2
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.meta["content_hash"])
+
+    @property
+    def has_categories(self) -> bool:
+        return bool(self.meta["fields"]["categories"])
+
+    @property
+    def user_attributes(self) -> list[str]:
+        return list(self.meta["fields"]["user_attributes"])
+
+    def verify(self) -> None:
+        """Recompute the content hash and raise if the directory was modified."""
+        got = _hash_arrays(self.sequences, self.items, self.users)
+        if got != self.content_hash:
+            raise SeqtwinsError(f"{self.path}: content hash mismatch; the dataset was modified")
+
+    # --- users ----------------------------------------------------------------------
+    def split_users(self, split: str) -> np.ndarray:
+        """``user_idx`` of the users in ``split`` (train / valid / test), ascending."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return np.flatnonzero((self.users["split"] == split).to_numpy())
+
+    def item_categories(self) -> tuple[np.ndarray, list[str]]:
+        """Primary category code of each item index (``-1`` for padding / none) and names.
+
+        The primary category is the first-listed one; DESIGN.md leaves the multi-category
+        rule to us and the first-listed category is the data source's own main genre /
+        category for MovieLens and the S3-Rec files.
+        """
+        if not self.has_categories:
+            raise SeqtwinsError(f"{self.path} has no item categories")
+        first = self.items["categories"].list.first()
+        names = sorted(x for x in first.unique().to_list() if x is not None)
+        lookup = {n: i for i, n in enumerate(names)}
+        codes = np.full(self.num_items + 2, -1, dtype=np.int64)
+        codes[1 : self.num_items + 1] = [
+            lookup[c] if c is not None else -1 for c in first.to_list()
+        ]
+        return codes, names
