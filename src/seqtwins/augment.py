@@ -1,0 +1,592 @@
+"""Sequence augmentations and the two-view transform used by Barlow Twins pretraining.
+
+Five operations on one user's history (a 1-D integer array of item ids >= 1, no padding),
+following CL4SRec (Xie et al. 2020, arXiv:2010.14395) and CoSeRec (Liu et al. 2021,
+arXiv:2108.06479):
+
+- ``mask``       replace a fraction of positions by the MASK token;
+- ``crop``       keep one contiguous sub-sequence;
+- ``reorder``    shuffle one contiguous segment;
+- ``substitute`` replace items by an item that co-occurs with them in training histories;
+- ``insert``     insert such a co-occurring item right after chosen positions.
+
+``substitute`` and ``insert`` draw from a :class:`CooccurrenceTable` built once from the
+training users' histories. :class:`TwoViewTransform` turns one history into two independent
+views, either by one randomly drawn operation per view (``mode="random"``) or by all
+enabled operations in a fixed order (``mode="chain"``). Every random choice comes from the
+``np.random.Generator`` passed in, so views are reproducible from the seed.
+
+Short sequences follow explicit rules (see ``docs/augmentations.md``): an operation that
+cannot act on a sequence returns it unchanged, ``mask`` never masks every item, ``crop``
+keeps at least one item, ``reorder`` needs a segment of at least two items, and sequences
+of length <= ``AugmentConfig.short_len`` only receive the operations in ``short_ops``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from seqtwins.data.dataset import Sequences
+
+OPS = ("mask", "crop", "reorder", "substitute", "insert")
+"""Every augmentation name, in the order ``mode="chain"`` applies them."""
+
+MODES = ("random", "chain")
+COOC_OPS = frozenset({"substitute", "insert"})
+"""Operations that need a :class:`CooccurrenceTable`."""
+
+# Chain order: crop and reorder first (they only move or drop real items), then the
+# co-occurrence ops (which look items up in the table, so they must run before MASK tokens
+# appear), and mask last so its "at least one item stays visible" guarantee holds for the
+# final view.
+CHAIN_ORDER = ("crop", "reorder", "substitute", "insert", "mask")
+
+# floor(rate * n) is computed as int(rate * n + _EPS) so that e.g. 0.29 * 100 gives 29.
+_EPS = 1e-9
+
+Op = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+# --------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------
+@dataclass
+class AugmentConfig:
+    """How the two views of a user history are made (the ``augment.*`` settings).
+
+    Defaults follow CL4SRec's crop/mask/reorder rates (crop keeps 60%, mask 30%, reorder
+    20%) and CoSeRec's informative operations and short-sequence rule (substitute and
+    insert from co-occurring items; sequences of length <= 4 only get mask, substitute and
+    insert). ``docs/augmentations.md`` explains each choice.
+    """
+
+    ops: tuple[str, ...] = ("mask", "crop", "reorder", "substitute", "insert")
+    """Enabled operations, any subset of ``OPS``. ``substitute``/``insert`` need a
+    co-occurrence table. An empty tuple gives identity views (an ablation: the views then
+    differ only through encoder dropout)."""
+
+    mode: str = "random"
+    """``"random"``: each view applies ONE operation drawn uniformly from the enabled ones
+    (CL4SRec, CoSeRec). ``"chain"``: each view applies every enabled operation, in the fixed
+    order ``CHAIN_ORDER`` (crop, reorder, substitute, insert, mask)."""
+
+    mask_rate: float = 0.3
+    """Fraction of positions replaced by MASK (CL4SRec gamma=0.3; CoSeRec's code uses 0.7,
+    too strong when both Barlow Twins views are augmented). In [0, 1]."""
+
+    crop_keep: float = 0.6
+    """Fraction of the sequence a crop keeps: length max(1, floor(crop_keep * n))
+    (CL4SRec eta=0.6). In (0, 1]; 1 is the identity."""
+
+    reorder_ratio: float = 0.2
+    """Length of the shuffled segment as a fraction of n: floor(reorder_ratio * n)
+    (CL4SRec and CoSeRec beta=0.2). In [0, 1]; 0 is the identity."""
+
+    substitute_rate: float = 0.1
+    """Fraction of positions replaced by a co-occurring item (CoSeRec default 0.1).
+    In [0, 1]."""
+
+    insert_rate: float = 0.2
+    """Fraction of positions after which a co-occurring item is inserted (CoSeRec uses
+    0.4 with a separate length cap; 0.2 keeps most of a full-length view). In [0, 1]."""
+
+    max_len: int = 50
+    """Views hold at most the ``max_len`` most recent items: the input is cut to its last
+    ``max_len`` items before augmenting and ``insert`` drops the oldest overflow
+    (SASRec/CoSeRec use 50). >= 1."""
+
+    short_len: int = 4
+    """Sequences of at most this length only receive ``short_ops`` (CoSeRec's
+    augment_threshold=4): cropping or reordering 2-4 items destroys most of the signal.
+    0 disables the rule."""
+
+    short_ops: tuple[str, ...] = ("mask", "substitute", "insert")
+    """Operations allowed on short sequences (intersected with ``ops``; CoSeRec's "SIM").
+    If the intersection is empty, short sequences use ``ops`` under each operation's own
+    length rules."""
+
+    cooc_window: int = 3
+    """Co-occurrence window: two items co-occur when they are at most this many positions
+    apart in a training history. >= 1."""
+
+    cooc_top_k: int = 20
+    """Neighbours kept per item (the most frequent co-occurring items); substitute/insert
+    draw among them proportionally to the co-occurrence count. >= 1."""
+
+    def __post_init__(self) -> None:
+        # YAML gives lists; the config is hashable/comparable with tuples.
+        self.ops = tuple(self.ops)
+        self.short_ops = tuple(self.short_ops)
+        self.validate()
+
+    @property
+    def needs_cooccurrence(self) -> bool:
+        """Whether the enabled operations need a :class:`CooccurrenceTable`."""
+        return bool(COOC_OPS.intersection(self.ops))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid setting."""
+        for name in ("ops", "short_ops"):
+            value = tuple(getattr(self, name))
+            unknown = [o for o in value if o not in OPS]
+            if unknown:
+                raise ValueError(
+                    f"augment.{name}={list(value)} has unknown operation(s) {unknown}; "
+                    f"choose from {list(OPS)}"
+                )
+            if len(set(value)) != len(value):
+                raise ValueError(f"augment.{name}={list(value)} lists an operation twice")
+        if self.mode not in MODES:
+            raise ValueError(f"augment.mode={self.mode!r} must be one of {list(MODES)}")
+        for name in ("mask_rate", "reorder_ratio", "substitute_rate", "insert_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"augment.{name}={value!r} must be a number in [0, 1]")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augment.{name}={value} must be in [0, 1]")
+        keep = self.crop_keep
+        if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0.0 < keep <= 1.0:
+            raise ValueError(f"augment.crop_keep={keep!r} must be in (0, 1]")
+        for name, low in (("max_len", 1), ("short_len", 0), ("cooc_window", 1), ("cooc_top_k", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"augment.{name}={value!r} must be an integer >= {low}")
+
+
+# --------------------------------------------------------------------------------------
+# the operations
+# --------------------------------------------------------------------------------------
+def _stochastic_count(rate: float, n: int, rng: np.random.Generator) -> int:
+    """floor(rate*n) plus one with probability frac(rate*n): E[count] = rate*n exactly.
+
+    Plain flooring would never touch sequences shorter than 1/rate (at rate 0.1, nothing
+    below 10 items); rounding up would over-augment them. Rate 0 gives 0 and draws nothing.
+    """
+    x = rate * n
+    if x <= 0.0:
+        return 0
+    k = int(x + _EPS)
+    frac = x - k
+    if frac > _EPS and rng.random() < frac:
+        k += 1
+    return k
+
+
+def _positions(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` distinct positions in ``range(n)``, uniformly at random."""
+    return rng.permutation(n)[:k]
+
+
+def mask(seq: np.ndarray, rate: float, mask_token: int, rng: np.random.Generator) -> np.ndarray:
+    """Replace about ``rate`` of the positions by ``mask_token``.
+
+    The count is ``rate * n`` rounded stochastically (its mean is exactly ``rate * n``),
+    capped at ``n - 1`` so at least one item stays visible; a length-1 sequence is
+    returned unchanged.
+    """
+    out = seq.copy()
+    n = len(seq)
+    k = min(_stochastic_count(rate, n, rng), n - 1)
+    if k > 0:
+        out[_positions(n, k, rng)] = mask_token
+    return out
+
+
+def crop(seq: np.ndarray, keep: float, rng: np.random.Generator) -> np.ndarray:
+    """A contiguous sub-sequence of length ``max(1, floor(keep * n))`` at a uniform start.
+
+    ``keep = 1`` is the identity; an empty input is returned as an empty copy.
+    """
+    n = len(seq)
+    length = max(1, int(keep * n + _EPS))
+    if n == 0 or length >= n:
+        return seq.copy()
+    start = int(rng.random() * (n - length + 1))
+    return seq[start : start + length].copy()
+
+
+def reorder(seq: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """Shuffle one contiguous segment of length ``floor(ratio * n)`` at a uniform start.
+
+    The multiset of items is preserved and positions outside the segment are untouched.
+    A segment shorter than 2 (including every sequence of length < 2) is the identity.
+    """
+    out = seq.copy()
+    n = len(seq)
+    length = int(ratio * n + _EPS)
+    if length < 2:
+        return out
+    start = int(rng.random() * (n - length + 1))
+    out[start : start + length] = rng.permutation(seq[start : start + length])
+    return out
+
+
+def substitute(
+    seq: np.ndarray, rate: float, cooc: CooccurrenceTable, rng: np.random.Generator
+) -> np.ndarray:
+    """Replace about ``rate`` of the positions by an item co-occurring with the original.
+
+    Positions are distinct and their count is ``rate * n`` rounded stochastically; an item
+    without neighbours in ``cooc`` stays as it is. The length never changes.
+    """
+    out = seq.copy()
+    n = len(seq)
+    k = min(_stochastic_count(rate, n, rng), n)
+    if k > 0:
+        pos = _positions(n, k, rng)
+        out[pos] = cooc.sample(seq[pos], rng)
+    return out
+
+
+def insert(
+    seq: np.ndarray,
+    rate: float,
+    cooc: CooccurrenceTable,
+    rng: np.random.Generator,
+    max_len: int | None = None,
+) -> np.ndarray:
+    """Insert an item co-occurring with ``seq[i]`` right after about ``rate * n`` positions.
+
+    Positions are distinct (at most one insertion each) and their count is ``rate * n``
+    rounded stochastically; a position whose item has no neighbours gets no insertion.
+    With ``max_len``, the result keeps its ``max_len`` most recent items.
+    """
+    n = len(seq)
+    k = min(_stochastic_count(rate, n, rng), n)
+    out = seq
+    if k > 0:
+        pos = _positions(n, k, rng)
+        new = cooc.sample(seq[pos], rng)
+        has = new != seq[pos]  # sample() returns the item itself when it has no neighbour
+        pos, new = pos[has], new[has]
+        if len(pos):
+            reps = np.ones(n, dtype=np.intp)
+            reps[pos] = 2
+            out = np.repeat(seq, reps)  # (n + len(pos),): chosen items appear twice
+            last = np.cumsum(reps) - 1  # index in `out` of the last copy of each item
+            out[last[pos]] = new
+    if max_len is not None and len(out) > max_len:
+        out = out[len(out) - max_len :]
+    # Never hand back (a view of) the caller's array.
+    return out.copy() if np.may_share_memory(out, seq) else out
+
+
+# --------------------------------------------------------------------------------------
+# co-occurrence table
+# --------------------------------------------------------------------------------------
+class CooccurrenceTable:
+    """Top-k co-occurring items per item, from windows over training histories.
+
+    Items ``a`` and ``b != a`` co-occur once each time they appear within ``window``
+    positions of each other in one user's history (both directions are counted). Each item
+    keeps its ``top_k`` most frequent neighbours (ties: smaller item id first) in CSR form:
+    ``neighbors[indptr[i]:indptr[i+1]]`` with counts ``counts[...]``, for ``i`` in
+    ``0..num_items`` (row 0, padding, is empty). Plain numpy arrays, so it pickles cheaply
+    into DataLoader workers.
+    """
+
+    def __init__(
+        self, indptr: np.ndarray, neighbors: np.ndarray, counts: np.ndarray, window: int
+    ) -> None:
+        indptr = np.asarray(indptr, dtype=np.int64)
+        neighbors = np.asarray(neighbors, dtype=np.int32)
+        counts = np.asarray(counts, dtype=np.float64)
+        if indptr.ndim != 1 or len(indptr) < 2 or indptr[0] != 0:
+            raise ValueError("indptr must be 1-D, start at 0 and have num_items + 2 entries")
+        if indptr[-1] != len(neighbors) or len(counts) != len(neighbors):
+            raise ValueError("indptr[-1], len(neighbors) and len(counts) must agree")
+        if np.any(np.diff(indptr) < 0) or np.any(counts <= 0):
+            raise ValueError("indptr must be non-decreasing and counts positive")
+        self.indptr = indptr
+        self.neighbors = neighbors
+        self.counts = counts
+        self.window = int(window)
+        # Row r's cumulative distribution shifted by r: one global, increasing array, so a
+        # single searchsorted samples every row at once. Counts are integers, so the float64
+        # sums are exact and the last entry of row r is exactly r + 1.0.
+        deg = np.diff(indptr)
+        cum = np.concatenate([[0.0], np.cumsum(counts)])
+        row_total = cum[indptr[1:]] - cum[indptr[:-1]]
+        within = cum[1:] - np.repeat(cum[indptr[:-1]], deg)
+        rows = np.repeat(np.arange(len(deg), dtype=np.float64), deg)
+        self._cdf = rows + within / np.repeat(row_total, deg)
+        # indptr with one more empty row (num_items + 1) so sample() can clip instead of mask.
+        self._indptr_ext = np.append(indptr, indptr[-1])
+
+    @property
+    def num_items(self) -> int:
+        """Largest item id the table covers (ids above it have no neighbours)."""
+        return len(self.indptr) - 2
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored (item, neighbour) pairs."""
+        return len(self.neighbors)
+
+    def degree(self, items: np.ndarray) -> np.ndarray:
+        """Number of stored neighbours of each item (0 outside ``1..num_items``)."""
+        items = np.asarray(items)
+        rows = np.where((items >= 1) & (items <= self.num_items), items, 0)
+        return self.indptr[rows + 1] - self.indptr[rows]
+
+    def neighbours(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of ``item`` (most frequent first) and their co-occurrence counts."""
+        if not 1 <= item <= self.num_items:
+            return np.zeros(0, np.int32), np.zeros(0)
+        lo, hi = self.indptr[item], self.indptr[item + 1]
+        return self.neighbors[lo:hi].copy(), self.counts[lo:hi].copy()
+
+    def sample(self, items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One neighbour per input item, drawn proportionally to the co-occurrence count.
+
+        An item with no neighbours (or outside ``1..num_items``, e.g. MASK or padding) is
+        returned as itself. Output has the shape and dtype of ``items``.
+        """
+        items = np.asarray(items)
+        if len(self.neighbors) == 0 or items.size == 0:
+            return items.copy()
+        # Ids outside 1..num_items map to an empty row (0 or num_items + 1).
+        rows = np.minimum(items, self.num_items + 1)  # (np.clip costs ~5x more here)
+        np.maximum(rows, 0, out=rows)
+        start = self._indptr_ext[rows]
+        end = self._indptr_ext[rows + 1]
+        u = rng.random(items.shape)
+        idx = np.searchsorted(self._cdf, rows + u, side="right")
+        # rows + u may round up to rows + 1 for u very close to 1: stay inside the row.
+        np.minimum(idx, end - 1, out=idx)
+        out = self.neighbors[idx].astype(items.dtype, copy=False)
+        empty = end == start
+        out[empty] = items[empty]
+        return out
+
+    @classmethod
+    def build(
+        cls,
+        sequences: Sequences,
+        users: np.ndarray | Sequence[int] | None = None,
+        *,
+        num_items: int | None = None,
+        window: int = 3,
+        top_k: int = 20,
+        chunk_interactions: int = 4_000_000,
+    ) -> CooccurrenceTable:
+        """Count co-occurrences over the histories of ``users`` (default: all users).
+
+        Only ``items[offsets[u]:history_end[u]]`` is read: the held-out future window never
+        enters the table. ``num_items`` defaults to the largest item id seen. Users are
+        processed in chunks of about ``chunk_interactions`` history items, so peak memory
+        is about ``chunk_interactions * window * 24`` bytes plus the sparse counts.
+        Cost is O(history_items * window) plus a sort of the distinct pairs.
+        """
+        import scipy.sparse as sp
+
+        if window < 1 or top_k < 1:
+            raise ValueError(f"window={window} and top_k={top_k} must be >= 1")
+        if users is None:
+            users = np.arange(sequences.num_users)
+        users = np.asarray(users, dtype=np.int64)
+        starts = np.asarray(sequences.offsets[:-1])[users]
+        lengths = np.asarray(sequences.history_end)[users] - starts
+        all_items = sequences.items
+        if num_items is None:
+            num_items = 0
+            for lo, hi in _chunks(lengths, chunk_interactions):
+                flat = np.asarray(all_items[_gather_index(starts[lo:hi], lengths[lo:hi])])
+                if len(flat):
+                    num_items = max(num_items, int(flat.max()))
+        n_rows = num_items + 1  # row/column i = item id i; 0 is padding and stays empty
+
+        # Each unordered pair {a, b} is counted once, as the int64 key min*n_rows + max, in
+        # the upper triangle; sorting the keys of a chunk turns them into a canonical CSR
+        # matrix directly (no scipy COO conversion, whose per-row sort dominated).
+        upper = sp.csr_matrix((n_rows, n_rows), dtype=np.int32)
+        for lo, hi in _chunks(lengths, chunk_interactions):
+            flat = np.asarray(all_items[_gather_index(starts[lo:hi], lengths[lo:hi])])
+            if len(flat) and (flat.min() < 1 or flat.max() > num_items):
+                raise ValueError(f"history item ids must lie in 1..num_items={num_items}")
+            flat = flat.astype(np.int64)
+            user = np.repeat(np.arange(hi - lo), lengths[lo:hi])  # (chunk_items,)
+            parts = []
+            for d in range(1, window + 1):
+                # pairs (flat[t], flat[t + d]) inside one user's history, self-pairs dropped
+                ok = (user[d:] == user[:-d]) & (flat[d:] != flat[:-d])
+                a, b = flat[:-d][ok], flat[d:][ok]
+                parts.append(np.minimum(a, b) * n_rows + np.maximum(a, b))
+            key = np.concatenate(parts)
+            key.sort()
+            first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+            uniq = key[first]
+            count = np.diff(np.append(first, len(key))).astype(np.int32)
+            row = uniq // n_rows
+            indptr = np.zeros(n_rows + 1, dtype=np.int64)
+            np.cumsum(np.bincount(row, minlength=n_rows), out=indptr[1:])
+            upper = upper + sp.csr_matrix(
+                (count, uniq - row * n_rows, indptr), shape=(n_rows, n_rows)
+            )
+        full = (upper + upper.T.tocsr()).tocsr()  # both directions
+        full.sum_duplicates()  # no-op on canonical input; guarantees sorted columns
+        indptr, neighbors, counts = _top_k_rows(
+            np.asarray(full.indptr, np.int64),
+            np.asarray(full.indices, np.int32),
+            np.asarray(full.data, np.int64),
+            top_k,
+        )
+        return cls(indptr, neighbors, counts, window)
+
+
+def _chunks(lengths: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive user ranges [lo, hi) whose summed lengths stay near ``budget``."""
+    n = len(lengths)
+    if n == 0:
+        return []
+    cum = np.cumsum(lengths)
+    bounds = [0]
+    while bounds[-1] < n:
+        base = cum[bounds[-1] - 1] if bounds[-1] else 0
+        nxt = int(np.searchsorted(cum, base + budget, side="right"))
+        bounds.append(max(nxt, bounds[-1] + 1))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _gather_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Flat indices of the concatenated ranges ``[starts[i], starts[i] + lengths[i])``."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.cumsum(lengths) - lengths  # position of each range in the output
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - first, lengths)
+
+
+def _top_k_rows(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, k: int, block: int = 4_000_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the ``k`` largest entries per CSR row, sorted by count desc then column asc.
+
+    Expects canonical CSR (columns ascending within each row). Rows are processed in
+    blocks of about ``block`` entries to bound the temporary arrays.
+    """
+    n_rows = len(indptr) - 1
+    deg = np.diff(indptr)
+    span = int(data.max()) + 1 if len(data) else 1
+    keep_parts = []
+    for lo, hi in _chunks(deg, block):
+        a, b = indptr[lo], indptr[hi]
+        bdeg = deg[lo:hi]
+        rows = np.repeat(np.arange(hi - lo, dtype=np.int64), bdeg)
+        # One int64 key per entry orders rows ascending and counts descending; the stable
+        # sort keeps ascending columns among equal counts.
+        order = np.argsort(rows * span + (span - 1 - data[a:b]), kind="stable")
+        rank = np.arange(b - a, dtype=np.int64) - np.repeat(indptr[lo:hi] - a, bdeg)
+        keep_parts.append(order[rank < k] + a)
+    keep = np.concatenate(keep_parts) if keep_parts else np.zeros(0, dtype=np.int64)
+    new_indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.minimum(deg, k), out=new_indptr[1:])
+    return new_indptr, indices[keep], data[keep].astype(np.float64)
+
+
+# --------------------------------------------------------------------------------------
+# the two-view transform
+# --------------------------------------------------------------------------------------
+class TwoViewTransform:
+    """Two independent augmented views of one user history, for Barlow Twins.
+
+    ``transform(seq, rng) -> (view_a, view_b)``: each view holds at most ``cfg.max_len``
+    items (the most recent ones) and at least one, keeps ``seq``'s dtype, and depends only
+    on ``seq`` and the state of ``rng``. Picklable (DataLoader workers).
+    """
+
+    def __init__(
+        self, cfg: AugmentConfig, mask_token: int, cooc: CooccurrenceTable | None = None
+    ) -> None:
+        cfg.validate()
+        if cfg.needs_cooccurrence and cooc is None:
+            need = sorted(COOC_OPS.intersection(cfg.ops))
+            raise ValueError(
+                f"augment.ops={list(cfg.ops)} enables {need}, which need a co-occurrence "
+                "table: pass cooc=CooccurrenceTable.build(...) or drop them from augment.ops"
+            )
+        if isinstance(mask_token, bool) or int(mask_token) < 1:
+            raise ValueError(f"mask_token={mask_token!r} must be an integer >= 1")
+        if cooc is not None and 1 <= mask_token <= cooc.num_items:
+            raise ValueError(
+                f"mask_token={mask_token} is a real item id (1..{cooc.num_items}); use "
+                "num_items + 1 (SequenceDataset.mask_token)"
+            )
+        self.cfg = cfg
+        self.mask_token = int(mask_token)
+        self.cooc = cooc
+        self._ops = self._bind(cfg.ops)
+        short = tuple(o for o in cfg.ops if o in cfg.short_ops)
+        self._short_ops = self._bind(short) if short else self._ops
+
+    def _bind(self, names: tuple[str, ...]) -> tuple[Op, ...]:
+        cfg, token, cooc = self.cfg, self.mask_token, self.cooc
+        if cfg.mode == "chain":
+            names = tuple(o for o in CHAIN_ORDER if o in names)
+        table: dict[str, Op] = {
+            "mask": lambda s, r: mask(s, cfg.mask_rate, token, r),
+            "crop": lambda s, r: crop(s, cfg.crop_keep, r),
+            "reorder": lambda s, r: reorder(s, cfg.reorder_ratio, r),
+        }
+        if cooc is not None:
+            table["substitute"] = lambda s, r: substitute(s, cfg.substitute_rate, cooc, r)
+            table["insert"] = lambda s, r: insert(s, cfg.insert_rate, cooc, r, cfg.max_len)
+        return tuple(table[o] for o in names)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The bound lambdas do not pickle; they are rebuilt from the config.
+        return {"cfg": self.cfg, "mask_token": self.mask_token, "cooc": self.cooc}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        fresh = TwoViewTransform(state["cfg"], state["mask_token"], state["cooc"])
+        self.__dict__.update(fresh.__dict__)
+
+    @classmethod
+    def from_sequences(
+        cls,
+        cfg: AugmentConfig,
+        sequences: Sequences,
+        train_users: np.ndarray,
+        num_items: int,
+        mask_token: int | None = None,
+    ) -> TwoViewTransform:
+        """Build the transform, with a co-occurrence table over the train users' histories
+        only when ``cfg`` needs one. ``mask_token`` defaults to ``num_items + 1``."""
+        cooc = None
+        if cfg.needs_cooccurrence:
+            cooc = CooccurrenceTable.build(
+                sequences,
+                train_users,
+                num_items=num_items,
+                window=cfg.cooc_window,
+                top_k=cfg.cooc_top_k,
+            )
+        return cls(cfg, num_items + 1 if mask_token is None else mask_token, cooc)
+
+    def view(self, seq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One augmented view of ``seq`` (1-D, item ids >= 1, non-empty)."""
+        n = len(seq)
+        if n == 0:
+            raise ValueError("cannot augment an empty sequence; filter out empty histories")
+        max_len = self.cfg.max_len
+        if n > max_len:
+            seq = seq[n - max_len :]
+            n = max_len
+        ops = self._short_ops if n <= self.cfg.short_len else self._ops
+        if not ops:
+            return seq.copy()
+        if self.cfg.mode == "random":
+            return ops[int(rng.random() * len(ops))](seq, rng)
+        out = seq
+        for op in ops:
+            out = op(out, rng)
+        return out[len(out) - max_len :] if len(out) > max_len else out
+
+    def __call__(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Two independent views of ``seq``."""
+        return self.view(seq, rng), self.view(seq, rng)
