@@ -119,9 +119,11 @@ class AugmentConfig:
     draw among them proportionally to the co-occurrence count. >= 1."""
 
     def __post_init__(self) -> None:
-        # YAML gives lists; the config is hashable/comparable with tuples.
-        self.ops = tuple(self.ops)
-        self.short_ops = tuple(self.short_ops)
+        # YAML gives lists; store tuples (hashable, and what the type says).
+        if isinstance(self.ops, list):
+            self.ops = tuple(self.ops)
+        if isinstance(self.short_ops, list):
+            self.short_ops = tuple(self.short_ops)
         self.validate()
 
     @property
@@ -132,7 +134,10 @@ class AugmentConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid setting."""
         for name in ("ops", "short_ops"):
-            value = tuple(getattr(self, name))
+            raw = getattr(self, name)
+            if isinstance(raw, str) or not isinstance(raw, tuple | list):
+                raise ValueError(f"augment.{name}={raw!r} must be a list of operation names")
+            value = tuple(raw)
             unknown = [o for o in value if o not in OPS]
             if unknown:
                 raise ValueError(
@@ -418,6 +423,8 @@ class CooccurrenceTable:
                 a, b = flat[:-d][ok], flat[d:][ok]
                 parts.append(np.minimum(a, b) * n_rows + np.maximum(a, b))
             key = np.concatenate(parts)
+            if len(key) == 0:
+                continue
             key.sort()
             first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
             uniq = key[first]
