@@ -1,0 +1,277 @@
+"""The sequence encoder shared by every objective: item ids -> pooled user embedding.
+
+A small pre-LN Transformer (as in GPT-2 / BERT4Rec-style recommenders) over right-padded
+item-id sequences. The user embedding is :meth:`SequenceEncoder.embed`, the pooled output
+of the final LayerNorm; projectors and probes sit on top of it (STYLE.md #6).
+
+Speed notes (measured in ``benchmarks/bench_train.py``):
+
+* Attention goes through ``F.scaled_dot_product_attention`` with a boolean key-padding mask
+  (``None`` when a batch has no padding, which lets the fused kernel skip the mask).
+* Token-wise work (LayerNorm, QKV, output projection, feed-forward: ~90% of the FLOPs at
+  dim 64 / length 50) runs on the *packed* real tokens only when a batch has enough padding
+  (see ``EncoderConfig.pack_threshold``); only attention sees the padded ``(B, T)`` layout.
+  This makes the cost proportional to the number of real interactions, whatever the batching.
+* No dropout on attention probabilities: the fused CPU attention kernel has no dropout, and
+  the residual / embedding dropouts regularise the same way (GPT-2 keeps attention dropout;
+  many recent recommenders drop it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PAD = 0
+POOLINGS = ("mean", "last", "cls")
+
+
+@dataclass
+class EncoderConfig:
+    """Sizes and options of :class:`SequenceEncoder`."""
+
+    dim: int = 64
+    """Model width D: item, position and hidden size; the user embedding has D dimensions."""
+    layers: int = 2
+    """Number of Transformer blocks."""
+    heads: int = 2
+    """Attention heads per block; ``dim`` must be divisible by ``heads``."""
+    ff_dim: int = 256
+    """Hidden width of each block's feed-forward MLP (4 x dim, as in BERT / GPT-2)."""
+    dropout: float = 0.1
+    """Dropout on the input embeddings and on each residual branch (not on attention weights)."""
+    max_len: int = 50
+    """Longest input sequence (most recent items, truncated by the caller); 50 as in SASRec."""
+    pooling: str = "mean"
+    """How token states become the user embedding: ``mean`` over real items (masked),
+    ``last`` real item (the most recent), or a learned ``cls`` token prepended to the sequence."""
+    use_categories: bool = False
+    """Add a learned embedding of each item's category to its item embedding (needs the
+    ``item_categories`` table)."""
+    pack_threshold: float = 0.15
+    """Run the token-wise layers on packed real tokens when at least this fraction of a
+    batch is padding (1.0 disables packing). A speed setting only: results are the same."""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        for name in ("dim", "layers", "heads", "ff_dim", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"encoder.{name}={value!r} must be a positive integer")
+        if self.dim % self.heads != 0:
+            raise ValueError(
+                f"encoder.dim={self.dim} must be divisible by encoder.heads={self.heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"encoder.dropout={self.dropout!r} must be in [0, 1)")
+        if self.pooling not in POOLINGS:
+            raise ValueError(
+                f"encoder.pooling={self.pooling!r} must be one of {', '.join(POOLINGS)}"
+            )
+        if not 0.0 <= self.pack_threshold <= 1.0:
+            raise ValueError(f"encoder.pack_threshold={self.pack_threshold!r} must be in [0, 1]")
+
+
+class _Block(nn.Module):
+    """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    Works on token states of shape ``(B, T, D)`` (dense) or ``(N, D)`` (packed real tokens,
+    ``pack_index`` gives their flat positions in ``(B * T)``).
+    """
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)  # fused Q, K, V projection: one GEMM instead of 3
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff1 = nn.Linear(dim, ff_dim)
+        self.ff2 = nn.Linear(ff_dim, dim)
+
+    def _attention(
+        self, h: Tensor, shape: tuple[int, int], mask: Tensor | None, pack_index: Tensor | None
+    ) -> Tensor:
+        b, t = shape
+        d = h.shape[-1]
+        qkv = self.qkv(h)  # (B, T, 3D) or (N, 3D)
+        if pack_index is not None:
+            # scatter the packed rows back into the padded layout for attention
+            qkv = qkv.new_zeros(b * t, 3 * d).index_copy(0, pack_index, qkv)  # (B*T, 3D)
+        qkv = qkv.view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, T, D/H)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D/H)
+        a = a.transpose(1, 2).reshape(b * t, d)  # (B*T, D)
+        # back to the caller's layout: packed (N, D) or dense (B, T, D)
+        a = a.index_select(0, pack_index) if pack_index is not None else a.view(b, t, d)
+        return self.proj(a)
+
+    def forward(
+        self, x: Tensor, shape: tuple[int, int], mask: Tensor | None, pack_index: Tensor | None
+    ) -> Tensor:
+        p = self.dropout if self.training else 0.0
+        x = x + F.dropout(self._attention(self.ln1(x), shape, mask, pack_index), p, self.training)
+        h = self.ff2(F.gelu(self.ff1(self.ln2(x))))
+        return x + F.dropout(h, p, self.training)
+
+
+class SequenceEncoder(nn.Module):
+    """Transformer encoder over right-padded item-id sequences.
+
+    ``vocab_size`` is ``num_items + 2``: index 0 is padding and ``num_items + 1`` the MASK
+    token used by augmentations. ``item_categories`` is a ``(vocab_size,)`` int64 tensor of
+    category codes (``-1`` = no category), used only when ``cfg.use_categories``.
+    """
+
+    item_cat_codes: Tensor  # (vocab_size,) category code + 1 per item; only with categories
+
+    def __init__(
+        self, cfg: EncoderConfig, vocab_size: int, item_categories: Tensor | None = None
+    ) -> None:
+        super().__init__()
+        cfg.validate()
+        if vocab_size < 3:
+            raise ValueError(f"vocab_size={vocab_size} must be at least 3 (pad, one item, MASK)")
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        d = cfg.dim
+        self.item_emb = nn.Embedding(vocab_size, d, padding_idx=PAD)
+        self.cat_emb: nn.Embedding | None = None
+        if cfg.use_categories:
+            if item_categories is None:
+                raise ValueError(
+                    "encoder.use_categories=true needs the item category table, "
+                    "but none was given (does the dataset have item categories?)"
+                )
+            cats = torch.as_tensor(item_categories, dtype=torch.long)
+            if cats.shape != (vocab_size,):
+                raise ValueError(
+                    f"item_categories has shape {tuple(cats.shape)}, expected ({vocab_size},)"
+                )
+            if int(cats.min()) < -1:
+                raise ValueError("item_categories codes must be >= -1 (-1 means no category)")
+            # shift by one so that "no category" (-1) maps to the all-zero padding row 0
+            self.register_buffer("item_cat_codes", cats + 1)
+            self.cat_emb = nn.Embedding(int(cats.max()) + 2, d, padding_idx=0)
+        n_pos = cfg.max_len + (1 if cfg.pooling == "cls" else 0)
+        self.pos_emb = nn.Embedding(n_pos, d)
+        self.cls_token = nn.Parameter(torch.zeros(d)) if cfg.pooling == "cls" else None
+        self.blocks = nn.ModuleList(
+            _Block(d, cfg.heads, cfg.ff_dim, cfg.dropout) for _ in range(cfg.layers)
+        )
+        self.ln_f = nn.LayerNorm(d)
+        self.reset_parameters()
+
+    @property
+    def dim(self) -> int:
+        """Width of the user embedding and of the item vectors."""
+        return self.cfg.dim
+
+    def reset_parameters(self) -> None:
+        """GPT-2 style init: N(0, 0.02) weights and embeddings, zero biases, zero padding row."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    def item_vectors(self, ids: Tensor) -> Tensor:
+        """The shared item table: ``(...)`` item ids -> ``(..., D)`` vectors.
+
+        Item embedding plus (if enabled) its category embedding; padding maps to zero. This
+        is the input embedding of the encoder and the label tower of the dual encoder.
+        """
+        x = self.item_emb(ids)
+        if self.cat_emb is not None:
+            x = x + self.cat_emb(self.item_cat_codes[ids])
+        return x
+
+    def _encode(self, items: Tensor) -> tuple[Tensor, Tensor]:
+        """Token states ``(B, T', D)`` (T' = T + 1 with a cls token) and the real-item mask
+        ``(B, T')`` (cls counts as real)."""
+        if items.dim() != 2:
+            raise ValueError(f"items must have shape (B, T), got {tuple(items.shape)}")
+        b, t = items.shape
+        assert t <= self.cfg.max_len, f"sequence length {t} > encoder.max_len={self.cfg.max_len}"
+        real = items != PAD  # (B, T)
+        x = self.item_vectors(items)  # (B, T, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(b, 1, -1), x], dim=1)  # (B, T+1, D)
+            real = torch.cat([real.new_ones(b, 1), real], dim=1)
+            t += 1
+        x = x + self.pos_emb.weight[:t]
+        x = F.dropout(x, self.cfg.dropout, self.training)
+
+        attend = real
+        if self.cls_token is None and t > 0:
+            # every non-empty right-padded row has a real item at 0; letting an all-padding
+            # row attend to its first slot keeps its softmax finite (no NaN) and changes nothing
+            attend = real.clone()
+            attend[:, 0] = True
+        n_real = int(attend.sum())
+        mask: Tensor | None = None
+        if n_real < b * t:
+            mask = attend[:, None, None, :]  # (B, 1, 1, T): key-padding mask, broadcast
+        shape = (b, t)
+        if mask is not None and n_real <= (1.0 - self.cfg.pack_threshold) * b * t:
+            pack_index = attend.view(-1).nonzero().squeeze(1)  # (N,)
+            h = x.reshape(b * t, -1).index_select(0, pack_index)  # (N, D)
+            for block in self.blocks:
+                h = block(h, shape, mask, pack_index)
+            h = self.ln_f(h)
+            x = h.new_zeros(b * t, h.shape[-1]).index_copy(0, pack_index, h).view(b, t, -1)
+        else:
+            for block in self.blocks:
+                x = block(x, shape, mask, None)
+            x = self.ln_f(x)
+        return x, real
+
+    def forward_features(self, items: Tensor) -> Tensor:
+        """Per-position states: ``(B, T)`` item ids -> ``(B, T, D)`` (cls token excluded)."""
+        x, _ = self._encode(items)
+        return x[:, 1:] if self.cls_token is not None else x
+
+    def embed(self, items: Tensor) -> Tensor:
+        """The user embedding: ``(B, T)`` right-padded item ids -> ``(B, D)``.
+
+        An all-padding row gets the zero vector with ``mean`` / ``last`` pooling.
+        """
+        x, real = self._encode(items)  # (B, T', D), (B, T')
+        pooling = self.cfg.pooling
+        if pooling == "cls":
+            return x[:, 0]
+        if pooling == "mean":
+            w = real.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+            return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+        lengths = real.sum(1)  # (B,)
+        last = x[torch.arange(x.shape[0], device=x.device), (lengths - 1).clamp_min(0)]
+        return last * (lengths > 0).to(x.dtype).unsqueeze(-1)
+
+    def forward(self, items: Tensor) -> Tensor:
+        """Same as :meth:`embed`."""
+        return self.embed(items)
+
+    def embed_many(self, *batches: Tensor) -> list[Tensor]:
+        """Embed several right-padded batches in one encoder pass.
+
+        Each ``(B_i, T_i)`` batch is padded to ``max T_i`` and stacked, so the encoder runs
+        once (bigger GEMMs, fewer kernel launches); the result is the list of ``(B_i, D)``
+        embeddings, identical to calling :meth:`embed` on each (padding does not matter).
+        """
+        t = max(x.shape[1] for x in batches)
+        stacked = torch.cat([F.pad(x, (0, t - x.shape[1]), value=PAD) for x in batches])
+        return list(self.embed(stacked).split([x.shape[0] for x in batches]))
