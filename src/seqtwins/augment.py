@@ -592,7 +592,7 @@ class TwoViewTransform:
         out = seq
         for op in ops:
             out = op(out, rng)
-        return out[len(out) - max_len :] if len(out) > max_len else out
+        return out  # only insert lengthens a sequence, and it caps to max_len itself
 
     def __call__(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Two independent views of ``seq``."""
