@@ -1,0 +1,73 @@
+"""``barlow+next``: Barlow Twins plus alpha x the next-item softmax loss.
+
+Adding a next-item (sequential recommendation) term to Barlow Twins is the direction the
+paper's discussion (arXiv:2505.00953) and BT-SR (arXiv:2510.26407) point to. The next-item
+term is exactly the ``dual`` objective's loss (same towers, temperature, negatives and logQ
+correction, configured by :class:`~seqtwins.objectives.dual.DualConfig`), on the same
+shared encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor, nn
+
+from seqtwins.models.encoder import SequenceEncoder
+from seqtwins.objectives.barlow import BarlowConfig, BarlowObjective
+from seqtwins.objectives.dual import DualConfig, DualEncoderObjective
+
+
+@dataclass
+class NextItemConfig:
+    """Settings of ``barlow+next`` beyond those of its two parts."""
+
+    alpha: float = 1.0
+    """Weight of the next-item softmax loss added to the Barlow Twins loss. With the
+    default sizes (K=256, batch 256) the Barlow loss starts near K and falls to a few tens,
+    while the softmax loss is about log(batch) ~ 5.5, so alpha=1 lets Barlow Twins lead
+    and the next-item term shape the embedding; tune it on valid users."""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        if not self.alpha >= 0:
+            raise ValueError(f"next_item.alpha={self.alpha!r} must be >= 0")
+
+
+class BarlowNextObjective(nn.Module):
+    """Barlow Twins on (``view_a``, ``view_b``) + alpha x next-item loss on (``context``,
+    ``target``); one encoder pass embeds the two views and the context together."""
+
+    def __init__(
+        self,
+        encoder: SequenceEncoder,
+        barlow: BarlowConfig,
+        dual: DualConfig,
+        next_item: NextItemConfig,
+        item_popularity: np.ndarray | Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        next_item.validate()
+        self.cfg = next_item
+        self.encoder = encoder
+        self.barlow = BarlowObjective(encoder, barlow)
+        self.next_item = DualEncoderObjective(encoder, dual, item_popularity)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        e_a, e_b, e_c = self.encoder.embed_many(
+            batch["view_a"], batch["view_b"], batch["context"]
+        )  # (B, D) each
+        proj = self.barlow.projector
+        on_diag, off_diag = self.barlow.loss.terms(proj(e_a), proj(e_b))
+        bt = on_diag + self.barlow.cfg.lambda_ * off_diag
+        nxt = self.next_item.loss_from_embeddings(e_c, batch["target"])
+        loss = bt + self.cfg.alpha * nxt
+        logs = {
+            "loss": float(loss.detach()),
+            "barlow": float(bt.detach()),
+            "on_diag": float(on_diag.detach()),
+            "off_diag": float(off_diag.detach()),
+            "next_item": float(nxt.detach()),
+        }
+        return loss, logs
