@@ -267,6 +267,23 @@ def test_cooc_sample_returns_items_without_neighbours_unchanged() -> None:
     assert table.sample(np.array([1, 2]), np.random.default_rng(0)).tolist() == [2, 1]
 
 
+class _AlmostOne:
+    """A stand-in generator whose uniforms are the largest double below 1."""
+
+    def random(self, size: tuple[int, ...]) -> np.ndarray:
+        return np.full(size, np.nextafter(1.0, 0.0))
+
+
+def test_cooc_sample_stays_in_the_row_when_u_is_almost_one() -> None:
+    # row + u rounds up to row + 1 for u this close to 1 unless sample() guards against it.
+    big = 1000
+    hist = [[big - 1, big - 2], [big - 1, big - 3], [big, big - 5]]
+    table = CooccurrenceTable.build(Sequences.from_lists(hist), window=1)
+    items = np.array([big - 1, big - 2, big, big - 4], dtype=np.int64)
+    out = table.sample(items, _AlmostOne())  # type: ignore[arg-type]
+    assert out.tolist() == [big - 2, big - 1, big - 5, big - 4]  # last neighbour / itself
+
+
 def test_cooc_pickles(cooc: CooccurrenceTable) -> None:
     back = pickle.loads(pickle.dumps(cooc))
     items = np.arange(1, N_ITEMS + 1)

@@ -48,6 +48,7 @@ CHAIN_ORDER = ("crop", "reorder", "substitute", "insert", "mask")
 
 # floor(rate * n) is computed as int(rate * n + _EPS) so that e.g. 0.29 * 100 gives 29.
 _EPS = 1e-9
+_U_SCALE = 1.0 - 2.0**-20
 
 Op = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -266,9 +267,11 @@ def insert(
     out = seq
     if k > 0:
         pos = _positions(n, k, rng)
-        new = cooc.sample(seq[pos], rng)
-        has = new != seq[pos]  # sample() returns the item itself when it has no neighbour
-        pos, new = pos[has], new[has]
+        src = seq[pos]
+        new = cooc.sample(src, rng)
+        has = new != src  # sample() returns the item itself when it has no neighbour
+        if not has.all():
+            pos, new = pos[has], new[has]
         if len(pos):
             reps = np.ones(n, dtype=np.intp)
             reps[pos] = 2
@@ -311,17 +314,26 @@ class CooccurrenceTable:
         self.neighbors = neighbors
         self.counts = counts
         self.window = int(window)
+        # Sampling layout: rows 0..num_items+1 (num_items+1 catches larger ids), where a row
+        # without neighbours holds its own id once, so sample() returns such items as
+        # themselves without a separate branch.
+        n_rows = len(indptr)  # num_items + 2
+        deg = np.append(np.diff(indptr), 0)
+        sdeg = np.maximum(deg, 1)
+        self._nbrs = np.repeat(np.arange(n_rows, dtype=np.int32), sdeg)
+        scounts = np.ones(len(self._nbrs), dtype=np.float64)
+        real = np.repeat(deg > 0, sdeg)
+        self._nbrs[real] = neighbors
+        scounts[real] = counts
         # Row r's cumulative distribution shifted by r: one global, increasing array, so a
         # single searchsorted samples every row at once. Counts are integers, so the float64
         # sums are exact and the last entry of row r is exactly r + 1.0.
-        deg = np.diff(indptr)
-        cum = np.concatenate([[0.0], np.cumsum(counts)])
-        row_total = cum[indptr[1:]] - cum[indptr[:-1]]
-        within = cum[1:] - np.repeat(cum[indptr[:-1]], deg)
-        rows = np.repeat(np.arange(len(deg), dtype=np.float64), deg)
-        self._cdf = rows + within / np.repeat(row_total, deg)
-        # indptr with one more empty row (num_items + 1) so sample() can clip instead of mask.
-        self._indptr_ext = np.append(indptr, indptr[-1])
+        sptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(sdeg, out=sptr[1:])
+        cum = np.concatenate([[0.0], np.cumsum(scounts)])
+        within = cum[1:] - np.repeat(cum[sptr[:-1]], sdeg)
+        total = np.repeat(cum[sptr[1:]] - cum[sptr[:-1]], sdeg)
+        self._cdf = np.repeat(np.arange(n_rows, dtype=np.float64), sdeg) + within / total
 
     @property
     def num_items(self) -> int:
@@ -349,24 +361,25 @@ class CooccurrenceTable:
     def sample(self, items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One neighbour per input item, drawn proportionally to the co-occurrence count.
 
-        An item with no neighbours (or outside ``1..num_items``, e.g. MASK or padding) is
-        returned as itself. Output has the shape and dtype of ``items``.
+        ``items`` holds non-negative ids. An item with no neighbours (or outside
+        ``1..num_items``, e.g. MASK or padding) is returned as itself. The output is a new
+        array with the shape and dtype of ``items``.
         """
         items = np.asarray(items)
-        if len(self.neighbors) == 0 or items.size == 0:
-            return items.copy()
-        # Ids outside 1..num_items map to an empty row (0 or num_items + 1).
-        rows = np.minimum(items, self.num_items + 1)  # (np.clip costs ~5x more here)
-        np.maximum(rows, 0, out=rows)
-        start = self._indptr_ext[rows]
-        end = self._indptr_ext[rows + 1]
+        n = self.num_items
+        rows = np.minimum(items, n + 1)  # ids > num_items share the last (self) row
+        # u < 1 - 2**-20, so rows + u stays below rows + 1 after rounding for any int32 id
+        # (a plain u in [0, 1) can round up to the next row's first entry).
         u = rng.random(items.shape)
-        idx = np.searchsorted(self._cdf, rows + u, side="right")
-        # rows + u may round up to rows + 1 for u very close to 1: stay inside the row.
-        np.minimum(idx, end - 1, out=idx)
-        out = self.neighbors[idx].astype(items.dtype, copy=False)
-        empty = end == start
-        out[empty] = items[empty]
+        u *= _U_SCALE
+        u += rows
+        idx = np.searchsorted(self._cdf, u, side="right")
+        out = self._nbrs[idx]
+        if out.dtype != items.dtype:
+            out = out.astype(items.dtype)
+        big = items > n
+        if big.any():
+            out[big] = items[big]
         return out
 
     @classmethod
