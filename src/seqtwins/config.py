@@ -1,0 +1,290 @@
+"""Typed configuration: nested dataclasses, YAML presets and ``--set key=value`` overrides.
+
+Each component owns its defaults (a dataclass next to the code that uses it, with a
+docstring per field); :class:`PretrainConfig` composes them. Values are validated when the
+config is built, and every error names the offending setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from seqtwins.augment import AugmentConfig
+from seqtwins.errors import SeqtwinsError
+from seqtwins.models.encoder import EncoderConfig
+from seqtwins.objectives import OBJECTIVES, BarlowConfig, DualConfig, NextItemConfig
+
+T = TypeVar("T")
+
+
+# --- generic machinery -------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert where lossless (int -> float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except SeqtwinsError as e:
+                errors.append(str(e))
+        raise SeqtwinsError(f"{key}={value!r} must be {' or '.join(_type_name(a) for a in args)}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise SeqtwinsError(f"{key}={value!r} must be one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+            raise SeqtwinsError(f"{key}={value!r} must be a list")
+        elem = args[0] if args else Any
+        items = [_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise SeqtwinsError(f"{key} must be a mapping of settings, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SeqtwinsError(f"{key}={value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SeqtwinsError(f"{key}={value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SeqtwinsError(f"{key}={value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise SeqtwinsError(f"{key}={value!r} must be a string")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (partial) mapping; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        key = f"{prefix}.{sorted(unknown)[0]}" if prefix else sorted(unknown)[0]
+        raise SeqtwinsError(
+            f"unknown setting {key!r}; known under {prefix or 'the top level'}: "
+            f"{', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-data (YAML/JSON-ready) form of a dataclass; tuples become lists."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return v
+
+    out = plain(obj)
+    assert isinstance(out, dict)
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` -> ``("train.epochs", 3)``; the value is read as YAML."""
+    if "=" not in text:
+        raise SeqtwinsError(f"--set {text!r} must look like key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``("a.b.c", 1)`` -> ``{"a": {"b": {"c": 1}}}``."""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SeqtwinsError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise SeqtwinsError(f"{path}{where}: not valid YAML ({e.__class__.__name__})") from e
+    if not isinstance(data, dict):
+        raise SeqtwinsError(f"{path}: a config must be a mapping of settings")
+    return data
+
+
+def build(
+    cls: type[T],
+    *layers: Mapping[str, Any],
+    overrides: Iterable[str] = (),
+) -> T:
+    """Compose ``cls`` from defaults, mappings (e.g. YAML presets) and ``key=value`` overrides,
+    then validate it (``cfg.validate()`` when defined; a ``ValueError`` becomes a one-line
+    :class:`SeqtwinsError`)."""
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = deep_merge(data, layer)
+    for text in overrides:
+        key, value = parse_override(text)
+        data = deep_merge(data, nest(key, value))
+    cfg = from_dict(cls, data)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as e:
+            raise SeqtwinsError(str(e)) from e
+    return cfg
+
+
+# --- the pretraining stage ----------------------------------------------------------------
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of ``seqtwins pretrain``."""
+
+    epochs: int = 20
+    """Passes over the training users (each user once per epoch)."""
+    batch_size: int = 256
+    """Users per step. Barlow Twins works at small batches (arXiv:2505.00953); the dual
+    encoder's negatives are the other users' items, so its quality depends on this."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW (after warm-up)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, applied only to weights with ``dim >= 2`` (not biases/norms)."""
+    warmup_frac: float = 0.05
+    """Fraction of all steps with linear warm-up; cosine decay to ``min_lr_ratio`` after."""
+    min_lr_ratio: float = 0.01
+    """Final learning rate as a fraction of ``lr``."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables clipping)."""
+    precision: str = "auto"
+    """``bf16`` autocast, ``fp32``, or ``auto``: bf16 on CUDA with bf16 support and on CPUs
+    with native bf16 matmul (AMX / AVX512-BF16), fp32 elsewhere."""
+    device: str = "auto"
+    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    compile: bool = False
+    """Wrap the model in ``torch.compile`` (worth it on GPU; slow first steps)."""
+    num_workers: int = 0
+    """DataLoader worker processes for augmentation and collation (0 = in the main process)."""
+    seed: int = 0
+    """Seed of initialisation, batch order, augmentations and dropout."""
+    bucket_by_length: bool = True
+    """Group users of similar history length into batches (less padding)."""
+    patience: int = 3
+    """Early stopping: epochs without improvement of the validation score (0 = never stop)."""
+    valid_users: int = 2000
+    """At most this many valid users are used for the per-epoch validation."""
+    log_every: int = 20
+    """Write a metrics line every this many steps."""
+    checkpoint_every: int = 0
+    """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
+    threads: int = 0
+    """torch intra-op threads on CPU (0 = leave torch's default)."""
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr={self.lr} must be > 0")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError(f"train.warmup_frac={self.warmup_frac} must be in [0, 1)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision={self.precision!r} must be one of {PRECISIONS}")
+        for name in (
+            "weight_decay",
+            "grad_clip",
+            "num_workers",
+            "patience",
+            "checkpoint_every",
+            "threads",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name}={getattr(self, name)} must be >= 0")
+        if self.valid_users < 2:
+            raise ValueError(f"train.valid_users={self.valid_users} must be >= 2")
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Everything ``seqtwins pretrain`` needs; each part owns its defaults.
+
+    All objectives share one encoder architecture and training budget, so that their
+    comparison is fair (DESIGN.md, "Objectives").
+    """
+
+    objective: str = "barlow"
+    """``barlow``, ``dual`` or ``barlow+next``."""
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    barlow: BarlowConfig = dataclasses.field(default_factory=BarlowConfig)
+    dual: DualConfig = dataclasses.field(default_factory=DualConfig)
+    next: NextItemConfig = dataclasses.field(default_factory=NextItemConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective={self.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
+            )
+        for part in (self.encoder, self.augment, self.barlow, self.dual, self.next, self.train):
+            part.validate()
+        if self.augment.max_len != self.encoder.max_len:
+            raise ValueError(
+                f"augment.max_len={self.augment.max_len} must equal "
+                f"encoder.max_len={self.encoder.max_len}; set both"
+            )

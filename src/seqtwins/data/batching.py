@@ -1,0 +1,148 @@
+"""Pretraining batches: deterministic batch plans, dynamic padding, per-objective collation.
+
+A batch is fully determined by ``(seed, epoch, batch index)``: the plan (which users go in
+which batch) comes from an epoch-seeded permutation and each batch's augmentation RNG from
+``(seed, epoch, batch index)``. That is what makes a resumed run reproduce the
+uninterrupted one, with any number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from seqtwins.data.dataset import Sequences
+
+NEEDS_VIEWS = {"barlow", "barlow+next"}
+NEEDS_NEXT = {"dual", "barlow+next"}
+
+
+def pad_right(seqs: Sequence[np.ndarray], min_len: int = 1) -> torch.Tensor:
+    """Right-pad 1-D int arrays with 0 to the longest one -> LongTensor (B, T)."""
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    width = max(int(lens.max(initial=0)), min_len)
+    out = np.zeros((len(seqs), width), dtype=np.int64)
+    if lens.sum():
+        # vectorised scatter: row-major positions where position < length
+        out[np.arange(width)[None, :] < lens[:, None]] = np.concatenate(seqs)
+    return torch.from_numpy(out)
+
+
+def batch_plan(
+    users: np.ndarray,
+    lengths: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    bucket: bool,
+    pool_batches: int = 50,
+    drop_last: bool = True,
+) -> list[np.ndarray]:
+    """Split ``users`` into batches for one epoch.
+
+    With ``bucket`` the shuffled users are cut into pools of ``pool_batches`` batches,
+    each pool sorted by length before it is cut into batches, and the batches shuffled:
+    batches of similar lengths waste little padding while the order stays random.
+    ``drop_last`` drops a final short batch (Barlow Twins batch statistics need a full batch).
+    """
+    rng = np.random.default_rng([seed, epoch, 0x5EED])
+    order = users[rng.permutation(len(users))]
+    if bucket:
+        pool = batch_size * pool_batches
+        chunks = []
+        for start in range(0, len(order), pool):
+            part = order[start : start + pool]
+            chunks.append(part[np.argsort(lengths[part], kind="stable")])
+        order = np.concatenate(chunks) if chunks else order
+    n_full = len(order) // batch_size
+    batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(n_full)]
+    if not drop_last and len(order) % batch_size:
+        batches.append(order[n_full * batch_size :])
+    if bucket:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+@dataclass
+class PretrainBatches(Dataset[dict[str, torch.Tensor]]):
+    """Map-style dataset whose items are whole collated batches (use ``batch_size=None``).
+
+    ``transform`` turns a history into two augmented views (``seqtwins.augment``); it is
+    only needed by objectives with views. ``max_len`` caps every sequence to its most
+    recent items.
+    """
+
+    sequences: Sequences
+    plan: list[np.ndarray]
+    objective: str
+    max_len: int
+    seed: int
+    epoch: int
+    transform: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        users = self.plan[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 0xB47C])
+        offsets, hist_end, items = (
+            self.sequences.offsets,
+            self.sequences.history_end,
+            self.sequences.items,
+        )
+        histories = [np.asarray(items[offsets[u] : hist_end[u]]) for u in users]
+        return collate(histories, self.objective, self.max_len, rng, self.transform)
+
+
+def collate(
+    histories: Sequence[np.ndarray],
+    objective: str,
+    max_len: int,
+    rng: np.random.Generator,
+    transform: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+    | None = None,
+) -> dict[str, torch.Tensor]:
+    """Collate users' histories into the batch keys the objective reads.
+
+    - views (``barlow``, ``barlow+next``): ``view_a``, ``view_b`` (B, T) from ``transform``;
+    - next item (``dual``, ``barlow+next``): a random cut ``c`` in ``[1, len-1]`` per user;
+      ``context`` = the up to ``max_len`` items before it (B, T), ``target`` = item ``c`` (B,).
+    """
+    out: dict[str, torch.Tensor] = {}
+    if objective in NEEDS_VIEWS:
+        if transform is None:
+            raise ValueError(f"objective {objective!r} needs an augmentation transform")
+        pairs = [transform(h, rng) for h in histories]
+        out["view_a"] = pad_right([a for a, _ in pairs])
+        out["view_b"] = pad_right([b for _, b in pairs])
+    if objective in NEEDS_NEXT:
+        lens = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+        if (lens < 2).any():
+            raise ValueError("next-item objectives need histories of at least 2 items")
+        cuts = 1 + (rng.random(len(lens)) * (lens - 1)).astype(np.int64)  # in [1, len-1]
+        out["context"] = pad_right(
+            [h[max(0, c - max_len) : c] for h, c in zip(histories, cuts, strict=True)]
+        )
+        out["target"] = torch.from_numpy(
+            np.array([h[c] for h, c in zip(histories, cuts, strict=True)], dtype=np.int64)
+        )
+    return out
+
+
+def iter_history_batches(
+    sequences: Sequences, users: np.ndarray, max_len: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(user_idx, items (B, T))`` for embedding users' most recent ``max_len``
+    history items, in the given user order."""
+    offsets, hist_end, items = sequences.offsets, sequences.history_end, sequences.items
+    for start in range(0, len(users), batch_size):
+        chunk = users[start : start + batch_size]
+        seqs = [
+            np.asarray(items[max(offsets[u], hist_end[u] - max_len) : hist_end[u]]) for u in chunk
+        ]
+        yield chunk, pad_right(seqs)

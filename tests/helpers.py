@@ -1,0 +1,47 @@
+"""Tiny datasets for fast tests (no dependency on the synthetic generator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from seqtwins.data.dataset import Sequences, write_dataset
+
+
+def tiny_dataset(
+    path: Path, users: int = 240, items: int = 40, categories: int = 4, seed: int = 0
+) -> Path:
+    """Users prefer one category; sequences walk mostly inside it. Last 3 items = future."""
+    rng = np.random.default_rng(seed)
+    item_cat = np.arange(items) % categories  # item i (1-based idx i+1) has category i % C
+    seqs, hist = [], []
+    taste = rng.integers(0, categories, users)
+    for u in range(users):
+        n = int(rng.integers(6, 20))
+        own = np.flatnonzero(item_cat == taste[u])
+        pick = np.where(rng.random(n) < 0.8, rng.choice(own, n), rng.integers(0, items, n))
+        seqs.append((pick + 1).tolist())
+        hist.append(n - 3)
+    split = np.array(["train"] * users, dtype=object)
+    split[int(users * 0.7) : int(users * 0.85)] = "valid"
+    split[int(users * 0.85) :] = "test"
+    return write_dataset(
+        path,
+        sequences=Sequences.from_lists(seqs, hist),
+        items=pl.DataFrame(
+            {
+                "item_id": [f"it{i}" for i in range(items)],
+                "categories": [[f"c{c}"] for c in item_cat],
+            }
+        ),
+        users=pl.DataFrame(
+            {
+                "user_id": [f"user{u}" for u in range(users)],
+                "split": split.tolist(),
+                "segment": [f"s{t % 2}" for t in taste],
+            }
+        ),
+        source="tests.helpers.tiny_dataset",
+    )

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from seqtwins.config import TrainConfig, build, parse_override, to_dict
+from seqtwins.errors import SeqtwinsError
+
+
+@dataclass
+class Inner:
+    dim: int = 8
+    rate: float = 0.5
+    ops: tuple[str, ...] = ("a", "b")
+    name: str | None = None
+
+    def validate(self) -> None:
+        if self.dim % 2:
+            raise ValueError(f"inner.dim={self.dim} must be even")
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    flag: bool = False
+
+    def validate(self) -> None:
+        self.inner.validate()
+
+
+def test_layers_and_overrides_compose():
+    cfg = build(
+        Outer,
+        {"inner": {"dim": 4}},
+        {"flag": True},
+        overrides=["inner.rate=1", "inner.ops=[x, y, z]", "inner.name=abc"],
+    )
+    assert cfg.inner.dim == 4 and cfg.flag is True
+    assert cfg.inner.rate == 1.0 and isinstance(cfg.inner.rate, float)
+    assert cfg.inner.ops == ("x", "y", "z")
+    assert cfg.inner.name == "abc"
+    assert to_dict(cfg) == {
+        "inner": {"dim": 4, "rate": 1.0, "ops": ["x", "y", "z"], "name": "abc"},
+        "flag": True,
+    }
+    # round trip through plain data
+    assert build(Outer, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("inner.dim=abc", "inner.dim='abc' must be an integer"),
+        ("inner.dim=2.5", "inner.dim=2.5 must be an integer"),
+        ("flag=3", "flag=3 must be true or false"),
+        ("inner.rate=fast", "inner.rate='fast' must be a number"),
+        ("inner.dimm=3", "unknown setting 'inner.dimm'"),
+        ("nothing=1", "unknown setting 'nothing'"),
+        ("inner.dim=3", "inner.dim=3 must be even"),
+        ("inner.dim", "must look like key=value"),
+    ],
+)
+def test_bad_overrides_name_the_setting(override, message):
+    with pytest.raises(SeqtwinsError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        build(Outer, overrides=[override])
+
+
+def test_parse_override_reads_yaml_scalars():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a=true") == ("a", True)
+    assert parse_override("a=x=y") == ("a", "x=y")
+
+
+def test_train_config_validation():
+    with pytest.raises(SeqtwinsError, match="train.epochs=0"):
+        build(TrainConfig, {"epochs": 0})
+    with pytest.raises(SeqtwinsError, match="train.precision='fp16'"):
+        build(TrainConfig, {"precision": "fp16"})

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import seqtwins.train as train_mod
+from seqtwins.checkpoint import load_model_tensors
+from seqtwins.cli import app
+from seqtwins.config import PretrainConfig, build
+from seqtwins.train import load_encoder, pretrain
+from tests.helpers import tiny_dataset
+
+TINY = [
+    "encoder.dim=16", "encoder.heads=2", "encoder.ff_dim=32", "encoder.max_len=12",
+    "augment.max_len=12", "barlow.projector=[32,32]", "train.batch_size=32",
+    "train.epochs=3", "train.log_every=1", "train.lr=0.003",
+]  # fmt: skip
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+def _cfg(objective: str, *extra: str) -> PretrainConfig:
+    return build(PretrainConfig, {"objective": objective}, overrides=[*TINY, *extra])
+
+
+def _losses(run) -> list[float]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in lines if "step" in x and "event" not in x]
+
+
+@pytest.mark.parametrize("objective", ["barlow", "dual", "barlow+next"])
+def test_pretrain_cli_each_objective(data, tmp_path, objective):
+    run = tmp_path / "run"
+    args = ["pretrain", str(data), "--objective", objective, "--out", str(run), "--no-progress"]
+    for s in TINY:
+        args += ["--set", s]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    losses = _losses(run)
+    assert all(np.isfinite(losses))
+    # loss goes down: mean of the last steps below the mean of the first steps
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    for f in (
+        "config.yaml",
+        "dataset.json",
+        "summary.json",
+        "checkpoints/last/model.safetensors",
+        "checkpoints/best/model.safetensors",
+        "checkpoints/last/optim.safetensors",
+    ):
+        assert (run / f).is_file(), f
+    encoder, cfg = load_encoder(run)
+    assert cfg.objective == objective
+    assert encoder.embed(torch.tensor([[1, 2, 3]])).shape == (1, 16)
+
+
+def test_checkpoint_round_trip(data, tmp_path):
+    run = tmp_path / "run"
+    pretrain(data, run, _cfg("barlow", "train.epochs=1"), progress=False)
+    enc, _ = load_encoder(run, which="last")
+    saved = load_model_tensors(run / "checkpoints/last/model.safetensors")
+    for k, v in enc.state_dict().items():
+        torch.testing.assert_close(v, saved[f"encoder.{k}"])
+
+
+def test_kill_and_resume_reproduces_uninterrupted_run(data, tmp_path, monkeypatch):
+    cfg = _cfg("barlow+next", "train.epochs=2", "train.checkpoint_every=2")
+    full = tmp_path / "full"
+    pretrain(data, full, cfg, progress=False)
+
+    killed = tmp_path / "killed"
+
+    def kill(step: int) -> None:
+        if step == 7:  # after the checkpoint at step 6, mid-epoch 2
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_after_step", kill)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(data, killed, cfg, progress=False)
+    monkeypatch.setattr(train_mod, "_after_step", lambda step: None)
+    pretrain(data, killed, None, resume=True, progress=False)
+
+    a = load_model_tensors(full / "checkpoints/last/model.safetensors")
+    b = load_model_tensors(killed / "checkpoints/last/model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert _losses(full) == _losses(killed)
+
+
+def test_nan_loss_stops_with_clear_message(data, tmp_path, monkeypatch):
+    from seqtwins.objectives.barlow import BarlowObjective
+
+    real = BarlowObjective.forward
+
+    def poisoned(self, batch):
+        loss, logs = real(self, batch)
+        return loss * float("nan"), logs
+
+    monkeypatch.setattr(BarlowObjective, "forward", poisoned)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", str(data), "--out", str(run), "--no-progress",
+                                 *sum([["--set", s] for s in TINY], [])])  # fmt: skip
+    assert result.exit_code == 2
+    assert "loss became nan" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--objective", "triplet"], "objective='triplet' is unknown"),
+        (
+            ["--set", "encoder.dim=70", "--set", "encoder.heads=4"],
+            "encoder.dim=70 must be divisible by encoder.heads=4",
+        ),
+        (["--set", "train.epochs=abc"], "train.epochs='abc' must be an integer"),
+        (["--set", "train.epoch=1"], "unknown setting 'train.epoch'"),
+    ],
+)
+def test_bad_settings_one_line_exit_2(data, tmp_path, args, message):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", str(data), "--out", str(run), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not run.exists()
+
+
+def test_bad_dataset_dirs(tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", str(tmp_path / "missing"), "--out", str(run)])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "meta.json").write_text("{not json")
+    result = runner.invoke(app, ["pretrain", str(tmp_path / "junk"), "--out", str(run)])
+    assert result.exit_code == 2 and "corrupt" in result.output
+    assert not run.exists()
+
+
+def test_batch_larger_than_split_is_clipped(data, tmp_path):
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="clipped"):
+        s = pretrain(data, run, _cfg("barlow", "train.batch_size=5000", "train.epochs=1"),
+                     progress=False)  # fmt: skip
+    assert s.steps == 1
