@@ -248,6 +248,115 @@ def synth(
     console.print(f"wrote synthetic dataset to {path}; look at it with `seqtwins inspect {path}`")
 
 
+@command()
+def prepare(
+    input: Annotated[Path, typer.Argument(help="A log file or a MovieLens / S3-Rec folder.")],
+    out: Annotated[Path, typer.Option("--out", help="The dataset directory to write.")],
+    format: Annotated[
+        str, typer.Option(help="auto, csv, tsv, parquet, jsonl, movielens or s3rec.")
+    ] = "auto",
+    user_col: Annotated[str | None, typer.Option(help="User id column (tables).")] = None,
+    item_col: Annotated[str | None, typer.Option(help="Item id column (tables).")] = None,
+    time_col: Annotated[
+        str | None, typer.Option(help="Time column: epoch seconds or ISO-8601.")
+    ] = None,
+    rating_col: Annotated[str | None, typer.Option(help="Rating column.")] = None,
+    items: Annotated[
+        Path | None, typer.Option("--items", help="Item table: id + categories columns.")
+    ] = None,
+    items_id_col: Annotated[str | None, typer.Option(help="Id column of --items.")] = None,
+    categories_col: Annotated[
+        str | None, typer.Option(help="Categories column of --items (list or a|b|c).")
+    ] = None,
+    users: Annotated[
+        Path | None, typer.Option("--users", help="User table: id + attribute columns.")
+    ] = None,
+    users_id_col: Annotated[str | None, typer.Option(help="Id column of --users.")] = None,
+    dedup: Annotated[bool, typer.Option(help="Keep the first of repeated (user, item).")] = False,
+    min_rating: Annotated[float | None, typer.Option(help="Keep rating >= this.")] = None,
+    min_user_count: Annotated[int, typer.Option(help="k-core: interactions per user.")] = 1,
+    min_item_count: Annotated[int, typer.Option(help="k-core: interactions per item.")] = 1,
+    max_len: Annotated[
+        int | None, typer.Option(help="Keep each user's most recent N interactions.")
+    ] = None,
+    holdout: Annotated[int, typer.Option(help="Size of the held-out future window.")] = 5,
+    min_history: Annotated[int, typer.Option(help="Items kept as history at least.")] = 3,
+    split: Annotated[str, typer.Option(help="train,valid,test user fractions.")] = "0.8,0.1,0.1",
+    split_seed: Annotated[int, typer.Option(help="Seed of the user split.")] = 0,
+    pseudonymize: Annotated[
+        bool, typer.Option(help="Replace user ids by keyed hashes (needs --salt-file).")
+    ] = False,
+    salt_file: Annotated[
+        Path | None, typer.Option(help="HMAC key file; created if absent. Keep it secret.")
+    ] = None,
+    on_bad_rows: Annotated[
+        str, typer.Option(help="error (name the first bad rows) or skip (drop and count).")
+    ] = "error",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Turn a raw interaction log into a canonical dataset directory."""
+    from seqtwins.data.formats import ReaderOptions
+    from seqtwins.data.prepare import PrepareOptions
+    from seqtwins.data.prepare import prepare as run_prepare
+
+    try:
+        fractions = tuple(float(x) for x in split.split(","))
+    except ValueError:
+        raise SeqtwinsError(f"--split={split!r} must be three numbers like 0.8,0.1,0.1") from None
+    if len(fractions) != 3:
+        raise SeqtwinsError(f"--split={split!r} must be three numbers like 0.8,0.1,0.1")
+    reader = ReaderOptions(
+        format=format,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        rating_col=rating_col,
+        items_file=items,
+        items_id_col=items_id_col,
+        categories_col=categories_col,
+        users_file=users,
+        users_id_col=users_id_col,
+        on_bad_rows=on_bad_rows,
+    )
+    options = PrepareOptions(
+        reader=reader,
+        dedup=dedup,
+        min_rating=min_rating,
+        min_user_count=min_user_count,
+        min_item_count=min_item_count,
+        max_len=max_len,
+        holdout=holdout,
+        min_history=min_history,
+        split=(fractions[0], fractions[1], fractions[2]),
+        split_seed=split_seed,
+        pseudonymize=pseudonymize,
+        salt_file=salt_file,
+        overwrite=overwrite,
+    )
+    summary = run_prepare(input, out, options)
+    for line in summary.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="The dataset directory to write.")],
+    users: Annotated[int, typer.Option(help="Number of users.")] = 5000,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed = same dataset).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Generate the embedded synthetic default (known taste, drift and transition signal)."""
+    from seqtwins.data.synth import SynthConfig, synthesize
+
+    path = synthesize(out, SynthConfig(users=users, items=items, seed=seed), overwrite=overwrite)
+    console.print(
+        f"wrote synthetic dataset to {path}; look at it with `seqtwins inspect {path}`",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="seqtwins")

@@ -1,0 +1,981 @@
+"""Readers of raw interaction logs: generic tables, MovieLens folders, S3-Rec text files.
+
+Every reader returns a :class:`RawLog`: one row per interaction, in file order, with columns
+
+- ``user``, ``item`` -- ids as in the source (integer when every id is a canonical integer,
+  otherwise string),
+- ``time`` -- optional, Int64 epoch seconds (UTC),
+- ``rating`` -- optional, Float32,
+
+plus optional item and user tables. Ordering, filtering and indexing are
+:mod:`seqtwins.data.prepare`'s job; a reader only parses and validates.
+
+Formats (``--format``):
+
+- ``csv`` / ``tsv`` / ``parquet`` / ``jsonl`` -- one interaction per row/line (plain or ``.gz``
+  for the text formats). Columns are named by :class:`ReaderOptions`; without a name the first
+  of a short list of usual names is used (:data:`COLUMN_CANDIDATES`).
+- ``movielens`` -- a folder in an official MovieLens layout: ML-100K (``u.data``, ``u.item``,
+  ``u.user``), ML-1M / ML-10M (``ratings.dat[.gz]``, ``movies.dat``, ``users.dat``,
+  ``::``-separated, Latin-1 where not UTF-8), ML-20M / 25M / latest (``ratings.csv``,
+  ``movies.csv``). Genres become item categories; gender / age / occupation become user
+  attributes (ML-1M age and occupation *codes* are kept as category strings). Zip codes are
+  not kept: they are quasi-identifiers and no downstream task uses them.
+- ``s3rec`` -- ``<Name>.txt`` (one user per line: user id, then items in time order) plus an
+  optional ``<Name>_item2attributes.json``; attribute ids become category strings, repeats
+  within an item's list are removed (first occurrence kept), an empty list means no category.
+
+Bad rows (empty or unparseable user / item / time / rating) end in one
+:class:`~seqtwins.errors.SeqtwinsError` naming the first few with their line numbers, or are
+skipped and counted (``on_bad_rows="skip"``). Blank lines in text formats are ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from seqtwins.errors import SeqtwinsError
+
+FORMATS = ("auto", "csv", "tsv", "parquet", "jsonl", "movielens", "s3rec")
+BAD_ROW_POLICIES = ("error", "skip")
+ROLES = ("user", "item", "time", "rating")
+#: Column names tried, in order, when a column is not named explicitly.
+COLUMN_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "user": ("user_id", "userId", "user", "uid", "UserID"),
+    "item": ("item_id", "itemId", "item", "movieId", "iid", "MovieID"),
+    "time": ("timestamp", "time", "ts", "datetime", "Timestamp"),
+    "rating": ("rating", "Rating"),
+}
+CATEGORY_CANDIDATES = ("categories", "category", "genres", "genre", "tags")
+TITLE_CANDIDATES = ("title", "name")
+#: The 19 ML-100K genres in ``u.item`` flag order (used when ``u.genre`` is absent).
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+_ROLE_FLAG = {"user": "--user-col", "item": "--item-col", "time": "--time-col",
+              "rating": "--rating-col"}  # fmt: skip
+_EXPECTED = {
+    "user": "a user id",
+    "item": "an item id",
+    "time": "epoch seconds or an ISO-8601 time",
+    "rating": "a number",
+}
+_MAX_REPORTED = 3
+_LINE_SEP = "\x1f"  # ASCII unit separator: never inside a text line we read as one column
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How to read a raw log (the ``prepare`` flags about input)."""
+
+    format: str = "auto"
+    """One of :data:`FORMATS`; ``auto`` decides by file extension / folder contents."""
+    user_col: str | None = None
+    """User id column of a generic table; ``None``: the first of ``COLUMN_CANDIDATES['user']``."""
+    item_col: str | None = None
+    """Item id column of a generic table; ``None``: the first of ``COLUMN_CANDIDATES['item']``."""
+    time_col: str | None = None
+    """Time column (epoch seconds or ISO-8601); ``None``: the first usual name, else no times
+    (line order is then the order)."""
+    rating_col: str | None = None
+    """Rating column; ``None``: ``rating`` if present, else no ratings."""
+    items_file: Path | None = None
+    """Optional item table (csv/tsv/parquet/jsonl) for generic tables: id + categories."""
+    items_id_col: str | None = None
+    """Id column of the item table; ``None``: the item column's name if present, else the first."""
+    categories_col: str | None = None
+    """Categories column of the item table (a list, or ``|``- / ``,``-separated text);
+    ``None``: the first of :data:`CATEGORY_CANDIDATES`."""
+    users_file: Path | None = None
+    """Optional user table for generic tables: an id column and any attribute columns."""
+    users_id_col: str | None = None
+    """Id column of the user table; ``None``: the user column's name if present, else the first."""
+    on_bad_rows: str = "error"
+    """``error``: stop at bad rows and name the first few; ``skip``: drop and count them."""
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise SeqtwinsError(
+                f"unknown --format {self.format!r}; choose one of {', '.join(FORMATS)}"
+            )
+        if self.on_bad_rows not in BAD_ROW_POLICIES:
+            raise SeqtwinsError(f"--on-bad-rows={self.on_bad_rows!r} must be 'error' or 'skip'")
+
+
+@dataclass
+class RawLog:
+    """A parsed log: interactions in file order and optional item / user tables."""
+
+    interactions: pl.DataFrame
+    """Columns ``user``, ``item`` [, ``time`` Int64 epoch s] [, ``rating`` Float32]; no nulls."""
+    format: str
+    """The concrete format that was read (never ``auto``)."""
+    source: str
+    """The file(s) read, for messages and ``meta.json``."""
+    items: pl.DataFrame | None = None
+    """``item_id`` (String) [, ``categories`` List(String)] [, ``title``]; unique ids."""
+    users: pl.DataFrame | None = None
+    """``user_id`` (String) and attribute columns (String); unique ids."""
+    rows_read: int = 0
+    """Data rows read (blank lines excluded), before skipping bad rows."""
+    bad_rows_skipped: int = 0
+    """Rows dropped by ``on_bad_rows="skip"``."""
+    empty_users: int = 0
+    """Users listed with no interaction at all (S3-Rec lines holding only a user id)."""
+
+
+# --- entry points ------------------------------------------------------------------------
+
+
+def detect_format(path: Path) -> str:
+    """The concrete format of ``path`` judged by its name / folder contents."""
+    path = Path(path)
+    if not path.exists():
+        raise SeqtwinsError(f"input {path} does not exist")
+    if path.is_dir():
+        if _movielens_layout(path) is not None:
+            return "movielens"
+        if _s3rec_txt(path, must=False) is not None:
+            return "s3rec"
+        raise SeqtwinsError(
+            f"cannot tell the format of folder {path}: it holds neither a MovieLens layout "
+            "(u.data, ratings.dat[.gz], ratings.csv) nor an S3-Rec <Name>.txt; "
+            "pass --format or point at a file"
+        )
+    name = path.name.lower()
+    base = name[:-3] if name.endswith(".gz") else name
+    sibling_ml = path.parent / "movies.csv"
+    if base in ("u.data", "ratings.dat") or (base == "ratings.csv" and sibling_ml.is_file()):
+        return "movielens"
+    suffix = Path(base).suffix
+    by_suffix = {
+        ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
+        ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".txt": "s3rec",
+    }  # fmt: skip
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    raise SeqtwinsError(
+        f"cannot tell the format of {path} from its name; pass --format "
+        "csv|tsv|parquet|jsonl|movielens|s3rec"
+    )
+
+
+def read_log(path: Path, options: ReaderOptions | None = None) -> RawLog:
+    """Read and validate the raw log at ``path`` (a file or a folder)."""
+    options = options or ReaderOptions()
+    path = Path(path)
+    if not path.exists():
+        raise SeqtwinsError(f"input {path} does not exist")
+    fmt = detect_format(path) if options.format == "auto" else options.format
+    if fmt in ("movielens", "s3rec") and (options.items_file or options.users_file):
+        raise SeqtwinsError(
+            f"--items/--users apply to csv/tsv/parquet/jsonl input; {fmt} input brings its "
+            "own item and user tables"
+        )
+    if fmt == "movielens":
+        log = _read_movielens(path, options)
+    elif fmt == "s3rec":
+        log = _read_s3rec(path, options)
+    else:
+        log = _read_generic(path, fmt, options)
+    if log.items is not None:
+        _check_overlap(log.items["item_id"], log.interactions["item"], "item", log)
+    if log.users is not None:
+        _check_overlap(log.users["user_id"], log.interactions["user"], "user", log)
+    return log
+
+
+# --- raw bytes and tables ------------------------------------------------------------------
+
+
+def _load_bytes(path: Path) -> bytes:
+    """File contents, gunzipped for ``.gz``; empty, truncated or corrupt files are errors."""
+    if not path.is_file():
+        raise SeqtwinsError(f"{path} does not exist or is not a file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SeqtwinsError(f"cannot read {path} ({e.strerror})") from e
+    if path.name.lower().endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise SeqtwinsError(
+                f"{path} is a truncated or corrupt gzip file ({e}); download or compress it again"
+            ) from e
+    if not raw.strip():
+        raise SeqtwinsError(f"{path} is empty; point at a file with interactions")
+    return raw
+
+
+def _first_bad_utf8(data: bytes) -> tuple[int, int, int] | None:
+    """(line, column, byte) of the first invalid UTF-8 byte, 1-based; ``None`` if valid."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        return line, col, data[e.start]
+    return None
+
+
+def _utf8_error(label: str, data: bytes) -> SeqtwinsError | None:
+    bad = _first_bad_utf8(data)
+    if bad is None:
+        return None
+    line, col, byte = bad
+    return SeqtwinsError(
+        f"{label} line {line}, column {col}: byte 0x{byte:02X} is not valid UTF-8; save the "
+        f"file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+    )
+
+
+def _decode_legacy(data: bytes) -> bytes:
+    """UTF-8 bytes of an old MovieLens text file: UTF-8 if it is, else Latin-1."""
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError:
+        return data.decode("latin-1").encode("utf-8")
+
+
+@dataclass
+class _Table:
+    """Raw columns as read (typed or all-String) and how rows map to lines."""
+
+    df: pl.DataFrame
+    label: str
+    first_line: int  # line number of data row 0
+    unit: str = "line"  # "line" for text, "row" for Parquet
+    text: bool = True  # blank lines are possible (text formats only)
+    line_numbers: pl.Series | None = None  # per row, when rows are not consecutive lines
+    blank: pl.Series | None = None  # per row: a blank line (default: every column null)
+
+    def line_of(self, row: int) -> int:
+        if self.line_numbers is not None:
+            return int(self.line_numbers[row])
+        return row + self.first_line
+
+    def blank_mask(self) -> pl.Series | None:
+        if not self.text:
+            return None
+        if self.blank is not None:
+            return self.blank
+        return self.df.select(pl.all_horizontal(pl.all().is_null())).to_series()
+
+
+def _polars_msg(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _csv_columns(src: Path | bytes, sep: str, label: str) -> list[str]:
+    try:
+        if isinstance(src, Path):
+            return pl.scan_csv(src, separator=sep, infer_schema=False).collect_schema().names()
+        return pl.read_csv(io.BytesIO(src), separator=sep, n_rows=1, infer_schema=False).columns
+    except pl.exceptions.NoDataError as e:
+        raise SeqtwinsError(f"{label} is empty; point at a file with interactions") from e
+    except pl.exceptions.PolarsError as e:
+        raise _text_error(label, src, e) from e
+
+
+def _text_error(label: str, src: Path | bytes, e: Exception) -> SeqtwinsError:
+    """Turn a polars parse error on a text file into a one-line error for people."""
+    msg = _polars_msg(e)
+    if "utf-8" in msg.lower() or "utf8" in msg.lower():
+        data = src.read_bytes() if isinstance(src, Path) else src
+        err = _utf8_error(label, data)
+        if err is not None:
+            return err
+    if "more fields" in msg:
+        return SeqtwinsError(
+            f"{label}: a row has more fields than the header; fix it or pass "
+            "--on-bad-rows skip to ignore the extra fields"
+        )
+    return SeqtwinsError(f"{label} cannot be parsed ({msg}); check --format and the file")
+
+
+def _read_delimited(
+    src: Path | bytes,
+    label: str,
+    sep: str,
+    columns: Sequence[str],
+    *,
+    names: Sequence[str] | None = None,
+    quote: bool = True,
+    skip_ragged: bool = False,
+) -> _Table:
+    """Read ``columns`` of a CSV-like text; typed first, all-String when that fails.
+
+    ``names`` gives column names to a header-less file. The all-String fallback lets
+    :func:`_normalize` point at the exact bad rows instead of polars' first parse failure.
+    """
+    kw: dict[str, object] = {
+        "separator": sep,
+        "quote_char": '"' if quote else None,
+        "has_header": names is None,
+        "truncate_ragged_lines": skip_ragged,
+    }
+    if names is not None:
+        kw["new_columns"] = list(names)
+    first_line = 1 if names is not None else 2
+
+    def read(**extra: object) -> pl.DataFrame:
+        opts = {**kw, **extra}
+        if isinstance(src, Path):
+            return pl.scan_csv(src, **opts).select(list(columns)).collect()  # type: ignore[arg-type]
+        return pl.read_csv(io.BytesIO(src), **opts).select(list(columns))  # type: ignore[arg-type]
+
+    try:
+        df = read(infer_schema_length=10_000)
+    except pl.exceptions.NoDataError as e:
+        raise SeqtwinsError(f"{label} is empty; point at a file with interactions") from e
+    except pl.exceptions.ColumnNotFoundError as e:
+        raise SeqtwinsError(f"{label}: {_polars_msg(e)}") from e
+    except pl.exceptions.PolarsError:
+        try:
+            df = read(infer_schema=False)
+        except pl.exceptions.PolarsError as e:
+            raise _text_error(label, src, e) from e
+    return _Table(df, label, first_line)
+
+
+def _read_lines(src: bytes, label: str) -> pl.DataFrame:
+    """Each line of a UTF-8 text as one String row (``line``); blank lines become null."""
+    try:
+        df = pl.read_csv(
+            io.BytesIO(src),
+            separator=_LINE_SEP,
+            quote_char=None,
+            has_header=False,
+            schema={"line": pl.String},
+        )
+    except pl.exceptions.PolarsError as e:
+        raise _text_error(label, src, e) from e
+    return df.with_columns(pl.col("line").str.strip_chars_end("\r"))
+
+
+def _read_any_table(path: Path, what: str) -> _Table:
+    """A whole item/user table (all columns), format by extension."""
+    fmt = detect_format(path)
+    label = str(path)
+    if fmt == "parquet":
+        cols = _parquet_columns(path)
+        df = _read_parquet(path, cols).df
+        return _Table(df, label, 1, unit="row", text=False)
+    if fmt in ("csv", "tsv"):
+        data = _load_bytes(path)
+        sep = "," if fmt == "csv" else "\t"
+        cols = _csv_columns(data, sep, label)
+        return _read_delimited(data, label, sep, cols)
+    if fmt == "jsonl":
+        data = _load_bytes(path)
+        cols = _jsonl_columns(data, label)
+        return _read_jsonl(data, label, cols)
+    raise SeqtwinsError(f"{what} table {path} must be csv, tsv, parquet or jsonl")
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    if not path.is_file():
+        raise SeqtwinsError(f"{path} does not exist or is not a file")
+    try:
+        return list(pl.read_parquet_schema(path))
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise SeqtwinsError(
+            f"{path} is not a readable Parquet file ({_polars_msg(e)}); check --format"
+        ) from e
+
+
+def _read_parquet(path: Path, columns: Sequence[str]) -> _Table:
+    try:
+        df = pl.scan_parquet(path).select(list(columns)).collect()
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise SeqtwinsError(f"{path} cannot be read as Parquet ({_polars_msg(e)})") from e
+    return _Table(df, str(path), 1, unit="row", text=False)
+
+
+def _jsonl_columns(data: bytes, label: str) -> list[str]:
+    """Keys seen in the first 1,000 JSON lines, in first-seen order."""
+    keys: dict[str, None] = {}
+    for raw in data[: 1 << 20].splitlines()[:1000]:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            keys.update(dict.fromkeys(obj))
+    if not keys:
+        err = _utf8_error(label, data)
+        raise err or SeqtwinsError(
+            f"{label} holds no JSON objects in its first lines; expected one JSON object per line"
+        )
+    return list(keys)
+
+
+def _read_jsonl(data: bytes, label: str, columns: Sequence[str]) -> _Table:
+    """JSON lines; polars' reader when rows map 1:1 to lines and parse, else line by line."""
+    if b"\n\n" not in data and b"\n\r\n" not in data and not data[:1].isspace():
+        try:
+            df = pl.read_ndjson(io.BytesIO(data), infer_schema_length=10_000)
+            df = df.select([pl.col(c) if c in df.columns else pl.lit(None).alias(c)
+                            for c in columns])  # fmt: skip
+            if not bool(df.select(pl.any_horizontal(pl.all().is_null())).to_series().any()):
+                return _Table(df, label, 1)
+        except pl.exceptions.PolarsError:
+            pass
+    # Slow but exact path: each line on its own, so bad lines keep their line numbers.
+    if (err := _utf8_error(label, data)) is not None:
+        raise err
+    lines = _read_lines(data, label)
+    df = lines.select(
+        [pl.col("line").str.json_path_match("$[" + json.dumps(c) + "]").alias(c) for c in columns]
+    )
+    blank = lines["line"].is_null() | (lines["line"].str.strip_chars() == "")
+    return _Table(df, label, 1, blank=blank)
+
+
+# --- column roles and normalisation ---------------------------------------------------------
+
+
+def _resolve(
+    available: Sequence[str], role: str, given: str | None, label: str, required: bool
+) -> str | None:
+    """The column playing ``role``: the one named, else the first usual name present."""
+    if given is not None:
+        if given in available:
+            return given
+        close = difflib.get_close_matches(given, available, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SeqtwinsError(
+            f"{label} has no column {given!r} for {_ROLE_FLAG[role]}{hint}; its columns are: "
+            f"{', '.join(available)}"
+        )
+    for cand in COLUMN_CANDIDATES[role]:
+        if cand in available:
+            return cand
+    if required:
+        raise SeqtwinsError(
+            f"{label} has no {role} column (tried {', '.join(COLUMN_CANDIDATES[role])}); name it "
+            f"with {_ROLE_FLAG[role]}; its columns are: {', '.join(available)}"
+        )
+    return None
+
+
+def _id_expr(dtype: pl.DataType, name: str, series: pl.Series) -> pl.Expr:
+    """Ids: integers stay integers; canonical integer strings become Int64; else String."""
+    col = pl.col(name)
+    if dtype.is_integer():
+        return col
+    if dtype.is_float():
+        finite = series.drop_nulls().drop_nans()
+        if finite.len() == 0 or bool((finite == finite.floor()).all()):
+            return pl.when(col.is_nan()).then(None).otherwise(col).cast(pl.Int64, strict=False)
+        return col.cast(pl.String)
+    if dtype == pl.String:
+        stripped_s = series.str.strip_chars()
+        s = pl.select(pl.when(stripped_s == "").then(None).otherwise(stripped_s)).to_series()
+        as_int = s.cast(pl.Int64, strict=False)
+        canonical = as_int.cast(pl.String)
+        if bool(((canonical == s).fill_null(False) | s.is_null()).all()):
+            return col.str.strip_chars().cast(pl.Int64, strict=False)
+        stripped = col.str.strip_chars()
+        return pl.when(stripped == "").then(None).otherwise(stripped)
+    return col.cast(pl.String)
+
+
+def _time_expr(dtype: pl.DataType, name: str, label: str) -> pl.Expr:
+    """Epoch seconds (Int64, UTC) from integers, floats, datetimes, dates or text."""
+    col = pl.col(name)
+    if dtype.is_integer():
+        return col.cast(pl.Int64)
+    if dtype.is_float():
+        return pl.when(col.is_finite()).then(col.floor()).otherwise(None).cast(pl.Int64)
+    if isinstance(dtype, pl.Datetime):
+        return col.dt.epoch("s")
+    if dtype == pl.Date:
+        return col.cast(pl.Datetime("ms")).dt.epoch("s")
+    if dtype == pl.String:
+        return _parse_time_text(col)
+    raise SeqtwinsError(
+        f"{label}: time column {name!r} has type {dtype}; expected epoch seconds or ISO-8601"
+    )
+
+
+def _parse_time_text(col: pl.Expr) -> pl.Expr:
+    """Epoch seconds from text: integer / decimal seconds, or ISO-8601 date[time][offset]."""
+    s = col.str.strip_chars()
+    as_int = s.cast(pl.Int64, strict=False)
+    as_float = s.cast(pl.Float64, strict=False)
+    as_float = pl.when(as_float.is_finite()).then(as_float.floor()).otherwise(None)
+    iso = s.str.replace(r"^(\d{4}-\d{2}-\d{2})[ T]", "${1}T").str.replace(r"[Zz]$", "+00:00")
+    with_offset = iso.str.to_datetime(
+        "%Y-%m-%dT%H:%M:%S%.f%z", strict=False, time_unit="us", time_zone="UTC"
+    )
+    naive = [
+        iso.str.to_datetime(fmt, strict=False, time_unit="us")
+        for fmt in ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")
+    ]
+    date = iso.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us"))
+    return pl.coalesce(
+        as_int,
+        as_float.cast(pl.Int64),
+        with_offset.dt.epoch("s"),
+        *[d.dt.epoch("s") for d in naive],
+        date.dt.epoch("s"),
+    )
+
+
+def _rating_expr(dtype: pl.DataType, name: str, label: str) -> pl.Expr:
+    col = pl.col(name)
+    if dtype.is_numeric():
+        num = col.cast(pl.Float64)
+    elif dtype == pl.String:
+        num = col.str.strip_chars().cast(pl.Float64, strict=False)
+    else:
+        raise SeqtwinsError(f"{label}: rating column {name!r} has type {dtype}; expected numbers")
+    return pl.when(num.is_finite()).then(num).otherwise(None).cast(pl.Float32)
+
+
+def _normalize(table: _Table, roles: dict[str, str], on_bad_rows: str) -> tuple[pl.DataFrame, int]:
+    """Typed ``user``/``item``/[``time``]/[``rating``] columns; bad rows raise or are dropped.
+
+    Returns the clean frame (file order) and the number of rows skipped.
+    """
+    df = table.df
+    exprs: list[pl.Expr] = []
+    for role, name in roles.items():
+        dtype = df.schema[name]
+        if role in ("user", "item"):
+            e = _id_expr(dtype, name, df[name])
+        elif role == "time":
+            e = _time_expr(dtype, name, table.label)
+        else:
+            e = _rating_expr(dtype, name, table.label)
+        exprs.append(e.alias(role))
+    out = df.select(exprs)
+    bad = out.select(pl.any_horizontal(pl.all().is_null())).to_series()
+    blank = table.blank_mask()
+    if blank is not None:
+        bad = bad & ~blank
+    n_bad = int(bad.sum())
+    if n_bad and on_bad_rows == "error":
+        rows = bad.arg_true().head(_MAX_REPORTED).to_list()
+        details = []
+        for r in rows:
+            raws = {name: df[name][r] for name in roles.values()}
+            if all(v is None for v in raws.values()):
+                why = f"none of the columns {', '.join(map(repr, raws))} has a value"
+            else:
+                why = ""
+                for role, name in roles.items():
+                    if out[role][r] is None:
+                        raw = raws[name]
+                        why = (
+                            f"column {name!r} is empty"
+                            if raw is None or (isinstance(raw, str) and not raw.strip())
+                            else f"column {name!r} value {str(raw)[:40]!r} is not {_EXPECTED[role]}"
+                        )
+                        break
+            details.append(f"{table.unit} {table.line_of(r)}: {why}")
+        more = f" (and {n_bad - len(rows)} more)" if n_bad > len(rows) else ""
+        raise SeqtwinsError(
+            f"{table.label}: {n_bad} bad row{'s' if n_bad > 1 else ''}: {'; '.join(details)}"
+            f"{more}; fix them or pass --on-bad-rows skip to drop them"
+        )
+    keep = ~bad if blank is None else ~(bad | blank)
+    if n_bad or (blank is not None and bool(blank.any())):
+        out = out.filter(keep)
+    if out.height == 0:
+        what = "all rows are bad" if n_bad else "it has no rows"
+        raise SeqtwinsError(f"{table.label}: no interactions to prepare ({what})")
+    return out, n_bad
+
+
+def _n_blank(table: _Table) -> int:
+    blank = table.blank_mask()
+    return 0 if blank is None else int(blank.sum())
+
+
+# --- generic tables ----------------------------------------------------------------------
+
+
+def _read_generic(path: Path, fmt: str, options: ReaderOptions) -> RawLog:
+    if path.is_dir():
+        raise SeqtwinsError(f"--format {fmt} needs a file, but {path} is a folder")
+    label = str(path)
+    src: Path | bytes
+    if fmt == "parquet":
+        available = _parquet_columns(path)
+    elif fmt == "jsonl":
+        src = _load_bytes(path)
+        available = _jsonl_columns(src, label)
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        src = _load_bytes(path) if path.name.lower().endswith(".gz") else path
+        if isinstance(src, Path) and src.stat().st_size == 0:
+            raise SeqtwinsError(f"{label} is empty; point at a file with interactions")
+        available = _csv_columns(src, sep, label)
+    roles = _roles(available, options, label)
+    cols = list(dict.fromkeys(roles.values()))
+    if fmt == "parquet":
+        table = _read_parquet(path, cols)
+    elif fmt == "jsonl":
+        table = _read_jsonl(src, label, cols)  # type: ignore[arg-type]
+    else:
+        table = _read_delimited(src, label, sep, cols, skip_ragged=options.on_bad_rows == "skip")
+    rows = table.df.height - _n_blank(table)
+    inter, skipped = _normalize(table, roles, options.on_bad_rows)
+    items = users = None
+    if options.items_file is not None:
+        items = _item_table(Path(options.items_file), options, roles["item"])
+    if options.users_file is not None:
+        users = _user_table(Path(options.users_file), options, roles["user"])
+    return RawLog(inter, fmt, label, items, users, rows_read=rows, bad_rows_skipped=skipped)
+
+
+def _roles(available: Sequence[str], options: ReaderOptions, label: str) -> dict[str, str]:
+    roles: dict[str, str] = {}
+    given = {"user": options.user_col, "item": options.item_col, "time": options.time_col,
+             "rating": options.rating_col}  # fmt: skip
+    for role in ROLES:
+        col = _resolve(available, role, given[role], label, required=role in ("user", "item"))
+        if col is not None:
+            roles[role] = col
+    if roles["user"] == roles["item"]:
+        raise SeqtwinsError(f"{label}: user and item columns are both {roles['user']!r}")
+    return roles
+
+
+def _unique_ids(df: pl.DataFrame, col: str, label: str, what: str) -> pl.DataFrame:
+    """Cast the id column to String; null or repeated ids are errors."""
+    df = df.with_columns(pl.col(col).cast(pl.String).str.strip_chars().alias(col))
+    nulls = df[col].is_null() | (df[col] == "")
+    if bool(nulls.any()):
+        r = int(nulls.arg_true()[0])
+        raise SeqtwinsError(f"{label}: row {r + 1} has no {what} id in column {col!r}; fill it in")
+    dup = df[col].is_duplicated()
+    if bool(dup.any()):
+        first = df[col].filter(dup)[0]
+        raise SeqtwinsError(
+            f"{label}: {what} id {first!r} appears more than once in column {col!r}; "
+            "keep one row per id"
+        )
+    return df
+
+
+def _categories_expr(dtype: pl.DataType, name: str, values: pl.Series) -> pl.Expr:
+    """List(String) categories from a list column or ``|``- / ``,``-separated text."""
+    col = pl.col(name)
+    if isinstance(dtype, pl.List | pl.Array):
+        lst = col.cast(pl.List(pl.String))
+    else:
+        text = col.cast(pl.String)
+        sep = "|" if bool(values.cast(pl.String).str.contains("|", literal=True).any()) else ","
+        lst = text.str.split(sep)
+    lst = lst.list.eval(pl.element().str.strip_chars()).list.eval(
+        pl.element().filter(pl.element().is_not_null() & (pl.element() != ""))
+    )
+    return pl.when(col.is_null()).then(pl.lit([], dtype=pl.List(pl.String))).otherwise(lst)
+
+
+def _item_table(path: Path, options: ReaderOptions, item_col: str) -> pl.DataFrame:
+    table = _read_any_table(path, "item")
+    df, label = table.df, table.label
+    id_col = options.items_id_col or (item_col if item_col in df.columns else df.columns[0])
+    if id_col not in df.columns:
+        raise SeqtwinsError(
+            f"{label} has no column {id_col!r} for --items-id-col; its columns are: "
+            f"{', '.join(df.columns)}"
+        )
+    cat_col = options.categories_col
+    if cat_col is None:
+        cat_col = next((c for c in CATEGORY_CANDIDATES if c in df.columns), None)
+    elif cat_col not in df.columns:
+        raise SeqtwinsError(
+            f"{label} has no column {cat_col!r} for --categories-col; its columns are: "
+            f"{', '.join(df.columns)}"
+        )
+    title_col = next((c for c in TITLE_CANDIDATES if c in df.columns and c != id_col), None)
+    if cat_col is None and title_col is None:
+        raise SeqtwinsError(
+            f"{label} has no categories column (tried {', '.join(CATEGORY_CANDIDATES)}); "
+            "name it with --categories-col"
+        )
+    if df.height == 0:
+        raise SeqtwinsError(f"{label} is empty; give an item table with rows or drop --items")
+    df = _unique_ids(df, id_col, label, "item")
+    exprs = [pl.col(id_col).alias("item_id")]
+    if cat_col is not None:
+        exprs.append(_categories_expr(df.schema[cat_col], cat_col, df[cat_col]).alias("categories"))
+    if title_col is not None:
+        exprs.append(pl.col(title_col).cast(pl.String).alias("title"))
+    return df.select(exprs)
+
+
+def _user_table(path: Path, options: ReaderOptions, user_col: str) -> pl.DataFrame:
+    table = _read_any_table(path, "user")
+    df, label = table.df, table.label
+    id_col = options.users_id_col or (user_col if user_col in df.columns else df.columns[0])
+    if id_col not in df.columns:
+        raise SeqtwinsError(
+            f"{label} has no column {id_col!r} for --users-id-col; its columns are: "
+            f"{', '.join(df.columns)}"
+        )
+    if df.height == 0:
+        raise SeqtwinsError(f"{label} is empty; give a user table with rows or drop --users")
+    df = _unique_ids(df, id_col, label, "user")
+    attrs = [c for c in df.columns if c != id_col]
+    reserved = {"user_idx", "user_id", "split"} & set(attrs)
+    if reserved:
+        raise SeqtwinsError(
+            f"{label}: attribute column(s) {sorted(reserved)} clash with dataset columns; "
+            "rename them"
+        )
+    return df.select(pl.col(id_col).alias("user_id"), *[pl.col(c).cast(pl.String) for c in attrs])
+
+
+def _check_overlap(table_ids: pl.Series, log_ids: pl.Series, what: str, log: RawLog) -> None:
+    """An item/user table that matches no id of the log is a mistake (wrong file or column)."""
+    table_s = table_ids.cast(pl.String)
+    log_s = log_ids.unique().cast(pl.String)
+    if not bool(table_s.is_in(log_s.implode()).any()):
+        ex_t = ", ".join(repr(x) for x in table_s.head(3).to_list())
+        ex_l = ", ".join(repr(x) for x in log_s.sort().head(3).to_list())
+        raise SeqtwinsError(
+            f"the {what} table of {log.source} references no {what} of the interactions "
+            f"(table ids like {ex_t}; log ids like {ex_l}); check the file and its id column"
+        )
+
+
+# --- MovieLens ---------------------------------------------------------------------------
+
+
+def _movielens_layout(folder: Path) -> str | None:
+    if (folder / "u.data").is_file():
+        return "100k"
+    if (folder / "ratings.dat").is_file() or (folder / "ratings.dat.gz").is_file():
+        return "1m"
+    if (folder / "ratings.csv").is_file():
+        return "20m"
+    return None
+
+
+def _read_movielens(path: Path, options: ReaderOptions) -> RawLog:
+    folder = path if path.is_dir() else path.parent
+    layout = _movielens_layout(folder)
+    if layout is None:
+        raise SeqtwinsError(
+            f"{folder} is not a MovieLens folder: expected u.data (ML-100K), "
+            "ratings.dat[.gz] (ML-1M/10M) or ratings.csv (ML-20M/25M/latest)"
+        )
+    bad = options.on_bad_rows
+    names = ["user", "item", "rating", "time"]
+    roles = {r: r for r in ROLES}
+    items = users = None
+    if layout == "100k":
+        f = folder / "u.data"
+        table = _read_delimited(_load_bytes(f), str(f), "\t", names, names=names, quote=False)
+        if (folder / "u.item").is_file():
+            items = _ml100k_items(folder)
+        if (folder / "u.user").is_file():
+            users = _dat_table(
+                folder / "u.user", "|", ["user_id", "age", "gender", "occupation", "zip"]
+            )
+    elif layout == "1m":
+        f = folder / "ratings.dat"
+        if not f.is_file():
+            f = folder / "ratings.dat.gz"
+        data = _load_bytes(f).replace(b"::", _LINE_SEP.encode())
+        table = _read_delimited(data, str(f), _LINE_SEP, names, names=names, quote=False)
+        if (folder / "movies.dat").is_file():
+            movies = _dat_table(folder / "movies.dat", "::", ["item_id", "title", "genres"])
+            items = movies.select(
+                "item_id",
+                _genres(pl.col("genres")).alias("categories"),
+                "title",
+            )
+        if (folder / "users.dat").is_file():
+            users = _dat_table(
+                folder / "users.dat", "::", ["user_id", "gender", "age", "occupation", "zip"]
+            )
+    else:
+        f = folder / "ratings.csv"
+        data = _load_bytes(f)
+        cols = _csv_columns(data, ",", str(f))
+        ml_names = ["userId", "movieId", "rating", "timestamp"]
+        missing = [c for c in ml_names if c not in cols]
+        if missing:
+            raise SeqtwinsError(
+                f"{f} lacks MovieLens column(s) {', '.join(missing)}; its columns are: "
+                f"{', '.join(cols)}; use --format csv with --user-col/--item-col instead"
+            )
+        table = _read_delimited(data, str(f), ",", ml_names)
+        table.df = table.df.rename(dict(zip(ml_names, names, strict=True)))
+        mf = folder / "movies.csv"
+        if mf.is_file():
+            mdata = _load_bytes(mf)
+            mt = _read_delimited(mdata, str(mf), ",", ["movieId", "title", "genres"])
+            mdf = _unique_ids(mt.df, "movieId", str(mf), "movie")
+            items = mdf.select(
+                pl.col("movieId").alias("item_id"),
+                _genres(pl.col("genres").cast(pl.String)).alias("categories"),
+                pl.col("title").cast(pl.String),
+            )
+    if users is not None:
+        users = users.drop("zip")
+    rows = table.df.height - _n_blank(table)
+    inter, skipped = _normalize(table, roles, bad)
+    return RawLog(inter, "movielens", str(folder), items, users, rows_read=rows,
+                  bad_rows_skipped=skipped)  # fmt: skip
+
+
+def _genres(col: pl.Expr) -> pl.Expr:
+    """Pipe-separated genres as a list; ``(no genres listed)`` / empty means none."""
+    parts = col.str.split("|").list.eval(
+        pl.element().filter(
+            (pl.element().str.strip_chars() != "") & (pl.element() != "(no genres listed)")
+        )
+    )
+    return pl.when(col.is_null()).then(pl.lit([], dtype=pl.List(pl.String))).otherwise(parts)
+
+
+def _dat_table(path: Path, sep: str, names: list[str]) -> pl.DataFrame:
+    """A small MovieLens side table (UTF-8 or Latin-1) as String columns with unique ids."""
+    data = _decode_legacy(_load_bytes(path)).replace(sep.encode(), _LINE_SEP.encode())
+    label = str(path)
+    try:
+        df = pl.read_csv(
+            io.BytesIO(data),
+            separator=_LINE_SEP,
+            quote_char=None,
+            has_header=False,
+            new_columns=names,
+            infer_schema=False,
+        )
+    except pl.exceptions.PolarsError as e:
+        raise SeqtwinsError(
+            f"{label} cannot be parsed as {sep!r}-separated {', '.join(names)} ({_polars_msg(e)})"
+        ) from e
+    if df.width != len(names):
+        raise SeqtwinsError(
+            f"{label} has {df.width} fields per line, expected {len(names)} ({', '.join(names)})"
+        )
+    df = df.filter(~pl.all_horizontal(pl.all().is_null()))
+    return _unique_ids(df, names[0], label, names[0].removesuffix("_id"))
+
+
+def _ml100k_items(folder: Path) -> pl.DataFrame:
+    genres = list(ML100K_GENRES)
+    gfile = folder / "u.genre"
+    if gfile.is_file():
+        g = _decode_legacy(_load_bytes(gfile)).decode("utf-8")
+        pairs = [ln.split("|") for ln in g.splitlines() if ln.strip()]
+        try:
+            genres = [name for name, _ in sorted(pairs, key=lambda p: int(p[1]))]
+        except (ValueError, IndexError) as e:
+            raise SeqtwinsError(f"{gfile}: expected lines 'name|id' ({e})") from e
+    flags = [f"g{k}" for k in range(len(genres))]
+    names = ["item_id", "title", "release", "video_release", "url", *flags]
+    df = _dat_table(folder / "u.item", "|", names)
+    cats = pl.concat_list(
+        [pl.when(pl.col(f) == "1").then(pl.lit(g)) for f, g in zip(flags, genres, strict=True)]
+    ).list.drop_nulls()
+    return df.select("item_id", cats.alias("categories"), "title")
+
+
+# --- S3-Rec ------------------------------------------------------------------------------
+
+
+def _s3rec_txt(path: Path, must: bool = True) -> Path | None:
+    if path.is_file():
+        return path
+    txts = sorted(p for p in path.glob("*.txt") if not p.name.lower().startswith("readme"))
+    with_attr = [p for p in txts if (p.parent / f"{p.stem}_item2attributes.json").is_file()]
+    for cands in (with_attr, txts):
+        if len(cands) == 1:
+            return cands[0]
+    if must:
+        raise SeqtwinsError(
+            f"{path} must hold exactly one S3-Rec <Name>.txt (found "
+            f"{', '.join(p.name for p in txts) or 'none'}); point at the .txt file"
+        )
+    return None
+
+
+def _read_s3rec(path: Path, options: ReaderOptions) -> RawLog:
+    txt = _s3rec_txt(path)
+    assert txt is not None
+    label = str(txt)
+    data = _load_bytes(txt)
+    lines = _read_lines(data, label).with_row_index("row")
+    if (err := _utf8_error(label, data)) is not None:  # polars may not check every byte
+        raise err
+    tokens = lines.select("row", pl.col("line").str.extract_all(r"\S+").alias("tok")).filter(
+        pl.col("tok").list.len() > 0
+    )
+    n_rows = tokens.height
+    empty_users = int((tokens["tok"].list.len() == 1).sum())
+    long = (
+        tokens.select(
+            "row",
+            pl.col("tok").list.first().alias("user"),
+            pl.col("tok").list.slice(1).alias("item"),
+        )
+        .explode("item")
+        .drop_nulls("item")
+    )
+    table = _Table(long.select("user", "item"), label, 1, line_numbers=long["row"] + 1)
+    inter, _ = _normalize(table, {"user": "user", "item": "item"}, options.on_bad_rows)
+    items = None
+    attr = txt.parent / f"{txt.stem}_item2attributes.json"
+    if attr.is_file():
+        items = _s3rec_attributes(attr)
+    return RawLog(inter, "s3rec", label, items, None, rows_read=n_rows, empty_users=empty_users)
+
+
+def _s3rec_attributes(path: Path) -> pl.DataFrame:
+    label = str(path)
+    data = _load_bytes(path)
+    if (err := _utf8_error(label, data)) is not None:
+        raise err
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise SeqtwinsError(
+            f"{label} line {e.lineno}, column {e.colno}: invalid JSON ({e.msg}); expected "
+            '{"item_id": [attribute_id, ...], ...}'
+        ) from e
+    if not isinstance(obj, dict) or not all(isinstance(v, list) for v in obj.values()):
+        raise SeqtwinsError(
+            f'{label}: expected one JSON object {{"item_id": [attribute_id, ...], ...}}'
+        )
+    if not obj:
+        raise SeqtwinsError(f"{label} is empty (no items); remove it or fill it in")
+    values = list(obj.values())
+    # one flat array + offsets: building a list column from Python lists is slow
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    try:
+        flat = pa.array([x for v in values for x in v]).cast(pa.string())
+    except (pa.ArrowException, TypeError) as e:
+        raise SeqtwinsError(
+            f"{label}: attribute lists must hold only ids (numbers or strings) ({e})"
+        ) from e
+    cats = pl.from_arrow(pa.ListArray.from_arrays(pa.array(offsets), flat))
+    df = pl.DataFrame(
+        {"item_id": pl.Series(list(obj.keys()), dtype=pl.String), "categories": cats}
+    ).with_columns(pl.col("categories").list.unique(maintain_order=True))
+    return _unique_ids(df, "item_id", label, "item")
