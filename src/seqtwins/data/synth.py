@@ -31,7 +31,8 @@ The generative story (docs/synth.md has the long form and the measured signal):
    (strictly increasing per user).
 7. **Holdout and split** follow ``prepare``: the last ``holdout`` items are the future
    window, shortened so that at least ``min_history`` remain; users are split
-   train/valid/test by a seeded permutation.
+   train/valid/test by prepare's own rule (a seeded permutation cut into valid
+   ``round(valid_frac U)``, test ``round(test_frac U)`` and train the rest).
 
 Everything is vectorised with numpy; the only Python loop runs over time steps (at most
 ``max_length``), each step handling every still-active user at once.
@@ -46,7 +47,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import SPLITS, Sequences, write_dataset
+from seqtwins.data.dataset import Sequences, write_dataset
+from seqtwins.data.prepare import _assign_splits  # one split rule for prepare and synth
 from seqtwins.errors import SeqtwinsError
 
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
@@ -67,7 +69,8 @@ class SynthConfig:
     seed: int = 0
     """Seed of every random draw: the same config writes the same dataset (same hash)."""
     categories: int = 20
-    """Number of item categories (names ``cat00``, ``cat01``, ...)."""
+    """Number of item categories (names ``cat00``, ``cat01``, ...; zero-padded so that
+    name order is code order)."""
     secondary_category_prob: float = 0.3
     """Probability that an item also has a (different) secondary category."""
     category_size_concentration: float = 2.0
@@ -286,19 +289,6 @@ def holdout_ends(offsets: np.ndarray, holdout: int, min_history: int) -> np.ndar
     return np.asarray(offsets[1:] - future, dtype=np.int64)
 
 
-def split_users(n_users: int, valid_frac: float, test_frac: float, seed: int) -> np.ndarray:
-    """Split labels (``train``/``valid``/``test``) for ``n_users`` by a seeded permutation:
-    the first ``round(valid_frac n)`` permuted users are valid, the next
-    ``round(test_frac n)`` test, the rest train."""
-    perm = np.random.default_rng(seed).permutation(n_users)
-    n_valid, n_test = round(valid_frac * n_users), round(test_frac * n_users)
-    labels = np.empty(n_users, dtype=object)
-    labels[:] = SPLITS[0]
-    labels[perm[:n_valid]] = SPLITS[1]
-    labels[perm[n_valid : n_valid + n_test]] = SPLITS[2]
-    return labels
-
-
 def generate(cfg: SynthConfig) -> SynthData:
     """Run the generative story of the module docstring; deterministic given ``cfg``."""
     try:
@@ -407,20 +397,24 @@ def generate(cfg: SynthConfig) -> SynthData:
     kept = np.flatnonzero(used)
     items_arr = new_idx[seq].astype(np.int32)
 
-    names = np.asarray([f"cat{c:02d}" for c in range(n_cat)])
+    # Zero-padded ids: generator order = ascending id order, as prepare orders its tables.
+    item_w, user_w = len(str(n_items)), len(str(n_users))
+    cat_w = max(2, len(str(n_cat - 1)))
+    names = np.asarray([f"cat{c:0{cat_w}d}" for c in range(n_cat)])
     cats = [
         [names[p]] if s < 0 else [names[p], names[s]]
         for p, s in zip(primary[kept].tolist(), second[kept].tolist(), strict=True)
     ]
     items_df = pl.DataFrame(
-        {"item_id": [f"i{j + 1}" for j in kept.tolist()], "categories": cats},
+        {"item_id": [f"i{j + 1:0{item_w}d}" for j in kept.tolist()], "categories": cats},
         schema={"item_id": pl.String, "categories": pl.List(pl.String)},
     )
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    fractions = (1.0 - cfg.valid_frac - cfg.test_frac, cfg.valid_frac, cfg.test_frac)
     users_df = pl.DataFrame(
         {
-            "user_id": [f"u{u + 1}" for u in range(n_users)],
-            "split": split_users(n_users, cfg.valid_frac, cfg.test_frac, split_seed).tolist(),
+            "user_id": [f"u{u + 1:0{user_w}d}" for u in range(n_users)],
+            "split": _assign_splits(n_users, fractions, split_seed).tolist(),
             "age_group": age.tolist(),
             "segment": segment.tolist(),
         }
