@@ -20,7 +20,8 @@ The generative story (docs/synth.md has the long form and the measured signal):
    probability ``successor_prob`` the next item is one of the ``successors`` fixed
    successor items of the previous item (mostly from its category): short-term
    item-to-item transitions. Otherwise a category is drawn from the current preference
-   and an item within it by popularity (secondary members at half weight).
+   and an item within it by popularity: with probability ``secondary_share`` among the
+   items whose *secondary* category it is, else among its primary items.
 5. **User attributes.** ``age_group`` is drawn from ``theta0 @ A`` and ``segment`` from
    ``S[k1]``, where each cluster has its own distribution over the attribute's values
    (``Dirichlet(attribute_concentration)``): age follows the long-run taste, segment the
@@ -73,6 +74,10 @@ class SynthConfig:
     name order is code order)."""
     secondary_category_prob: float = 0.3
     """Probability that an item also has a (different) secondary category."""
+    secondary_share: float = 0.2
+    """Probability that a draw of category ``c`` picks (by popularity) among the items whose
+    secondary category is ``c`` rather than among those whose primary category it is.
+    Bounding this share keeps large categories from leaking into small ones."""
     category_size_concentration: float = 2.0
     """Dirichlet concentration of the category sizes (large = equal-sized categories)."""
     zipf_exponent: float = 1.0
@@ -108,7 +113,7 @@ class SynthConfig:
     """Shortest sequence (lengths are clipped up to this)."""
     max_length: int = 200
     """Longest sequence (lengths are clipped down to this)."""
-    attribute_concentration: float = 0.3
+    attribute_concentration: float = 0.15
     """Dirichlet concentration of each cluster's distribution over attribute values
     (small = attributes depend strongly on tastes)."""
     rating_affinity: float = 1.0
@@ -158,6 +163,7 @@ class SynthConfig:
             )
         for name in (
             "secondary_category_prob",
+            "secondary_share",
             "cluster_focus",
             "drift",
             "successor_prob",
@@ -267,6 +273,7 @@ class _CategorySampler:
         order = np.lexsort((items, cats))
         cats, self.items, weights = cats[order], items[order], weights[order]
         totals = np.bincount(cats, weights=weights, minlength=n_categories)
+        self.has_members = totals > 0
         starts = np.searchsorted(cats, np.arange(n_categories))
         csum = np.cumsum(weights)
         before = np.where(starts > 0, csum[np.maximum(starts - 1, 0)], 0.0)
@@ -276,8 +283,9 @@ class _CategorySampler:
         self.key = cats + cdf
 
     def sample(self, rng: np.random.Generator, cats: np.ndarray) -> np.ndarray:
+        """(n,) items for (n,) categories; meaningless where ``has_members[cat]`` is False."""
         pos = np.searchsorted(self.key, cats + rng.random(len(cats)), side="left")
-        return np.asarray(self.items[pos])
+        return np.asarray(self.items[np.minimum(pos, len(self.items) - 1)])
 
 
 def holdout_ends(offsets: np.ndarray, holdout: int, min_history: int) -> np.ndarray:
@@ -309,17 +317,23 @@ def generate(cfg: SynthConfig) -> SynthData:
     second = np.where(has_second, second, -1)
     popularity = (rng.permutation(n_items) + 1.0) ** -cfg.zipf_exponent
 
+    by_primary = _CategorySampler(primary, np.arange(n_items), popularity, n_cat)
     sec_items = np.flatnonzero(second >= 0)
-    sampler = _CategorySampler(
-        np.concatenate([primary, second[sec_items]]),
-        np.concatenate([np.arange(n_items), sec_items]),
-        np.concatenate([popularity, 0.5 * popularity[sec_items]]),
-        n_cat,
-    )
+    by_secondary = _CategorySampler(second[sec_items], sec_items, popularity[sec_items], n_cat)
+
+    def draw(cats: np.ndarray) -> np.ndarray:
+        """(n,) generator item indices for (n,) category codes."""
+        item = by_primary.sample(rng, cats)
+        if len(sec_items) == 0:
+            return item
+        use_secondary = rng.random(len(cats)) < cfg.secondary_share
+        use_secondary &= by_secondary.has_members[cats]
+        return np.where(use_secondary, by_secondary.sample(rng, cats), item)
+
     # Successors: mostly the same primary category, else a uniformly drawn one.
     same = rng.random((n_items, cfg.successors)) < cfg.successor_same_category
     succ_cat = np.where(same, primary[:, None], rng.integers(0, n_cat, (n_items, cfg.successors)))
-    successors = sampler.sample(rng, succ_cat.ravel()).reshape(n_items, cfg.successors)
+    successors = draw(succ_cat.ravel()).reshape(n_items, cfg.successors)
 
     # --- tastes --------------------------------------------------------------------------
     core = rng.permutation(n_cat)[
@@ -358,7 +372,7 @@ def generate(cfg: SynthConfig) -> SynthData:
         pos = offsets[users] + t
         frac = (t / np.maximum(lens[users] - 1, 1))[:, None] * cfg.drift  # (n, 1)
         pref = (1.0 - frac) * pref0[users] + frac * pref1[users]  # (n, C)
-        item = sampler.sample(rng, _sample_rows(rng, pref))
+        item = draw(_sample_rows(rng, pref))
         if t > 0:
             jump = rng.random(len(users)) < cfg.successor_prob
             pick = rng.integers(0, cfg.successors, len(users))
