@@ -317,10 +317,12 @@ def _read_delimited(
     names: Sequence[str] | None = None,
     quote: bool = True,
     skip_ragged: bool = False,
+    text_cols: Sequence[str] = (),
 ) -> _Table:
     """Read ``columns`` of a CSV-like text; typed first, all-String when that fails.
 
-    ``names`` gives column names to a header-less file. The all-String fallback lets
+    ``names`` gives column names to a header-less file; ``text_cols`` are always read as
+    text (ids: type inference would turn ``007`` into 7). The all-String fallback lets
     :func:`_normalize` point at the exact bad rows instead of polars' first parse failure.
     """
     kw: dict[str, object] = {
@@ -328,6 +330,7 @@ def _read_delimited(
         "quote_char": '"' if quote else None,
         "has_header": names is None,
         "truncate_ragged_lines": skip_ragged,
+        "schema_overrides": dict.fromkeys(text_cols, pl.String),
     }
     if names is not None:
         kw["new_columns"] = list(names)
@@ -335,6 +338,8 @@ def _read_delimited(
 
     def read(**extra: object) -> pl.DataFrame:
         opts = {**kw, **extra}
+        if "infer_schema" in extra:
+            opts.pop("schema_overrides")
         if isinstance(src, Path):
             return pl.scan_csv(src, **opts).select(list(columns)).collect()  # type: ignore[arg-type]
         return pl.read_csv(io.BytesIO(src), **opts).select(list(columns))  # type: ignore[arg-type]
@@ -380,7 +385,7 @@ def _read_any_table(path: Path, what: str) -> _Table:
         data = _load_bytes(path)
         sep = "," if fmt == "csv" else "\t"
         cols = _csv_columns(data, sep, label)
-        return _read_delimited(data, label, sep, cols)
+        return _read_delimited(data, label, sep, cols, text_cols=cols)  # all text
     if fmt == "jsonl":
         data = _load_bytes(path)
         cols = _jsonl_columns(data, label)
@@ -474,26 +479,29 @@ def _resolve(
     return None
 
 
-def _id_expr(dtype: pl.DataType, name: str, series: pl.Series) -> pl.Expr:
-    """Ids: integers stay integers; canonical integer strings become Int64; else String."""
-    col = pl.col(name)
-    if dtype.is_integer():
-        return col
-    if dtype.is_float():
-        finite = series.drop_nulls().drop_nans()
+def _id_series(s: pl.Series) -> pl.Series:
+    """Ids: integers stay integers; canonical integer text becomes Int64; else String.
+
+    Text ids are read as text, never inferred: ``007`` and ``7`` are two different ids and
+    an integer column would merge them, so text becomes Int64 only when every value is a
+    canonical integer (no sign, no leading zero).
+    """
+    if s.dtype.is_integer():
+        return s
+    if s.dtype.is_float():
+        finite = s.drop_nulls().drop_nans()
         if finite.len() == 0 or bool((finite == finite.floor()).all()):
-            return pl.when(col.is_nan()).then(None).otherwise(col).cast(pl.Int64, strict=False)
-        return col.cast(pl.String)
-    if dtype == pl.String:
-        stripped_s = series.str.strip_chars()
-        s = pl.select(pl.when(stripped_s == "").then(None).otherwise(stripped_s)).to_series()
+            return s.fill_nan(None).cast(pl.Int64, strict=False)
+        return s.cast(pl.String)
+    if s.dtype == pl.String:
         as_int = s.cast(pl.Int64, strict=False)
-        canonical = as_int.cast(pl.String)
-        if bool(((canonical == s).fill_null(False) | s.is_null()).all()):
-            return col.str.strip_chars().cast(pl.Int64, strict=False)
-        stripped = col.str.strip_chars()
-        return pl.when(stripped == "").then(None).otherwise(stripped)
-    return col.cast(pl.String)
+        if as_int.null_count() == s.null_count() and not bool(
+            s.str.contains(r"^(?:\+|-?0[0-9]|-0$)").any()
+        ):
+            return as_int
+        stripped = s.str.strip_chars()
+        return pl.select(pl.when(stripped == "").then(None).otherwise(stripped)).to_series()
+    return s.cast(pl.String)
 
 
 def _time_expr(dtype: pl.DataType, name: str, label: str) -> pl.Expr:
@@ -555,17 +563,16 @@ def _normalize(table: _Table, roles: dict[str, str], on_bad_rows: str) -> tuple[
     Returns the clean frame (file order) and the number of rows skipped.
     """
     df = table.df
-    exprs: list[pl.Expr] = []
+    cols: list[pl.Expr | pl.Series] = []
     for role, name in roles.items():
         dtype = df.schema[name]
         if role in ("user", "item"):
-            e = _id_expr(dtype, name, df[name])
+            cols.append(_id_series(df[name]).alias(role))
         elif role == "time":
-            e = _time_expr(dtype, name, table.label)
+            cols.append(_time_expr(dtype, name, table.label).alias(role))
         else:
-            e = _rating_expr(dtype, name, table.label)
-        exprs.append(e.alias(role))
-    out = df.select(exprs)
+            cols.append(_rating_expr(dtype, name, table.label).alias(role))
+    out = df.select(cols)
     bad = out.select(pl.any_horizontal(pl.all().is_null())).to_series()
     blank = table.blank_mask()
     if blank is not None:
@@ -635,7 +642,14 @@ def _read_generic(path: Path, fmt: str, options: ReaderOptions) -> RawLog:
     elif fmt == "jsonl":
         table = _read_jsonl(src, label, cols)  # type: ignore[arg-type]
     else:
-        table = _read_delimited(src, label, sep, cols, skip_ragged=options.on_bad_rows == "skip")
+        table = _read_delimited(
+            src,
+            label,
+            sep,
+            cols,
+            skip_ragged=options.on_bad_rows == "skip",
+            text_cols=[roles["user"], roles["item"]],
+        )
     rows = table.df.height - _n_blank(table)
     inter, skipped = _normalize(table, roles, options.on_bad_rows)
     items = users = None
@@ -783,11 +797,14 @@ def _read_movielens(path: Path, options: ReaderOptions) -> RawLog:
         )
     bad = options.on_bad_rows
     names = ["user", "item", "rating", "time"]
+    ids = names[:2]
     roles = {r: r for r in ROLES}
     items = users = None
     if layout == "100k":
         f = folder / "u.data"
-        table = _read_delimited(_load_bytes(f), str(f), "\t", names, names=names, quote=False)
+        table = _read_delimited(
+            _load_bytes(f), str(f), "\t", names, names=names, quote=False, text_cols=ids
+        )
         if (folder / "u.item").is_file():
             items = _ml100k_items(folder)
         if (folder / "u.user").is_file():
@@ -799,7 +816,9 @@ def _read_movielens(path: Path, options: ReaderOptions) -> RawLog:
         if not f.is_file():
             f = folder / "ratings.dat.gz"
         data = _load_bytes(f).replace(b"::", _LINE_SEP.encode())
-        table = _read_delimited(data, str(f), _LINE_SEP, names, names=names, quote=False)
+        table = _read_delimited(
+            data, str(f), _LINE_SEP, names, names=names, quote=False, text_cols=ids
+        )
         if (folder / "movies.dat").is_file():
             movies = _dat_table(folder / "movies.dat", "::", ["item_id", "title", "genres"])
             items = movies.select(
@@ -822,12 +841,13 @@ def _read_movielens(path: Path, options: ReaderOptions) -> RawLog:
                 f"{f} lacks MovieLens column(s) {', '.join(missing)}; its columns are: "
                 f"{', '.join(cols)}; use --format csv with --user-col/--item-col instead"
             )
-        table = _read_delimited(data, str(f), ",", ml_names)
+        table = _read_delimited(data, str(f), ",", ml_names, text_cols=ml_names[:2])
         table.df = table.df.rename(dict(zip(ml_names, names, strict=True)))
         mf = folder / "movies.csv"
         if mf.is_file():
             mdata = _load_bytes(mf)
-            mt = _read_delimited(mdata, str(mf), ",", ["movieId", "title", "genres"])
+            mcols = ["movieId", "title", "genres"]
+            mt = _read_delimited(mdata, str(mf), ",", mcols, text_cols=mcols)
             mdf = _unique_ids(mt.df, "movieId", str(mf), "movie")
             items = mdf.select(
                 pl.col("movieId").alias("item_id"),

@@ -175,7 +175,7 @@ def prepare(
         perm = pseudo_s.arg_sort().to_numpy().astype(np.int64)  # pseudonyms are distinct
         built.reorder(perm)
         built.users = built.users.with_columns(pseudo_s.gather(perm))
-    split = _assign_splits(built.sequences.num_users, options.split, options.split_seed)
+    split = assign_splits(built.sequences.num_users, options.split, options.split_seed)
     users = built.users.with_columns(pl.Series("split", split, dtype=pl.String))
     stats = {
         "rows_read": log.rows_read,
@@ -449,8 +449,11 @@ def _build(log: RawLog, options: PrepareOptions) -> _Built:
     return _Built(sequences, items, users, input_counts, dropped)
 
 
-def _assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
-    """Split name per user row: a seeded permutation cut into train / valid / test."""
+def assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """Split name per user row: a seeded permutation cut into train / valid / test.
+
+    ``round(fraction * n)`` users go to valid and to test, the rest to train.
+    """
     n_valid = round(fractions[1] * n)
     n_test = min(round(fractions[2] * n), n - n_valid)
     perm = np.random.default_rng(seed).permutation(n)
@@ -458,3 +461,6 @@ def _assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> 
     code[perm[n - n_valid - n_test : n - n_test]] = 1
     code[perm[n - n_test :]] = 2
     return np.asarray(SPLITS)[code]
+
+
+_assign_splits = assign_splits  # the name synth.py imports
