@@ -252,6 +252,34 @@ def synth(
     )
 
 
+@command()
+def download(
+    name: Annotated[str, typer.Argument(help="ml-100k, ml-1m, ml-20m or ml-latest-small.")],
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Download folder (default: ~/.cache/seqtwins)."),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="Mirror of files.grouplens.org/datasets/movielens.",
+                     envvar="SEQTWINS_DOWNLOAD_BASE", show_envvar=True),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Download and unpack again.")] = False,
+) -> None:
+    """Fetch an official MovieLens archive, verify its checksum, unpack it."""
+    from seqtwins.data.download import download as fetch
+
+    result = fetch(name, cache_dir, base_url, force=force, console=err_console)
+    if result.md5 is None:
+        state = "already present"
+    else:
+        how = "downloaded" if result.downloaded else "reused the archive"
+        state = f"{how}, MD5 {result.md5} verified, unpacked"
+    for line in (f"{result.name}: {state} in {result.folder}",
+                 f"next: {result.prepare_command()}"):  # fmt: skip
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="seqtwins")
