@@ -49,7 +49,7 @@ import numpy as np
 import polars as pl
 
 from seqtwins.data.dataset import Sequences, write_dataset
-from seqtwins.data.prepare import _assign_splits  # one split rule for prepare and synth
+from seqtwins.data.prepare import assign_splits  # one split rule for prepare and synth
 from seqtwins.errors import SeqtwinsError
 
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
@@ -428,7 +428,7 @@ def generate(cfg: SynthConfig) -> SynthData:
     users_df = pl.DataFrame(
         {
             "user_id": [f"u{u + 1:0{user_w}d}" for u in range(n_users)],
-            "split": _assign_splits(n_users, fractions, split_seed).tolist(),
+            "split": assign_splits(n_users, fractions, split_seed).tolist(),
             "age_group": age.tolist(),
             "segment": segment.tolist(),
         }
