@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from seqtwins.models import EncoderConfig, Projector, SequenceEncoder
+from seqtwins.models.encoder import dropout
 
 NUM_ITEMS = 40
 VOCAB = NUM_ITEMS + 2
@@ -185,3 +186,41 @@ def test_projector_layout() -> None:
     assert proj(torch.randn(5, 16)).shape == (5, 8)
     assert proj.out_dim == 8
     assert Projector(16, (4,))(torch.randn(3, 16)).shape == (3, 4)
+
+
+def test_dropout_rate_scale_and_seed() -> None:
+    x = torch.ones(400, 500, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, 0.3, training=True)
+    dropped = (y == 0).float().mean().item()
+    assert dropped == pytest.approx(0.3, abs=0.005)
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.7), atol=1e-4, rtol=0)
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)  # inverted dropout keeps the mean
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # gradient flows through kept elements only
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.3, training=True), y)  # seeded like torch
+    assert dropout(x, 0.3, training=False) is x
+    assert dropout(x, 0.0, training=True) is x
+    odd = dropout(torch.ones(7, 3, dtype=torch.bfloat16), 0.5, training=True)
+    assert odd.shape == (7, 3) and odd.dtype == torch.bfloat16
+
+
+def test_training_mode_uses_dropout_eval_is_deterministic() -> None:
+    enc = make(dropout=0.5)
+    items = batch([6, 9])
+    enc.train()
+    assert not torch.allclose(enc.embed(items), enc.embed(items))
+    enc.eval()
+    torch.testing.assert_close(enc.embed(items), enc.embed(items), atol=0, rtol=0)
+
+
+def test_bf16_autocast_is_close_to_fp32() -> None:
+    enc = make(pack_threshold=0.0).eval()
+    items = batch([4, 12, 7])
+    ref = enc.embed(items)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = enc.embed(items)
+    assert torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), ref, atol=0.1, rtol=0.05)

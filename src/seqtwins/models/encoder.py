@@ -14,7 +14,10 @@ Speed notes (measured in ``benchmarks/bench_train.py``):
   This makes the cost proportional to the number of real interactions, whatever the batching.
 * No dropout on attention probabilities: the fused CPU attention kernel has no dropout, and
   the residual / embedding dropouts regularise the same way (GPT-2 keeps attention dropout;
-  many recent recommenders drop it).
+  many recent recommenders drop it). The residual dropouts use :func:`dropout`, which needs
+  a quarter of the random draws of ``F.dropout``.
+* Under CPU bf16 autocast the GEMMs run in bf16 but attention itself stays in fp32 (its
+  bf16 backward is slower on CPU).
 """
 
 from __future__ import annotations
@@ -75,6 +78,28 @@ class EncoderConfig:
             raise ValueError(f"encoder.pack_threshold={self.pack_threshold!r} must be in [0, 1]")
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout, ~1.6x faster than ``F.dropout`` on CPU (fwd + bwd, measured).
+
+    ``F.dropout`` draws one random number per element through ``bernoulli_``; this draws
+    64-bit random words and compares each 16-bit slice with a threshold, so it needs a
+    quarter of the draws. ``p`` is rounded to a multiple of 1/65536 (at most 7.6e-6 off) and
+    the kept values are scaled by the exact ``1 / (1 - p_rounded)``. Seeded by
+    ``torch.manual_seed`` like any other torch randomness. Non-CPU tensors use ``F.dropout``.
+    """
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    threshold = round(p * 65536)  # drop when the 16-bit word, read unsigned, is below it
+    if threshold >= 65536:
+        return x * 0.0
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    keep = words.view(torch.int16)[:n].view(x.shape) >= threshold - 32768  # signed view
+    return (x * keep).mul_(65536 / (65536 - threshold))
+
+
 class _Block(nn.Module):
     """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
@@ -104,7 +129,13 @@ class _Block(nn.Module):
             qkv = qkv.new_zeros(b * t, 3 * d).index_copy(0, pack_index, qkv)  # (B*T, 3D)
         qkv = qkv.view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, T, D/H)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D/H)
+        if q.device.type == "cpu" and q.dtype != torch.float32:
+            # under CPU bf16 autocast, the fused attention backward is ~3x slower in bf16
+            # than in fp32 (torch 2.13, measured): only the GEMMs around it run in bf16
+            with torch.autocast("cpu", enabled=False):
+                a = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D/H)
         a = a.transpose(1, 2).reshape(b * t, d)  # (B*T, D)
         # back to the caller's layout: packed (N, D) or dense (B, T, D)
         a = a.index_select(0, pack_index) if pack_index is not None else a.view(b, t, d)
@@ -114,9 +145,9 @@ class _Block(nn.Module):
         self, x: Tensor, shape: tuple[int, int], mask: Tensor | None, pack_index: Tensor | None
     ) -> Tensor:
         p = self.dropout if self.training else 0.0
-        x = x + F.dropout(self._attention(self.ln1(x), shape, mask, pack_index), p, self.training)
+        x = x + dropout(self._attention(self.ln1(x), shape, mask, pack_index), p, self.training)
         h = self.ff2(F.gelu(self.ff1(self.ln2(x))))
-        return x + F.dropout(h, p, self.training)
+        return x + dropout(h, p, self.training)
 
 
 class SequenceEncoder(nn.Module):
@@ -214,7 +245,7 @@ class SequenceEncoder(nn.Module):
             real = torch.cat([real.new_ones(b, 1), real], dim=1)
             t += 1
         x = x + self.pos_emb.weight[:t]
-        x = F.dropout(x, self.cfg.dropout, self.training)
+        x = dropout(x, self.cfg.dropout, self.training)
 
         attend = real
         if self.cls_token is None and t > 0:
