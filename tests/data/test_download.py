@@ -97,7 +97,7 @@ class _Server:
 @pytest.fixture
 def server() -> Iterator[_Server]:
     s = _Server()
-    thread = threading.Thread(target=s.httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=s.httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield s
