@@ -7,7 +7,6 @@ exit code 2 (no traceback).
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -280,10 +279,61 @@ def download(
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+@command()
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (seqtwins pretrain).")],
+    data: Annotated[Path, typer.Option("--data", help="The runs' dataset directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Results file (eval.json).")],
+    tasks: Annotated[
+        list[str] | None, typer.Option("--tasks", help="Tasks (default: all supported).")
+    ] = None,
+    fractions: Annotated[
+        list[float] | None, typer.Option("--fractions", help="Label budgets in (0, 1].")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Labelled subsets per fraction.")] = 3,
+    protocol: Annotated[str, typer.Option(help="linear, mlp or finetune.")] = "linear",
+    baselines: Annotated[
+        list[str] | None,
+        typer.Option("--baselines", help="Floors: majority, random-init, tfidf-svd."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
+) -> None:
+    """Evaluate runs and the floors with few labels, on identical labelled subsets."""
+    from seqtwins.evaluate.runs import BASELINES, evaluate_runs
+
+    results = evaluate_runs(
+        runs, data, out, tasks=tasks, fractions=fractions or (0.01, 0.05, 0.1, 0.25, 1.0),
+        seeds=seeds, protocol=protocol, baselines=baselines or BASELINES, progress=progress,
+    )  # fmt: skip
+    console.print(
+        f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; "
+        f"wrote {out}"
+    )
+
+
+@command()
+def run(
+    experiment: Annotated[
+        Path | None, typer.Argument(help="Experiment YAML (default: the embedded demo).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output root folder.")] = Path("out"),
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value, e.g. pretrain.train.epochs=2.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """The main job: data -> pretrain each objective -> evaluate -> report, resumable."""
+    from seqtwins.experiment import load_experiment, run_experiment
+
+    cfg = load_experiment(experiment, overrides)
+    result = run_experiment(cfg, out, progress=progress, say=console.print)
+    console.print(f"[bold]report:[/] {result.report_dir / 'report.md'}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="seqtwins")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

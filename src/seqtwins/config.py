@@ -63,6 +63,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=key)
     if tp is Any:
         return value
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise SeqtwinsError(f"{key}={value!r} must be a path")
+        return Path(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise SeqtwinsError(f"{key}={value!r} must be true or false")

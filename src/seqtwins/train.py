@@ -331,7 +331,7 @@ def pretrain(
         opt, lr_lambda(total_steps, tc.warmup_frac, tc.min_lr_ratio)
     )
     step_model: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
-    step_model = torch.compile(model) if tc.compile else model  # type: ignore[assignment]
+    step_model = torch.compile(model) if tc.compile else model
 
     valid_users = ds.split_users("valid")
     if len(valid_users) > tc.valid_users:

@@ -32,6 +32,16 @@ def pad_right(seqs: Sequence[np.ndarray], min_len: int = 1) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def histories(
+    sequences: Sequences, users: Sequence[int] | np.ndarray, max_len: int | None = None
+) -> list[np.ndarray]:
+    """Each user's history (the most recent ``max_len`` items when given) as int arrays."""
+    offsets, hist_end, items = sequences.offsets, sequences.history_end, sequences.items
+    if max_len is None:
+        return [np.asarray(items[offsets[u] : hist_end[u]]) for u in users]
+    return [np.asarray(items[max(offsets[u], hist_end[u] - max_len) : hist_end[u]]) for u in users]
+
+
 def batch_plan(
     users: np.ndarray,
     lengths: np.ndarray,
@@ -90,13 +100,9 @@ class PretrainBatches(Dataset[dict[str, torch.Tensor]]):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         users = self.plan[index]
         rng = np.random.default_rng([self.seed, self.epoch, index, 0xB47C])
-        offsets, hist_end, items = (
-            self.sequences.offsets,
-            self.sequences.history_end,
-            self.sequences.items,
+        return collate(
+            histories(self.sequences, users), self.objective, self.max_len, rng, self.transform
         )
-        histories = [np.asarray(items[offsets[u] : hist_end[u]]) for u in users]
-        return collate(histories, self.objective, self.max_len, rng, self.transform)
 
 
 def collate(
@@ -139,10 +145,6 @@ def iter_history_batches(
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield ``(user_idx, items (B, T))`` for embedding users' most recent ``max_len``
     history items, in the given user order."""
-    offsets, hist_end, items = sequences.offsets, sequences.history_end, sequences.items
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]
-        seqs = [
-            np.asarray(items[max(offsets[u], hist_end[u] - max_len) : hist_end[u]]) for u in chunk
-        ]
-        yield chunk, pad_right(seqs)
+        yield chunk, pad_right(histories(sequences, chunk, max_len))

@@ -1,0 +1,264 @@
+"""``seqtwins evaluate``: trained runs and the floors, evaluated on identical subsets.
+
+Each run contributes its encoder's embedding of every user (the ``best`` checkpoint,
+selected on valid users during pretraining). Floors beside them: the majority class, an
+encoder of the same configuration with untrained weights (``random-init``) and TF-IDF +
+truncated SVD to the same dimension (``tfidf-svd``). With ``protocol="finetune"`` the
+frozen-embedding methods are probed linearly and every run is also fine-tuned end to end
+(encoder + linear head, early stopping on valid users).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqtwins.data.batching import histories, pad_right
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.protocol import evaluate_embeddings, save_results
+from seqtwins.evaluate.tasks import Task
+from seqtwins.models.encoder import SequenceEncoder
+from seqtwins.train import embed_users, load_encoder
+
+BASELINES = ("majority", "random-init", "tfidf-svd")
+PROTOCOLS = ("linear", "mlp", "finetune")
+
+
+def method_names(run_dirs: Sequence[Path], objectives: Sequence[str]) -> list[str]:
+    """A run is named by its objective, or by its directory when objectives repeat."""
+    if len(set(objectives)) == len(objectives):
+        return list(objectives)
+    names = [Path(r).name for r in run_dirs]
+    if len(set(names)) != len(names):
+        raise SeqtwinsError("runs share an objective and a directory name; rename one")
+    return names
+
+
+def evaluate_runs(
+    run_dirs: Sequence[Path | str],
+    data_dir: Path | str,
+    out: Path | str,
+    tasks: Sequence[str] | None = None,
+    fractions: Sequence[float] = (0.01, 0.05, 0.1, 0.25, 1.0),
+    seeds: int = 3,
+    protocol: str = "linear",
+    baselines: Sequence[str] = BASELINES,
+    progress: bool = True,
+    finetune_fractions: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Evaluate runs and floors on ``data_dir``; write ``out`` (eval.json) and its
+    artifacts (``<out stem>_artifacts/*.npy``) and return the results."""
+    if protocol not in PROTOCOLS:
+        raise SeqtwinsError(f"--protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise SeqtwinsError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+    out = Path(out)
+    ds = SequenceDataset.open(data_dir)
+    encoders: list[SequenceEncoder] = []
+    objectives: list[str] = []
+    for run in run_dirs:
+        encoder, cfg = load_encoder(run, ds)
+        encoders.append(encoder)
+        objectives.append(cfg.objective)
+    names = method_names([Path(r) for r in run_dirs], objectives)
+    say: Callable[[str], None] = print if progress else (lambda _m: None)
+
+    all_users = np.arange(ds.num_users)
+    methods: dict[str, np.ndarray] = {}
+    for name, encoder in zip(names, encoders, strict=True):
+        say(f"embedding users with {name}")
+        methods[name] = embed_users(encoder, ds, all_users)
+    dim = encoders[0].cfg.dim if encoders else 64
+    if "random-init" in baselines:
+        if not encoders:
+            raise SeqtwinsError("the random-init floor needs a run to copy its encoder config")
+        torch.manual_seed(0)
+        random_encoder = SequenceEncoder(
+            encoders[0].cfg, vocab_size=ds.vocab_size, item_categories=_categories(encoders[0])
+        )
+        methods["random-init"] = embed_users(random_encoder, ds, all_users)
+    if "tfidf-svd" in baselines:
+        from seqtwins.evaluate.baselines import tfidf_svd_embeddings
+
+        methods["tfidf-svd"] = tfidf_svd_embeddings(ds, dim=min(dim, ds.num_items - 1))
+
+    probe_protocol = "linear" if protocol == "finetune" else protocol
+    results = evaluate_embeddings(
+        ds, methods, tasks=tasks, fractions=fractions, seeds=seeds, protocol=probe_protocol,
+        include_majority="majority" in baselines, progress=say,
+    )  # fmt: skip
+    if protocol == "finetune":
+        ft_fracs = list(finetune_fractions or [min(fractions)])
+        hooks: dict[str, Finetuner] = {
+            f"{name}+finetune": Finetuner(encoder, ds)
+            for name, encoder in zip(names, encoders, strict=True)
+        }
+        ft = evaluate_embeddings(
+            ds, {}, tasks=tasks, fractions=ft_fracs, seeds=seeds, protocol="linear",
+            finetuners=hooks, include_majority=False, progress=say,
+        )  # fmt: skip
+        results["cells"].extend(ft["cells"])
+        results["methods"].extend(ft["methods"])
+        results["seconds"].update({k: v for k, v in ft["seconds"].items() if k != "total"})
+    results["runs"] = {n: str(Path(r)) for n, r in zip(names, run_dirs, strict=True)}
+    results["artifacts"] = _artifacts(ds, out, run_dirs, names, objectives, methods)
+    save_results(results, out)
+    return results
+
+
+def _categories(encoder: SequenceEncoder) -> torch.Tensor | None:
+    cats = getattr(encoder, "item_categories", None)
+    return cats.clone() if isinstance(cats, torch.Tensor) and encoder.cfg.use_categories else None
+
+
+def _artifacts(
+    ds: SequenceDataset,
+    out: Path,
+    run_dirs: Sequence[Path | str],
+    names: list[str],
+    objectives: list[str],
+    methods: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """Arrays the report plots, saved beside eval.json (paths relative to its folder): the
+    cross-correlation matrix of the first Barlow run on valid users, and test users'
+    embeddings with their favourite category for a 2-D map."""
+    folder = out.parent / f"{out.stem}_artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    rel = lambda file: str((folder / file).relative_to(out.parent))  # noqa: E731
+    arts: dict[str, Any] = {}
+    barlow = [i for i, o in enumerate(objectives) if o in ("barlow", "barlow+next")]
+    if barlow:
+        i = barlow[0]
+        np.save(folder / "cross_correlation.npy", valid_cross_correlation(ds, Path(run_dirs[i])))
+        arts["cross_correlation"] = {"method": names[i], "path": rel("cross_correlation.npy")}
+    if ds.has_categories:
+        from seqtwins.evaluate.tasks import build_task
+
+        task = build_task(ds, "favorite_category")
+        test = task.labelled(ds.split_users("test"))
+        maps = {}
+        for name in [*names, "tfidf-svd"]:
+            if name in methods:
+                file = f"map_{name.replace('+', '_')}.npy"
+                np.save(folder / file, methods[name][test].astype(np.float32))
+                maps[name] = rel(file)
+        np.save(folder / "map_labels.npy", task.labels[test])
+        arts["embedding_map"] = {
+            "task": "favorite_category", "embeddings": maps, "labels": rel("map_labels.npy"),
+            "class_names": task.class_names,
+        }  # fmt: skip
+    return arts
+
+
+@torch.no_grad()
+def valid_cross_correlation(
+    ds: SequenceDataset, run_dir: Path, max_users: int = 2048
+) -> np.ndarray:
+    """(K, K) cross-correlation of the two augmented views' projections on valid users,
+    from the run's best checkpoint (projector included), in eval mode with fixed views."""
+    from seqtwins.augment import TwoViewTransform
+    from seqtwins.checkpoint import load_checkpoint
+    from seqtwins.data.batching import collate
+    from seqtwins.objectives import build_objective
+    from seqtwins.objectives.barlow import BarlowObjective
+    from seqtwins.train import BEST, build_encoder, load_run_config
+
+    cfg = load_run_config(run_dir)
+    model = build_objective(cfg.objective, build_encoder(cfg, ds), cfg.barlow, cfg.dual, cfg.next)
+    load_checkpoint(run_dir / BEST, model)
+    model.eval()
+    barlow = model if isinstance(model, BarlowObjective) else model.barlow
+    assert isinstance(barlow, BarlowObjective)
+    train = ds.split_users("train")
+    transform = TwoViewTransform.from_sequences(cfg.augment, ds.sequences, train, ds.num_items)
+    users = ds.split_users("valid")[:max_users]
+    batch = collate(
+        histories(ds.sequences, users), "barlow", cfg.encoder.max_len, np.random.default_rng(0),
+        transform,
+    )  # fmt: skip
+    return barlow.cross_correlation(batch).float().cpu().numpy()
+
+
+class Finetuner:
+    """End-to-end fine-tuning of a pretrained encoder plus a linear head on one cell.
+
+    A fresh copy of the encoder per call; AdamW (encoder lr 1e-4, head lr 1e-3), up to
+    ``max_epochs`` epochs with early stopping on the valid users' primary metric (checked
+    every epoch, patience 3); the best state scores the test users once.
+    """
+
+    def __init__(
+        self,
+        encoder: SequenceEncoder,
+        ds: SequenceDataset,
+        max_epochs: int = 30,
+        batch_size: int = 128,
+        patience: int = 3,
+    ) -> None:
+        self.encoder, self.ds = encoder, ds
+        self.max_epochs, self.batch_size, self.patience = max_epochs, batch_size, patience
+
+    def _items(self, users: np.ndarray) -> torch.Tensor:
+        return pad_right(histories(self.ds.sequences, users, self.encoder.cfg.max_len))
+
+    @torch.no_grad()
+    def _scores(self, enc: SequenceEncoder, head: torch.nn.Linear, users: np.ndarray) -> np.ndarray:
+        enc.eval()
+        out = []
+        for start in range(0, len(users), 1024):
+            out.append(head(enc.embed(self._items(users[start : start + 1024]))).numpy())
+        enc.train()
+        return np.concatenate(out) if out else np.zeros((0, head.out_features), np.float32)
+
+    def __call__(
+        self,
+        task: Task,
+        train_users: np.ndarray,
+        valid_users: np.ndarray,
+        test_users: np.ndarray,
+        seed: int,
+    ) -> np.ndarray:
+        from seqtwins.evaluate.probe import Prediction, score
+
+        torch.manual_seed(seed)
+        enc = copy.deepcopy(self.encoder).train()
+        head = torch.nn.Linear(enc.cfg.dim, task.num_classes)
+        opt = torch.optim.AdamW(
+            [{"params": enc.parameters(), "lr": 1e-4}, {"params": head.parameters(), "lr": 1e-3}],
+            weight_decay=0.01,
+        )
+        y = torch.from_numpy(task.labels[train_users].astype(np.int64))
+        rng = np.random.default_rng(seed)
+        best, best_state, bad = -np.inf, None, 0
+        for _ in range(self.max_epochs):
+            order = rng.permutation(len(train_users))
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                logits = head(enc.embed(self._items(train_users[idx])))  # (B, C)
+                loss = torch.nn.functional.cross_entropy(logits, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            pred = Prediction.full(self._scores(enc, head, valid_users))
+            value = score(pred, task.labels[valid_users], (task.primary_metric,))[
+                task.primary_metric
+            ]
+            value = -np.inf if value is None else value
+            if value > best:
+                best, bad = value, 0
+                best_state = (copy.deepcopy(enc.state_dict()), copy.deepcopy(head.state_dict()))
+            else:
+                bad += 1
+                if bad >= self.patience:
+                    break
+        if best_state is not None:
+            enc.load_state_dict(best_state[0])
+            head.load_state_dict(best_state[1])
+        return self._scores(enc, head, test_users)

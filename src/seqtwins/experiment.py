@@ -1,0 +1,208 @@
+"""``seqtwins run``: the main job, one experiment file end to end.
+
+prepare (or synth) -> pretrain each listed objective -> evaluate (with the floors) ->
+report. Each stage is skipped when its output already exists and matches, so an
+interrupted experiment continues where it stopped (a half-trained run resumes).
+
+An experiment file (YAML)::
+
+    name: ml-1m
+    data:
+      prepare: {input: ${SEQTWINS_DATA}/ml-1m, format: movielens}   # or synth: {users: 5000}
+    pretrain:            # a PretrainConfig layer shared by every objective
+      train: {epochs: 10}
+    objectives:          # objective name -> its own PretrainConfig layer
+      barlow: {}
+      dual: {}
+    evaluate: {fractions: [0.01, 0.1, 1.0], seeds: 3}
+
+``${VAR}`` is expanded from the environment in ``data.prepare.input``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_yaml, to_dict
+from seqtwins.errors import SeqtwinsError
+
+
+@dataclass
+class DataSpec:
+    """Where the experiment's dataset comes from: exactly one of ``synth`` / ``prepare``."""
+
+    synth: dict[str, Any] | None = None
+    """Keyword settings of the synthetic generator (``seqtwins synth``)."""
+    prepare: dict[str, Any] | None = None
+    """``input`` and ``format`` plus any ``seqtwins prepare`` options (by field name)."""
+
+    def validate(self) -> None:
+        if (self.synth is None) == (self.prepare is None):
+            raise ValueError("data must set exactly one of data.synth or data.prepare")
+        if self.prepare is not None and "input" not in self.prepare:
+            raise ValueError("data.prepare.input is required (a file or folder)")
+
+
+@dataclass
+class EvalSpec:
+    """Downstream evaluation settings (see ``seqtwins evaluate``)."""
+
+    tasks: list[str] | None = None
+    """Task names; ``None`` = every task the dataset supports."""
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 1.0])
+    """Label budgets as fractions of the labelled training users."""
+    seeds: int = 3
+    """Labelled subsets (and probe seeds) per fraction."""
+    protocol: str = "linear"
+    """``linear`` or ``mlp`` probe on frozen embeddings."""
+    baselines: list[str] = field(default_factory=lambda: ["majority", "random-init", "tfidf-svd"])
+    """Floors evaluated identically beside the trained runs."""
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: a dataset, objectives to pretrain, and how to evaluate them."""
+
+    name: str = "experiment"
+    """Used for the output folder ``<out>/<name>``."""
+    data: DataSpec = field(default_factory=DataSpec)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    """A PretrainConfig layer (YAML mapping) shared by every objective."""
+    objectives: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"barlow": {}, "dual": {}}
+    )
+    """Objective -> extra PretrainConfig layer for that objective only."""
+    evaluate: EvalSpec = field(default_factory=EvalSpec)
+
+    def validate(self) -> None:
+        self.data.validate()
+        for name in self.objectives:
+            if name not in OBJECTIVES:
+                raise ValueError(f"objectives.{name} is not one of {', '.join(OBJECTIVES)}")
+        if not self.objectives:
+            raise ValueError("objectives must list at least one objective")
+
+    def pretrain_config(self, objective: str) -> PretrainConfig:
+        layer = deep_merge(self.pretrain, self.objectives[objective] or {})
+        return build(PretrainConfig, layer, {"objective": objective})
+
+
+DEFAULT_EXPERIMENT = "demo.yaml"
+
+
+def load_experiment(
+    path: Path | str | None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Load an experiment file, or the embedded default (synthetic data) when ``None``."""
+    if path is None:
+        text = resources.files("seqtwins").joinpath("presets", DEFAULT_EXPERIMENT).read_text()
+        data = yaml.safe_load(text)
+    else:
+        data = load_yaml(path)
+    cfg = build(ExperimentConfig, data, overrides=overrides or [])
+    for obj in cfg.objectives:
+        cfg.pretrain_config(obj)  # validate every objective's config up front
+    return cfg
+
+
+def _expand(value: str) -> str:
+    expanded = os.path.expandvars(value)
+    if "$" in expanded:
+        raise SeqtwinsError(
+            f"data.prepare.input={value!r}: an environment variable in it is not set "
+            "(e.g. export SEQTWINS_DATA=../shared/data)"
+        )
+    return expanded
+
+
+def _marker_matches(marker: Path, spec: dict[str, Any]) -> bool:
+    return marker.is_file() and json.loads(marker.read_text()) == spec
+
+
+@dataclass
+class ExperimentResult:
+    root: Path
+    data_dir: Path
+    runs: dict[str, Path]
+    eval_json: Path
+    report_dir: Path
+
+
+def build_data(cfg: ExperimentConfig, data_dir: Path, say: Any = print) -> Path:
+    """Create the experiment's dataset directory, or reuse it when its spec is unchanged."""
+    spec = to_dict(cfg.data)
+    marker = data_dir.parent / "data.spec.json"
+    if (data_dir / "meta.json").is_file() and _marker_matches(marker, spec):
+        say(f"data: reusing {data_dir}")
+        return data_dir
+    if cfg.data.synth is not None:
+        from seqtwins.data.synth import SynthConfig, synthesize
+
+        synthesize(data_dir, build(SynthConfig, cfg.data.synth), overwrite=True)
+        say(f"data: synthesised {data_dir}")
+    else:
+        from seqtwins.data.formats import ReaderOptions
+        from seqtwins.data.prepare import PrepareOptions, prepare
+
+        options = dict(cfg.data.prepare or {})
+        source = _expand(str(options.pop("input")))
+        reader_keys = {f.name for f in dataclasses.fields(ReaderOptions)}
+        reader = {k: options.pop(k) for k in list(options) if k in reader_keys}
+        opts = build(PrepareOptions, {**options, "reader": reader, "overwrite": True})
+        summary = prepare(source, data_dir, opts)
+        say("\n".join(summary.lines()))
+    marker.write_text(json.dumps(spec, indent=2) + "\n")
+    return data_dir
+
+
+def pretrain_run(
+    cfg: PretrainConfig, data_dir: Path, run_dir: Path, progress: bool, say: Any = print
+) -> Path:
+    """Train one objective; skip a finished run, resume an interrupted one with the same
+    config, retrain when the config changed."""
+    from seqtwins.train import load_run_config, pretrain
+
+    same = (run_dir / "config.yaml").is_file() and to_dict(load_run_config(run_dir)) == to_dict(cfg)
+    if same and (run_dir / "summary.json").is_file():
+        say(f"pretrain {cfg.objective}: done already ({run_dir})")
+        return run_dir
+    resume = same and (run_dir / "checkpoints/last/state.json").is_file()
+    say(f"pretrain {cfg.objective}: {'resuming' if resume else 'training'} -> {run_dir}")
+    pretrain(data_dir, run_dir, None if resume else cfg, resume=resume, progress=progress,
+             overwrite=True)  # fmt: skip
+    return run_dir
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out: Path | str = "out", progress: bool = True, say: Any = print
+) -> ExperimentResult:
+    """Run an experiment end to end under ``<out>/<name>`` and return where things are."""
+    from seqtwins.evaluate.report import write_report
+    from seqtwins.evaluate.runs import evaluate_runs
+
+    root = Path(out) / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    data_dir = build_data(cfg, root / "data", say)
+    runs = {
+        obj: pretrain_run(cfg.pretrain_config(obj), data_dir, root / "runs" / obj, progress, say)
+        for obj in cfg.objectives
+    }
+    ev = cfg.evaluate
+    eval_json = root / "eval.json"
+    say(f"evaluate: {', '.join(runs)} + {', '.join(ev.baselines)}")
+    evaluate_runs(
+        list(runs.values()), data_dir, eval_json, tasks=ev.tasks, fractions=ev.fractions,
+        seeds=ev.seeds, protocol=ev.protocol, baselines=ev.baselines, progress=progress,
+    )  # fmt: skip
+    report_dir = root / "report"
+    write_report([eval_json], report_dir)
+    return ExperimentResult(root, data_dir, runs, eval_json, report_dir)
