@@ -440,3 +440,75 @@ def test_pseudonyms_depend_on_the_key(tmp_path):
     with pytest.raises(SeqtwinsError, match="inside --out"):
         prepare(f, tmp_path / "c",
                 PrepareOptions(pseudonymize=True, salt_file=tmp_path / "c" / "salt"))  # fmt: skip
+
+
+def _reference(rows, min_rating, dedup, max_len, ku, ki, min_history):
+    """Plain-Python prepare: user -> item list, in the documented order of steps."""
+    kept = [(u, i, t, line) for line, (u, i, t, r) in enumerate(rows)
+            if min_rating is None or r >= min_rating]  # fmt: skip
+    seqs: dict[str, list[str]] = {}
+    for u, i, _, _ in sorted(kept, key=lambda x: (x[0], x[2], x[3])):
+        seqs.setdefault(u, []).append(i)
+    if dedup:
+        seqs = {u: [i for k, i in enumerate(s) if i not in s[:k]] for u, s in seqs.items()}
+    if max_len is not None:
+        seqs = {u: s[-max_len:] for u, s in seqs.items()}
+    short = sum(1 for s in seqs.values() if len(s) < min_history + 1)
+    seqs = {u: s for u, s in seqs.items() if len(s) >= min_history + 1}
+    while True:
+        counts: dict[str, int] = {}
+        for s in seqs.values():
+            for i in s:
+                counts[i] = counts.get(i, 0) + 1
+        new = {u: [i for i in s if counts[i] >= ki] for u, s in seqs.items()}
+        new = {u: s for u, s in new.items() if len(s) >= max(ku, min_history + 1)}
+        if new == seqs:
+            return seqs, short
+        seqs = new
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from("abcd"), st.sampled_from("pqrstu"), st.integers(0, 4),
+                  st.integers(1, 5)),
+        min_size=1, max_size=30,
+    ),
+    min_rating=st.none() | st.integers(1, 5),
+    dedup=st.booleans(),
+    max_len=st.none() | st.integers(3, 8),
+    ku=st.integers(1, 5),
+    ki=st.integers(1, 3),
+    min_history=st.integers(1, 2),
+    holdout=st.integers(0, 3),
+)  # fmt: skip
+@example(  # every step active: rating filter, duplicates, truncation, a k-core cascade
+    rows=[("a", "p", 3, 5), ("a", "q", 1, 4), ("a", "p", 2, 5), ("a", "r", 0, 1),
+          ("a", "s", 4, 5), ("a", "t", 4, 4), ("b", "p", 0, 5), ("b", "q", 0, 5),
+          ("b", "u", 1, 5), ("c", "u", 0, 5), ("c", "p", 1, 5), ("c", "q", 2, 5)],
+    min_rating=4, dedup=True, max_len=3, ku=3, ki=2, min_history=1, holdout=1,
+)  # fmt: skip
+def test_pipeline_matches_a_plain_python_reference(
+    tmp_path_factory, rows, min_rating, dedup, max_len, ku, ki, min_history, holdout
+):
+    tmp = tmp_path_factory.mktemp("ref")
+    f = _write_csv(tmp / "log.csv", rows, "user_id,item_id,timestamp,rating")
+    opts = PrepareOptions(min_rating=min_rating, dedup=dedup, max_len=max_len,
+                          min_user_count=ku, min_item_count=ki, min_history=min_history,
+                          holdout=holdout)  # fmt: skip
+    want, short = _reference(rows, min_rating, dedup, max_len, ku, ki, min_history)
+    if not want:
+        with pytest.raises(SeqtwinsError, match="no users left"):
+            prepare(f, tmp / "out", opts)
+        return
+    summary = prepare(f, tmp / "out", opts)
+    assert _seqs(tmp / "out") == want
+    assert summary.dropped["short_users"] == short
+    ds = SequenceDataset.open(tmp / "out")
+    lengths = ds.sequences.lengths()
+    assert np.array_equal(
+        ds.sequences.history_lengths(), np.maximum(lengths - holdout, min_history)
+    )
+    assert ds.items["item_id"].to_list() == sorted({i for s in want.values() for i in s})

@@ -573,6 +573,10 @@ def _normalize(table: _Table, roles: dict[str, str], on_bad_rows: str) -> tuple[
         else:
             cols.append(_rating_expr(dtype, name, table.label).alias(role))
     out = df.select(cols)
+    if not any(out[c].null_count() for c in out.columns):  # null counts are metadata: O(1)
+        if out.height == 0:
+            raise SeqtwinsError(f"{table.label}: no interactions to prepare (it has no rows)")
+        return out, 0
     bad = out.select(pl.any_horizontal(pl.all().is_null())).to_series()
     blank = table.blank_mask()
     if blank is not None:

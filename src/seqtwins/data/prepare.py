@@ -29,6 +29,7 @@ only for pseudonyms.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,8 @@ class PrepareSummary:
     dropped: dict[str, int]
     rows_read: int
     bad_rows_skipped: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per phase: read, build (order, filter, index), write."""
 
     def lines(self) -> list[str]:
         """Human-readable report lines (what the CLI prints)."""
@@ -164,7 +167,9 @@ def prepare(
                 f"--salt-file {options.salt_file} lies inside --out {out}; keep the key apart "
                 "from the data it protects"
             )
+    t0 = time.perf_counter()
     log = read_log(input, options.reader)
+    t1 = time.perf_counter()
     built = _build(log, options)
     users = built.users
     if options.pseudonymize:
@@ -194,6 +199,7 @@ def prepare(
         "pseudonymized": options.pseudonymize,
     }
     params = {"format": log.format, **options.to_params()}
+    t2 = time.perf_counter()
     write_dataset(
         out,
         sequences=built.sequences,
@@ -205,6 +211,7 @@ def prepare(
         overwrite=options.overwrite,
     )
     splits = {s: int(np.sum(split == s)) for s in SPLITS}
+    t3 = time.perf_counter()
     return PrepareSummary(
         out=out,
         format=log.format,
@@ -221,6 +228,7 @@ def prepare(
         dropped=built.dropped,
         rows_read=log.rows_read,
         bad_rows_skipped=log.bad_rows_skipped,
+        seconds={"read": t1 - t0, "build": t2 - t1, "write": t3 - t2},
     )
 
 
@@ -262,7 +270,11 @@ def _dense_codes(ids: pl.Series) -> tuple[np.ndarray, pl.Series]:
         lo, hi = int(ids.min()), int(ids.max())  # type: ignore[arg-type]
         if hi - lo < max(ids.len(), 1 << 24):
             # lookup table: O(n + range), no sort of the n ids
-            shifted = ids.to_numpy().astype(np.int64) - lo
+            shifted = ids.to_numpy()
+            if shifted.flags.writeable:  # polars made a copy (zero-copy views are read-only)
+                shifted -= lo
+            else:
+                shifted = shifted - lo
             present = np.zeros(hi - lo + 1, dtype=bool)
             present[shifted] = True
             lut = np.cumsum(present, dtype=np.int32) - 1
@@ -309,7 +321,10 @@ def _chronological_order(
         ubits = max(n_users - 1, 1).bit_length()
         key = None
         if ubits + tbits <= 62:
-            key = (ucode.astype(np.int64) << tbits) | (times - tmin)
+            key = ucode.astype(np.int64)
+            key <<= tbits
+            key -= tmin  # in place: key = (user << tbits) + (time - tmin), no temporaries
+            key += times
     if key is not None:
         if bool(np.all(key[1:] >= key[:-1])):
             return None
@@ -333,94 +348,120 @@ def _zero_left(log: RawLog, dropped: dict[str, int], options: PrepareOptions) ->
 
 
 def _build(log: RawLog, options: PrepareOptions) -> _Built:
+    """Order, filter and index ``log``; its interaction frame is released (memory)."""
     df = log.interactions
+    log.interactions = df.clear()  # keep the schema, drop the rows: only arrays stay alive
     has_time, has_rating = "time" in df.columns, "rating" in df.columns
+    if options.min_rating is not None and not has_rating:
+        raise SeqtwinsError(
+            f"--min-rating needs ratings, but {log.source} has none (name the column with "
+            "--rating-col)"
+        )
     dropped: dict[str, int] = {}
-    input_counts = {
-        "interactions": df.height,
-        "users": df["user"].n_unique() + log.empty_users,
-        "items": df["item"].n_unique(),
-    }
-    if options.min_rating is not None:
-        if not has_rating:
-            raise SeqtwinsError(
-                f"--min-rating needs ratings, but {log.source} has none (name the column with "
-                "--rating-col)"
-            )
-        before = df.height
-        df = df.filter(pl.col("rating") >= options.min_rating)
-        dropped["low_rating_interactions"] = before - df.height
-        if df.height == 0:
-            raise _zero_left(log, dropped, options)
-
     ucode, user_ids = _dense_codes(df["user"])
     icode, item_ids = _dense_codes(df["item"])
     times = df["time"].to_numpy() if has_time else None
     ratings = df["rating"].to_numpy() if has_rating else None
     del df
-    n_users = len(user_ids)
+    n_users, n_items = len(user_ids), len(item_ids)
+    input_counts = {
+        "interactions": len(ucode),
+        "users": n_users + log.empty_users,
+        "items": n_items,
+    }
+
+    cu = np.bincount(ucode, minlength=n_users)  # interactions per user code
+
+    def user_codes() -> np.ndarray:
+        """The user code of each row (after sorting: rebuilt from the counts on demand)."""
+        nonlocal ucode
+        if len(ucode) != len(icode):
+            ucode = np.repeat(np.arange(n_users, dtype=np.int32), cu)
+        return ucode
+
+    def apply(mask: np.ndarray) -> None:
+        nonlocal ucode, icode, times, ratings
+        ucode, icode = user_codes()[mask], icode[mask]
+        times = None if times is None else times[mask]
+        ratings = None if ratings is None else ratings[mask]
+
+    if options.min_rating is not None:
+        assert ratings is not None
+        keep = ratings >= options.min_rating
+        dropped["low_rating_interactions"] = int(len(keep) - np.count_nonzero(keep))
+        apply(keep)
+        dropped["low_rating_users"] = n_users - int(
+            np.count_nonzero(np.bincount(ucode, minlength=n_users))
+        )
+        if len(ucode) == 0:
+            raise _zero_left(log, dropped, options)
+        cu = np.bincount(ucode, minlength=n_users)
 
     order = _chronological_order(ucode, n_users, times)
     if order is not None:
-        ucode, icode = ucode[order], icode[order]
+        # sorted by user, the user column is a run of each code: rebuilt on demand below
+        ucode = np.empty(0, dtype=ucode.dtype)
+        icode = icode[order]
         times = None if times is None else times[order]
         ratings = None if ratings is None else ratings[order]
         del order
 
-    def apply(mask: np.ndarray) -> None:
-        nonlocal ucode, icode, times, ratings
-        ucode, icode = ucode[mask], icode[mask]
-        times = None if times is None else times[mask]
-        ratings = None if ratings is None else ratings[mask]
-
     if options.dedup:
-        pair = ucode.astype(np.int64) * len(item_ids) + icode
+        pair = user_codes().astype(np.int64) * n_items + icode
         keep = pl.Series(pair).is_first_distinct().to_numpy()
-        dropped["duplicate_interactions"] = int((~keep).sum())
+        dropped["duplicate_interactions"] = int(len(keep) - np.count_nonzero(keep))
         apply(keep)
+        cu = np.bincount(ucode, minlength=n_users)
 
     if options.max_len is not None:
-        counts = np.bincount(ucode, minlength=n_users)
-        ends = np.cumsum(counts)
+        ends = np.cumsum(cu)
         # rows of a user are contiguous: position from the end = end of row - 1 - index
-        from_end = ends[ucode] - 1 - np.arange(len(ucode))
+        from_end = ends[user_codes()] - 1 - np.arange(len(icode))
         keep = from_end < options.max_len
-        dropped["max_len_interactions"] = int((~keep).sum())
+        dropped["max_len_interactions"] = int(len(keep) - np.count_nonzero(keep))
         apply(keep)
+        cu = np.minimum(cu, options.max_len)
 
-    counts_u = np.bincount(ucode, minlength=n_users)
-    short = (counts_u > 0) & (counts_u < options.min_history + 1)
+    short = (cu > 0) & (cu < options.min_history + 1)
     dropped["short_users"] = int(short.sum()) + log.empty_users
-    dropped["short_user_interactions"] = int(counts_u[short].sum())
+    dropped["short_user_interactions"] = int(cu[short].sum())
     if short.any():
-        apply(~short[ucode])
+        apply(~short[user_codes()])
+        cu[short] = 0
+    ci = np.bincount(icode, minlength=n_items)
 
-    users_before_kcore = int((np.bincount(ucode, minlength=n_users) > 0).sum())
-    items_before_kcore = int((np.bincount(icode, minlength=len(item_ids)) > 0).sum())
-    n_before_kcore = len(ucode)
+    # iterative k-core; with the default thresholds (users >= min_history + 1, which the
+    # step above ensured, items >= 1) there is nothing to do
+    users_before, items_before = int(np.count_nonzero(cu)), int(np.count_nonzero(ci))
+    n_before = len(icode)
     ku = max(options.min_user_count, options.min_history + 1)
     ki = options.min_item_count
-    while len(ucode):
-        cu = np.bincount(ucode, minlength=n_users)
-        ok = cu[ucode] >= ku
-        if ki > 1:
-            ci = np.bincount(icode, minlength=len(item_ids))
-            ok &= ci[icode] >= ki
-        if ok.all():
-            break
-        apply(ok)
-    cu = np.bincount(ucode, minlength=n_users)
-    ci = np.bincount(icode, minlength=len(item_ids))
+    if ku > options.min_history + 1 or ki > 1:
+        while len(icode):
+            ok = cu[user_codes()] >= ku
+            if ki > 1:
+                ok &= ci[icode] >= ki
+            if ok.all():
+                break
+            apply(ok)
+            cu = np.bincount(ucode, minlength=n_users)
+            ci = np.bincount(icode, minlength=n_items)
     present_u, present_i = cu > 0, ci > 0
-    dropped["kcore_users"] = users_before_kcore - int(present_u.sum())
-    dropped["kcore_items"] = items_before_kcore - int(present_i.sum())
-    dropped["kcore_interactions"] = n_before_kcore - len(ucode)
-    dropped["items_of_dropped_rows"] = input_counts["items"] - items_before_kcore
-    if len(ucode) == 0:
+    dropped["kcore_users"] = users_before - int(np.count_nonzero(present_u))
+    dropped["kcore_items"] = items_before - int(np.count_nonzero(present_i))
+    dropped["kcore_interactions"] = n_before - len(icode)
+    dropped["items_of_dropped_rows"] = n_items - items_before
+    if len(icode) == 0:
         raise _zero_left(log, dropped, options)
 
     # --- index ------------------------------------------------------------------------
-    item_idx = (np.cumsum(present_i, dtype=np.int64))[icode].astype(np.int32)  # 1..N
+    if present_i.all() and icode.dtype == np.int32 and icode.flags.writeable:
+        icode += 1  # in place: 1..N (icode is this function's own array)
+        item_idx = icode
+    elif present_i.all():
+        item_idx = (icode + 1).astype(np.int32)
+    else:
+        item_idx = np.cumsum(present_i, dtype=np.int32)[icode]  # 1..N over kept items
     lengths = cu[present_u]
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
