@@ -142,6 +142,9 @@ def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
         raise SeqtwinsError(f"{out} already exists; choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; give it a normal dir's mode
     try:
         yield tmp
         if out.exists():
