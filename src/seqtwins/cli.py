@@ -89,23 +89,40 @@ def pretrain(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Under torchrun: auto (nccl on GPU, gloo on CPU), gloo or nccl "
+            "(= --set train.backend=...)."
+        ),
+    ] = None,
 ) -> None:
-    """Pretrain a user encoder with Barlow Twins, the dual encoder, or both combined."""
+    """Pretrain a user encoder with Barlow Twins, the dual encoder, or both combined.
+
+    Data-parallel on several processes or machines: torchrun --nproc_per_node N -m seqtwins
+    pretrain ... (rank 0 writes the run; see docs/distributed.md).
+    """
     import warnings
 
     from seqtwins.config import PretrainConfig, build, load_yaml
+    from seqtwins.distributed import is_main_process
     from seqtwins.train import pretrain as run_pretrain
 
+    if resume and backend is not None:
+        raise SeqtwinsError("--resume continues with the run's saved train.backend; drop --backend")
     cfg = None
     if not resume or config or overrides or objective:
         layers = [load_yaml(p) for p in config or []]
         if objective is not None:
             layers.append({"objective": objective})
-        cfg = build(PretrainConfig, *layers, overrides=overrides or [])
+        extra = [f"train.backend={backend}"] if backend is not None else []
+        cfg = build(PretrainConfig, *layers, overrides=[*(overrides or []), *extra])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = run_pretrain(data, out, cfg, resume=resume, progress=progress,
                                overwrite=overwrite)  # fmt: skip
+    if not is_main_process():  # under torchrun, rank 0 alone reports
+        return
     for w in caught:
         err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     best = "n/a" if summary.best_score is None else f"{summary.best_score:.4f}"
@@ -126,20 +143,33 @@ def embed(
         typer.Option(help="Embed new sequences instead: CSV (id, items) or JSON lines."),
     ] = None,
     which: Annotated[str, typer.Option(help="Checkpoint: best (on valid) or last.")] = "best",
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: embed only the i-th (0-based) of n contiguous blocks of users, so that "
+            "n processes split the work; the n files in order = the unsharded file."
+        ),
+    ] = None,
 ) -> None:
     """Export user embeddings (the encoder's pooled output) to Parquet."""
     import warnings
 
+    from seqtwins.distributed import parse_shard
     from seqtwins.embed import export_embeddings
 
     if which not in ("best", "last"):
         raise SeqtwinsError(f"--which {which!r} must be best or last")
+    part = parse_shard(shard) if shard is not None else (0, 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = export_embeddings(run, data, out, sequences_file=sequences, which=which)
+        summary = export_embeddings(run, data, out, sequences_file=sequences, which=which,
+                                    shard=part)  # fmt: skip
     for w in caught:
         err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
-    console.print(f"wrote {summary.rows} embeddings of dimension {summary.dim} to {summary.out}")
+    of = f" (shard {part[0]}/{part[1]})" if shard is not None else ""
+    console.print(
+        f"wrote {summary.rows} embeddings of dimension {summary.dim}{of} to {summary.out}"
+    )
 
 
 @command()

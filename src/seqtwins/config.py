@@ -192,6 +192,7 @@ def build(
 # --- the pretraining stage ----------------------------------------------------------------
 
 PRECISIONS = ("auto", "bf16", "fp32")
+BACKENDS = ("auto", "gloo", "nccl")  # see seqtwins.distributed.resolve_backend
 
 
 @dataclasses.dataclass
@@ -236,6 +237,11 @@ class TrainConfig:
     """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
     threads: int = 0
     """torch intra-op threads on CPU (0 = leave torch's default)."""
+    backend: str = "auto"
+    """``torch.distributed`` backend when launched with several processes (``torchrun``):
+    ``auto`` (nccl on CUDA, gloo on CPU), ``gloo`` or ``nccl``. Unused in one process.
+    ``batch_size`` stays the global batch, split equally over the processes
+    (``docs/distributed.md``)."""
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "log_every"):
@@ -261,6 +267,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name}={getattr(self, name)} must be >= 0")
         if self.valid_users < 2:
             raise ValueError(f"train.valid_users={self.valid_users} must be >= 2")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"train.backend={self.backend!r} must be one of {BACKENDS}")
 
 
 @dataclasses.dataclass

@@ -3,6 +3,10 @@
 Output columns: ``user_id`` (original id or pseudonym; for ``--sequences`` input the row
 number or the file's ``id`` field), ``split`` (dataset users only) and ``embedding``
 (fixed-size list of float32, the encoder's pooled output before any head).
+
+``--shard i/n`` embeds only the i-th of n contiguous blocks of users (of ``user_idx``, or of
+the rows of a ``--sequences`` file), so that n processes split the work; the n files, read
+in shard order, hold exactly the rows of the unsharded file in the same order.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from seqtwins.data.batching import pad_right
 from seqtwins.data.dataset import SequenceDataset
+from seqtwins.distributed import shard_range
 from seqtwins.errors import SeqtwinsError
 from seqtwins.models.encoder import SequenceEncoder
 from seqtwins.train import embed_users, load_encoder
@@ -59,12 +64,17 @@ def export_embeddings(
     sequences_file: Path | str | None = None,
     chunk_users: int = 8192,
     which: str = "best",
+    shard: tuple[int, int] = (0, 1),
 ) -> EmbedSummary:
     """Embed every user of the dataset (or the sequences of ``sequences_file``) to Parquet.
 
-    The file is written to a temporary sibling and renamed at the end: an interrupted
-    export leaves no half-written file.
+    ``shard=(i, n)`` embeds only the i-th of n contiguous blocks of users (or file rows):
+    see :func:`seqtwins.distributed.shard_range`. The file is written to a temporary
+    sibling and renamed at the end: an interrupted export leaves no half-written file.
     """
+    index, count = shard
+    if not 0 <= index < count:
+        raise SeqtwinsError(f"shard {index}/{count} must satisfy 0 <= i < n")
     out = Path(out)
     ds = SequenceDataset.open(data_dir)
     encoder, _ = load_encoder(run_dir, ds, which=which)
@@ -74,9 +84,9 @@ def export_embeddings(
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         if sequences_file is None:
-            summary = _export_dataset(encoder, ds, tmp, chunk_users)
+            summary = _export_dataset(encoder, ds, tmp, chunk_users, shard)
         else:
-            summary = _export_new(encoder, ds, Path(sequences_file), tmp, chunk_users)
+            summary = _export_new(encoder, ds, Path(sequences_file), tmp, chunk_users, shard)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -85,17 +95,22 @@ def export_embeddings(
 
 
 def _export_dataset(
-    encoder: SequenceEncoder, ds: SequenceDataset, tmp: Path, chunk: int
+    encoder: SequenceEncoder,
+    ds: SequenceDataset,
+    tmp: Path,
+    chunk: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> EmbedSummary:
     ids = ds.users["user_id"].to_list()
     splits = ds.users["split"].to_list()
     dim = encoder.cfg.dim
+    first, stop = shard_range(ds.num_users, *shard)
     with _writer(tmp, dim, with_split=True) as w:
-        for start in range(0, ds.num_users, chunk):
-            users = np.arange(start, min(start + chunk, ds.num_users))
+        for start in range(first, stop, chunk):
+            users = np.arange(start, min(start + chunk, stop))
             emb = embed_users(encoder, ds, users)
             w.write_table(_table(ids[start : users[-1] + 1], emb, splits[start : users[-1] + 1]))
-    return EmbedSummary(tmp, ds.num_users, dim)
+    return EmbedSummary(tmp, stop - first, dim)
 
 
 def read_sequences_file(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -137,22 +152,34 @@ def read_sequences_file(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _export_new(
-    encoder: SequenceEncoder, ds: SequenceDataset, path: Path, tmp: Path, chunk: int
+    encoder: SequenceEncoder,
+    ds: SequenceDataset,
+    path: Path,
+    tmp: Path,
+    chunk: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> EmbedSummary:
     ids, raw = read_sequences_file(path)
+    first, stop = shard_range(len(raw), *shard)
+    ids, raw = ids[first:stop], raw[first:stop]
+    if not raw:  # more shards than rows: this one is empty
+        with _writer(tmp, encoder.cfg.dim, with_split=False):
+            pass
+        return EmbedSummary(tmp, 0, encoder.cfg.dim)
     lookup = dict(zip(ds.items["item_id"].to_list(), ds.items["item_idx"].to_list(), strict=True))
     max_len = encoder.cfg.max_len
     mapped = [np.array([lookup[x] for x in s if x in lookup], dtype=np.int64) for s in raw]
     unknown = sum(len(s) for s in raw) - sum(len(m) for m in mapped)
     keep = [i for i, m in enumerate(mapped) if len(m)]
     empty = len(mapped) - len(keep)
+    where = str(path) if shard[1] == 1 else f"{path} rows {first}-{stop - 1}"
     if not keep:
         raise SeqtwinsError(
-            f"{path}: no sequence has an item known to the model ({unknown} unknown item ids)"
+            f"{where}: no sequence has an item known to the model ({unknown} unknown item ids)"
         )
     if unknown or empty:
         warnings.warn(
-            f"{path}: dropped {unknown} unknown item ids; {empty} sequences became empty "
+            f"{where}: dropped {unknown} unknown item ids; {empty} sequences became empty "
             "and were skipped",
             stacklevel=2,
         )

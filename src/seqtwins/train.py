@@ -41,6 +41,7 @@ from seqtwins.data.batching import (
     iter_history_batches,
 )
 from seqtwins.data.dataset import SequenceDataset
+from seqtwins.distributed import World, session
 from seqtwins.errors import SeqtwinsError
 from seqtwins.models.encoder import SequenceEncoder
 
@@ -234,15 +235,20 @@ def load_encoder(
 
 
 class MetricsLog:
-    """Append-only JSON lines; on resume, truncated back to the checkpoint's position."""
+    """Append-only JSON lines; on resume, truncated back to the checkpoint's position.
 
-    def __init__(self, path: Path, truncate_to: int | None = None) -> None:
+    ``enabled=False`` (ranks other than 0 of a distributed run) writes nothing."""
+
+    def __init__(self, path: Path, truncate_to: int | None = None, enabled: bool = True) -> None:
         self.path = path
-        if truncate_to is not None and path.exists():
+        self.enabled = enabled
+        if enabled and truncate_to is not None and path.exists():
             with path.open("r+b") as f:
                 f.truncate(truncate_to)
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -269,7 +275,30 @@ def pretrain(
 
     With ``resume`` the run continues from ``run_dir/checkpoints/last`` with the saved
     config and reproduces the uninterrupted run (same seed, same batches, same RNG).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) or in an initialised process group it trains
+    data-parallel: ``train.batch_size`` is the global batch, each process takes an equal
+    share of every planned batch, the losses and batch norms use global-batch statistics,
+    and rank 0 alone writes the run directory (``seqtwins.distributed``,
+    ``docs/distributed.md``).
     """
+    file = Path(run_dir) / "config.yaml"
+    first = load_run_config(Path(run_dir)) if resume and file.is_file() else cfg
+    tc = (first or build(PretrainConfig)).train
+    with session(tc.backend, resolve_device(tc.device)) as world:
+        return _pretrain(data_dir, run_dir, cfg, resume, progress, overwrite, world)
+
+
+def _pretrain(
+    data_dir: Path | str,
+    run_dir: Path | str,
+    cfg: PretrainConfig | None,
+    resume: bool,
+    progress: bool,
+    overwrite: bool,
+    world: World,
+) -> RunSummary:
+    """:func:`pretrain` in this process's place of the (possibly one-process) world."""
     run_dir = Path(run_dir)
     ds = SequenceDataset.open(data_dir)
     if resume:
@@ -300,17 +329,23 @@ def pretrain(
     if len(train_users) < 2:
         raise SeqtwinsError(f"{ds.path} has fewer than 2 usable training users")
     if tc.batch_size > len(train_users):
+        clipped = len(train_users) - len(train_users) % world.size  # equal shares per rank
         warnings.warn(
             f"train.batch_size={tc.batch_size} > {len(train_users)} training users; "
-            f"clipped to {len(train_users)}",
+            f"clipped to {clipped}",
             stacklevel=2,
         )
-        tc = replace(tc, batch_size=len(train_users))
+        tc = replace(tc, batch_size=clipped)
         cfg = replace(cfg, train=tc)
+    if tc.batch_size % world.size:
+        raise SeqtwinsError(
+            f"train.batch_size={tc.batch_size} must be divisible by the number of processes "
+            f"({world.size}): it is the global batch, split equally over them"
+        )
 
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
+    device = world.device  # resolve_device(tc.device), cuda:LOCAL_RANK under torchrun
     amp_dtype = resolve_precision(tc.precision, device)
     torch.manual_seed(tc.seed)
 
@@ -320,8 +355,11 @@ def pretrain(
     ).astype(np.float64)
     from seqtwins.objectives import build_objective
 
-    model = build_objective(cfg.objective, encoder, cfg.barlow, cfg.dual, cfg.next,
-                            item_popularity=popularity).to(device)  # fmt: skip
+    # several processes: losses (and batch norms, world.prepare) over the global batch
+    barlow_cfg = replace(cfg.barlow, distributed=cfg.barlow.distributed or world.active)
+    dual_cfg = replace(cfg.dual, distributed=cfg.dual.distributed or world.active)
+    model = world.prepare(build_objective(cfg.objective, encoder, barlow_cfg, dual_cfg, cfg.next,
+                                          item_popularity=popularity)).to(device)  # fmt: skip
     transform = _build_transform(cfg, ds, train_users)
 
     steps_per_epoch = len(train_users) // tc.batch_size
@@ -331,7 +369,8 @@ def pretrain(
         opt, lr_lambda(total_steps, tc.warmup_frac, tc.min_lr_ratio)
     )
     step_model: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
-    step_model = torch.compile(model) if tc.compile else model
+    ddp = world.wrap(model)  # DistributedDataParallel with several processes
+    step_model = torch.compile(ddp) if tc.compile else ddp
 
     valid_users = ds.split_users("valid")
     if len(valid_users) > tc.valid_users:
@@ -342,6 +381,7 @@ def pretrain(
     valid_users = valid_users[hist_len[valid_users] >= 2]
     valid_labels = proxy_labels(ds, valid_users) if len(valid_users) else None
 
+    world.barrier()  # every rank has passed its checks before rank 0 writes
     # -- state (fresh or resumed) --
     state: dict[str, Any] = {
         "epoch": 0, "batch": 0, "step": 0, "best_score": None, "best_epoch": -1,
@@ -350,8 +390,8 @@ def pretrain(
     if resume:
         state = load_checkpoint(run_dir / LAST, model, opt, restore_rng=True)
         sched.load_state_dict(state["scheduler"])
-        log = MetricsLog(run_dir / "metrics.jsonl", truncate_to=state["metrics_pos"])
-    else:
+        log = MetricsLog(run_dir / "metrics.jsonl", state["metrics_pos"], world.is_main)
+    elif world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for old in ("metrics.jsonl", "summary.json"):
             (run_dir / old).unlink(missing_ok=True)
@@ -362,21 +402,25 @@ def pretrain(
         }  # fmt: skip
         (run_dir / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
         log = MetricsLog(run_dir / "metrics.jsonl")
+    else:
+        log = MetricsLog(run_dir / "metrics.jsonl", enabled=False)
 
     def checkpoint(where: str) -> None:
+        if not world.is_main:
+            return
         state["metrics_pos"] = log.position()
         state["scheduler"] = sched.state_dict()  # JSON-ready: lambdas are stored as None
         save_checkpoint(run_dir / where, model, opt, state)
 
     started = time.perf_counter() - state["seconds"]
-    bar = _Progress(progress, total_steps, state["step"])
+    bar = _Progress(progress and world.is_main, total_steps, state["step"])
     try:
         while state["epoch"] < tc.epochs and not state["stopped_early"]:
             epoch = state["epoch"]
             plan = batch_plan(train_users, hist_len, tc.batch_size, tc.seed, epoch,
                               tc.bucket_by_length)  # fmt: skip
             batches = PretrainBatches(ds.sequences, plan, cfg.objective, cfg.encoder.max_len,
-                                      tc.seed, epoch, transform)  # fmt: skip
+                                      tc.seed, epoch, transform, world.shard)  # fmt: skip
             loader = DataLoader(
                 batches, batch_size=None, sampler=range(state["batch"], len(plan)),
                 num_workers=tc.num_workers, pin_memory=device.type == "cuda",
@@ -388,11 +432,13 @@ def pretrain(
             t_last, users_since = time.perf_counter(), 0
             for batch in loader:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                world.seed_step(tc.seed, epoch, state["batch"])
                 with autocast(device, amp_dtype):
                     loss, logs = step_model(batch)
-                if not torch.isfinite(loss):
+                if not world.all_true(bool(torch.isfinite(loss))):  # all ranks stop together
+                    value = loss.item() if not torch.isfinite(loss) else "non-finite on a rank"
                     raise SeqtwinsError(
-                        f"loss became {loss.item()} at epoch {epoch} step {state['step']}; "
+                        f"loss became {value} at epoch {epoch} step {state['step']}; "
                         f"the last good checkpoint is kept in {run_dir / LAST}. Try a lower "
                         "train.lr, train.precision=fp32 or a smaller encoder."
                     )
@@ -404,16 +450,19 @@ def pretrain(
                 sched.step()
                 state["step"] += 1
                 state["batch"] += 1
-                n_users = len(batch[next(iter(batch))])
+                n_users = len(batch[next(iter(batch))]) * world.size  # the global batch
                 users_since += n_users
                 if state["step"] % tc.log_every == 0:
                     now = time.perf_counter()
                     rate = users_since / max(now - t_last, 1e-9)
+                    # the mean over ranks: the global batch's loss (a no-op in one process)
+                    loss_value, *values = world.mean([loss.item(), *logs.values()])
+                    logs = dict(zip(logs, values, strict=True))
                     log.write(
                         {
                             "step": state["step"],
                             "epoch": epoch,
-                            "loss": loss.item(),
+                            "loss": loss_value,
                             "lr": sched.get_last_lr()[0],
                             "users_per_s": rate,
                             **logs,
@@ -428,7 +477,7 @@ def pretrain(
 
             # -- end of epoch: validate, select on valid users, checkpoint --
             record = _validate(model, encoder, ds, cfg, valid_users, valid_labels, transform,
-                               device, amp_dtype, epoch)  # fmt: skip
+                               device, amp_dtype, epoch, world)  # fmt: skip
             log.write(record)
             score = record["score"]
             improved = state["best_score"] is None or score > state["best_score"]
@@ -451,8 +500,11 @@ def pretrain(
     summary = RunSummary(run_dir, state["epoch"], state["step"], state["best_epoch"],
                          state["best_score"], state["stopped_early"], state["seconds"])  # fmt: skip
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}
+    out["world_size"] = world.size
     log.write({"event": "done", **out})
-    (run_dir / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+    if world.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+    world.barrier()  # the run directory is complete when any rank returns
     return summary
 
 
@@ -487,33 +539,45 @@ def _validate(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     epoch: int,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Validation loss on valid users (fixed augmentations) and the embedding proxy.
 
     ``score`` (higher is better) drives early stopping and the best checkpoint: the
     favourite-category probe accuracy when the dataset has categories, else minus the loss.
+
+    With several processes each takes its share of every validation batch (the loss is
+    the mean over ranks) and rank 0 alone computes the proxy, sent to all: every rank gets
+    the same record, so all take the same early-stopping decision.
     """
+    world = world or World(device=device)
     record: dict[str, Any] = {"event": "valid", "epoch": epoch}
-    if len(users) < 2:
+    if len(users) < max(2, world.size):
         record.update(loss=None, proxy=None, score=-float(epoch))
         return record
     model.eval()
     bs = min(cfg.train.batch_size, len(users))
+    bs -= bs % world.size  # equal shares on every rank
     hist_len = ds.sequences.history_lengths()
     plan = batch_plan(users, hist_len, bs, cfg.train.seed, VALID_EPOCH, bucket=False)
     batches = PretrainBatches(ds.sequences, plan, cfg.objective, cfg.encoder.max_len,
-                              cfg.train.seed, VALID_EPOCH, transform)  # fmt: skip
+                              cfg.train.seed, VALID_EPOCH, transform, world.shard)  # fmt: skip
     losses = []
     for i in range(len(batches)):
         batch = {k: v.to(device) for k, v in batches[i].items()}
         with autocast(device, amp_dtype):
             loss, _ = model(batch)
         losses.append(loss.item())
-    record["loss"] = float(np.mean(losses))
+    record["loss"] = world.mean([float(np.mean(losses))])[0]
     proxy = None
     if labels is not None:
-        emb = embed_users(encoder, ds, users, device=device, dtype=amp_dtype)
-        proxy = proxy_score(emb, labels, cfg.train.seed)
+        valid_labels = labels
+
+        def probe() -> float | None:
+            emb = embed_users(encoder, ds, users, device=device, dtype=amp_dtype)
+            return proxy_score(emb, valid_labels, cfg.train.seed)
+
+        proxy = world.on_main(probe)
     record["proxy"] = proxy
     record["score"] = proxy if proxy is not None else -record["loss"]
     model.train()

@@ -4,6 +4,11 @@ A batch is fully determined by ``(seed, epoch, batch index)``: the plan (which u
 which batch) comes from an epoch-seeded permutation and each batch's augmentation RNG from
 ``(seed, epoch, batch index)``. That is what makes a resumed run reproduce the
 uninterrupted one, with any number of DataLoader workers.
+
+Each row of a batch draws from its own random stream (derived from the batch RNG and the
+row's position), so any subset of rows can be collated alone with exactly the values the
+whole batch would give them: the ranks of a distributed run each collate their share of
+every planned batch, and together they hold exactly the single-process batch.
 """
 
 from __future__ import annotations
@@ -93,6 +98,10 @@ class PretrainBatches(Dataset[dict[str, torch.Tensor]]):
     seed: int
     epoch: int
     transform: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None
+    shard: tuple[int, int] = (0, 1)
+    """``(rank, world_size)``: collate only rows ``rank, rank + world_size, ...`` of each
+    planned batch (strided, so that ranks get similar lengths from a length-sorted
+    batch). The union over ranks is exactly the single-process batch."""
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -100,9 +109,12 @@ class PretrainBatches(Dataset[dict[str, torch.Tensor]]):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         users = self.plan[index]
         rng = np.random.default_rng([self.seed, self.epoch, index, 0xB47C])
+        rank, world = self.shard
+        rows = slice(rank, None, world) if world > 1 else None
         return collate(
-            histories(self.sequences, users), self.objective, self.max_len, rng, self.transform
-        )
+            histories(self.sequences, users), self.objective, self.max_len, rng, self.transform,
+            rows,
+        )  # fmt: skip
 
 
 def collate(
@@ -112,32 +124,68 @@ def collate(
     rng: np.random.Generator,
     transform: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
     | None = None,
+    rows: slice | None = None,
 ) -> dict[str, torch.Tensor]:
     """Collate users' histories into the batch keys the objective reads.
 
-    - views (``barlow``, ``barlow+next``): ``view_a``, ``view_b`` (B, T) from ``transform``;
+    - views (``barlow``, ``barlow+next``): ``view_a``, ``view_b`` (B, T) from ``transform``,
+      each row with its own random stream (:class:`RowStreams`);
     - next item (``dual``, ``barlow+next``): a random cut ``c`` in ``[1, len-1]`` per user;
       ``context`` = the up to ``max_len`` items before it (B, T), ``target`` = item ``c`` (B,).
+
+    ``rows`` collates only those rows of the batch (``histories`` is still the whole
+    batch), with exactly the random values the whole batch gives them.
     """
+    n = len(histories)
+    picked = range(n)[rows] if rows is not None else range(n)
+    hists = [histories[j] for j in picked]
     out: dict[str, torch.Tensor] = {}
     if objective in NEEDS_VIEWS:
         if transform is None:
             raise ValueError(f"objective {objective!r} needs an augmentation transform")
-        pairs = [transform(h, rng) for h in histories]
+        streams = RowStreams(rng, n)
+        pairs = [transform(histories[j], streams[j]) for j in picked]
         out["view_a"] = pad_right([a for a, _ in pairs])
         out["view_b"] = pad_right([b for _, b in pairs])
     if objective in NEEDS_NEXT:
-        lens = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+        lens = np.fromiter((len(h) for h in hists), dtype=np.int64, count=len(hists))
         if (lens < 2).any():
             raise ValueError("next-item objectives need histories of at least 2 items")
-        cuts = 1 + (rng.random(len(lens)) * (lens - 1)).astype(np.int64)  # in [1, len-1]
+        u = rng.random(n)[list(picked)]  # drawn for the whole batch, then this share's rows
+        cuts = 1 + (u * (lens - 1)).astype(np.int64)  # in [1, len-1]
         out["context"] = pad_right(
-            [h[max(0, c - max_len) : c] for h, c in zip(histories, cuts, strict=True)]
+            [h[max(0, c - max_len) : c] for h, c in zip(hists, cuts, strict=True)]
         )
         out["target"] = torch.from_numpy(
-            np.array([h[c] for h, c in zip(histories, cuts, strict=True)], dtype=np.int64)
+            np.array([h[c] for h, c in zip(hists, cuts, strict=True)], dtype=np.int64)
         )
     return out
+
+
+class RowStreams:
+    """Independent random streams for the ``n`` rows of a batch, derived from its RNG.
+
+    ``streams[j]`` depends only on the batch RNG and ``j``, never on which other rows are
+    collated. Each stream is a PCG64 state set directly from 192 random bits (state and
+    an odd increment, i.e. a distinct PCG stream): about 3 us, five times cheaper than
+    seeding a ``Generator`` through ``SeedSequence``. The returned generator is reused:
+    finish with row ``j`` before asking for the next one.
+    """
+
+    def __init__(self, rng: np.random.Generator, n: int) -> None:
+        self.words = rng.integers(0, 2**64 - 1, size=(n, 3), dtype=np.uint64, endpoint=True)
+        self.bitgen = np.random.PCG64(0)  # its state is overwritten per row
+        self.gen = np.random.Generator(self.bitgen)
+
+    def __getitem__(self, j: int) -> np.random.Generator:
+        hi, lo, inc = (int(w) for w in self.words[j])
+        self.bitgen.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": hi << 64 | lo, "inc": inc | 1},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        return self.gen
 
 
 def iter_history_batches(
