@@ -313,7 +313,8 @@ def session(backend: str, device: torch.device, timeout_s: float = 1800.0) -> It
       at exit.
     * Otherwise: a single process, no process group.
 
-    On CUDA each process takes ``cuda:LOCAL_RANK`` (unless ``device`` names an index).
+    On CUDA each process takes ``cuda:LOCAL_RANK`` modulo the visible GPUs (``LOCAL_RANK``
+    defaults to the rank), unless ``device`` names an index.
     """
     if not dist.is_available():
         if env_ranks()[1] > 1:
