@@ -127,7 +127,7 @@ def _one_step_worker(rank: int, init_file: str, data: str, out: str) -> None:
             torch.save(_one_step(Path(data), objective, world), f"{out}/{objective}-{rank}.pt")
         import seqtwins.objectives.barlow as barlow_mod
 
-        barlow_mod._sum_all_ranks = _raw_sum  # type: ignore[assignment]
+        barlow_mod._sum_all_ranks = _raw_sum
         torch.save(_one_step(Path(data), "barlow", world), f"{out}/raw-{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -186,7 +186,7 @@ def _loop_worker(rank: int, init_file: str, data: str, out: str) -> None:
     _init(rank, init_file)
     try:
         adamw = torch.optim.AdamW
-        torch.optim.AdamW = torch.optim.SGD  # type: ignore[misc]  # see the module docstring
+        torch.optim.AdamW = torch.optim.SGD  # type: ignore[misc,assignment]  # module docstring
         for objective in ("barlow", "dual"):
             pretrain(data, f"{out}/{objective}", _cfg(objective, *SGD_RUN), progress=False)
         torch.optim.AdamW = adamw  # type: ignore[misc]
