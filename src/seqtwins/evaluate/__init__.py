@@ -1,0 +1,42 @@
+"""Downstream evaluation with few labels (DESIGN.md "Downstream evaluation").
+
+- :mod:`~seqtwins.evaluate.tasks` — labels from the held-out future window and user
+  attributes (``next_item``, ``next_category``, ``favorite_category``, attributes,
+  ``next_rating_high``);
+- :mod:`~seqtwins.evaluate.probe` — linear (ridge / logistic) and MLP probes on frozen
+  embeddings, and the metrics;
+- :mod:`~seqtwins.evaluate.baselines` — the TF-IDF + truncated-SVD floor;
+- :mod:`~seqtwins.evaluate.protocol` — methods x tasks x label fractions x seeds on fixed,
+  shared labelled subsets; eval.json and JSON-lines output;
+- :mod:`~seqtwins.evaluate.report` — report.md and plots (imported on demand: matplotlib).
+"""
+
+from seqtwins.evaluate.baselines import tfidf_svd_embeddings
+from seqtwins.evaluate.probe import Prediction, ProbeConfig, fit_probe, score
+from seqtwins.evaluate.protocol import (
+    DEFAULT_FRACTIONS,
+    Finetuner,
+    evaluate_embeddings,
+    load_results,
+    save_results,
+    write_metrics_jsonl,
+)
+from seqtwins.evaluate.tasks import Task, available_tasks, build_task, build_tasks
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "Finetuner",
+    "Prediction",
+    "ProbeConfig",
+    "Task",
+    "available_tasks",
+    "build_task",
+    "build_tasks",
+    "evaluate_embeddings",
+    "fit_probe",
+    "load_results",
+    "save_results",
+    "score",
+    "tfidf_svd_embeddings",
+    "write_metrics_jsonl",
+]

@@ -1,0 +1,62 @@
+"""Non-neural floors: a bag-of-items TF-IDF + truncated-SVD user embedding.
+
+The majority-class floor needs no embedding and lives in the protocol
+(:func:`seqtwins.evaluate.protocol.evaluate_embeddings`, method ``majority``); the
+random-init encoder floor is an encoder with untrained weights, embedded like any run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfTransformer
+
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.errors import SeqtwinsError
+
+TFIDF_SVD = "tfidf-svd"
+"""Method name under which the TF-IDF + SVD floor is reported."""
+
+
+def history_count_matrix(ds: SequenceDataset) -> sp.csr_matrix:
+    """(U, num_items) CSR matrix of item counts in each user's *history* (never the future).
+
+    Column ``j`` is ``item_idx = j + 1``. Built in one shot from the CSR arrays.
+    """
+    seqs = ds.sequences
+    offsets = np.asarray(seqs.offsets, dtype=np.int64)
+    hlen = np.asarray(seqs.history_end, dtype=np.int64) - offsets[:-1]  # (U,)
+    total = int(hlen.sum())
+    rows = np.repeat(np.arange(len(hlen), dtype=np.int64), hlen)  # (H,)
+    starts = np.cumsum(hlen) - hlen
+    pos = np.arange(total, dtype=np.int64) - np.repeat(starts, hlen) + np.repeat(offsets[:-1], hlen)
+    cols = np.asarray(seqs.items)[pos].astype(np.int64) - 1
+    data = np.ones(total, dtype=np.float32)
+    # duplicates (repeat visits) are summed by the COO -> CSR conversion
+    return sp.csr_matrix((data, (rows, cols)), shape=(len(hlen), ds.num_items))
+
+
+def tfidf_svd_embeddings(
+    ds: SequenceDataset, dim: int = 64, seed: int = 0, n_iter: int = 5
+) -> np.ndarray:
+    """(U, dim) float32 embedding of every user from a TF-IDF bag of history items + SVD.
+
+    TF-IDF (scikit-learn defaults: smooth idf, l2-normalised rows) and the truncated SVD
+    (randomized, ``random_state=seed``, so the result is deterministic) are fitted on
+    *train* users' histories only, then applied to all users. ``dim`` should match the
+    encoder's embedding dimension so the floor has the same capacity.
+    """
+    if dim < 1 or dim >= ds.num_items:
+        raise SeqtwinsError(
+            f"tfidf-svd dim={dim} must lie in 1..{ds.num_items - 1} (number of items - 1)"
+        )
+    train = ds.split_users("train")
+    if len(train) == 0:
+        raise SeqtwinsError(f"{ds.path} has no train users; tfidf-svd is fitted on them")
+    counts = history_count_matrix(ds)  # (U, N)
+    tfidf = TfidfTransformer().fit(counts[train])
+    x = tfidf.transform(counts)  # (U, N) sparse, rows l2-normalised
+    svd = TruncatedSVD(n_components=dim, algorithm="randomized", n_iter=n_iter, random_state=seed)
+    svd.fit(x[train])
+    return np.ascontiguousarray(svd.transform(x), dtype=np.float32)  # (U, dim)

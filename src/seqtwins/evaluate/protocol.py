@@ -1,0 +1,438 @@
+"""The few-label protocol: methods x tasks x label budgets x seeds, on identical subsets.
+
+A **label budget** is a fraction of the *train* users that have a label for the task.
+The labelled subset for (task, fraction, seed) is fixed and shared by every method:
+
+1. ``train_order(ds, seed)`` permutes the train users with
+   ``numpy.random.default_rng([SUBSET_SALT, seed])`` — it depends on nothing but the seed
+   and the dataset's train users, so reruns and all methods see the same order;
+2. the subset is the first ``ceil(fraction x n_labelled)`` users of that order that have a
+   label for the task. Budgets are therefore nested (the 1 % subset lies inside the 5 %
+   one) and tasks whose users are all labelled share their subsets.
+
+The results store every seed's order (``subsets.train_order``) and, per cell, the
+subset's size and SHA-256 (:func:`subset_digest`), so identity across methods and reruns
+can be checked and every subset rebuilt.
+
+Selection (probe regularisation, epoch) uses the labelled **valid** users; the labelled
+**test** users are scored once per (method, task, fraction, seed). A cell that cannot be
+computed (fewer than two classes in the subset, no labelled valid or test user) is
+recorded with status ``"n/a"`` and the reason — never skipped.
+
+**Fine-tuning hook.** ``finetuners`` maps a method name to a callable
+``finetune(task, train_users, valid_users, test_users, seed) -> scores`` (see
+:class:`Finetuner`): it trains encoder + head on ``task.labels[train_users]``, selects
+(early stopping, ...) on ``valid_users`` only, and returns class scores for
+``test_users``, either an array (len(test_users), task.num_classes) or a
+:class:`~seqtwins.evaluate.probe.Prediction`. It is evaluated on the very same cells and
+subsets as the embedding methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.probe import Prediction, ProbeConfig, fit_probe, score
+from seqtwins.evaluate.tasks import Task, build_tasks
+
+DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
+SUBSET_SALT = 0x5EB7
+"""First word of every subset RNG seed, so subset orders differ from other seeded streams."""
+MAJORITY = "majority"
+FLOOR_METHODS = (MAJORITY, "random-init", "tfidf-svd")
+"""Method names the report shows as floors beside every table."""
+RESULTS_SCHEMA = "seqtwins.eval/1"
+PROTOCOLS = ("linear", "mlp")
+
+
+class Finetuner(Protocol):
+    """End-to-end fine-tuning of one method on one cell (see the module docstring)."""
+
+    def __call__(
+        self,
+        task: Task,
+        train_users: np.ndarray,
+        valid_users: np.ndarray,
+        test_users: np.ndarray,
+        seed: int,
+    ) -> np.ndarray | Prediction: ...
+
+
+# --- fixed labelled subsets ----------------------------------------------------------------
+
+
+def train_order(ds: SequenceDataset, seed: int) -> np.ndarray:
+    """(n_train,) int64 train ``user_idx`` in the fixed random order of ``seed``."""
+    train = ds.split_users("train").astype(np.int64)
+    rng = np.random.default_rng([SUBSET_SALT, int(seed)])
+    return train[rng.permutation(len(train))]
+
+
+def labelled_subset(order: np.ndarray, labels: np.ndarray, fraction: float) -> np.ndarray:
+    """The first ``ceil(fraction x n_labelled)`` labelled users of ``order``, sorted."""
+    labelled = order[labels[order] >= 0]
+    k = math.ceil(fraction * len(labelled) - 1e-9)
+    return np.sort(labelled[:k])
+
+
+def subset_digest(users: np.ndarray) -> str:
+    """SHA-256 of a sorted int64 ``user_idx`` array (what results store per cell)."""
+    return hashlib.sha256(np.ascontiguousarray(np.sort(users), dtype="<i8").tobytes()).hexdigest()
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _check_fractions(fractions: Sequence[float]) -> list[float]:
+    fr = [float(f) for f in fractions]
+    if not fr:
+        raise SeqtwinsError("fractions is empty; give label fractions in (0, 1], e.g. 0.1 1.0")
+    bad = [f for f in fr if not (0.0 < f <= 1.0) or math.isnan(f)]
+    if bad:
+        raise SeqtwinsError(
+            f"label fraction(s) {', '.join(f'{f:g}' for f in bad)} outside (0, 1]; "
+            "a fraction is the share of labelled train users, e.g. 0.05"
+        )
+    if len(set(fr)) != len(fr):
+        raise SeqtwinsError(f"label fractions {fr} contain duplicates; list each once")
+    return sorted(fr)
+
+
+def _check_seeds(seeds: int | Sequence[int]) -> list[int]:
+    out = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not out:
+        raise SeqtwinsError("seeds must be >= 1 (the protocol asks for at least 3)")
+    if len(set(out)) != len(out):
+        raise SeqtwinsError(f"seeds {out} contain duplicates")
+    return out
+
+
+def _check_methods(ds: SequenceDataset, methods: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, emb in methods.items():
+        if not name or name != name.strip():
+            raise SeqtwinsError(f"method name {name!r} must be non-empty without outer spaces")
+        arr = np.asarray(emb)
+        if arr.ndim != 2 or arr.shape[0] != ds.num_users or arr.shape[1] < 1:
+            raise SeqtwinsError(
+                f"embeddings of method {name!r} have shape {arr.shape}; expected "
+                f"({ds.num_users}, D), one row per user of {ds.path}"
+            )
+        if not np.issubdtype(arr.dtype, np.number):
+            raise SeqtwinsError(f"embeddings of method {name!r} are not numeric ({arr.dtype})")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise SeqtwinsError(
+                f"embeddings of method {name!r} contain NaN or infinite values; "
+                "check the run that produced them"
+            )
+        out[name] = arr
+    return out
+
+
+# --- the protocol --------------------------------------------------------------------------
+
+
+def _majority_prediction(y_train: np.ndarray, n_test: int) -> Prediction:
+    """Every test user gets the train-subset class frequencies as scores."""
+    classes, counts = np.unique(y_train, return_counts=True)
+    scores = np.broadcast_to(counts.astype(np.float32), (n_test, len(classes)))
+    return Prediction(np.ascontiguousarray(scores), classes.astype(np.int64))
+
+
+def _aggregate(runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, Any]:
+    """mean / sample std (ddof=1; 0 for one seed) over the seeds whose run is ``ok``."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    cell: dict[str, Any] = {"n_seeds": len(runs), "n_ok": len(ok)}
+    if not ok:
+        cell["status"] = "n/a"
+    else:
+        cell["status"] = "ok" if len(ok) == len(runs) else "partial"
+    reasons = sorted({r["reason"] for r in runs if r["status"] != "ok"})
+    if reasons:
+        cell["reasons"] = reasons
+    mean: dict[str, float | None] = {}
+    std: dict[str, float | None] = {}
+    for m in metrics:
+        vals = [r["metrics"][m] for r in ok if r["metrics"].get(m) is not None]
+        if vals:
+            mean[m] = float(np.mean(vals))
+            std[m] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        else:
+            mean[m] = std[m] = None
+    cell["mean"], cell["std"] = mean, std
+    return cell
+
+
+def evaluate_embeddings(
+    ds: SequenceDataset,
+    methods: Mapping[str, np.ndarray],
+    tasks: Sequence[str] | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: int | Sequence[int] = 3,
+    protocol: str = "linear",
+    probe: ProbeConfig | None = None,
+    finetuners: Mapping[str, Finetuner] | None = None,
+    include_majority: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate user embeddings (and fine-tuning hooks) on few-label downstream tasks.
+
+    ``methods`` maps a method name (``barlow``, ``dual``, ``random-init``, ``tfidf-svd``,
+    ...) to its (U, D) embedding of every user (row = ``user_idx``). ``protocol`` is the
+    probe kind on frozen embeddings (``linear`` or ``mlp``); ``probe`` overrides its
+    settings. ``include_majority`` adds the majority-class floor as method ``majority``.
+    Returns a JSON-ready dict (see :func:`save_results`); the report reads it.
+    """
+    if protocol not in PROTOCOLS:
+        raise SeqtwinsError(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
+    cfg = probe or ProbeConfig(kind=protocol)
+    if cfg.kind != protocol:
+        raise SeqtwinsError(f"probe kind {cfg.kind!r} conflicts with protocol {protocol!r}")
+    fracs = _check_fractions(fractions)
+    seed_list = _check_seeds(seeds)
+    embs = _check_methods(ds, methods)
+    hooks = dict(finetuners or {})
+    clash = sorted(set(embs) & set(hooks)) + (
+        [MAJORITY] if include_majority and (MAJORITY in embs or MAJORITY in hooks) else []
+    )
+    if clash:
+        raise SeqtwinsError(f"method name(s) {', '.join(clash)} given twice; rename one")
+    if not embs and not hooks and not include_majority:
+        raise SeqtwinsError("no methods to evaluate; pass embeddings or fine-tuning hooks")
+    task_list = build_tasks(ds, list(tasks) if tasks is not None else None)
+    say = progress or (lambda _msg: None)
+
+    train, valid, test = (ds.split_users(s) for s in ("train", "valid", "test"))
+    orders = {s: train_order(ds, s) for s in seed_list}
+    method_names = ([MAJORITY] if include_majority else []) + list(embs) + list(hooks)
+    cells: list[dict[str, Any]] = []
+    task_info: dict[str, Any] = {}
+    seconds: dict[str, float] = {m: 0.0 for m in method_names}
+    t_start = time.perf_counter()
+
+    for task in task_list:
+        labels = task.labels
+        info = task.summary(ds)
+        valid_l, test_l = task.labelled(valid), task.labelled(test)
+        train_l = task.labelled(train)
+        task_cfg = cfg.for_task(len(train_l), len(np.unique(labels[train_l])))
+        info["probe_solver"] = "mlp" if task_cfg.kind == "mlp" else task_cfg.solver
+        task_info[task.name] = info
+        task_problem = None
+        if len(train_l) == 0:
+            task_problem = "no train user has a label for this task"
+        elif len(valid_l) == 0:
+            task_problem = "no valid user has a label, so nothing can be selected"
+        elif len(test_l) == 0:
+            task_problem = "no test user has a label, so nothing can be scored"
+        say(f"task {task.name}: {task.num_classes} classes, {len(train_l)} labelled train users")
+
+        for frac in fracs:
+            subsets = {s: labelled_subset(orders[s], labels, frac) for s in seed_list}
+            problems: dict[int, str | None] = {}
+            for s, sub in subsets.items():
+                n_cls = len(np.unique(labels[sub]))
+                if task_problem:
+                    problems[s] = task_problem
+                elif n_cls < 2:
+                    problems[s] = (
+                        f"only {n_cls} class among the {len(sub)} labelled train users of "
+                        f"fraction {frac:g} (seed {s}); a classifier needs two"
+                    )
+                else:
+                    problems[s] = None
+            for method in method_names:
+                runs: list[dict[str, Any]] = []
+                reuse: dict[str, dict[str, Any]] = {}
+                for s in seed_list:
+                    sub = subsets[s]
+                    digest = subset_digest(sub)
+                    run: dict[str, Any] = {"seed": s, "n_train": int(len(sub)), "subset": digest}
+                    if problems[s] is not None:
+                        run.update(status="n/a", reason=problems[s])
+                        runs.append(run)
+                        continue
+                    deterministic = method == MAJORITY or (
+                        method in embs and task_cfg.deterministic
+                    )
+                    if deterministic and digest in reuse:  # same subset, same answer
+                        prev = reuse[digest]
+                        run.update(
+                            status="ok",
+                            metrics=prev["metrics"],
+                            selection=prev["selection"],
+                            reused_from_seed=prev["seed"],
+                        )
+                        runs.append(run)
+                        continue
+                    t0 = time.perf_counter()
+                    y_tr = labels[sub]
+                    if method == MAJORITY:
+                        pred = _majority_prediction(y_tr, len(test_l))
+                        selection: dict[str, Any] = {}
+                    elif method in embs:
+                        emb = embs[method]
+                        fitted = fit_probe(
+                            emb[sub],
+                            y_tr,
+                            emb[valid_l],
+                            labels[valid_l],
+                            task.primary_metric,
+                            task_cfg,
+                            seed=s,
+                        )
+                        pred = fitted.predict(emb[test_l])
+                        selection = fitted.selection
+                    else:
+                        out = hooks[method](task, sub, valid_l, test_l, s)
+                        pred = (
+                            out
+                            if isinstance(out, Prediction)
+                            else _hook_prediction(method, out, len(test_l), task.num_classes)
+                        )
+                        selection = {}
+                    run.update(
+                        status="ok",
+                        metrics=score(pred, labels[test_l], task.metrics),
+                        selection=selection,
+                        seconds=round(time.perf_counter() - t0, 4),
+                    )
+                    seconds[method] += time.perf_counter() - t0
+                    if deterministic:
+                        reuse[digest] = run
+                    runs.append(run)
+                cell = {"task": task.name, "method": method, "fraction": frac}
+                cell["protocol"] = (
+                    "finetune"
+                    if method in hooks
+                    else "majority"
+                    if method == MAJORITY
+                    else protocol
+                )
+                cell.update(_aggregate(runs, task.metrics))
+                cell["runs"] = runs
+                cells.append(cell)
+            say(f"  {task.name} fraction {frac:g} done")
+
+    return {
+        "schema": RESULTS_SCHEMA,
+        "dataset": {
+            "path": str(ds.path),
+            "content_hash": ds.content_hash,
+            "num_users": ds.num_users,
+            "num_items": ds.num_items,
+            "splits": {s: int(len(ds.split_users(s))) for s in ("train", "valid", "test")},
+        },
+        "protocol": protocol,
+        "probe": cfg.to_dict(),
+        "fractions": fracs,
+        "seeds": seed_list,
+        "methods": method_names,
+        "floors": [m for m in method_names if m in FLOOR_METHODS],
+        "tasks": task_info,
+        "subsets": {
+            "rule": "first ceil(fraction * n_labelled) labelled users of train_order[seed]",
+            "salt": SUBSET_SALT,
+            "train_order": {str(s): orders[s].tolist() for s in seed_list},
+        },
+        "cells": cells,
+        "artifacts": {},
+        "seconds": {m: round(v, 3) for m, v in seconds.items()}
+        | {"total": round(time.perf_counter() - t_start, 3)},
+    }
+
+
+def _hook_prediction(method: str, out: Any, n_test: int, n_classes: int) -> Prediction:
+    arr = np.asarray(out, dtype=np.float32)
+    if arr.shape != (n_test, n_classes):
+        raise SeqtwinsError(
+            f"fine-tuning hook of method {method!r} returned scores of shape {arr.shape}; "
+            f"expected ({n_test}, {n_classes}) = (test users, classes)"
+        )
+    return Prediction.full(arr)
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_results(results: Mapping[str, Any], path: Path | str) -> Path:
+    """Write results as JSON (atomically: a half-written eval.json never exists)."""
+    path = Path(path)
+    _atomic_write_text(path, json.dumps(results, indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def load_results(path: Path | str) -> dict[str, Any]:
+    """Read an eval.json written by :func:`save_results`; SeqtwinsError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise SeqtwinsError(f"{path} does not exist; create it with `seqtwins evaluate`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SeqtwinsError(f"{path} is not valid JSON ({e}); rerun `seqtwins evaluate`") from e
+    if not isinstance(data, dict) or data.get("schema") != RESULTS_SCHEMA:
+        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise SeqtwinsError(
+            f"{path} is not a seqtwins evaluation (schema {got!r}, expected {RESULTS_SCHEMA!r})"
+        )
+    for key in ("cells", "tasks", "methods", "fractions"):
+        if key not in data:
+            raise SeqtwinsError(f"{path} lacks {key!r}; rerun `seqtwins evaluate`")
+    return data
+
+
+def metric_records(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One flat record per (task, method, fraction, seed): the JSON-lines view."""
+    out = []
+    for cell in results["cells"]:
+        for run in cell["runs"]:
+            rec = {
+                "task": cell["task"],
+                "method": cell["method"],
+                "protocol": cell["protocol"],
+                "fraction": cell["fraction"],
+                "seed": run["seed"],
+                "n_train": run["n_train"],
+                "subset": run["subset"],
+                "status": run["status"],
+            }
+            if run["status"] == "ok":
+                rec.update(run["metrics"])
+            else:
+                rec["reason"] = run["reason"]
+            out.append(rec)
+    return out
+
+
+def write_metrics_jsonl(results: Mapping[str, Any], path: Path | str) -> Path:
+    """Write :func:`metric_records` as JSON lines (atomically)."""
+    path = Path(path)
+    lines = [json.dumps(r, allow_nan=False) for r in metric_records(results)]
+    _atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return path

@@ -1,0 +1,399 @@
+"""``report.md`` and PNG plots from one or more eval.json files.
+
+For every task and label fraction the report lists each method's mean ± std over the
+seeds, the relative gain of ``barlow`` over ``dual`` (when both were evaluated) and, in
+the same table, the floors (majority class, random-init encoder, TF-IDF + SVD). Plots:
+metric vs label fraction per task (log x-axis, error bars = std over seeds), and — when
+the eval.json points to the arrays — the Barlow Twins cross-correlation matrix and a 2-D
+map of test-user embeddings coloured by favourite category.
+
+Artifacts (written by ``seqtwins evaluate``, :mod:`seqtwins.evaluate.runs`; read here):
+the eval.json key ``"artifacts"`` holds ``.npy`` paths **relative to the eval.json's
+directory**::
+
+    "artifacts": {
+      "cross_correlation": {"method": "barlow", "path": "<path>.npy"},  # (P, P) matrix C
+      "embedding_map": {
+        "task": "favorite_category",                 # what colours the points
+        "class_names": ["Action", "Comedy", ...],    # class code -> name
+        "labels": "<path>.npy",                      # (n,) int64 codes, -1 = none
+        "embeddings": {"<method>": "<path>.npy"}     # (n, D) float32, the same n users
+      }
+    }
+
+``cross_correlation`` may also map several methods to paths (``{"<method>": "<path>"}``).
+Both parts are optional; an absent part is not plotted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.protocol import FLOOR_METHODS, load_results
+
+GAIN_PAIR = ("barlow", "dual")
+"""The report's headline comparison: relative gain of the first over the second."""
+MAP_MAX_POINTS = 5000
+MAP_TOP_CLASSES = 10
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe version of a method / task name (``barlow+next`` -> ``barlow_next``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "x"
+
+
+# --- artifacts -----------------------------------------------------------------------------
+
+
+def _load_array(base: Path, rel: str, what: str) -> np.ndarray:
+    path = base / rel
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SeqtwinsError(f"{what}: cannot read {path} ({e}); rerun `seqtwins evaluate`") from e
+
+
+# --- plots ---------------------------------------------------------------------------------
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_cross_correlation(c: np.ndarray, path: Path | str, title: str | None = None) -> Path:
+    """Heat-map of a Barlow Twins cross-correlation matrix C (P, P), colour range [-1, 1].
+
+    A well-trained projector gives a bright diagonal (C_ii -> 1) on a neutral background
+    (C_ij -> 0); the title reports mean diagonal and mean |off-diagonal|.
+    """
+    c = np.asarray(c, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] == 0:
+        raise SeqtwinsError(f"cross-correlation matrix has shape {c.shape}; need (P, P)")
+    p = c.shape[0]
+    diag = float(np.mean(np.diag(c)))
+    off = float(np.abs(c[~np.eye(p, dtype=bool)]).mean()) if p > 1 else 0.0
+    fig = Figure(figsize=(5.6, 4.8))
+    ax = fig.add_subplot()
+    im = ax.imshow(c, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    head = title or "Barlow Twins cross-correlation"
+    ax.set_title(f"{head}\nmean diag {diag:.3f}, mean |off-diag| {off:.3f} (P={p})", fontsize=10)
+    ax.set_xlabel("projector dim (view B)")
+    ax.set_ylabel("projector dim (view A)")
+    path = Path(path)
+    _save(fig, path)
+    return path
+
+
+def _project_2d(emb: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    try:  # UMAP when installed (an optional extra), PCA otherwise
+        import umap
+
+        xy = umap.UMAP(n_components=2, random_state=seed).fit_transform(emb)
+        return np.asarray(xy), "UMAP"
+    except ImportError:
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(emb), "PCA"
+
+
+def plot_embedding_map(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    path: Path | str,
+    title: str | None = None,
+    max_points: int = MAP_MAX_POINTS,
+    top_classes: int = MAP_TOP_CLASSES,
+    seed: int = 0,
+) -> Path:
+    """2-D map (UMAP if installed, else PCA) of embeddings (n, D), coloured by label.
+
+    The ``top_classes`` most frequent labels get their own colour; the rest are drawn
+    grey as "other", users without a label (-1) light grey. At most ``max_points`` users
+    (a fixed random sample) are drawn.
+    """
+    emb = np.asarray(emb, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    if emb.ndim != 2 or len(emb) != len(labels) or len(emb) < 3:
+        raise SeqtwinsError(
+            f"embedding map needs (n>=3, D) embeddings and n labels; got {emb.shape} "
+            f"and {labels.shape}"
+        )
+    rng = np.random.default_rng(seed)
+    if len(emb) > max_points:
+        keep = np.sort(rng.choice(len(emb), max_points, replace=False))
+        emb, labels = emb[keep], labels[keep]
+    xy, how = _project_2d(emb, seed)
+    fig = Figure(figsize=(6.4, 5.2))
+    ax = fig.add_subplot()
+    known = labels[labels >= 0]
+    counts = np.bincount(known, minlength=len(names)) if len(known) else np.zeros(0, int)
+    top = [int(c) for c in np.argsort(-counts, kind="stable")[:top_classes] if counts[c] > 0]
+    none = labels < 0
+    other = ~none & ~np.isin(labels, top)
+    if none.any():
+        ax.scatter(xy[none, 0], xy[none, 1], s=4, c="#dddddd", label="no label", linewidths=0)
+    if other.any():
+        ax.scatter(xy[other, 0], xy[other, 1], s=4, c="#999999", label="other", linewidths=0)
+    cmap = list(colormaps["tab10"].colors)  # type: ignore[attr-defined]
+    for i, cls in enumerate(top):
+        sel = labels == cls
+        name = names[cls] if cls < len(names) else str(cls)
+        ax.scatter(
+            xy[sel, 0],
+            xy[sel, 1],
+            s=6,
+            color=cmap[i % len(cmap)],
+            label=str(name)[:24],
+            linewidths=0,
+        )
+    ax.set_title(f"{title or 'test-user embeddings'} ({how}, n={len(emb)})", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(
+        fontsize=7, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False
+    )
+    path = Path(path)
+    _save(fig, path)
+    return path
+
+
+def _method_style(method: str) -> dict[str, Any]:
+    if method in FLOOR_METHODS:
+        return {"linestyle": "--", "alpha": 0.8, "marker": "x"}
+    return {"linestyle": "-", "marker": "o"}
+
+
+def plot_task_curves(results: Mapping[str, Any], task: str, path: Path | str) -> Path:
+    """Metric vs label fraction for one task: one panel per metric, one line per method."""
+    info = results["tasks"][task]
+    metrics = info["metrics"]
+    cells = [c for c in results["cells"] if c["task"] == task]
+    fig = Figure(figsize=(4.6 * len(metrics), 3.8))
+    for j, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), j + 1)
+        for method in results["methods"]:
+            rows = sorted(
+                (c for c in cells if c["method"] == method and c["mean"].get(metric) is not None),
+                key=lambda c: c["fraction"],
+            )
+            if not rows:
+                continue
+            x = [c["fraction"] for c in rows]
+            y = [c["mean"][metric] for c in rows]
+            e = [c["std"][metric] or 0.0 for c in rows]
+            ax.errorbar(
+                x, y, yerr=e, label=method, capsize=3, markersize=4, **_method_style(method)
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(results["fractions"])
+        ax.set_xticklabels([f"{f:g}" for f in results["fractions"]])
+        ax.minorticks_off()
+        ax.set_xlabel("label fraction of train users")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{task}: {metric}", fontsize=10)
+        if j == len(metrics) - 1:
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    _save(fig, path)
+    return path
+
+
+# --- markdown ------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _gain(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{(a - b) / abs(b) * 100:+.1f}%"
+
+
+def _task_section(results: Mapping[str, Any], task: str, plot: str) -> list[str]:
+    info = results["tasks"][task]
+    cells = {(c["method"], c["fraction"]): c for c in results["cells"] if c["task"] == task}
+    fracs = results["fractions"]
+    methods = [m for m in results["methods"] if m not in FLOOR_METHODS]
+    floors = [m for m in results["methods"] if m in FLOOR_METHODS]
+    lab = info.get("labelled_users", {})
+    maj = info.get("majority_accuracy")
+    lines = [
+        f"### `{task}` — {info.get('description', '')}",
+        "",
+        f"{info['num_classes']} classes ({info.get('train_classes_present', '?')} among "
+        f"labelled train users) · labelled users train {lab.get('train', '?')} / valid "
+        f"{lab.get('valid', '?')} / test {lab.get('test', '?')} · majority-class accuracy "
+        f"{_fmt(maj)} (class `{info.get('majority_class')}`, from train labels) · probe "
+        f"solver `{info.get('probe_solver', '?')}`",
+        "",
+        f"![{task}]({plot})",
+        "",
+    ]
+    n_by_frac = {}
+    for f in fracs:
+        for m in results["methods"]:
+            c = cells.get((m, f))
+            if c and c["runs"]:
+                n_by_frac[f] = c["runs"][0]["n_train"]
+                break
+    notes: dict[str, int] = {}
+
+    def entry(c: Mapping[str, Any] | None, metric: str) -> str:
+        if c is None:
+            return "—"
+        mean, std = c["mean"].get(metric), c["std"].get(metric)
+        if c["status"] == "n/a" or mean is None:
+            reasons = c.get("reasons") or ["metric undefined for these test labels"]
+            refs = []
+            for r in reasons:
+                notes.setdefault(r, len(notes) + 1)
+                refs.append(f"[{notes[r]}]")
+            return "n/a " + "".join(refs)
+        text = f"{mean:.3f} ± {_fmt(std)}"
+        if c["status"] == "partial":
+            refs = []
+            for r in c.get("reasons", []):
+                notes.setdefault(r, len(notes) + 1)
+                refs.append(f"[{notes[r]}]")
+            text += f" ({c['n_ok']}/{c['n_seeds']} seeds) " + "".join(refs)
+        return text
+
+    head = "| method | " + " | ".join(f"{f:g} (n={n_by_frac.get(f, '?')})" for f in fracs) + " |"
+    sep = "|---|" + "---|" * len(fracs)
+    for metric in info["metrics"]:
+        lines += [f"**{metric}** (mean ± std over seeds {results.get('seeds')})", "", head, sep]
+        for m in methods:
+            lines.append(
+                f"| {m} | " + " | ".join(entry(cells.get((m, f)), metric) for f in fracs) + " |"
+            )
+        a, b = GAIN_PAIR
+        if a in methods and b in methods:
+            gains = []
+            for f in fracs:
+                ca, cb = cells.get((a, f)), cells.get((b, f))
+                gains.append(
+                    _gain(
+                        ca["mean"].get(metric) if ca else None,
+                        cb["mean"].get(metric) if cb else None,
+                    )
+                )
+            lines.append(f"| **{a} vs {b}** | " + " | ".join(gains) + " |")
+        for m in floors:
+            lines.append(
+                f"| *{m} (floor)* | "
+                + " | ".join(entry(cells.get((m, f)), metric) for f in fracs)
+                + " |"
+            )
+        lines.append("")
+    if notes:
+        lines += [f"[{i}] {r}" + "  " for r, i in sorted(notes.items(), key=lambda t: t[1])]
+        lines.append("")
+    return lines
+
+
+def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
+    """Write ``report.md`` and the PNG plots for the given eval.json files into ``out``.
+
+    Every input (and every artifact array it points to) is read and checked before
+    anything is written. Returns the path of ``report.md``.
+    """
+    if not eval_paths:
+        raise SeqtwinsError("no eval.json given; pass one or more files from `seqtwins evaluate`")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SeqtwinsError(f"--out {out} exists and is not a directory; choose a directory")
+    loaded: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []
+    for p in eval_paths:
+        p = Path(p)
+        res = load_results(p)
+        arrays: dict[str, Any] = {}
+        art = res.get("artifacts") or {}
+        xcorr = art.get("cross_correlation") or {}
+        if "path" in xcorr:  # one matrix: {"method": ..., "path": ...}
+            xcorr = {xcorr.get("method", "barlow"): xcorr["path"]}
+        for m, rel in xcorr.items():
+            arrays.setdefault("cross_correlation", {})[m] = _load_array(
+                p.parent, rel, f"{p} cross-correlation of {m!r}"
+            )
+        emap = art.get("embedding_map")
+        if emap and emap.get("embeddings"):
+            labels = _load_array(p.parent, emap["labels"], f"{p} map labels")
+            embs = {
+                m: _load_array(p.parent, rel, f"{p} embeddings of {m!r}")
+                for m, rel in emap["embeddings"].items()
+            }
+            names = emap.get("class_names", emap.get("label_names", []))
+            arrays["embedding_map"] = (labels, embs, names, emap.get("task"))
+        loaded.append((p, res, arrays))
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# seqtwins evaluation report", ""]
+    multi = len(loaded) > 1
+    for i, (p, res, arrays) in enumerate(loaded, start=1):
+        prefix = f"{i}-" if multi else ""
+        dset = res.get("dataset", {})
+        lines += [
+            f"## {p}" if multi else f"## Evaluation `{p.name}`",
+            "",
+            f"Dataset `{dset.get('path')}` (content hash `{str(dset.get('content_hash'))[:12]}`, "
+            f"{dset.get('num_users')} users, {dset.get('num_items')} items, splits "
+            f"{dset.get('splits')}). Protocol `{res.get('protocol')}`; label fractions "
+            f"{res['fractions']} of the labelled train users, seeds {res.get('seeds')}; the "
+            "same labelled subset for every method. Selection on valid users, test users "
+            "scored once. Floors (majority class, random-init encoder, TF-IDF + SVD) are "
+            "shown in italics in every table; `barlow vs dual` is the relative gain of the "
+            "mean.",
+            "",
+        ]
+        for task in res["tasks"]:
+            plot = f"{prefix}{_safe(task)}.png"
+            plot_task_curves(res, task, out / plot)
+            lines += _task_section(res, task, plot)
+        for m, c in (arrays.get("cross_correlation") or {}).items():
+            name = f"{prefix}cross_correlation_{_safe(m)}.png"
+            plot_cross_correlation(c, out / name, title=f"{m}: cross-correlation (valid users)")
+            lines += [f"### Cross-correlation matrix `{m}`", "", f"![{m}]({name})", ""]
+        if "embedding_map" in arrays:
+            labels, embs, names, task = arrays["embedding_map"]
+            for m, e in embs.items():
+                name = f"{prefix}embedding_map_{_safe(m)}.png"
+                plot_embedding_map(
+                    e, labels, names, out / name, title=f"{m}: test users by {task or 'label'}"
+                )
+                lines += [f"### Test-user embedding map `{m}`", "", f"![{m}]({name})", ""]
+        secs = res.get("seconds")
+        if secs:
+            lines += ["Seconds per method: " + ", ".join(f"{k} {v:g}" for k, v in secs.items()), ""]
+    report = out / "report.md"
+    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".md", dir=out)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.replace(tmp, report)
+    return report

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from seqtwins.data.dataset import SequenceDataset, Sequences, write_dataset
+from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.tasks import (
+    available_tasks,
+    build_task,
+    build_tasks,
+    favorite_category_labels,
+)
+
+from .conftest import make_dataset
+
+# item idx -> categories (first-listed is the primary one); item 6 has none
+CATS = {1: ["A", "Z"], 2: ["B"], 3: ["C", "A"], 4: ["A"], 5: ["B", "C"], 6: []}
+
+
+def _hand(tmp_path: Path) -> SequenceDataset:
+    seqs = [
+        [1, 2, 3, 2, 1],  # future [3, 2, 1] -> C, B, A: all once -> first seen C
+        [4, 5, 2, 1, 5],  # future [1, 5] -> A, B tie -> A (first)
+        [1, 1, 2, 5, 2],  # future [5, 2] -> B, B -> B ; next item 5 -> B
+        [6, 3, 6, 6, 4],  # future [6, 4] -> (none), A -> A ; next item 6 has no category
+        [1, 2, 3],  # no future window
+        [2, 2, 2, 6, 6],  # future [6, 6] -> only uncategorised items -> no label
+        [3, 3, 1, 2, 4, 4],  # future [2, 4, 4] -> B, A, A -> A (count 2 beats first-seen B)
+    ]
+    hist = [2, 3, 3, 3, 3, 3, 3]
+    seq = Sequences.from_lists(seqs, hist)
+    ratings = np.ones(seq.num_interactions, dtype=np.float32)
+    ratings[seq.history_end[0]] = 4.0  # user 0's next item: high (>= 4)
+    ratings[seq.history_end[1]] = 3.5  # user 1's next item: not high
+    seq = dataclasses.replace(seq, ratings=ratings)
+    items = pl.DataFrame(
+        {"item_id": [f"i{i}" for i in range(1, 7)], "categories": [CATS[i] for i in range(1, 7)]}
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(7)],
+            "split": ["train", "train", "train", "valid", "test", "test", "test"],
+            "gender": ["F", "M", "F", None, "M", "", "F"],
+        }
+    )
+    out = write_dataset(tmp_path / "hand", sequences=seq, items=items, users=users, source="t")
+    return SequenceDataset.open(out)
+
+
+def test_labels_on_hand_made_sequences(tmp_path: Path) -> None:
+    ds = _hand(tmp_path)
+    assert available_tasks(ds) == [
+        "next_item", "next_category", "favorite_category", "gender", "next_rating_high"
+    ]  # fmt: skip
+    nxt = build_task(ds, "next_item")
+    assert nxt.labels.tolist() == [2, 0, 4, 5, -1, 5, 1]  # item_idx - 1
+    assert nxt.class_names[:2] == ["i1", "i2"] and nxt.num_classes == 6
+    assert nxt.metrics == ("accuracy@1", "hr@10", "ndcg@10")
+
+    cat = build_task(ds, "next_category")
+    names = cat.class_names
+    assert names == ["A", "B", "C"]  # primary categories only: "Z" is never first-listed
+    decoded = [names[c] if c >= 0 else None for c in cat.labels]
+    assert decoded == ["C", "A", "B", None, None, None, "B"]
+
+    fav = build_task(ds, "favorite_category")
+    decoded = [names[c] if c >= 0 else None for c in fav.labels]
+    assert decoded == ["C", "A", "B", "A", None, None, "A"]
+
+    high = build_task(ds, "next_rating_high")
+    assert high.labels[:4].tolist() == [1, 0, 0, 0]
+    assert high.labels[4] == -1 and high.metrics == ("accuracy", "auc")
+
+    gender = build_task(ds, "gender")
+    assert gender.class_names == ["F", "M"]
+    assert gender.labels.tolist() == [0, 1, 0, -1, 1, -1, 0]  # null and "" -> no label
+    assert gender.kind == "binary" and "auc" in gender.metrics
+
+
+def test_majority_uses_train_labels_scored_on_test(tmp_path: Path) -> None:
+    ds = _hand(tmp_path)
+    gender = build_task(ds, "gender")
+    # train: F, M, F -> F; labelled test users: M, F -> accuracy 1/2
+    assert gender.class_names[gender.majority_class] == "F"
+    assert gender.majority_accuracy == pytest.approx(0.5)
+    summary = gender.summary(ds)
+    assert summary["labelled_users"] == {"train": 3, "valid": 0, "test": 2}
+    assert summary["train_class_counts"] == {"F": 2, "M": 1}
+
+
+def _favorite_reference(ds: SequenceDataset) -> list[int]:
+    """Plain loop: most frequent primary category in the window, ties -> first seen."""
+    codes, _ = ds.item_categories()
+    out = []
+    for u in range(ds.num_users):
+        cats = [int(codes[i]) for i in ds.sequences.future(u) if codes[i] >= 0]
+        if not cats:
+            out.append(-1)
+            continue
+        best = max(cats, key=lambda c: (cats.count(c), -cats.index(c)))
+        out.append(best)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_favorite_category_matches_a_loop_reference(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_items, n_users = 12, 80
+    seqs = [rng.integers(1, n_items + 1, int(rng.integers(1, 9))).tolist() for _ in range(n_users)]
+    hist = [int(rng.integers(0, len(s) + 1)) for s in seqs]
+    cats = [[f"k{rng.integers(0, 4)}"] if rng.random() < 0.8 else [] for _ in range(n_items)]
+    out = write_dataset(
+        tmp_path / "r",
+        sequences=Sequences.from_lists(seqs, hist),
+        items=pl.DataFrame({"item_id": [str(i) for i in range(n_items)], "categories": cats},
+                           schema={"item_id": pl.String, "categories": pl.List(pl.String)}),
+        users=pl.DataFrame({"user_id": [str(u) for u in range(n_users)],
+                            "split": ["train"] * n_users}),
+        source="t",
+    )  # fmt: skip
+    ds = SequenceDataset.open(out)
+    labels, _ = favorite_category_labels(ds)
+    assert labels.tolist() == _favorite_reference(ds)
+
+
+def test_tasks_follow_the_fields_a_dataset_has(tmp_path: Path) -> None:
+    bare = make_dataset(tmp_path / "bare", categories=False, ratings=False, attributes=False)
+    assert available_tasks(bare) == ["next_item"]
+    with pytest.raises(SeqtwinsError, match="needs item categories"):
+        build_task(bare, "favorite_category")
+    with pytest.raises(SeqtwinsError, match="needs ratings"):
+        build_task(bare, "next_rating_high")
+    with pytest.raises(SeqtwinsError, match="unknown task 'gender'.*next_item"):
+        build_task(bare, "gender")
+    with pytest.raises(SeqtwinsError, match="listed twice"):
+        build_tasks(bare, ["next_item", "next_item"])
+    full = make_dataset(tmp_path / "full")
+    assert available_tasks(full) == [
+        "next_item", "next_category", "favorite_category", "kind", "age", "next_rating_high"
+    ]  # fmt: skip
+    assert [t.name for t in build_tasks(full)] == available_tasks(full)
