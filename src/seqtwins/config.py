@@ -216,7 +216,7 @@ class TrainConfig:
     """Max global gradient norm (0 disables clipping)."""
     precision: str = "auto"
     """``bf16`` autocast, ``fp32``, or ``auto``: bf16 on CUDA with bf16 support and on CPUs
-    with native bf16 matmul (AMX / AVX512-BF16), fp32 elsewhere."""
+    with AMX bf16 tiles, fp32 elsewhere (bf16 without AMX was slower on CPU)."""
     device: str = "auto"
     """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``."""
     compile: bool = False
