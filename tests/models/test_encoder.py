@@ -54,17 +54,29 @@ def test_padding_does_not_change_embedding(pooling: str, pack_threshold: float) 
 
 
 @pytest.mark.parametrize("pooling", ["mean", "last", "cls"])
-def test_packed_and_dense_paths_agree_with_gradients(pooling: str) -> None:
-    items = batch([2, 11, 4, 1, 7], seed=3)
+@pytest.mark.parametrize("group_rows", [1, 3, 32])  # attention groups of similar length
+def test_packed_and_dense_paths_agree_with_gradients(pooling: str, group_rows: int) -> None:
+    items = batch([2, 11, 4, 1, 7, 0, 11, 3, 9, 5], seed=3)
     outs, grads = [], []
     for threshold in (0.0, 1.0):
         enc = make(seed=1, pooling=pooling, pack_threshold=threshold, dropout=0.0).train()
+        enc.group_rows = group_rows
         e = enc.embed(items)
         e.square().sum().backward()
         outs.append(e.detach())
         grads.append(torch.cat([p.grad.flatten() for p in enc.parameters() if p.grad is not None]))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_packed_path_handles_padding_inside_a_row() -> None:
+    """Not the documented input, but a 0 in the middle must act as padding on both paths."""
+    items = batch([6, 9, 4], seed=5)
+    items[1, 3] = 0
+    dense = make(pack_threshold=1.0).eval().forward_features(items)
+    packed = make(pack_threshold=0.0).eval().forward_features(items)
+    real = items != 0
+    torch.testing.assert_close(packed[real], dense[real], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "last", "cls"])

@@ -100,11 +100,39 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return (x * keep).mul_(65536 / (65536 - threshold))
 
 
+@dataclass
+class _Layout:
+    """Where token states live and how attention sees them.
+
+    Dense: states are ``(B, T, D)`` and attention runs once over the whole batch
+    (``index`` is None, one group). Packed: states are ``(N, D)``, the real tokens only;
+    for attention they are scattered (``index`` (N,): the slot of each token) into
+    ``slots`` rows made of groups of sequences of similar length, each group padded only to
+    its own longest sequence, so attention does not pay for the batch's longest sequence
+    either. Attention is permutation invariant over keys (positions are in the
+    embeddings), so the slot order inside a sequence does not matter.
+    """
+
+    shape: tuple[int, int]  # (B, T) of the input
+    index: Tensor | None
+    slots: int
+    groups: list[tuple[int, int, int, Tensor | None]]  # (first slot, rows, T_g, key mask)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    if q.device.type == "cpu" and q.dtype != torch.float32:
+        # under CPU bf16 autocast the fused attention backward is ~3x slower in bf16 than
+        # in fp32 (torch 2.13, measured): only the GEMMs around attention run in bf16
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class _Block(nn.Module):
     """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
-    Works on token states of shape ``(B, T, D)`` (dense) or ``(N, D)`` (packed real tokens,
-    ``pack_index`` gives their flat positions in ``(B * T)``).
+    Works on token states of shape ``(B, T, D)`` (dense) or ``(N, D)`` (packed real tokens),
+    as described by a :class:`_Layout`.
     """
 
     def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
@@ -118,36 +146,80 @@ class _Block(nn.Module):
         self.ff1 = nn.Linear(dim, ff_dim)
         self.ff2 = nn.Linear(ff_dim, dim)
 
-    def _attention(
-        self, h: Tensor, shape: tuple[int, int], mask: Tensor | None, pack_index: Tensor | None
-    ) -> Tensor:
-        b, t = shape
+    def _attention(self, h: Tensor, layout: _Layout) -> Tensor:
         d = h.shape[-1]
         qkv = self.qkv(h)  # (B, T, 3D) or (N, 3D)
-        if pack_index is not None:
-            # scatter the packed rows back into the padded layout for attention
-            qkv = qkv.new_zeros(b * t, 3 * d).index_copy(0, pack_index, qkv)  # (B*T, 3D)
-        qkv = qkv.view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, T, D/H)
-        if q.device.type == "cpu" and q.dtype != torch.float32:
-            # under CPU bf16 autocast, the fused attention backward is ~3x slower in bf16
-            # than in fp32 (torch 2.13, measured): only the GEMMs around it run in bf16
-            with torch.autocast("cpu", enabled=False):
-                a = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-        else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D/H)
-        a = a.transpose(1, 2).reshape(b * t, d)  # (B*T, D)
+        if layout.index is not None:
+            # scatter the packed tokens into the grouped, padded attention layout
+            qkv = qkv.new_zeros(layout.slots, 3 * d).index_copy(0, layout.index, qkv)
+        qkv = qkv.reshape(layout.slots, 3 * d)  # (slots, 3D)
+        outs = []
+        for start, rows, t, mask in layout.groups:
+            g = qkv[start : start + rows * t].view(rows, t, 3, self.heads, d // self.heads)
+            q, k, v = g.permute(2, 0, 3, 1, 4).unbind(0)  # each (rows, H, T_g, D/H)
+            a = _sdpa(q, k, v, mask)  # (rows, H, T_g, D/H)
+            outs.append(a.transpose(1, 2).reshape(rows * t, d))  # (rows*T_g, D)
+        a = outs[0] if len(outs) == 1 else torch.cat(outs)  # (slots, D)
         # back to the caller's layout: packed (N, D) or dense (B, T, D)
-        a = a.index_select(0, pack_index) if pack_index is not None else a.view(b, t, d)
+        if layout.index is not None:
+            a = a.index_select(0, layout.index)
+        else:
+            a = a.view(*layout.shape, d)
         return self.proj(a)
 
-    def forward(
-        self, x: Tensor, shape: tuple[int, int], mask: Tensor | None, pack_index: Tensor | None
-    ) -> Tensor:
+    def forward(self, x: Tensor, layout: _Layout) -> Tensor:
         p = self.dropout if self.training else 0.0
-        x = x + dropout(self._attention(self.ln1(x), shape, mask, pack_index), p, self.training)
+        x = x + dropout(self._attention(self.ln1(x), layout), p, self.training)
         h = self.ff2(F.gelu(self.ff1(self.ln2(x))))
         return x + dropout(h, p, self.training)
+
+
+def _packed_layout(attend: Tensor, group_rows: int) -> tuple[Tensor, _Layout]:
+    """Flat positions ``(N,)`` of the attended tokens of ``attend`` (B, T) and the layout
+    that groups sequences of similar length (``group_rows`` sequences per group)."""
+    b, t = attend.shape
+    pack_index = attend.view(-1).nonzero().squeeze(1)  # (N,), row-major
+    lengths = attend.sum(1)  # (B,)
+    order = torch.argsort(lengths, stable=True)  # short to long
+    sorted_len = lengths[order].tolist()
+    groups: list[tuple[int, int, int, Tensor | None]] = []
+    base_sorted: list[int] = []  # first slot of each sequence, in sorted order
+    start = 0
+    for g0 in range(0, b, group_rows):
+        rows = min(group_rows, b - g0)
+        tg = max(1, sorted_len[g0 + rows - 1])  # longest in the group
+        base_sorted += range(start, start + rows * tg, tg)
+        mask = None
+        if sorted_len[g0] < tg:  # some sequence in the group is shorter: mask its padding
+            ids = order[g0 : g0 + rows]
+            mask = (torch.arange(tg, device=attend.device) < lengths[ids, None])[:, None, None]
+        groups.append((start, rows, tg, mask))
+        start += rows * tg
+    base = torch.empty(b, dtype=torch.long, device=attend.device)
+    base[order] = torch.tensor(base_sorted, dtype=torch.long, device=attend.device)
+    row = pack_index // t
+    rank = (attend.cumsum(1) - 1).view(-1)[pack_index]  # position among the row's tokens
+    return pack_index, _Layout((b, t), base[row] + rank, start, groups)
+
+
+@dataclass
+class _Encoded:
+    """Encoder output: ``states`` are ``(B, T', D)`` (dense) or, when ``pack_index`` is
+    set, ``(N, D)`` for the attended tokens only, at flat positions ``pack_index`` (N,) of
+    the ``(B, T')`` grid. ``real`` (B, T') marks real items (and the cls slot)."""
+
+    states: Tensor
+    real: Tensor
+    pack_index: Tensor | None
+
+    def dense(self) -> Tensor:
+        """``(B, T', D)`` states, zeros where nothing was computed."""
+        if self.pack_index is None:
+            return self.states
+        b, t = self.real.shape
+        d = self.states.shape[-1]
+        grid = self.states.new_zeros(b * t, d).index_copy(0, self.pack_index, self.states)
+        return grid.view(b, t, d)
 
 
 class SequenceEncoder(nn.Module):
@@ -195,6 +267,7 @@ class SequenceEncoder(nn.Module):
             _Block(d, cfg.heads, cfg.ff_dim, cfg.dropout) for _ in range(cfg.layers)
         )
         self.ln_f = nn.LayerNorm(d)
+        self.group_rows = 32  # sequences per attention group on the packed path (speed only)
         self.reset_parameters()
 
     @property
@@ -231,49 +304,55 @@ class SequenceEncoder(nn.Module):
             x = x + self.cat_emb(self.item_cat_codes[ids])
         return x
 
-    def _encode(self, items: Tensor) -> tuple[Tensor, Tensor]:
-        """Token states ``(B, T', D)`` (T' = T + 1 with a cls token) and the real-item mask
-        ``(B, T')`` (cls counts as real)."""
+    def _encode(self, items: Tensor) -> _Encoded:
+        """Run the Transformer; see :class:`_Encoded` for the two layouts of the result."""
         if items.dim() != 2:
             raise ValueError(f"items must have shape (B, T), got {tuple(items.shape)}")
         b, t = items.shape
         assert t <= self.cfg.max_len, f"sequence length {t} > encoder.max_len={self.cfg.max_len}"
         real = items != PAD  # (B, T)
-        x = self.item_vectors(items)  # (B, T, D)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(b, 1, -1), x], dim=1)  # (B, T+1, D)
-            real = torch.cat([real.new_ones(b, 1), real], dim=1)
+        cls = self.cls_token
+        if cls is not None:
+            real = torch.cat([real.new_ones(b, 1), real], dim=1)  # (B, T+1): cls is real
             t += 1
-        x = x + self.pos_emb.weight[:t]
-        x = dropout(x, self.cfg.dropout, self.training)
-
         attend = real
-        if self.cls_token is None and t > 0:
+        if cls is None and t > 0:
             # every non-empty right-padded row has a real item at 0; letting an all-padding
             # row attend to its first slot keeps its softmax finite (no NaN) and changes nothing
             attend = real.clone()
             attend[:, 0] = True
         n_real = int(attend.sum())
-        mask: Tensor | None = None
-        if n_real < b * t:
-            mask = attend[:, None, None, :]  # (B, 1, 1, T): key-padding mask, broadcast
-        shape = (b, t)
-        if mask is not None and n_real <= (1.0 - self.cfg.pack_threshold) * b * t:
-            pack_index = attend.view(-1).nonzero().squeeze(1)  # (N,)
-            h = x.reshape(b * t, -1).index_select(0, pack_index)  # (N, D)
-            for block in self.blocks:
-                h = block(h, shape, mask, pack_index)
-            h = self.ln_f(h)
-            x = h.new_zeros(b * t, h.shape[-1]).index_copy(0, pack_index, h).view(b, t, -1)
+        pack_index: Tensor | None = None
+        if n_real == b * t:  # no padding: dense, no mask (the fastest attention path)
+            layout = _Layout((b, t), None, b * t, [(0, b, t, None)])
+        elif n_real > (1.0 - self.cfg.pack_threshold) * b * t:  # little padding: dense
+            layout = _Layout((b, t), None, b * t, [(0, b, t, attend[:, None, None, :])])
         else:
-            for block in self.blocks:
-                x = block(x, shape, mask, None)
-            x = self.ln_f(x)
-        return x, real
+            pack_index, layout = _packed_layout(attend, self.group_rows)
+        if pack_index is None:
+            x = self.item_vectors(items)  # (B, T, D)
+            if cls is not None:
+                x = torch.cat([cls.expand(b, 1, -1), x], dim=1)  # (B, T+1, D)
+            x = x + self.pos_emb.weight[:t]
+        else:
+            # only the real tokens from here on: (N, D)
+            pos = pack_index % t  # (N,) position of each token in its row
+            if cls is not None:
+                ids = F.pad(items, (1, 0)).view(-1)[pack_index]  # slot 0 of each row: cls
+                x = self.item_vectors(ids)
+                x = torch.where((pos == 0)[:, None], cls.to(x.dtype), x)
+            else:
+                x = self.item_vectors(items.view(-1)[pack_index])
+            x = x + self.pos_emb(pos)
+        x = dropout(x, self.cfg.dropout, self.training)
+        for block in self.blocks:
+            x = block(x, layout)
+        return _Encoded(self.ln_f(x), real, pack_index)
 
     def forward_features(self, items: Tensor) -> Tensor:
-        """Per-position states: ``(B, T)`` item ids -> ``(B, T, D)`` (cls token excluded)."""
-        x, _ = self._encode(items)
+        """Per-position states: ``(B, T)`` item ids -> ``(B, T, D)`` (cls token excluded);
+        padding positions hold unspecified (finite) values."""
+        x = self._encode(items).dense()  # (B, T', D)
         return x[:, 1:] if self.cls_token is not None else x
 
     def embed(self, items: Tensor) -> Tensor:
@@ -281,16 +360,36 @@ class SequenceEncoder(nn.Module):
 
         An all-padding row gets the zero vector with ``mean`` / ``last`` pooling.
         """
-        x, real = self._encode(items)  # (B, T', D), (B, T')
+        enc = self._encode(items)
+        h, real = enc.states, enc.real  # (B, T', D) or (N, D); (B, T')
+        b, t = real.shape
         pooling = self.cfg.pooling
-        if pooling == "cls":
-            return x[:, 0]
+        lengths = real.sum(1)  # (B,) real items (+1 for cls)
+        if enc.pack_index is None:
+            if pooling == "cls":
+                return h[:, 0]
+            if pooling == "mean":
+                w = real.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+                return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+            last = h[torch.arange(b, device=h.device), (lengths - 1).clamp_min(0)]  # (B, D)
+            return last * (lengths > 0).to(h.dtype).unsqueeze(-1)
+        # packed: pool straight from the (N, D) token states
         if pooling == "mean":
-            w = real.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
-            return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
-        lengths = real.sum(1)  # (B,)
-        last = x[torch.arange(x.shape[0], device=x.device), (lengths - 1).clamp_min(0)]
-        return last * (lengths > 0).to(x.dtype).unsqueeze(-1)
+            row = enc.pack_index // t  # (N,)
+            w = real.view(-1)[enc.pack_index].to(h.dtype).unsqueeze(-1)  # (N, 1)
+            sums = h.new_zeros(b, h.shape[-1]).index_add(0, row, h * w)  # (B, D)
+            return sums / lengths.clamp_min(1).to(h.dtype).unsqueeze(-1)
+        # cls sits at slot 0 and "last" at slot length-1 of each row: find them among
+        # the packed tokens
+        slot = torch.zeros(b, dtype=torch.long, device=h.device)
+        if pooling == "last":
+            slot = (lengths - 1).clamp_min(0)
+        where = torch.full((b * t,), -1, dtype=torch.long, device=h.device)
+        where[enc.pack_index] = torch.arange(h.shape[0], device=h.device)
+        picked = h[where[torch.arange(b, device=h.device) * t + slot]]  # (B, D)
+        if pooling == "last":
+            picked = picked * (lengths > 0).to(h.dtype).unsqueeze(-1)
+        return picked
 
     def forward(self, items: Tensor) -> Tensor:
         """Same as :meth:`embed`."""
