@@ -72,6 +72,6 @@ def kind_embeddings(ds: SequenceDataset) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     kind = (ds.users["kind"] == "b").to_numpy().astype(np.float32)
     good = rng.normal(size=(ds.num_users, 8)).astype(np.float32)
-    good[:, 0] += 4.0 * kind
+    good[:, 0] += 6.0 * kind
     noise = rng.normal(size=(ds.num_users, 8)).astype(np.float32)
     return {"good": good, "noise": noise}

@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.probe import ProbeConfig
+from seqtwins.evaluate.protocol import (
+    evaluate_embeddings,
+    labelled_subset,
+    load_results,
+    metric_records,
+    save_results,
+    subset_digest,
+    train_order,
+    write_metrics_jsonl,
+)
+from seqtwins.evaluate.tasks import Task, build_task
+
+FRACS = (0.05, 0.25, 1.0)
+
+
+def _cells(res: dict) -> dict[tuple[str, str, float], dict]:
+    return {(c["task"], c["method"], c["fraction"]): c for c in res["cells"]}
+
+
+def test_subsets_are_fixed_nested_and_shared(ds: SequenceDataset, kind_embeddings: dict) -> None:
+    a = evaluate_embeddings(ds, kind_embeddings, tasks=["kind", "age"], fractions=FRACS, seeds=2)
+    b = evaluate_embeddings(  # a rerun with other methods in another order
+        ds, {"noise": kind_embeddings["noise"], "other": -kind_embeddings["good"]},
+        tasks=["age", "kind"], fractions=FRACS, seeds=2, include_majority=False,
+    )  # fmt: skip
+    assert a["subsets"]["train_order"] == b["subsets"]["train_order"]
+    digests: dict[tuple, set[str]] = {}
+    for res in (a, b):
+        for c in res["cells"]:
+            for run in c["runs"]:
+                key = (c["task"], c["fraction"], run["seed"])
+                digests.setdefault(key, set()).add(run["subset"])
+    assert all(len(d) == 1 for d in digests.values())  # same subset for every method and run
+    # the stored order rebuilds each subset; budgets are nested
+    task = build_task(ds, "age")
+    order = np.array(a["subsets"]["train_order"]["1"])
+    np.testing.assert_array_equal(order, train_order(ds, 1))
+    small, big = (labelled_subset(order, task.labels, f) for f in (0.05, 0.25))
+    assert set(small) <= set(big) and np.all(task.labels[big] >= 0)
+    n_lab = int((task.labels[ds.split_users("train")] >= 0).sum())
+    assert len(big) == math.ceil(0.25 * n_lab)
+    assert digests[("age", 0.25, 1)] == {subset_digest(big)}
+    assert len(digests[("age", 0.25, 0)] | digests[("age", 0.25, 1)]) == 2  # seeds differ
+
+
+def test_planted_embedding_beats_noise_and_floors(
+    ds: SequenceDataset, kind_embeddings: dict
+) -> None:
+    res = evaluate_embeddings(ds, kind_embeddings, tasks=["kind"], fractions=FRACS, seeds=3)
+    cells = _cells(res)
+    good = cells[("kind", "good", 1.0)]["mean"]
+    noise = cells[("kind", "noise", 1.0)]["mean"]
+    assert good["accuracy"] > 0.95 and good["auc"] > 0.97
+    assert noise["accuracy"] < 0.7 and abs(noise["auc"] - 0.5) < 0.2
+    assert cells[("kind", "majority", 1.0)]["mean"]["auc"] == 0.5
+    assert res["methods"] == ["majority", "good", "noise"] and res["floors"] == ["majority"]
+    info = res["tasks"]["kind"]
+    assert info["num_classes"] == 2 and info["probe_solver"] == "ridge"
+    assert 0.3 < info["majority_accuracy"] < 0.7
+    assert res["dataset"]["content_hash"] == ds.content_hash
+    # ridge is deterministic: at fraction 1 all seeds share one subset, fitted once
+    runs = cells[("kind", "good", 1.0)]["runs"]
+    assert [r.get("reused_from_seed") for r in runs] == [None, 0, 0]
+    assert cells[("kind", "good", 1.0)]["std"]["accuracy"] == 0.0
+
+
+def test_impossible_cells_are_recorded_not_skipped(ds: SequenceDataset) -> None:
+    emb = {"x": np.random.default_rng(0).normal(size=(ds.num_users, 4)).astype(np.float32)}
+    # 0.005 of ~170 labelled train users = 1 user: one class only
+    res = evaluate_embeddings(ds, emb, tasks=["age", "next_item"], fractions=(0.005, 1.0), seeds=2)
+    cells = _cells(res)
+    for method in ("majority", "x"):
+        tiny = cells[("age", method, 0.005)]
+        assert tiny["status"] == "n/a" and tiny["mean"]["accuracy"] is None
+        assert "only 1 class among the 1 labelled train users" in tiny["reasons"][0]
+        assert all(r["status"] == "n/a" and r["n_train"] == 1 for r in tiny["runs"])
+        assert cells[("age", method, 1.0)]["status"] == "ok"
+    assert cells[("next_item", "x", 1.0)]["mean"]["hr@10"] is not None
+    records = metric_records(res)
+    assert len(records) == len(res["cells"]) * 2
+    assert any(r["status"] == "n/a" and "reason" in r for r in records)
+
+
+def test_finetune_hook_gets_the_same_cells(ds: SequenceDataset, kind_embeddings: dict) -> None:
+    calls: list[tuple[int, str]] = []
+
+    def oracle(task: Task, train: np.ndarray, valid: np.ndarray, test: np.ndarray, seed: int):
+        assert np.all(task.labels[train] >= 0) and np.all(task.labels[valid] >= 0)
+        calls.append((seed, "".join(map(str, train[:3]))))
+        return np.eye(task.num_classes, dtype=np.float32)[task.labels[test]]  # perfect
+
+    res = evaluate_embeddings(
+        ds, {"good": kind_embeddings["good"]}, tasks=["kind"], fractions=(0.25,), seeds=2,
+        finetuners={"oracle": oracle},
+    )  # fmt: skip
+    cells = _cells(res)
+    assert cells[("kind", "oracle", 0.25)]["mean"]["accuracy"] == 1.0
+    assert cells[("kind", "oracle", 0.25)]["protocol"] == "finetune"
+    assert [r["subset"] for r in cells[("kind", "oracle", 0.25)]["runs"]] == [
+        r["subset"] for r in cells[("kind", "good", 0.25)]["runs"]
+    ]
+    assert len(calls) == 2
+
+    def bad_shape(task: Task, train, valid, test, seed):  # type: ignore[no-untyped-def]
+        return np.zeros((len(test), task.num_classes + 1), np.float32)
+
+    with pytest.raises(SeqtwinsError, match="hook of method 'bad' returned scores of shape"):
+        evaluate_embeddings(ds, {}, tasks=["kind"], fractions=(1.0,), seeds=1,
+                            finetuners={"bad": bad_shape})  # fmt: skip
+
+
+def test_logistic_and_mlp_protocols_run(ds: SequenceDataset, kind_embeddings: dict) -> None:
+    quick = {"max_evals": 5, "hidden": 16}
+    for protocol, probe in (
+        ("linear", ProbeConfig(solver="logistic", **quick)),
+        ("mlp", ProbeConfig(kind="mlp", **quick)),
+    ):
+        res = evaluate_embeddings(
+            ds, {"good": kind_embeddings["good"]}, tasks=["kind"], fractions=(1.0,), seeds=2,
+            protocol=protocol, probe=probe, include_majority=False,
+        )  # fmt: skip
+        cell = res["cells"][0]
+        assert cell["mean"]["accuracy"] > 0.9 and res["protocol"] == protocol
+        assert all("reused_from_seed" not in r for r in cell["runs"])  # seed matters here
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"fractions": (0.0, 0.5)}, r"fraction\(s\) 0 outside \(0, 1\]"),
+        ({"fractions": (1.5,)}, r"1.5 outside \(0, 1\]"),
+        ({"fractions": (float("nan"),)}, "outside"),
+        ({"fractions": ()}, "fractions is empty"),
+        ({"fractions": (0.5, 0.5)}, "duplicates"),
+        ({"tasks": ["nope"]}, "unknown task 'nope'"),
+        ({"seeds": 0}, "seeds must be >= 1"),
+        ({"protocol": "svm"}, "protocol 'svm'"),
+        ({"protocol": "mlp", "probe": ProbeConfig()}, "conflicts with protocol"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(ds: SequenceDataset, kwargs: dict, match: str) -> None:
+    emb = {"x": np.zeros((ds.num_users, 2), np.float32)}
+    with pytest.raises(SeqtwinsError, match=match):
+        evaluate_embeddings(ds, emb, **{"tasks": ["kind"], **kwargs})
+
+
+def test_bad_embeddings_and_unsupported_tasks(ds: SequenceDataset, tmp_path: Path) -> None:
+    with pytest.raises(SeqtwinsError, match=r"method 'x' have shape \(3, 2\)"):
+        evaluate_embeddings(ds, {"x": np.zeros((3, 2))}, tasks=["kind"])
+    bad = np.zeros((ds.num_users, 2), np.float32)
+    bad[5, 1] = np.nan
+    with pytest.raises(SeqtwinsError, match="NaN or infinite"):
+        evaluate_embeddings(ds, {"x": bad}, tasks=["kind"])
+    with pytest.raises(SeqtwinsError, match=r"method name\(s\) majority given twice"):
+        evaluate_embeddings(ds, {"majority": np.zeros_like(bad)}, tasks=["kind"])
+    from .conftest import make_dataset
+
+    bare = make_dataset(tmp_path / "bare", categories=False, ratings=False)
+    with pytest.raises(SeqtwinsError, match="'next_category' needs item categories"):
+        evaluate_embeddings(bare, {}, tasks=["next_category"])
+
+
+def test_results_files_round_trip(
+    ds: SequenceDataset, kind_embeddings: dict, tmp_path: Path
+) -> None:
+    res = evaluate_embeddings(ds, kind_embeddings, tasks=["kind"], fractions=(0.25,), seeds=2)
+    path = save_results(res, tmp_path / "out" / "eval.json")
+    assert load_results(path) == json.loads(json.dumps(res))
+    lines = write_metrics_jsonl(res, tmp_path / "metrics.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert len(recs) == 3 * 2 and {r["method"] for r in recs} == {"majority", "good", "noise"}
+    assert all({"task", "fraction", "seed", "subset", "accuracy", "auc"} <= set(r) for r in recs)
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(SeqtwinsError, match="not valid JSON"):
+        load_results(tmp_path / "junk.json")
+    (tmp_path / "other.json").write_text('{"schema": "x"}')
+    with pytest.raises(SeqtwinsError, match="not a seqtwins evaluation"):
+        load_results(tmp_path / "other.json")
+    with pytest.raises(SeqtwinsError, match="does not exist"):
+        load_results(tmp_path / "missing.json")
