@@ -360,6 +360,20 @@ def run(
     console.print(f"[bold]report:[/] {result.report_dir / 'report.md'}")
 
 
+@command()
+def report(
+    evals: Annotated[
+        list[Path], typer.Argument(help="eval.json file(s) written by `seqtwins evaluate`.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md and the PNG plots.")],
+) -> None:
+    """Markdown report with tables (mean ± std, gain of barlow over dual, floors) and plots."""
+    from seqtwins.evaluate.report import write_report
+
+    path = write_report(evals, out)
+    console.print(f"report: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="seqtwins")

@@ -250,7 +250,7 @@ def evaluate_embeddings(
                 elif n_cls < 2:
                     problems[s] = (
                         f"only {n_cls} class among the {len(sub)} labelled train users of "
-                        f"fraction {frac:g} (seed {s}); a classifier needs two"
+                        f"fraction {frac:g}; a classifier needs two"
                     )
                 else:
                     problems[s] = None

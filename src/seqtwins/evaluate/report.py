@@ -146,6 +146,7 @@ def plot_embedding_map(
         keep = np.sort(rng.choice(len(emb), max_points, replace=False))
         emb, labels = emb[keep], labels[keep]
     xy, how = _project_2d(emb, seed)
+    size = float(np.clip(20000 / len(emb), 4, 30))  # bigger points when there are few
     fig = Figure(figsize=(6.4, 5.2))
     ax = fig.add_subplot()
     known = labels[labels >= 0]
@@ -154,9 +155,9 @@ def plot_embedding_map(
     none = labels < 0
     other = ~none & ~np.isin(labels, top)
     if none.any():
-        ax.scatter(xy[none, 0], xy[none, 1], s=4, c="#dddddd", label="no label", linewidths=0)
+        ax.scatter(xy[none, 0], xy[none, 1], s=size, c="#dddddd", label="no label", linewidths=0)
     if other.any():
-        ax.scatter(xy[other, 0], xy[other, 1], s=4, c="#999999", label="other", linewidths=0)
+        ax.scatter(xy[other, 0], xy[other, 1], s=size, c="#999999", label="other", linewidths=0)
     cmap = list(colormaps["tab10"].colors)  # type: ignore[attr-defined]
     for i, cls in enumerate(top):
         sel = labels == cls
@@ -164,7 +165,7 @@ def plot_embedding_map(
         ax.scatter(
             xy[sel, 0],
             xy[sel, 1],
-            s=6,
+            s=size * 1.5,
             color=cmap[i % len(cmap)],
             label=str(name)[:24],
             linewidths=0,
@@ -180,10 +181,20 @@ def plot_embedding_map(
     return path
 
 
-def _method_style(method: str) -> dict[str, Any]:
-    if method in FLOOR_METHODS:
-        return {"linestyle": "--", "alpha": 0.8, "marker": "x"}
-    return {"linestyle": "-", "marker": "o"}
+FLOOR_COLOURS = {"majority": "#444444", "random-init": "#9a9a9a", "tfidf-svd": "#8c564b"}
+
+
+def _method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Solid coloured lines for methods, dashed muted ones for the floors; stable colours."""
+    palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i not in (5, 7)]  # type: ignore[attr-defined]
+    styles: dict[str, dict[str, Any]] = {}
+    main = [m for m in methods if m not in FLOOR_METHODS]
+    for i, m in enumerate(main):
+        styles[m] = {"linestyle": "-", "marker": "o", "color": palette[i % len(palette)]}
+    for m in methods:
+        if m in FLOOR_METHODS:
+            styles[m] = {"linestyle": "--", "marker": "x", "color": FLOOR_COLOURS[m]}
+    return styles
 
 
 def plot_task_curves(results: Mapping[str, Any], task: str, path: Path | str) -> Path:
@@ -192,9 +203,13 @@ def plot_task_curves(results: Mapping[str, Any], task: str, path: Path | str) ->
     metrics = info["metrics"]
     cells = [c for c in results["cells"] if c["task"] == task]
     fig = Figure(figsize=(4.6 * len(metrics), 3.8))
+    order = [m for m in results["methods"] if m not in FLOOR_METHODS] + [
+        m for m in results["methods"] if m in FLOOR_METHODS
+    ]
+    styles = _method_styles(order)
     for j, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), j + 1)
-        for method in results["methods"]:
+        for method in order:
             rows = sorted(
                 (c for c in cells if c["method"] == method and c["mean"].get(metric) is not None),
                 key=lambda c: c["fraction"],
@@ -204,12 +219,10 @@ def plot_task_curves(results: Mapping[str, Any], task: str, path: Path | str) ->
             x = [c["fraction"] for c in rows]
             y = [c["mean"][metric] for c in rows]
             e = [c["std"][metric] or 0.0 for c in rows]
-            ax.errorbar(
-                x, y, yerr=e, label=method, capsize=3, markersize=4, **_method_style(method)
-            )
+            ax.errorbar(x, y, yerr=e, label=method, capsize=3, markersize=4, **styles[method])
         ax.set_xscale("log")
         ax.set_xticks(results["fractions"])
-        ax.set_xticklabels([f"{f:g}" for f in results["fractions"]])
+        ax.set_xticklabels([_pct(f) for f in results["fractions"]])
         ax.minorticks_off()
         ax.set_xlabel("label fraction of train users")
         ax.set_ylabel(metric)
@@ -224,6 +237,10 @@ def plot_task_curves(results: Mapping[str, Any], task: str, path: Path | str) ->
 
 
 # --- markdown ------------------------------------------------------------------------------
+
+
+def _pct(f: float) -> str:
+    return f"{f * 100:g}%"
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -285,7 +302,9 @@ def _task_section(results: Mapping[str, Any], task: str, plot: str) -> list[str]
             text += f" ({c['n_ok']}/{c['n_seeds']} seeds) " + "".join(refs)
         return text
 
-    head = "| method | " + " | ".join(f"{f:g} (n={n_by_frac.get(f, '?')})" for f in fracs) + " |"
+    head = (
+        "| method | " + " | ".join(f"{_pct(f)} (n={n_by_frac.get(f, '?')})" for f in fracs) + " |"
+    )
     sep = "|---|" + "---|" * len(fracs)
     for metric in info["metrics"]:
         lines += [f"**{metric}** (mean ± std over seeds {results.get('seeds')})", "", head, sep]
@@ -369,7 +388,9 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
             "same labelled subset for every method. Selection on valid users, test users "
             "scored once. Floors (majority class, random-init encoder, TF-IDF + SVD) are "
             "shown in italics in every table; `barlow vs dual` is the relative gain of the "
-            "mean.",
+            "mean. Column headers give the label fraction and n, the number of labelled "
+            "train users in the subset; ± is the sample std over seeds (at 100 % every seed "
+            "has the same subset, so a deterministic probe shows ± 0.000).",
             "",
         ]
         for task in res["tasks"]:
