@@ -8,10 +8,13 @@ Speed notes (measured in ``benchmarks/bench_train.py``):
 
 * Attention goes through ``F.scaled_dot_product_attention`` with a boolean key-padding mask
   (``None`` when a batch has no padding, which lets the fused kernel skip the mask).
-* Token-wise work (LayerNorm, QKV, output projection, feed-forward: ~90% of the FLOPs at
-  dim 64 / length 50) runs on the *packed* real tokens only when a batch has enough padding
-  (see ``EncoderConfig.pack_threshold``); only attention sees the padded ``(B, T)`` layout.
-  This makes the cost proportional to the number of real interactions, whatever the batching.
+* When a batch has enough padding (``EncoderConfig.pack_threshold``) everything runs on the
+  *packed* real tokens ``(N, D)``: embeddings, LayerNorm, QKV, output projection and
+  feed-forward (~90% of the FLOPs at dim 64 / length 50), and pooling. Only attention sees
+  a padded layout, and there sequences are grouped by length (``group_rows`` per group),
+  each group padded to its own longest sequence. The cost follows the number of real
+  interactions, whatever the batching (random batches of skewed lengths: ~2.5x faster
+  than padding to the batch's longest sequence).
 * No dropout on attention probabilities: the fused CPU attention kernel has no dropout, and
   the residual / embedding dropouts regularise the same way (GPT-2 keeps attention dropout;
   many recent recommenders drop it). The residual dropouts use :func:`dropout`, which needs
