@@ -220,7 +220,9 @@ class TrainConfig:
     device: str = "auto"
     """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``."""
     compile: bool = False
-    """Wrap the model in ``torch.compile`` (worth it on GPU; slow first steps)."""
+    """Wrap the model in ``torch.compile`` (dynamic shapes; slow first steps). Pair it with
+    ``encoder.pack_threshold=1.0``: the packed token path has data-dependent shapes that
+    break the compiled graph."""
     num_workers: int = 0
     """DataLoader worker processes for augmentation and collation (0 = in the main process)."""
     seed: int = 0

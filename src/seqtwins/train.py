@@ -376,7 +376,8 @@ def _pretrain(
     )
     step_model: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
     ddp = world.wrap(model)  # DistributedDataParallel with several processes
-    step_model = torch.compile(ddp) if tc.compile else ddp
+    # dynamic: batches are padded to their own longest sequence, so shapes vary
+    step_model = torch.compile(ddp, dynamic=True) if tc.compile else ddp
 
     valid_users = ds.split_users("valid")
     if len(valid_users) > tc.valid_users:
