@@ -168,6 +168,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         loss = BarlowTwinsLoss(lambda_=0.2, distributed=True)(a, b)
         loss.backward()
         torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad}, f"{out_dir}/{rank}.pt")
+        dist.barrier()  # nobody tears down gloo while the other rank is still in a collective
     finally:
         dist.destroy_process_group()
 

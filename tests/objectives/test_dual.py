@@ -261,6 +261,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         grad_items = obj.encoder.item_emb.weight.grad
         torch.save({"loss": loss.detach(), "g_emb": emb.grad, "g_items": grad_items},
                    f"{out_dir}/{rank}.pt")  # fmt: skip
+        dist.barrier()  # nobody tears down gloo while the other rank is still in a collective
     finally:
         dist.destroy_process_group()
 
@@ -284,3 +285,26 @@ def test_distributed_negatives_equal_global_batch(tmp_path: Path) -> None:
         torch.testing.assert_close(g["g_emb"], WORLD * emb.grad[rows], rtol=1e-4, atol=1e-6)
     avg_items = sum(g["g_items"] for g in got) / WORLD
     torch.testing.assert_close(avg_items, obj.encoder.item_emb.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_state_dict_holds_each_tensor_once_and_round_trips(name: str, tmp_path: Path) -> None:
+    """The shared encoder appears once (safetensors refuses shared tensors), under
+    ``encoder.``; a fresh objective loads the file strictly."""
+    from safetensors.torch import load_file, save_file
+
+    def build(seed: int) -> torch.nn.Module:
+        dual = DualConfig(projection=True)
+        return build_objective(name, encoder(seed), dual=dual, item_popularity=popularity())
+
+    obj = build(0)
+    state = obj.state_dict()
+    assert "encoder.item_emb.weight" in state
+    assert sum(k.endswith("item_emb.weight") for k in state) == 1
+    ptrs = [t.data_ptr() for t in state.values() if t.numel()]
+    assert len(ptrs) == len(set(ptrs))
+    save_file(state, str(tmp_path / "model.safetensors"))
+    other = build(1)
+    other.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
+    for key, value in other.state_dict().items():
+        assert torch.equal(value, state[key]), key

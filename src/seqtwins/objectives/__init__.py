@@ -17,7 +17,12 @@ from seqtwins.objectives.barlow import (
     batch_standardize,
     cross_correlation,
 )
-from seqtwins.objectives.dual import DualConfig, DualEncoderObjective, sampled_softmax_loss
+from seqtwins.objectives.dual import (
+    DualConfig,
+    DualEncoderObjective,
+    NextItemHead,
+    sampled_softmax_loss,
+)
 from seqtwins.objectives.next_item import BarlowNextObjective, NextItemConfig
 
 OBJECTIVES = ("barlow", "dual", "barlow+next")
@@ -70,6 +75,7 @@ __all__ = [
     "DualConfig",
     "DualEncoderObjective",
     "NextItemConfig",
+    "NextItemHead",
     "batch_standardize",
     "build_objective",
     "cross_correlation",

@@ -20,6 +20,9 @@ from torch import Tensor, nn
 
 from seqtwins.models.encoder import SequenceEncoder
 
+ArrayLike = np.ndarray | Tensor
+"""Item counts: a numpy array or a tensor."""
+
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 
 
@@ -111,30 +114,25 @@ def _gather_all_ranks(x: Tensor, distributed: bool) -> tuple[Tensor, int]:
     return torch.cat(parts), dist.get_rank() * x.shape[0]
 
 
-class DualEncoderObjective(nn.Module):
-    """The ``dual`` objective: softmax between a history prefix and the item right after it.
+class NextItemHead(nn.Module):
+    """The softmax part of the dual encoder, apart from the encoder it scores with.
 
-    ``forward(batch)`` takes ``context`` (B, T), a right-padded history prefix, and
-    ``target`` (B,), the id of the next item, and returns ``(loss, logs)``.
-    ``item_popularity`` (vocab_size,) counts each item index in the training histories; it
-    is needed for popularity sampling and for the logQ correction.
+    Holds the optional context projection, the item-popularity tables and the negative
+    sampler; the encoder is passed to each call, so that objectives sharing one encoder
+    (``barlow+next``) keep a single copy of it in their ``state_dict``.
+    ``item_popularity`` (vocab_size,) counts each item index in the training histories.
     """
 
     popularity: Tensor  # (vocab_size,) float64 counts, MASK and padding zeroed
     target_prob: Tensor  # (vocab_size,) float32 probability of being a training target
 
     def __init__(
-        self,
-        encoder: SequenceEncoder,
-        cfg: DualConfig,
-        item_popularity: np.ndarray | Tensor | None = None,
+        self, dim: int, vocab_size: int, cfg: DualConfig, item_popularity: ArrayLike | None
     ) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.encoder = encoder
-        vocab = encoder.vocab_size
-        self.num_items = vocab - 2  # ids 1..num_items; 0 = padding, vocab-1 = MASK
+        self.num_items = vocab_size - 2  # ids 1..num_items; 0 = padding, vocab-1 = MASK
         needs_pop = cfg.logq_correction or (
             cfg.extra_negatives > 0 and cfg.negative_sampling == "popularity"
         )
@@ -146,12 +144,12 @@ class DualEncoderObjective(nn.Module):
                     else "dual.negative_sampling=popularity"
                 )
                 raise ValueError(f"{setting} needs item_popularity (item counts), none given")
-            pop = torch.ones(vocab, dtype=torch.float64)
+            pop = torch.ones(vocab_size, dtype=torch.float64)
         else:
             pop = torch.as_tensor(np.asarray(item_popularity), dtype=torch.float64).clone()
-            if pop.shape != (vocab,):
+            if pop.shape != (vocab_size,):
                 raise ValueError(
-                    f"item_popularity has shape {tuple(pop.shape)}, expected ({vocab},)"
+                    f"item_popularity has shape {tuple(pop.shape)}, expected ({vocab_size},)"
                 )
             if bool((pop < 0).any()):
                 raise ValueError("item_popularity counts must be >= 0")
@@ -165,7 +163,7 @@ class DualEncoderObjective(nn.Module):
         self.register_buffer(
             "target_prob", (pop.clamp_min(1.0) / pop.sum()).float(), persistent=False
         )
-        self.context_proj = nn.Linear(encoder.dim, encoder.dim) if cfg.projection else None
+        self.context_proj = nn.Linear(dim, dim) if cfg.projection else None
 
     def sample_negatives(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` item ids (never padding or MASK) from the configured distribution."""
@@ -180,27 +178,21 @@ class DualEncoderObjective(nn.Module):
             return torch.full(ids.shape, 1.0 / self.num_items, device=ids.device)
         return (self.popularity[ids] / self.popularity.sum()).float()
 
-    def context_vectors(self, context: Tensor) -> Tensor:
-        """Context tower: ``(B, T)`` history prefixes -> ``(B, D)`` unit vectors."""
-        return self.context_tower(self.encoder.embed(context))
-
     def context_tower(self, user_emb: Tensor) -> Tensor:
         """``(B, D)`` user embeddings -> ``(B, D)`` unit context vectors."""
         c = user_emb if self.context_proj is None else self.context_proj(user_emb)
         return F.normalize(c, dim=-1)
 
-    def label_vectors(self, ids: Tensor) -> Tensor:
+    def label_vectors(self, encoder: SequenceEncoder, ids: Tensor) -> Tensor:
         """Label tower: item ids ``(...)`` -> ``(..., D)`` unit vectors (shared item table)."""
-        return F.normalize(self.encoder.item_vectors(ids), dim=-1)
+        return F.normalize(encoder.item_vectors(ids), dim=-1)
 
-    def loss_from_embeddings(self, user_emb: Tensor, target: Tensor) -> Tensor:
-        """The loss given the context's user embeddings ``(B, D)`` and targets ``(B,)``.
-
-        ``barlow+next`` calls this with embeddings from a shared encoder pass.
-        """
+    def loss(self, encoder: SequenceEncoder, user_emb: Tensor, target: Tensor) -> Tensor:
+        """The softmax loss given the contexts' user embeddings ``(B, D)`` and the next
+        items ``(B,)``."""
         cfg = self.cfg
         c = self.context_tower(user_emb)  # (B, D)
-        labels = self.label_vectors(target)  # (B, D)
+        labels = self.label_vectors(encoder, target)  # (B, D)
         labels, offset = _gather_all_ranks(labels, cfg.distributed)  # (W*B, D)
         ids, _ = _gather_all_ranks(target, cfg.distributed)  # (W*B,)
         if offset:
@@ -210,7 +202,7 @@ class DualEncoderObjective(nn.Module):
         n = cfg.extra_negatives
         if n > 0:
             neg_ids = self.sample_negatives(n)
-            labels = torch.cat([labels, self.label_vectors(neg_ids)])  # (W*B + N, D)
+            labels = torch.cat([labels, self.label_vectors(encoder, neg_ids)])  # (W*B + N, D)
             ids = torch.cat([ids, neg_ids])  # (W*B + N,)
         log_q = None
         if cfg.logq_correction:
@@ -223,6 +215,43 @@ class DualEncoderObjective(nn.Module):
                 q = q + n * self.negative_prob(ids)
             log_q = q.log()
         return sampled_softmax_loss(c, labels, ids, cfg.temperature, log_q)
+
+
+class DualEncoderObjective(nn.Module):
+    """The ``dual`` objective: softmax between a history prefix and the item right after it.
+
+    ``forward(batch)`` takes ``context`` (B, T), a right-padded history prefix, and
+    ``target`` (B,), the id of the next item, and returns ``(loss, logs)``.
+    ``item_popularity`` (vocab_size,) counts each item index in the training histories; it
+    is needed for popularity sampling and for the logQ correction.
+    """
+
+    def __init__(
+        self,
+        encoder: SequenceEncoder,
+        cfg: DualConfig,
+        item_popularity: ArrayLike | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.head = NextItemHead(encoder.dim, encoder.vocab_size, cfg, item_popularity)
+
+    def sample_negatives(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` extra-negative item ids (see :meth:`NextItemHead.sample_negatives`)."""
+        return self.head.sample_negatives(n, generator)
+
+    def context_vectors(self, context: Tensor) -> Tensor:
+        """Context tower: ``(B, T)`` history prefixes -> ``(B, D)`` unit vectors."""
+        return self.head.context_tower(self.encoder.embed(context))
+
+    def label_vectors(self, ids: Tensor) -> Tensor:
+        """Label tower: item ids ``(...)`` -> ``(..., D)`` unit vectors."""
+        return self.head.label_vectors(self.encoder, ids)
+
+    def loss_from_embeddings(self, user_emb: Tensor, target: Tensor) -> Tensor:
+        """The loss given the contexts' user embeddings ``(B, D)`` and targets ``(B,)``."""
+        return self.head.loss(self.encoder, user_emb, target)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         loss = self.loss_from_embeddings(self.encoder.embed(batch["context"]), batch["target"])

@@ -15,8 +15,9 @@ import numpy as np
 from torch import Tensor, nn
 
 from seqtwins.models.encoder import SequenceEncoder
-from seqtwins.objectives.barlow import BarlowConfig, BarlowObjective
-from seqtwins.objectives.dual import DualConfig, DualEncoderObjective
+from seqtwins.models.heads import Projector
+from seqtwins.objectives.barlow import BarlowConfig, BarlowTwinsLoss
+from seqtwins.objectives.dual import DualConfig, NextItemHead
 
 
 @dataclass
@@ -37,7 +38,11 @@ class NextItemConfig:
 
 class BarlowNextObjective(nn.Module):
     """Barlow Twins on (``view_a``, ``view_b``) + alpha x next-item loss on (``context``,
-    ``target``); one encoder pass embeds the two views and the context together."""
+    ``target``); one encoder pass embeds the two views and the context together.
+
+    Parameters: ``encoder``, ``projector`` (Barlow Twins) and ``head`` (the next-item
+    softmax: optional context projection); each appears once in the ``state_dict``.
+    """
 
     def __init__(
         self,
@@ -48,20 +53,23 @@ class BarlowNextObjective(nn.Module):
         item_popularity: np.ndarray | Tensor | None = None,
     ) -> None:
         super().__init__()
+        barlow.validate()
         next_item.validate()
         self.cfg = next_item
+        self.barlow_cfg = barlow
         self.encoder = encoder
-        self.barlow = BarlowObjective(encoder, barlow)
-        self.next_item = DualEncoderObjective(encoder, dual, item_popularity)
+        self.projector = Projector(encoder.dim, barlow.projector)
+        self.loss = BarlowTwinsLoss(barlow.lambda_, barlow.eps, barlow.distributed)
+        self.head = NextItemHead(encoder.dim, encoder.vocab_size, dual, item_popularity)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         e_a, e_b, e_c = self.encoder.embed_many(
             batch["view_a"], batch["view_b"], batch["context"]
         )  # (B, D) each
-        proj = self.barlow.projector
-        on_diag, off_diag = self.barlow.loss.terms(proj(e_a), proj(e_b))
-        bt = on_diag + self.barlow.cfg.lambda_ * off_diag
-        nxt = self.next_item.loss_from_embeddings(e_c, batch["target"])
+        # projector per view, so that its BatchNorm sees each view's own batch
+        on_diag, off_diag = self.loss.terms(self.projector(e_a), self.projector(e_b))
+        bt = on_diag + self.barlow_cfg.lambda_ * off_diag
+        nxt = self.head.loss(self.encoder, e_c, batch["target"])
         loss = bt + self.cfg.alpha * nxt
         logs = {
             "loss": float(loss.detach()),
