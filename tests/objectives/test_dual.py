@@ -19,6 +19,7 @@ from seqtwins.objectives import (
     OBJECTIVES,
     BarlowConfig,
     BarlowNextObjective,
+    BarlowObjective,
     DualConfig,
     DualEncoderObjective,
     NextItemConfig,
@@ -170,12 +171,16 @@ def test_extra_negatives(sampling: str) -> None:
 
 
 def test_popularity_required_for_logq() -> None:
+    """Building without counts works (checkpoint loading for evaluation); a loss that
+    needs them refuses to run, naming the setting."""
+    batch = dual_batch(4, 5, seed=0)
     with pytest.raises(ValueError, match="dual.logq_correction"):
-        DualEncoderObjective(encoder(), DualConfig())
+        DualEncoderObjective(encoder(), DualConfig())(batch)
     cfg = DualConfig(logq_correction=False, extra_negatives=3, negative_sampling="popularity")
     with pytest.raises(ValueError, match="dual.negative_sampling"):
-        DualEncoderObjective(encoder(), cfg)
-    DualEncoderObjective(encoder(), DualConfig(logq_correction=False))  # fine without
+        DualEncoderObjective(encoder(), cfg)(batch)
+    plain = DualEncoderObjective(encoder(), DualConfig(logq_correction=False))
+    assert torch.isfinite(plain(batch)[0])  # fine without counts
     with pytest.raises(ValueError, match="shape"):
         DualEncoderObjective(encoder(), DualConfig(), np.ones(5))
 
@@ -231,10 +236,12 @@ def test_barlow_next_few_steps_decrease_loss() -> None:
         item_popularity=popularity(),
     )
     assert isinstance(obj, BarlowNextObjective)
+    assert isinstance(obj, BarlowObjective)  # same projector / cross_correlation API
     loss, logs = obj(batch)
     assert logs["loss"] == pytest.approx(logs["barlow"] + 2.0 * logs["next_item"], rel=1e-5)
     losses = train(obj, batch, steps=10)
     assert losses[-1] < 0.8 * losses[0]
+    assert obj.eval().cross_correlation(batch).shape == (16, 16)
 
 
 def test_build_objective_names() -> None:

@@ -133,17 +133,10 @@ class NextItemHead(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.num_items = vocab_size - 2  # ids 1..num_items; 0 = padding, vocab-1 = MASK
-        needs_pop = cfg.logq_correction or (
-            cfg.extra_negatives > 0 and cfg.negative_sampling == "popularity"
-        )
+        # without counts the head can still be built (e.g. to load a checkpoint for
+        # evaluation); a loss that needs them then refuses to run (see ``loss``)
+        self.has_popularity = item_popularity is not None
         if item_popularity is None:
-            if needs_pop:
-                setting = (
-                    "dual.logq_correction=true"
-                    if cfg.logq_correction
-                    else "dual.negative_sampling=popularity"
-                )
-                raise ValueError(f"{setting} needs item_popularity (item counts), none given")
             pop = torch.ones(vocab_size, dtype=torch.float64)
         else:
             pop = torch.as_tensor(np.asarray(item_popularity), dtype=torch.float64).clone()
@@ -187,9 +180,22 @@ class NextItemHead(nn.Module):
         """Label tower: item ids ``(...)`` -> ``(..., D)`` unit vectors (shared item table)."""
         return F.normalize(encoder.item_vectors(ids), dim=-1)
 
+    def check_popularity(self) -> None:
+        """Raise ``ValueError`` if the settings need item counts and none were given."""
+        if self.has_popularity:
+            return
+        if self.cfg.logq_correction:
+            setting = "dual.logq_correction=true"
+        elif self.cfg.extra_negatives > 0 and self.cfg.negative_sampling == "popularity":
+            setting = "dual.negative_sampling=popularity"
+        else:
+            return
+        raise ValueError(f"{setting} needs item_popularity (item counts), none given")
+
     def loss(self, encoder: SequenceEncoder, user_emb: Tensor, target: Tensor) -> Tensor:
         """The softmax loss given the contexts' user embeddings ``(B, D)`` and the next
         items ``(B,)``."""
+        self.check_popularity()
         cfg = self.cfg
         c = self.context_tower(user_emb)  # (B, D)
         labels = self.label_vectors(encoder, target)  # (B, D)

@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from torch import Tensor, nn
+from torch import Tensor
 
 from seqtwins.models.encoder import SequenceEncoder
-from seqtwins.models.heads import Projector
-from seqtwins.objectives.barlow import BarlowConfig, BarlowTwinsLoss
+from seqtwins.objectives.barlow import BarlowConfig, BarlowObjective
 from seqtwins.objectives.dual import DualConfig, NextItemHead
 
 
@@ -36,12 +35,13 @@ class NextItemConfig:
             raise ValueError(f"next_item.alpha={self.alpha!r} must be >= 0")
 
 
-class BarlowNextObjective(nn.Module):
+class BarlowNextObjective(BarlowObjective):
     """Barlow Twins on (``view_a``, ``view_b``) + alpha x next-item loss on (``context``,
     ``target``); one encoder pass embeds the two views and the context together.
 
-    Parameters: ``encoder``, ``projector`` (Barlow Twins) and ``head`` (the next-item
-    softmax: optional context projection); each appears once in the ``state_dict``.
+    A :class:`BarlowObjective` (same ``encoder``, ``projector``, ``cross_correlation``)
+    plus ``head``, the next-item softmax of the dual encoder; each parameter appears once
+    in the ``state_dict`` (``encoder.*``, ``projector.*``, ``head.*``).
     """
 
     def __init__(
@@ -52,14 +52,9 @@ class BarlowNextObjective(nn.Module):
         next_item: NextItemConfig,
         item_popularity: np.ndarray | Tensor | None = None,
     ) -> None:
-        super().__init__()
-        barlow.validate()
         next_item.validate()
-        self.cfg = next_item
-        self.barlow_cfg = barlow
-        self.encoder = encoder
-        self.projector = Projector(encoder.dim, barlow.projector)
-        self.loss = BarlowTwinsLoss(barlow.lambda_, barlow.eps, barlow.distributed)
+        super().__init__(encoder, barlow)
+        self.next_cfg = next_item
         self.head = NextItemHead(encoder.dim, encoder.vocab_size, dual, item_popularity)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -68,9 +63,9 @@ class BarlowNextObjective(nn.Module):
         )  # (B, D) each
         # projector per view, so that its BatchNorm sees each view's own batch
         on_diag, off_diag = self.loss.terms(self.projector(e_a), self.projector(e_b))
-        bt = on_diag + self.barlow_cfg.lambda_ * off_diag
+        bt = on_diag + self.cfg.lambda_ * off_diag
         nxt = self.head.loss(self.encoder, e_c, batch["target"])
-        loss = bt + self.cfg.alpha * nxt
+        loss = bt + self.next_cfg.alpha * nxt
         logs = {
             "loss": float(loss.detach()),
             "barlow": float(bt.detach()),
