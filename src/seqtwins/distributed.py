@@ -329,7 +329,7 @@ def session(backend: str, device: torch.device, timeout_s: float = 1800.0) -> It
     else:
         rank, size, local = env_ranks()
         name = None
-    if device.type == "cuda" and device.index is None and size > 1:
+    if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -82,7 +82,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        # measured on an H200 with the default encoder (dim 64): bf16 autocast 11.8k vs fp32
+        # 87.6k users/s (benchmarks/results/gpu.md); small matmuls gain nothing from bf16
+        return None
     return torch.bfloat16 if cpu_has_amx_bf16() else None
 
 

@@ -123,7 +123,7 @@ def _hash_arrays(seqs: Sequences, items: pl.DataFrame, users: pl.DataFrame) -> s
         arr = getattr(seqs, name)
         if arr is not None:
             h.update(name.encode())
-            h.update(memoryview(np.ascontiguousarray(arr, dtype=_DTYPES[name])).cast("B"))
+            h.update(np.ascontiguousarray(arr, dtype=_DTYPES[name]).data.cast("B"))
     h.update(b"item_id")
     h.update("\x1f".join(items["item_id"].cast(pl.String).to_list()).encode())
     h.update(b"split")

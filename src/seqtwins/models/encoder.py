@@ -59,7 +59,8 @@ class EncoderConfig:
     ``item_categories`` table)."""
     pack_threshold: float = 0.15
     """Run the token-wise layers on packed real tokens when at least this fraction of a
-    batch is padding (1.0 disables packing). A speed setting only: results are the same."""
+    batch is padding (1.0 disables packing). A speed setting only: results are the same.
+    CPU only: inputs on CUDA always take the dense padded layout."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
@@ -324,9 +325,16 @@ class SequenceEncoder(nn.Module):
             # row attend to its first slot keeps its softmax finite (no NaN) and changes nothing
             attend = real.clone()
             attend[:, 0] = True
-        n_real = int(attend.sum())
         pack_index: Tensor | None = None
-        if n_real == b * t:  # no padding: dense, no mask (the fastest attention path)
+        # Packing off: always dense with the mask, and no host sync on the token count (no
+        # data-dependent shapes for torch.compile). On CUDA the host syncs of the packed
+        # path cost more than padding saves: 22.7k vs 87.6k users/s on an H200
+        # (benchmarks/results/gpu.md), so packing is a CPU-only optimisation.
+        dense_only = self.cfg.pack_threshold >= 1.0 or items.is_cuda
+        n_real = -1 if dense_only else int(attend.sum())
+        if dense_only:
+            layout = _Layout((b, t), None, b * t, [(0, b, t, attend[:, None, None, :])])
+        elif n_real == b * t:  # no padding: dense, no mask (the fastest attention path)
             layout = _Layout((b, t), None, b * t, [(0, b, t, None)])
         elif n_real > (1.0 - self.cfg.pack_threshold) * b * t:  # little padding: dense
             layout = _Layout((b, t), None, b * t, [(0, b, t, attend[:, None, None, :])])
