@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from seqtwins.cli import app
+from seqtwins.config import to_dict
+from seqtwins.errors import SeqtwinsError
+from seqtwins.experiment import load_experiment
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_presets_load_and_validate(preset):
+    cfg = load_experiment(CONFIGS / preset)
+    assert cfg.objectives and {"barlow", "dual"} <= set(cfg.objectives)
+
+
+def test_configs_demo_is_the_embedded_default():
+    assert to_dict(load_experiment(None)) == to_dict(load_experiment(CONFIGS / "demo.yaml"))
+
+
+def test_bad_experiment_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"synth": {}}, "objectives": {"triplet": {}}}))
+    with pytest.raises(SeqtwinsError, match="objectives.triplet"):
+        load_experiment(bad)
+    bad.write_text(yaml.safe_dump({"data": {}}))
+    with pytest.raises(SeqtwinsError, match="exactly one of data.synth or data.prepare"):
+        load_experiment(bad)
+    bad.write_text(yaml.safe_dump({"data": {"synth": {}}, "pretrain": {"encoder": {"dim": 70, "heads": 4}},
+                                   "objectives": {"barlow": {}}}))  # fmt: skip
+    with pytest.raises(SeqtwinsError, match="encoder.dim=70 must be divisible"):
+        load_experiment(bad)
+
+
+def test_run_tiny_experiment_end_to_end_and_resume(tmp_path):
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "data": {"synth": {"users": 400, "items": 120, "seed": 1}},
+                "pretrain": {
+                    "encoder": {"dim": 16, "ff_dim": 32, "max_len": 20},
+                    "augment": {"max_len": 20},
+                    "barlow": {"projector": [32, 32]},
+                    "train": {"epochs": 1, "batch_size": 64},
+                },
+                "objectives": {"barlow": {}, "dual": {}},
+                "evaluate": {
+                    "fractions": [0.25, 1.0],
+                    "seeds": 1,
+                    "tasks": ["favorite_category", "segment"],
+                },
+            }
+        )
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(exp), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    root = out / "tiny"
+    report = (root / "report" / "report.md").read_text()
+    assert "barlow vs dual" in report
+    assert list((root / "report").glob("*.png"))
+    results = json.loads((root / "eval.json").read_text())
+    assert {"barlow", "dual", "majority", "random-init", "tfidf-svd"} <= set(results["methods"])
+    # a second run reuses data and finished runs
+    again = runner.invoke(app, ["run", str(exp), "--out", str(out), "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert "reusing" in again.output and "done already" in again.output
