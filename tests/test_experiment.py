@@ -34,7 +34,8 @@ def test_bad_experiment_files(tmp_path):
     bad.write_text(yaml.safe_dump({"data": {}}))
     with pytest.raises(SeqtwinsError, match="exactly one of data.synth or data.prepare"):
         load_experiment(bad)
-    bad.write_text(yaml.safe_dump({"data": {"synth": {}}, "pretrain": {"encoder": {"dim": 70, "heads": 4}},
+    encoder = {"dim": 70, "heads": 4}
+    bad.write_text(yaml.safe_dump({"data": {"synth": {}}, "pretrain": {"encoder": encoder},
                                    "objectives": {"barlow": {}}}))  # fmt: skip
     with pytest.raises(SeqtwinsError, match="encoder.dim=70 must be divisible"):
         load_experiment(bad)
