@@ -7,7 +7,9 @@ exit code 2 (no traceback).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -51,6 +53,19 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
         return fn
 
     return decorate
+
+
+@contextmanager
+def collected_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect the library's warnings (e.g. a clipped batch size) to print them as lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -102,8 +117,6 @@ def pretrain(
     Data-parallel on several processes or machines: torchrun --nproc_per_node N -m seqtwins
     pretrain ... (rank 0 writes the run; see docs/distributed.md).
     """
-    import warnings
-
     from seqtwins.config import PretrainConfig, build, load_yaml
     from seqtwins.distributed import is_main_process
     from seqtwins.train import pretrain as run_pretrain
@@ -117,14 +130,12 @@ def pretrain(
             layers.append({"objective": objective})
         extra = [f"train.backend={backend}"] if backend is not None else []
         cfg = build(PretrainConfig, *layers, overrides=[*(overrides or []), *extra])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with collected_warnings() as caught:
         summary = run_pretrain(data, out, cfg, resume=resume, progress=progress,
                                overwrite=overwrite)  # fmt: skip
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
-    for w in caught:
-        err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    print_warnings(caught)
     best = "n/a" if summary.best_score is None else f"{summary.best_score:.4f}"
     console.print(
         f"trained {summary.epochs_done} epochs ({summary.steps} steps, {summary.seconds:.0f}s)"
@@ -152,20 +163,16 @@ def embed(
     ] = None,
 ) -> None:
     """Export user embeddings (the encoder's pooled output) to Parquet."""
-    import warnings
-
     from seqtwins.distributed import parse_shard
     from seqtwins.embed import export_embeddings
 
     if which not in ("best", "last"):
         raise SeqtwinsError(f"--which {which!r} must be best or last")
     part = parse_shard(shard) if shard is not None else (0, 1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with collected_warnings() as caught:
         summary = export_embeddings(run, data, out, sequences_file=sequences, which=which,
                                     shard=part)  # fmt: skip
-    for w in caught:
-        err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    print_warnings(caught)
     of = f" (shard {part[0]}/{part[1]})" if shard is not None else ""
     console.print(
         f"wrote {summary.rows} embeddings of dimension {summary.dim}{of} to {summary.out}"
