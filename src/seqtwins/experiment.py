@@ -62,7 +62,8 @@ class EvalSpec:
     seeds: int = 3
     """Labelled subsets (and probe seeds) per fraction."""
     protocol: str = "linear"
-    """``linear`` or ``mlp`` probe on frozen embeddings."""
+    """``linear`` or ``mlp`` probe on frozen embeddings, or ``finetune`` (linear probe plus
+    end-to-end fine-tuning of each run at the smallest fraction)."""
     baselines: list[str] = field(default_factory=lambda: ["majority", "random-init", "tfidf-svd"])
     """Floors evaluated identically beside the trained runs."""
 
