@@ -340,10 +340,14 @@ def machine() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--users", type=int, default=256 * 32, help="users per workload")
+    ap.add_argument("--users", type=int, default=256 * 16, help="users per workload")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
-    ap.add_argument("--steps", type=int, default=4, help="steps per timed repeat")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats (median)")
+    ap.add_argument(
+        "--steps", type=int, default=0,
+        help="steps per timed repeat; 0 = one pass over all batches, so that every repeat "
+        "sees the same mix of batch lengths (matters for bucketed batches)",
+    )  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (median)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also try torch.compile")
     ap.add_argument("--only", default="", help="comma-separated variant names to run")
@@ -357,7 +361,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.users, args.warmup, args.steps, args.repeats = 256 * 8, 1, 2, 2
+        args.users, args.warmup, args.steps, args.repeats = 256 * 4, 1, 0, 2
     vs = variants(args.compile)
     if args.only:
         wanted = set(args.only.split(","))
@@ -399,6 +403,9 @@ def main() -> None:
         print(f"warm {v.name}: {warm_s:.1f}s", flush=True)
         r.compile_s = warm_s if v.compile else 0.0
 
+    n_batches = min(len(runners[v.name].data) for v in vs)
+    if args.steps <= 0:
+        args.steps = n_batches
     times: dict[str, list[float]] = {v.name: [] for v in vs}
     cpu_times: dict[str, list[float]] = {v.name: [] for v in vs}
     flops: dict[str, tuple[float, float]] = {}
