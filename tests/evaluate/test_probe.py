@@ -118,3 +118,14 @@ def test_prediction_refuses_nan_and_bad_shapes() -> None:
         Prediction(np.zeros((2, 3), np.float32), np.array([0, 1]))
     with pytest.raises(ValueError, match="ascending"):
         Prediction(np.zeros((2, 2), np.float32), np.array([1, 0]))
+
+
+def test_fitting_restores_the_thread_count() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    x, y = _planted(200, 4, 3, seed=3)
+    fit_probe(x[:150], y[:150], x[150:], y[150:], "accuracy", ProbeConfig(threads=1))
+    assert torch.get_num_threads() == before
+    with pytest.raises(SeqtwinsError, match="threads=0"):
+        ProbeConfig(threads=0)

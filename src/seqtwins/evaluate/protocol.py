@@ -44,7 +44,7 @@ import numpy as np
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.probe import Prediction, ProbeConfig, fit_probe, score
+from seqtwins.evaluate.probe import Prediction, ProbeConfig, cpu_threads, fit_probe, score
 from seqtwins.evaluate.tasks import Task, build_tasks
 
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
@@ -280,33 +280,34 @@ def evaluate_embeddings(
                         continue
                     t0 = time.perf_counter()
                     y_tr = labels[sub]
-                    if method == MAJORITY:
-                        pred = _majority_prediction(y_tr, len(test_l))
-                        selection: dict[str, Any] = {}
-                    elif method in embs:
-                        emb = embs[method]
-                        fitted = fit_probe(
-                            emb[sub],
-                            y_tr,
-                            emb[valid_l],
-                            labels[valid_l],
-                            task.primary_metric,
-                            task_cfg,
-                            seed=s,
-                        )
-                        pred = fitted.predict(emb[test_l])
-                        selection = fitted.selection
-                    else:
+                    selection: dict[str, Any] = {}
+                    if method in hooks:  # the hook owns its threads
                         out = hooks[method](task, sub, valid_l, test_l, s)
                         pred = (
                             out
                             if isinstance(out, Prediction)
                             else _hook_prediction(method, out, len(test_l), task.num_classes)
                         )
-                        selection = {}
+                    with cpu_threads(task_cfg.threads):
+                        if method == MAJORITY:
+                            pred = _majority_prediction(y_tr, len(test_l))
+                        elif method in embs:
+                            emb = embs[method]
+                            fitted = fit_probe(
+                                emb[sub],
+                                y_tr,
+                                emb[valid_l],
+                                labels[valid_l],
+                                task.primary_metric,
+                                task_cfg,
+                                seed=s,
+                            )
+                            pred = fitted.predict(emb[test_l])
+                            selection = fitted.selection
+                        metrics = score(pred, labels[test_l], task.metrics)
                     run.update(
                         status="ok",
-                        metrics=score(pred, labels[test_l], task.metrics),
+                        metrics=metrics,
                         selection=selection,
                         seconds=round(time.perf_counter() - t0, 4),
                     )
