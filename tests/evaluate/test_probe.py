@@ -82,8 +82,9 @@ def test_probe_recovers_a_planted_linear_label(kind: str, solver: str, floor: fl
 def test_ridge_is_deterministic_and_learns_only_seen_classes() -> None:
     x, y = _planted(400, 6, 5, seed=2)
     y[y == 3] = 4  # class 3 never appears in training
-    a = fit_probe(x[:300], y[:300], x[300:], y[300:], "accuracy", seed=0)
-    b = fit_probe(x[:300], y[:300], x[300:], y[300:], "accuracy", seed=99)
+    ridge = ProbeConfig(solver="ridge")
+    a = fit_probe(x[:300], y[:300], x[300:], y[300:], "accuracy", ridge, seed=0)
+    b = fit_probe(x[:300], y[:300], x[300:], y[300:], "accuracy", ridge, seed=99)
     pa, pb = a.predict(x[300:]), b.predict(x[300:])
     np.testing.assert_array_equal(pa.scores, pb.scores)
     assert pa.classes.tolist() == [0, 1, 2, 4]
@@ -97,7 +98,9 @@ def test_auto_solver_is_resolved_by_task_size() -> None:
     assert cfg.for_task(100, 10).solver == "logistic"
     assert cfg.for_task(100, 11).solver == "ridge"
     assert ProbeConfig().for_task(10**6, 10**4).solver == "ridge"
-    assert ProbeConfig().deterministic and not ProbeConfig(solver="logistic").deterministic
+    assert ProbeConfig(solver="ridge").deterministic
+    assert not ProbeConfig(solver="logistic").deterministic
+    assert ProbeConfig().solver == "auto"  # logistic regression where it is affordable
 
 
 @pytest.mark.parametrize(
