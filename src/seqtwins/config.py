@@ -215,9 +215,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Max global gradient norm (0 disables clipping)."""
     precision: str = "auto"
-    """``bf16`` autocast, ``fp32``, or ``auto``: bf16 only on CPUs with AMX bf16 tiles,
-    fp32 elsewhere. For the default encoder bf16 was measured slower than fp32 both on an
-    AVX512-BF16 CPU (3x) and on an H200 GPU (7x); choose ``bf16`` for large encoders."""
+    """``bf16`` autocast, ``fp32``, or ``auto``: bf16 on CPUs with native bf16 matmul
+    (AVX512-BF16 / AMX; ~1.5x faster there for the default encoder), fp32 on CUDA (bf16
+    was 7x slower than fp32 for the default small encoder on an H200; choose ``bf16`` for
+    large encoders) and on other CPUs."""
     device: str = "auto"
     """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``."""
     compile: bool = False
