@@ -347,7 +347,7 @@ def main() -> None:
         help="steps per timed repeat; 0 = one pass over all batches, so that every repeat "
         "sees the same mix of batch lengths (matters for bucketed batches)",
     )  # fmt: skip
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (median)")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats (median)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also try torch.compile")
     ap.add_argument("--only", default="", help="comma-separated variant names to run")
@@ -410,8 +410,15 @@ def main() -> None:
     cpu_times: dict[str, list[float]] = {v.name: [] for v in vs}
     flops: dict[str, tuple[float, float]] = {}
     for rep in range(args.repeats):
-        for v in vs:  # interleaved, so machine-load drift hits every variant alike
-            secs, cpu_secs, useful, padded = runners[v.name].timed(args.steps)
+        # interleaved step by step (one step of every variant, then the next step), so
+        # that bursts of load from other jobs on a shared machine hit all variants alike
+        acc = {v.name: [0.0, 0.0, 0.0, 0.0] for v in vs}
+        for _ in range(args.steps):
+            for v in vs:
+                for i, x in enumerate(runners[v.name].timed(1)):
+                    acc[v.name][i] += x
+        for v in vs:
+            secs, cpu_secs, useful, padded = acc[v.name]
             times[v.name].append(secs / args.steps)
             cpu_times[v.name].append(cpu_secs / args.steps)
             flops[v.name] = (useful / args.steps, padded / args.steps)
@@ -501,8 +508,8 @@ def markdown(rep: dict[str, Any]) -> str:
         f"bf16 {rep['matmul_peak_gflops']['bf16']:.0f} GFLOP/s  ",
         f"Mean view length: skewed {rep['settings']['mean_view_len']['skewed']:.1f}, "
         f"full {rep['settings']['mean_view_len']['full']:.1f}; batch {BATCH}; "
-        f"median of {rep['settings']['repeats']} interleaved repeats x "
-        f"{rep['settings']['steps']} steps",
+        f"median of {rep['settings']['repeats']} repeats, each one pass over "
+        f"{rep['settings']['steps']} batches with all variants interleaved step by step",
     ]
     lines.append(
         f"Load average (1 min) at start / end: {m['loadavg_1m_at_start']:.1f} / "
