@@ -296,6 +296,14 @@ def variants(compile_: bool) -> list[Variant]:
     return out
 
 
+def _busy_seconds() -> float:
+    """CPU seconds all processes have spent running, machine-wide (user + system)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(t.user + t.system + getattr(t, "nice", 0.0))
+
+
 def peak_rss_mib() -> float:
     """This process's peak RSS (VmHWM; unlike ``ru_maxrss`` it is not inherited from the
     parent across fork + exec)."""
@@ -386,6 +394,7 @@ def main() -> None:
 
     info = machine()
     print(json.dumps(info), flush=True)
+    busy0, own0, wall0 = _busy_seconds(), time.process_time(), time.perf_counter()
     peak = {
         "fp32": matmul_peak(torch.float32),
         "bf16": matmul_peak(torch.bfloat16),
@@ -424,6 +433,11 @@ def main() -> None:
             flops[v.name] = (useful / args.steps, padded / args.steps)
         print(f"repeat {rep + 1}/{args.repeats} done", flush=True)
 
+    other_share = max(
+        0.0,
+        (_busy_seconds() - busy0 - (time.process_time() - own0))
+        / ((time.perf_counter() - wall0) * (os.cpu_count() or 1)),
+    )
     results: list[dict[str, Any]] = []
     for v in vs:
         step_s = statistics.median(times[v.name])
@@ -486,6 +500,9 @@ def main() -> None:
         },
         "matmul_peak_gflops": peak,
         "loadavg_1m_at_end": os.getloadavg()[0],
+        # CPU time other processes used during the measurements, as a share of all cores:
+        # 0 on an idle machine; the larger, the more the timings are disturbed
+        "other_processes_cpu_share": other_share,
         "process_peak_rss_mib": peak_rss_mib(),
         "results": results,
     }
@@ -513,7 +530,9 @@ def markdown(rep: dict[str, Any]) -> str:
     ]
     lines.append(
         f"Load average (1 min) at start / end: {m['loadavg_1m_at_start']:.1f} / "
-        f"{rep['loadavg_1m_at_end']:.1f} on {m['nproc']} cores; process peak RSS "
+        f"{rep['loadavg_1m_at_end']:.1f} on {m['nproc']} cores; other processes used "
+        f"{100 * rep['other_processes_cpu_share']:.0f}% of the machine's CPU time during the "
+        f"timings; process peak RSS "
         f"{rep['process_peak_rss_mib']:.0f} MiB"
     )
     if rep.get("note"):
