@@ -253,12 +253,27 @@ class MetricsLog:
         if enabled and truncate_to is not None and path.exists():
             with path.open("r+b") as f:
                 f.truncate(truncate_to)
+        self.tensorboard: Any = None
+        if enabled:
+            try:  # TensorBoard is optional: mirrored there when it is installed
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                pass
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            prefix = "train" if "step" in record else str(record.get("event", "log"))
+            x = record.get("step", record.get("epoch", 0))
+            for key, value in record.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(f"{prefix}/{key}", value, x)
+            self.tensorboard.flush()
 
     def position(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
