@@ -150,3 +150,28 @@ def test_batch_larger_than_split_is_clipped(data, tmp_path):
         s = pretrain(data, run, _cfg("barlow", "train.batch_size=5000", "train.epochs=1"),
                      progress=False)  # fmt: skip
     assert s.steps == 1
+
+
+def test_config_preset_and_empty_training_split(data, tmp_path):
+    from pathlib import Path
+
+    import polars as pl
+
+    from seqtwins.data.dataset import SequenceDataset, Sequences, write_dataset
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "small-cpu.yaml"
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", str(data), "--config", str(preset), "--out",
+                                 str(run), "--set", "train.epochs=1", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "dim: 32" in (run / "config.yaml").read_text()
+
+    ds = SequenceDataset.open(data)
+    empty = write_dataset(
+        tmp_path / "nosplit", sequences=Sequences.from_lists([[1, 2, 3, 4]] * 3, [3] * 3),
+        items=ds.items.select("item_id").head(4),
+        users=pl.DataFrame({"user_id": ["a", "b", "c"], "split": ["valid", "test", "test"]}),
+        source="test",
+    )  # fmt: skip
+    result = runner.invoke(app, ["pretrain", str(empty), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "fewer than 2 usable training users" in result.output
