@@ -105,3 +105,20 @@ def test_metrics_mirrored_to_tensorboard_when_installed(trained, tmp_path, monke
     pretrain(data, tmp_path / "run", cfg, progress=False)
     tags = {c[0] for c in calls}
     assert "train/loss" in tags and "valid/loss" in tags
+
+
+def test_evaluate_finetune_protocol(trained, tmp_path):
+    from seqtwins.evaluate.runs import evaluate_runs
+
+    data, run = trained
+    res = evaluate_runs(
+        [run], data, tmp_path / "eval.json", tasks=["favorite_category"], fractions=[0.5, 1.0],
+        seeds=1, protocol="finetune", progress=False,
+    )  # fmt: skip
+    cells = [c for c in res["cells"] if c["method"] == "barlow+finetune"]
+    assert [c["fraction"] for c in cells] == [0.5]  # fine-tuned at the smallest fraction
+    assert cells[0]["protocol"] == "finetune"
+    assert cells[0]["runs"][0]["status"] == "ok"
+    acc = cells[0]["runs"][0]["metrics"]["accuracy"]
+    # the tiny dataset's favourite category follows each user's taste: learnable
+    assert acc > res["tasks"]["favorite_category"]["majority_accuracy"]
