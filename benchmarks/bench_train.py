@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -480,7 +481,7 @@ def main() -> None:
             row["peak_rss_mib"] = rss_probe(row["variant"], steps=5)
 
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": shlex.join([".venv/bin/python", *sys.argv]),
         "machine": info,
         "note": args.note,
         "settings": {
