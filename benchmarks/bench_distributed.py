@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_model_and_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = (  # name, processes, threads per process
@@ -47,14 +48,7 @@ VARIANTS = (  # name, processes, threads per process
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu, _ = cpu_model_and_flags()
     return {
         "cpu": cpu,
         "nproc": os.cpu_count(),

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import cpu_model_and_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ML20M = {"ratings": 20_000_263, "users": 138_493, "items": 26_744, "max_movie_id": 131_262}
@@ -197,14 +198,7 @@ def machine() -> dict[str, Any]:
     import polars
     import pyarrow
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu, _ = cpu_model_and_flags()
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "nproc": len(os.sched_getaffinity(0)),

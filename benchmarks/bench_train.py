@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _machine import cpu_model_and_flags
 from torch import Tensor, nn
 
 from seqtwins.models.encoder import EncoderConfig, SequenceEncoder
@@ -322,16 +323,7 @@ def rss_probe(name: str, steps: int) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    cpu, flags = cpu_model_and_flags()
     return {
         "cpu": cpu,
         "nproc": torch.multiprocessing.cpu_count(),
