@@ -293,6 +293,7 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunSummary:
     """Pretrain an encoder on a dataset directory's training users and write a run dir.
 
@@ -304,12 +305,16 @@ def pretrain(
     share of every planned batch, the losses and batch norms use global-batch statistics,
     and rank 0 alone writes the run directory (``seqtwins.distributed``,
     ``docs/distributed.md``).
+
+    ``on_epoch`` is called with each epoch's validation record (``epoch``, ``loss``,
+    ``proxy``, ``score``) after that epoch's checkpoints are written; an exception it
+    raises stops training there (``seqtwins tune`` prunes unpromising trials this way).
     """
     file = Path(run_dir) / "config.yaml"
     first = load_run_config(Path(run_dir)) if resume and file.is_file() else cfg
     tc = (first or build(PretrainConfig)).train
     with session(tc.backend, resolve_device(tc.device)) as world:
-        return _pretrain(data_dir, run_dir, cfg, resume, progress, overwrite, world)
+        return _pretrain(data_dir, run_dir, cfg, resume, progress, overwrite, world, on_epoch)
 
 
 def _pretrain(
@@ -320,6 +325,7 @@ def _pretrain(
     progress: bool,
     overwrite: bool,
     world: World,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunSummary:
     """:func:`pretrain` in this process's place of the (possibly one-process) world."""
     run_dir = Path(run_dir)
@@ -518,6 +524,8 @@ def _pretrain(
             if improved:
                 checkpoint(BEST)
             checkpoint(LAST)
+            if on_epoch is not None:
+                on_epoch(record)
     finally:
         bar.close()
 
