@@ -33,6 +33,7 @@ import yaml
 
 from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_yaml, to_dict
 from seqtwins.errors import SeqtwinsError
+from seqtwins.tune import TuneSpec
 
 
 @dataclass
@@ -82,6 +83,8 @@ class ExperimentConfig:
     )
     """Objective -> extra PretrainConfig layer for that objective only."""
     evaluate: EvalSpec = field(default_factory=EvalSpec)
+    tune: TuneSpec = field(default_factory=TuneSpec)
+    """How ``seqtwins tune`` searches hyper-parameters (budget and search space)."""
 
     def validate(self) -> None:
         self.data.validate()
@@ -90,6 +93,7 @@ class ExperimentConfig:
                 raise ValueError(f"objectives.{name} is not one of {', '.join(OBJECTIVES)}")
         if not self.objectives:
             raise ValueError("objectives must list at least one objective")
+        self.tune.validate(list(self.objectives))
 
     def pretrain_config(self, objective: str) -> PretrainConfig:
         layer = deep_merge(self.pretrain, self.objectives[objective] or {})

@@ -1,0 +1,683 @@
+"""``seqtwins tune``: Optuna hyper-parameter search, one study per objective.
+
+For each objective of an experiment (or a chosen subset) an Optuna study (TPE sampler,
+seeded; maximise) searches a space of ``PretrainConfig`` settings. A trial pretrains the
+objective exactly as ``seqtwins run`` would (``ExperimentConfig.pretrain_config``) with the
+sampled values on top, and scores it with the run's validation proxy,
+``summary.best_score``: the 5-fold cross-validated accuracy of a logistic probe predicting
+``favorite_category`` from the embeddings of **valid** users (``seqtwins.train.proxy_score``).
+Test users are never touched.
+
+**Fairness rule: every objective gets the same budget** -- the same number of finished
+trials, the same wall-clock timeout per objective, the same training epochs per trial
+(``tune.epochs``) and the same pruner -- so that a tuned ``barlow`` and a tuned ``dual``
+are compared on equal terms (issue 5).
+
+Outputs, under ``<out>/<name>/tune/<objective>/``::
+
+    study.db          the Optuna study (SQLite): a rerun resumes it
+    history.json      every trial: number, state, params, value, seconds, epochs done
+    trial-NNNN/       each trial's run dir (config.yaml, summary.json, metrics.jsonl;
+                      checkpoints are deleted unless tune.keep_runs)
+
+and a preset, ``<out>/<name>/tune/tuned.yaml`` by default: the experiment with each tuned
+objective's layer in ``objectives:`` merged with its best values, ready for ``seqtwins run``.
+
+The search space (``tune.space`` in the experiment file) maps objective -> dotted
+``PretrainConfig`` path -> ``{type: float|int|categorical, low, high, log, choices}``; an
+objective without one gets :data:`DEFAULT_SPACES`. Categorical choices may be lists (e.g.
+projector widths); Optuna sees them as JSON strings.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import time
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from seqtwins.config import PretrainConfig, deep_merge, from_dict, nest, to_dict
+from seqtwins.errors import SeqtwinsError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from seqtwins.experiment import ExperimentConfig
+
+SPEC_TYPES = ("float", "int", "categorical")
+SPEC_KEYS = ("type", "low", "high", "log", "choices")
+FIXED_PATHS = {
+    "objective": "it is fixed by the study",
+    "train.epochs": "every trial trains tune.epochs epochs (the same for every objective)",
+}
+
+_COMMON: dict[str, dict[str, Any]] = {
+    "train.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+    "train.weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+    "encoder.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+}
+_BARLOW: dict[str, dict[str, Any]] = {
+    "barlow.lambda_": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True},
+    "barlow.projector": {
+        "type": "categorical",
+        "choices": [[128, 128], [256, 256], [512, 512], [1024, 1024]],
+    },
+    "augment.mask_rate": {"type": "float", "low": 0.1, "high": 0.7},
+    "augment.crop_keep": {"type": "float", "low": 0.3, "high": 0.9},
+    "augment.substitute_rate": {"type": "float", "low": 0.05, "high": 0.5},
+}
+_TEMPERATURE: dict[str, dict[str, Any]] = {
+    # in-batch softmax temperature; barlow+next's next-item term uses it too
+    "dual.temperature": {"type": "float", "low": 0.02, "high": 1.0, "log": True},
+}
+DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "barlow": {**_COMMON, **_BARLOW},
+    "dual": {**_COMMON, **_TEMPERATURE},
+    "barlow+next": {
+        **_COMMON,
+        **_BARLOW,
+        **_TEMPERATURE,
+        "next.alpha": {"type": "float", "low": 0.1, "high": 3.0, "log": True},
+    },
+}
+"""The search space of an objective that ``tune.space`` does not list. Ranges bracket the
+defaults: lr and weight decay around AdamW's usual values; Barlow Twins' lambda around
+1/K for the projector widths offered (Tsai et al. 2021, arXiv:2104.13712); augmentation
+rates around CL4SRec/CoSeRec's (``docs/augmentations.md``); the softmax temperature over
+the range where in-batch retrieval models are usually tuned (Yi et al. 2019)."""
+
+
+# --- the search space ---------------------------------------------------------------------
+
+
+_PRIMITIVE = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched setting: a dotted ``PretrainConfig`` path and its distribution."""
+
+    path: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def labels(self) -> tuple[Any, ...]:
+        """What Optuna sees for a categorical: the choices themselves when they are
+        primitives, else their JSON text (Optuna needs hashable primitives)."""
+        if all(isinstance(c, _PRIMITIVE) for c in self.choices):
+            return self.choices
+        return tuple(json.dumps(c) for c in self.choices)
+
+    def value(self, raw: Any) -> Any:
+        """The setting's value from what Optuna stored (a label for categoricals)."""
+        if self.type != "categorical":
+            return raw
+        return self.choices[self.labels.index(raw)]
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "categorical":
+            return self.value(trial.suggest_categorical(self.path, list(self.labels)))
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            return trial.suggest_int(self.path, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.path, float(self.low), float(self.high), log=self.log)
+
+
+def _leaf(path: str, key: str) -> tuple[type, str, Any]:
+    """The dataclass holding ``path``'s last part, that part, and its annotation."""
+    cls: Any = PretrainConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        prefix = ".".join(parts[:i])
+        if part not in names:
+            where = f"under {prefix}" if prefix else "at the top"
+            raise SeqtwinsError(
+                f"{key}: {path!r} is not a pretraining setting (known {where}: "
+                f"{', '.join(names)}); use a dotted PretrainConfig path such as train.lr"
+            )
+        tp = typing.get_type_hints(cls)[part]
+        is_section = dataclasses.is_dataclass(tp)
+        last = i == len(parts) - 1
+        if last and is_section:
+            raise SeqtwinsError(
+                f"{key}: {path!r} is a section, not a setting; name one of its settings, "
+                f"e.g. {path}.{dataclasses.fields(tp)[0].name}"
+            )
+        if not last:
+            if not is_section:
+                raise SeqtwinsError(f"{key}: {'.'.join(parts[: i + 1])!r} has no settings")
+            cls = tp
+    return cls, parts[-1], typing.get_type_hints(cls)[parts[-1]]
+
+
+def _check_value(cls: type, name: str, value: Any, key: str) -> None:
+    try:
+        from_dict(cls, {name: value}, prefix=key)
+    except (SeqtwinsError, ValueError) as e:
+        raise SeqtwinsError(f"{key}: {value!r} is not a valid value ({e})") from None
+
+
+def parse_param(path: str, spec: Any, key: str) -> Param:
+    """Check one search-space entry (``key`` names it in the experiment file)."""
+    key = f"{key}.{path}"
+    if path in FIXED_PATHS:
+        raise SeqtwinsError(f"{key}: cannot be searched: {FIXED_PATHS[path]}")
+    cls, name, annotation = _leaf(path, key)
+    if not isinstance(spec, Mapping):
+        raise SeqtwinsError(
+            f"{key} must be a mapping like {{type: float, low: 0.1, high: 0.5}} or "
+            "{type: categorical, choices: [...]}"
+        )
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise SeqtwinsError(f"{key}.{unknown[0]}: unknown; a spec has {', '.join(SPEC_KEYS)}")
+    kind = spec.get("type")
+    if kind is None:  # inferred: choices -> categorical, else the setting's own type
+        kind = "categorical" if "choices" in spec else ("int" if annotation is int else "float")
+    if kind not in SPEC_TYPES:
+        raise SeqtwinsError(f"{key}.type={kind!r} must be one of {', '.join(SPEC_TYPES)}")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise SeqtwinsError(f"{key}.log={log!r} must be true or false")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices or "low" in spec or "high" in spec:
+            raise SeqtwinsError(f"{key}: a categorical needs choices: [a non-empty list] only")
+        param = Param(path, kind, choices=tuple(choices))
+        if len(set(param.labels)) != len(choices):
+            raise SeqtwinsError(f"{key}.choices has duplicates")
+        for c in choices:
+            _check_value(cls, name, c, key)
+        return param
+    if "choices" in spec or "low" not in spec or "high" not in spec:
+        raise SeqtwinsError(f"{key}: a {kind} range needs low and high (and no choices)")
+    low, high = spec["low"], spec["high"]
+    number = int if kind == "int" else (int, float)
+    for bound, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, number):
+            what = "an integer" if kind == "int" else "a number"
+            raise SeqtwinsError(f"{key}.{bound}={v!r} must be {what}")
+    if not low < high:
+        raise SeqtwinsError(f"{key}: low={low} must be < high={high}")
+    if log and low <= 0:
+        raise SeqtwinsError(f"{key}: log=true needs low > 0 (got {low})")
+    cast = int if kind == "int" else float
+    for v in (low, high):
+        _check_value(cls, name, cast(v), key)
+    return Param(path, kind, low=low, high=high, log=log)
+
+
+def parse_space(space: Mapping[str, Any], key: str) -> list[Param]:
+    """The searched settings of one objective, checked (``key`` e.g. ``tune.space.barlow``)."""
+    if not isinstance(space, Mapping) or not space:
+        raise SeqtwinsError(f"{key} must be a non-empty mapping: dotted path -> spec")
+    return [parse_param(str(path), spec, key) for path, spec in space.items()]
+
+
+@dataclass
+class TuneSpec:
+    """The ``tune:`` section of an experiment file: how ``seqtwins tune`` searches.
+
+    Every objective gets the same budget (trials, timeout, epochs): a fairness rule."""
+
+    trials: int = 20
+    """Finished trials wanted per objective, in total (a rerun adds only the missing ones).
+    ``--trials`` overrides it."""
+    timeout: float | None = None
+    """Seconds per objective for this call (a trial started in time runs to its end);
+    ``None`` = no limit. ``--timeout`` overrides it."""
+    epochs: int | None = None
+    """Training epochs per trial (shorter than the real run to search more settings);
+    ``None`` = the experiment's ``train.epochs``. The preset keeps the experiment's epochs."""
+    seed: int = 0
+    """Seed of the TPE sampler (offset by the trials already done, so a resumed study does
+    not redraw its first settings)."""
+    startup_trials: int = 10
+    """Random trials before TPE starts modelling the space."""
+    prune: bool = True
+    """Stop a trial early when its validation score after an epoch is below the median of
+    earlier trials at that epoch (Optuna's MedianPruner, after ``startup_trials / 2``
+    finished trials and one epoch)."""
+    keep_runs: bool = False
+    """Keep each trial's checkpoints (disk!); config.yaml, summary.json and metrics.jsonl
+    are always kept."""
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Objective -> dotted PretrainConfig path -> ``{type, low, high, log, choices}``;
+    objectives not listed get ``seqtwins.tune.DEFAULT_SPACES``."""
+
+    def validate(self, objectives: Sequence[str] | None = None) -> None:
+        """Check the budget and every search space (``objectives``: the experiment's)."""
+        if self.trials < 1:
+            raise ValueError(f"tune.trials={self.trials} must be >= 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"tune.timeout={self.timeout} must be > 0 seconds (or null)")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"tune.epochs={self.epochs} must be >= 1 (or null)")
+        if self.startup_trials < 0:
+            raise ValueError(f"tune.startup_trials={self.startup_trials} must be >= 0")
+        for objective, space in self.space.items():
+            if objectives is not None and objective not in objectives:
+                raise SeqtwinsError(
+                    f"tune.space.{objective}: not an objective of this experiment "
+                    f"({', '.join(objectives)}); remove it or add it under objectives"
+                )
+            parse_space(space, f"tune.space.{objective}")
+
+    def params(self, objective: str) -> list[Param]:
+        """The searched settings of ``objective`` (its ``space`` entry or the default)."""
+        if objective in self.space:
+            return parse_space(self.space[objective], f"tune.space.{objective}")
+        return parse_space(
+            DEFAULT_SPACES[objective], f"seqtwins.tune.DEFAULT_SPACES[{objective!r}]"
+        )
+
+
+# --- running a search ---------------------------------------------------------------------
+
+
+@dataclass
+class TuneResult:
+    """The outcome of one objective's study."""
+
+    objective: str
+    best_value: float
+    """Best validation proxy (favorite_category probe accuracy on valid users)."""
+    best_params: dict[str, Any]
+    """Dotted path -> value of the best trial."""
+    best_trial: int
+    n_trials: int
+    """Finished trials in the study (complete, pruned, or failed on a bad setting)."""
+    history: Path
+    study: Path
+
+
+def _counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial uses up budget: finished, or failed on its own settings (not one
+    interrupted or crashed)."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and "error" in trial.user_attrs
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _history(study: optuna.Study, params: list[Param], budget: dict[str, Any]) -> dict[str, Any]:
+    by_path = {p.path: p for p in params}
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        seconds = None
+        if t.datetime_start is not None and t.datetime_complete is not None:
+            seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+        trials.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": {
+                    k: by_path[k].value(v) if k in by_path else v for k, v in t.params.items()
+                },
+                "value": t.value,
+                "seconds": seconds,
+                "epochs_done": t.user_attrs.get("epochs_done", 0),
+                "scores": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
+                "error": t.user_attrs.get("error"),
+                "interrupted": t.state.name == "FAIL" and "error" not in t.user_attrs,
+                "run_dir": t.user_attrs.get("run_dir"),
+            }
+        )
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    best = max(done, key=lambda t: t["value"]) if done else None
+    return {
+        "objective": study.user_attrs.get("objective"),
+        "direction": "maximize",
+        "score": "favorite_category probe accuracy, 5-fold CV on valid users (summary.best_score)",
+        **budget,
+        "best": best,
+        "trials": trials,
+    }
+
+
+def _check_endpoints(cfg: ExperimentConfig, objective: str, params: list[Param], key: str) -> None:
+    """Fail up front when a searched value alone makes the objective's config invalid
+    (unless another setting of the same section is searched too: then only some
+    combinations may be invalid, and those trials fail)."""
+    sections = [p.path.split(".")[0] for p in params]
+    for p in params:
+        if sections.count(p.path.split(".")[0]) > 1:
+            continue
+        values = p.choices if p.type == "categorical" else (p.low, p.high)
+        for v in values:
+            try:
+                _trial_config(cfg, objective, {p.path: v}, None)
+            except (SeqtwinsError, ValueError) as e:
+                raise SeqtwinsError(
+                    f"{key}.{p.path}: {v!r} gives an invalid config ({e})"
+                ) from None
+
+
+def _trial_config(
+    cfg: ExperimentConfig, objective: str, values: Mapping[str, Any], epochs: int | None
+) -> PretrainConfig:
+    """The objective's config as ``seqtwins run`` builds it, plus the sampled values."""
+    from seqtwins.config import build
+
+    base = deep_merge(cfg.pretrain, cfg.objectives[objective] or {})
+    layer: dict[str, Any] = {}
+    for path, value in values.items():
+        layer = deep_merge(layer, nest(path, value))
+    if epochs is not None:
+        layer = deep_merge(layer, {"train": {"epochs": epochs}})
+    return build(PretrainConfig, base, layer, {"objective": objective})
+
+
+def tune_experiment(
+    cfg: ExperimentConfig,
+    out: Path | str = "out",
+    *,
+    trials: int | None = None,
+    timeout: float | None = None,
+    objectives: Sequence[str] | None = None,
+    write_preset: Path | str | None = None,
+    progress: bool = True,
+    say: Callable[..., Any] = print,
+    source: Path | str | None = None,
+) -> dict[str, TuneResult]:
+    """Search hyper-parameters of each objective (or ``objectives``) of an experiment.
+
+    **Every objective gets the same budget**: ``trials`` finished trials in total (default
+    ``tune.trials``; a rerun resumes the study and runs only the missing ones), at most
+    ``timeout`` seconds per objective in this call (default ``tune.timeout``), and
+    ``tune.epochs`` training epochs per trial. Trials are scored on valid users only.
+
+    Writes ``<out>/<name>/tune/<objective>/{study.db,history.json,trial-NNNN/}`` and the
+    preset ``write_preset`` (default ``<out>/<name>/tune/tuned.yaml``); ``source`` names
+    the experiment file in the preset's header. ``progress`` prints a line per trial.
+    """
+    import optuna
+
+    from seqtwins.data.dataset import SequenceDataset
+    from seqtwins.experiment import build_data
+
+    spec = cfg.tune
+    n_wanted = spec.trials if trials is None else trials
+    budget_s = spec.timeout if timeout is None else timeout
+    if n_wanted < 1:
+        raise SeqtwinsError(f"--trials {n_wanted} must be >= 1")
+    if budget_s is not None and budget_s <= 0:
+        raise SeqtwinsError(f"--timeout {budget_s} must be > 0 seconds")
+    chosen = list(objectives) if objectives else list(cfg.objectives)
+    for obj in chosen:
+        if obj not in cfg.objectives:
+            raise SeqtwinsError(
+                f"--objectives {obj}: not an objective of experiment {cfg.name} "
+                f"(it has {', '.join(cfg.objectives)})"
+            )
+    spaces = {obj: spec.params(obj) for obj in chosen}  # check every space before any work
+    for obj, params in spaces.items():
+        key = f"tune.space.{obj}" if obj in spec.space else f"default space of {obj}"
+        _check_endpoints(cfg, obj, params, key)
+
+    root = Path(out) / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
+    data_dir = build_data(cfg, root / "data", say)
+    ds = SequenceDataset.open(data_dir)
+    if not ds.has_categories:
+        raise SeqtwinsError(
+            f"{data_dir} has no item categories: tune scores trials with the favorite_category "
+            "probe on valid users and cannot rank them by training loss alone"
+        )
+    budget = {"trials_wanted": n_wanted, "timeout_s": budget_s, "epochs": spec.epochs}
+    results: dict[str, TuneResult] = {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        for obj in chosen:
+            results[obj] = _tune_objective(cfg, obj, spaces[obj], data_dir, root / "tune" / obj,
+                                           n_wanted, budget_s, budget, progress, say)  # fmt: skip
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    preset = Path(write_preset) if write_preset else root / "tune" / "tuned.yaml"
+    write_tuned_preset(cfg, results, preset, source=source, budget=budget)
+    return results
+
+
+def _tune_objective(
+    cfg: ExperimentConfig,
+    objective: str,
+    params: list[Param],
+    data_dir: Path,
+    folder: Path,
+    n_wanted: int,
+    budget_s: float | None,
+    budget: dict[str, Any],
+    progress: bool,
+    say: Callable[..., Any],
+) -> TuneResult:
+    import optuna
+    from optuna.trial import TrialState
+
+    from seqtwins.train import pretrain
+
+    spec = cfg.tune
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / "study.db"
+    # what must not change for a study to be resumed: the base config and the space
+    setup = {
+        "config": to_dict(_trial_config(cfg, objective, {}, spec.epochs)),
+        "space": [dataclasses.asdict(p) | {"choices": list(p.choices)} for p in params],
+        "data": to_dict(cfg.data),
+    }
+    setup = json.loads(json.dumps(setup))  # tuples -> lists, as stored
+    storage = f"sqlite:///{db}"
+    study = optuna.create_study(storage=storage, study_name=objective, direction="maximize",
+                                load_if_exists=True)  # fmt: skip
+    if "setup" not in study.user_attrs:
+        study.set_user_attr("setup", setup)
+        study.set_user_attr("objective", objective)
+    elif study.user_attrs["setup"] != setup:
+        raise SeqtwinsError(
+            f"{db} was made with another config, search space or dataset for {objective}; "
+            f"delete {folder} to start that search afresh, or use another --out"
+        )
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(stale.number, state=TrialState.FAIL)  # killed mid-trial: not counted
+
+    done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials),
+                                               n_startup_trials=spec.startup_trials)  # fmt: skip
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=max(1, spec.startup_trials // 2), n_warmup_steps=1
+        )
+        if spec.prune
+        else optuna.pruners.NopPruner()
+    )
+    study.pruner = pruner
+    history = folder / "history.json"
+    budget = {**budget, "space": setup["space"]}
+    if done >= n_wanted:
+        say(f"tune {objective}: {done} trials done already ({n_wanted} wanted)")
+    else:
+        say(f"tune {objective}: {n_wanted - done} trial(s) to run ({done} done) -> {folder}")
+    started = time.monotonic()
+    best: float | None = None
+    try:
+        while done < n_wanted and (budget_s is None or time.monotonic() - started < budget_s):
+            trial = study.ask()
+            state, value = _run_trial(trial, cfg, objective, params, data_dir, folder, pretrain)
+            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+            done += 1
+            _write_json(history, _history(study, params, budget))
+            if value is not None and (best is None or value > best):
+                best = value
+            if progress:
+                epochs = trial.user_attrs.get("epochs_done", 0)
+                if state == TrialState.COMPLETE:
+                    shown = f"{value:.4f}"
+                elif state == TrialState.PRUNED:
+                    shown = f"after {epochs} epoch(s)"
+                else:
+                    shown = str(trial.user_attrs.get("error"))
+                say(f"  {objective} trial {trial.number}: {state.name.lower()} {shown}"
+                    + (f" (best this call {best:.4f})" if best is not None else ""))  # fmt: skip
+    finally:  # also after a crash or Ctrl-C: the history shows what happened
+        _write_json(history, _history(study, params, budget))
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        errors = [t.user_attrs["error"] for t in study.trials if "error" in t.user_attrs]
+        first = f"; the first: {errors[0]}" if errors else ""
+        raise SeqtwinsError(f"tune {objective}: no trial finished ({history}){first}")
+    top = max(complete, key=lambda t: float(t.value if t.value is not None else -math.inf))
+    by_path = {p.path: p for p in params}
+    return TuneResult(
+        objective=objective,
+        best_value=float(top.value if top.value is not None else math.nan),
+        best_params={k: by_path[k].value(v) for k, v in top.params.items()},
+        best_trial=top.number,
+        n_trials=sum(_counts(t) for t in study.get_trials(deepcopy=False)),
+        history=history,
+        study=db,
+    )
+
+
+def _run_trial(
+    trial: optuna.Trial,
+    cfg: ExperimentConfig,
+    objective: str,
+    params: list[Param],
+    data_dir: Path,
+    folder: Path,
+    pretrain: Callable[..., Any],
+) -> tuple[Any, float | None]:
+    """Train one trial; (state, value). A bad sampled setting or a diverging run fails
+    the trial; any other exception is a bug and propagates (the trial is marked failed)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    run_dir = folder / f"trial-{trial.number:04d}"
+    trial.set_user_attr("run_dir", str(run_dir))
+    values = {p.path: p.suggest(trial) for p in params}
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        trial.set_user_attr("epochs_done", int(record["epoch"]) + 1)
+        if record.get("proxy") is None:
+            raise SeqtwinsError(
+                f"epoch {record['epoch']}: the favorite_category proxy could not be computed "
+                "(too few valid users with a category seen >= 5 times)"
+            )
+        trial.report(float(record["score"]), step=int(record["epoch"]))
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    try:
+        try:
+            pcfg = _trial_config(cfg, objective, values, cfg.tune.epochs)
+        except (SeqtwinsError, ValueError) as e:  # a sampled combination is invalid
+            trial.set_user_attr("error", f"invalid setting: {e}")
+            return TrialState.FAIL, None
+        try:
+            summary = pretrain(data_dir, run_dir, pcfg, progress=False, overwrite=True,
+                               on_epoch=on_epoch)  # fmt: skip
+        except optuna.TrialPruned:
+            return TrialState.PRUNED, None
+        except SeqtwinsError as e:  # e.g. the loss diverged at a high learning rate
+            trial.set_user_attr("error", str(e))
+            return TrialState.FAIL, None
+        if summary.best_score is None:
+            trial.set_user_attr("error", "no validation score")
+            return TrialState.FAIL, None
+        return TrialState.COMPLETE, float(summary.best_score)
+    except BaseException as e:
+        # a bug or Ctrl-C: close the trial (not counted in the budget), then stop
+        trial.set_user_attr("interrupted", f"{type(e).__name__}: {e}"[:300])
+        trial.study.tell(trial, state=TrialState.FAIL)
+        raise
+    finally:
+        if not cfg.tune.keep_runs:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+# --- the preset ---------------------------------------------------------------------------
+
+_HEADER_LINE = re.compile(r"^#   (\S+): best ")
+
+
+def write_tuned_preset(
+    cfg: ExperimentConfig,
+    results: Mapping[str, TuneResult],
+    path: Path | str,
+    *,
+    source: Path | str | None = None,
+    budget: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the experiment with each tuned objective's best values merged into its layer
+    under ``objectives:``. Objectives tuned in an earlier call and kept in an existing
+    ``path`` stay as they are there (tune barlow and dual in separate calls)."""
+    from seqtwins.experiment import load_experiment
+
+    path = Path(path)
+    data = copy.deepcopy(to_dict(cfg))  # to_dict shares dict fields with cfg
+    kept_lines: dict[str, str] = {}
+    if path.is_file():
+        old = yaml.safe_load(path.read_text()) or {}
+        for obj, layer in (old.get("objectives") or {}).items():
+            if obj in data["objectives"] and obj not in results:
+                data["objectives"][obj] = layer
+        for line in path.read_text().splitlines():
+            m = _HEADER_LINE.match(line)
+            if m and m.group(1) in data["objectives"] and m.group(1) not in results:
+                kept_lines[m.group(1)] = line
+    budget = budget or {}
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017
+    lines = dict(kept_lines)
+    for obj, r in results.items():
+        layer = dict(data["objectives"].get(obj) or {})
+        for key, value in r.best_params.items():
+            layer = deep_merge(layer, nest(key, value))
+        data["objectives"][obj] = layer
+        timeout = budget.get("timeout_s")
+        lines[obj] = (
+            f"#   {obj}: best {r.best_value:.4f} (trial {r.best_trial}) of {r.n_trials} trials; "
+            f"budget {budget.get('trials_wanted')} trials, timeout "
+            f"{'none' if timeout is None else f'{timeout:g} s'}, "
+            f"epochs {budget.get('epochs') or 'as the experiment'}; {date}"
+        )
+    header = [
+        f"# Written by `seqtwins tune` from {source or 'an experiment'} (experiment {cfg.name}).",
+        "# Best values per objective (validation proxy: favorite_category probe accuracy on",
+        "# valid users), merged into objectives: below:",
+        *[lines[obj] for obj in data["objectives"] if obj in lines],
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False))
+    try:
+        load_experiment(tmp)  # the preset must be a valid experiment
+    except SeqtwinsError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from seqtwins.cli import app
+from seqtwins.errors import SeqtwinsError
+from seqtwins.experiment import ExperimentConfig, load_experiment
+from seqtwins.train import RunSummary
+from seqtwins.tune import DEFAULT_SPACES, TuneSpec, parse_param, tune_experiment
+
+runner = CliRunner()
+
+BARLOW_SPACE = {
+    "train.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+    "barlow.projector": {"type": "categorical", "choices": [[16, 16], [32, 32]]},
+}
+
+
+def tiny_experiment(tmp_path: Path, **tune: Any) -> Path:
+    exp = tmp_path / "tiny.yaml"
+    spec = {
+        "name": "tiny",
+        "data": {"synth": {"users": 800, "items": 80, "seed": 1}},
+        "pretrain": {
+            "encoder": {"dim": 16, "layers": 1, "ff_dim": 32, "max_len": 20},
+            "augment": {"max_len": 20},
+            "barlow": {"projector": [32, 32]},
+            "train": {"epochs": 3, "batch_size": 64, "patience": 0},
+        },
+        "objectives": {"barlow": {}, "dual": {}},
+        "tune": {"epochs": 1, "startup_trials": 2, **tune},
+    }
+    exp.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return exp
+
+
+def history(out: Path, objective: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "tiny/tune" / objective / "history.json").read_text())
+    return data
+
+
+def test_default_spaces_are_valid_for_every_objective():
+    spec = TuneSpec()
+    for objective in DEFAULT_SPACES:
+        paths = [p.path for p in spec.params(objective)]
+        assert {"train.lr", "train.weight_decay", "encoder.dropout"} <= set(paths)
+    assert "dual.temperature" in [p.path for p in spec.params("dual")]
+    assert "barlow.lambda_" not in [p.path for p in spec.params("dual")]
+
+
+@pytest.mark.parametrize(
+    ("path", "spec", "message"),
+    [
+        (
+            "barlow.lamda",
+            {"low": 0.001, "high": 0.1},
+            "'barlow.lamda' is not a pretraining setting",
+        ),
+        ("barlow", {"low": 0.001, "high": 0.1}, "is a section, not a setting"),
+        ("train.lr", {"low": 0.1, "high": 0.01}, "low=0.1 must be < high=0.01"),
+        ("train.lr", {"low": 0.0, "high": 0.1, "log": True}, "log=true needs low > 0"),
+        ("train.lr", {"type": "uniform", "low": 0.0, "high": 0.1}, "type='uniform' must be"),
+        ("train.lr", {"low": 0.01, "high": 0.1, "step": 2}, "step: unknown"),
+        ("encoder.layers", {"type": "float", "low": 1, "high": 3}, "not a valid value"),
+        ("barlow.projector", {"choices": ["wide"]}, "not a valid value"),
+        (
+            "train.epochs",
+            {"low": 1, "high": 5},
+            "cannot be searched: every trial trains tune.epochs",
+        ),
+    ],
+)
+def test_bad_space_entries_name_the_key(path, spec, message):
+    with pytest.raises(SeqtwinsError, match=message) as info:
+        parse_param(path, spec, "tune.space.barlow")
+    assert str(info.value).startswith(f"tune.space.barlow.{path}")
+
+
+def test_categorical_lists_map_to_labels_and_back():
+    param = parse_param("barlow.projector", {"choices": [[16, 16], [32, 32]]}, "k")
+    assert param.type == "categorical" and param.labels == ("[16, 16]", "[32, 32]")
+    assert param.value("[32, 32]") == [32, 32]
+    assert parse_param("encoder.layers", {"low": 1, "high": 3}, "k").type == "int"
+
+
+def test_tune_both_objectives_same_budget_history_preset_and_resume(tmp_path):
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}))
+    out = tmp_path / "out"
+    lines: list[str] = []
+    results = tune_experiment(cfg, out, trials=2, say=lines.append, source="tiny.yaml")
+    assert set(results) == {"barlow", "dual"}
+    assert results["barlow"].n_trials == results["dual"].n_trials == 2
+
+    # the custom space is honoured for barlow, the default one used for dual
+    barlow, dual = history(out, "barlow"), history(out, "dual")
+    assert [t["number"] for t in barlow["trials"]] == [0, 1]
+    for t in barlow["trials"]:
+        assert set(t["params"]) == set(BARLOW_SPACE)
+        assert t["params"]["barlow.projector"] in ([16, 16], [32, 32])
+        assert 1e-4 <= t["params"]["train.lr"] <= 3e-3
+        assert t["state"] == "COMPLETE" and t["epochs_done"] == 1 and len(t["scores"]) == 1
+        assert 0 < t["value"] <= 1 and t["seconds"] > 0
+        run_dir = Path(t["run_dir"])
+        assert json.loads((run_dir / "summary.json").read_text())["best_score"] == t["value"]
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 1
+        assert not (run_dir / "checkpoints").exists()  # deleted (tune.keep_runs is false)
+    assert set(dual["trials"][0]["params"]) == set(DEFAULT_SPACES["dual"])
+    assert barlow["trials_wanted"] == dual["trials_wanted"] == 2
+    assert barlow["epochs"] == dual["epochs"] == 1
+    best = max(barlow["trials"], key=lambda t: t["value"])
+    assert results["barlow"].best_value == best["value"] == barlow["best"]["value"]
+    assert results["barlow"].best_params == best["params"]
+
+    # the preset: a valid experiment with the best values merged into each objective's layer
+    preset = out / "tiny/tune/tuned.yaml"
+    text = preset.read_text()
+    assert text.startswith("# Written by `seqtwins tune` from tiny.yaml")
+    assert f"barlow: best {best['value']:.4f}" in text
+    tuned = load_experiment(preset)
+    barlow_cfg = tuned.pretrain_config("barlow")
+    assert barlow_cfg.train.lr == pytest.approx(best["params"]["train.lr"])
+    assert list(barlow_cfg.barlow.projector) == best["params"]["barlow.projector"]
+    assert barlow_cfg.train.epochs == 3  # tuned at tune.epochs, the preset keeps the real epochs
+    dual_best = results["dual"].best_params
+    assert tuned.pretrain_config("dual").dual.temperature == pytest.approx(
+        dual_best["dual.temperature"]
+    )
+    assert tuned.objectives["dual"]["train"]["lr"] == pytest.approx(dual_best["train.lr"])
+
+    # resume: the same N runs nothing, N+1 exactly one more (barlow only this time)
+    again = tune_experiment(cfg, out, trials=2, say=lambda *a: None)
+    assert len(history(out, "barlow")["trials"]) == len(history(out, "dual")["trials"]) == 2
+    assert again["barlow"].best_value == results["barlow"].best_value
+    more = tune_experiment(cfg, out, trials=3, objectives=["barlow"], say=lambda *a: None)
+    assert [t["number"] for t in history(out, "barlow")["trials"]] == [0, 1, 2]
+    assert more["barlow"].n_trials == 3 and len(history(out, "dual")["trials"]) == 2
+    # dual was not tuned in that call: the preset keeps its tuned layer and header line
+    tuned = load_experiment(preset)
+    assert tuned.pretrain_config("dual").dual.temperature == pytest.approx(
+        dual_best["dual.temperature"]
+    )
+    assert "#   dual: best" in preset.read_text()
+
+
+def test_changed_space_refuses_to_resume(tmp_path, monkeypatch):
+    calls = fake_pretrain(monkeypatch, [0.5])
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}))
+    tune_experiment(cfg, tmp_path / "out", trials=1, objectives=["barlow"], say=lambda *a: None)
+    assert len(calls) == 1
+    other = {"barlow": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}}
+    cfg = load_experiment(tiny_experiment(tmp_path, space=other))
+    with pytest.raises(SeqtwinsError, match="study.db was made with another config"):
+        tune_experiment(cfg, tmp_path / "out", trials=2, objectives=["barlow"], say=print)
+
+
+def fake_pretrain(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> list[Any]:
+    """Replace training by a stub: trial i reports ``scores[i]`` at each of 3 epochs."""
+    calls: list[Any] = []
+
+    def pretrain(data_dir, run_dir, cfg, progress=True, overwrite=False, on_epoch=None):
+        score = scores[len(calls)]
+        calls.append(cfg)
+        epoch = 0
+        for epoch in range(3):
+            if on_epoch is not None:
+                on_epoch({"event": "valid", "epoch": epoch, "loss": 1.0, "proxy": score,
+                          "score": score})  # fmt: skip
+        return RunSummary(Path(run_dir), epoch + 1, 3, 0, score, False, 0.1)
+
+    monkeypatch.setattr("seqtwins.train.pretrain", pretrain)
+    return calls
+
+
+def test_median_pruner_stops_a_worse_trial(tmp_path, monkeypatch):
+    calls = fake_pretrain(monkeypatch, [0.6, 0.2, 0.7])
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}))
+    result = tune_experiment(cfg, tmp_path / "out", trials=3, objectives=["barlow"],
+                             say=lambda *a: None)  # fmt: skip
+    trials = history(tmp_path / "out", "barlow")["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert trials[1]["epochs_done"] == 2  # pruned after epoch 1 (warm-up: epoch 0)
+    assert result.get("barlow") and result["barlow"].best_value == 0.7
+    assert result["barlow"].n_trials == 3 and len(calls) == 3
+
+
+def test_invalid_sampled_config_fails_the_trial_not_the_search(tmp_path):
+    # dim 16 with 3 heads is invalid only in combination (both in the space): trials fail
+    space = {"encoder.heads": {"choices": [3]}, "encoder.dim": {"choices": [16]}}
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": space}))
+    with pytest.raises(SeqtwinsError, match="no trial finished.*must be divisible"):
+        tune_experiment(cfg, tmp_path / "out", trials=2, objectives=["barlow"], say=print)
+    trials = history(tmp_path / "out", "barlow")["trials"]
+    assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
+    assert all("invalid setting" in t["error"] for t in trials)
+
+
+def test_a_bug_in_training_crashes_the_search(tmp_path, monkeypatch):
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("seqtwins.train.pretrain", broken)
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}))
+    with pytest.raises(RuntimeError, match="boom"):
+        tune_experiment(cfg, tmp_path / "out", trials=2, objectives=["barlow"], say=print)
+    (trial,) = history(tmp_path / "out", "barlow")["trials"]
+    assert trial["state"] == "FAIL" and trial["interrupted"]  # closed, not counted
+    calls = fake_pretrain(monkeypatch, [0.4, 0.5])
+    result = tune_experiment(cfg, tmp_path / "out", trials=2, objectives=["barlow"], say=print)
+    assert result["barlow"].n_trials == 2 and len(calls) == 2
+
+
+def test_cli_unknown_path_in_space_is_one_line_exit_2(tmp_path):
+    space = {"barlow": {"barlow.lamda": {"low": 0.001, "high": 0.1}}}
+    exp = tiny_experiment(tmp_path, space=space)
+    result = runner.invoke(app, ["tune", str(exp), "--trials", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "tune.space.barlow.barlow.lamda" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_objective_not_in_experiment(tmp_path):
+    exp = tiny_experiment(tmp_path)
+    result = runner.invoke(
+        app, ["tune", str(exp), "--objectives", "barlow+next", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--objectives barlow+next" in result.output
+    bad = tiny_experiment(tmp_path, space={"barlow+next": {}})
+    result = runner.invoke(app, ["tune", str(bad), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "tune.space.barlow+next" in result.output
+
+
+def test_cli_tune_prints_tables_and_preset(tmp_path, monkeypatch):
+    fake_pretrain(monkeypatch, [0.3, 0.4])
+    exp = tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE})
+    preset = tmp_path / "presets" / "tiny-tuned.yaml"
+    args = ["tune", str(exp), "--trials", "1", "--timeout", "600", "--objectives", "barlow,dual",
+            "--out", str(tmp_path / "out"), "--write-preset", str(preset), "--no-progress",
+            "--set", "tune.seed=3"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "barlow: best 0.3000" in result.output and "dual: best 0.4000" in result.output
+    assert "train.lr" in result.output and "tiny-tuned.yaml" in result.output
+    assert isinstance(load_experiment(preset), ExperimentConfig)
+    assert "timeout 600 s" in preset.read_text()
