@@ -381,6 +381,68 @@ def report(
     console.print(f"report: {path}", markup=False, highlight=False, soft_wrap=True)
 
 
+@command()
+def tune(
+    experiment: Annotated[
+        Path | None, typer.Argument(help="Experiment YAML (default: the embedded demo).")
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Finished trials wanted per objective, in total: a rerun resumes "
+            "and runs only the missing ones (default: tune.trials)."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds per objective for this call (default: tune.timeout)."),
+    ] = None,
+    objectives: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated subset, e.g. barlow,dual (default: all)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output root folder.")] = Path("out"),
+    write_preset: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the tuned experiment (default: <out>/<name>/tune/tuned.yaml)."
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value, e.g. tune.epochs=3.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Print a line per trial.")] = True,
+) -> None:
+    """Optuna search per objective, scored on valid users; writes the best values back as
+    a preset experiment and the search history. Every objective gets the SAME budget
+    (trials, timeout, tune.epochs): a fairness rule of the barlow-vs-dual study."""
+    from rich.table import Table
+
+    from seqtwins.experiment import load_experiment
+    from seqtwins.tune import tune_experiment
+
+    cfg = load_experiment(experiment, overrides)
+    chosen = [o.strip() for o in objectives.split(",") if o.strip()] if objectives else None
+    with collected_warnings() as caught:
+        results = tune_experiment(
+            cfg, out, trials=trials, timeout=timeout, objectives=chosen,
+            write_preset=write_preset, progress=progress, say=console.print,
+            source=experiment or "the embedded demo",
+        )  # fmt: skip
+    print_warnings(caught)
+    for r in results.values():
+        table = Table(title=f"{r.objective}: best {r.best_value:.4f} (trial {r.best_trial}), "
+                      f"{r.n_trials} trials")  # fmt: skip
+        table.add_column("setting")
+        table.add_column("best value")
+        for key, value in r.best_params.items():
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        console.print(table)
+        console.print(f"history: {r.history}", markup=False, highlight=False, soft_wrap=True)
+    preset = write_preset or out / cfg.name / "tune" / "tuned.yaml"
+    console.print(f"[bold]preset:[/] {preset}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="seqtwins")
