@@ -11,7 +11,10 @@ Test users are never touched.
 **Fairness rule: every objective gets the same budget** -- the same number of finished
 trials, the same wall-clock timeout per objective, the same training epochs per trial
 (``tune.epochs``) and the same pruner -- so that a tuned ``barlow`` and a tuned ``dual``
-are compared on equal terms (issue 5).
+are compared on equal terms (issue 5). When the timeout ends a search before its trials
+are done, a faster-training objective may get more trials in the same time; each
+``history.json`` records how many trials its objective got. For equal trial counts give a
+timeout that the trials fit in (or none).
 
 Outputs, under ``<out>/<name>/tune/<objective>/``::
 
