@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pulls a multi-GB CUDA build instead.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench-prepare bench-train clean
+.PHONY: demo test lint bench-prepare bench-train evidence evidence-quick tune clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,20 @@ bench-prepare: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train.py
+
+# The evidence study (docs/evidence.md): real data from ../shared/data, about 90 min on 2 cores.
+SEQTWINS_DATA ?= $(abspath ../shared/data)
+export SEQTWINS_DATA
+
+evidence: $(STAMP)
+	$(PY) benchmarks/evidence.py
+
+evidence-quick: $(STAMP)
+	$(PY) benchmarks/evidence.py --quick
+
+# Optuna search (same budget for barlow and dual) that writes configs/tuned/*.yaml.
+tune: $(STAMP)
+	$(PY) benchmarks/evidence.py --tune ml-1m beauty --trials 8 --tune-epochs 5
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache .mypy_cache .ruff_cache
