@@ -77,3 +77,12 @@ def test_train_config_validation():
         build(TrainConfig, {"epochs": 0})
     with pytest.raises(SeqtwinsError, match="train.precision='fp16'"):
         build(TrainConfig, {"precision": "fp16"})
+
+
+def test_nested_post_init_validation_is_one_line():
+    """A nested dataclass that validates in ``__post_init__`` (AugmentConfig) fails inside
+    ``from_dict``; ``build`` still turns it into a SeqtwinsError, not a traceback."""
+    from seqtwins.config import PretrainConfig
+
+    with pytest.raises(SeqtwinsError, match=r"augment\.mask_rate=2\.0 must be in \[0, 1\]"):
+        build(PretrainConfig, overrides=["augment.mask_rate=2.0"])

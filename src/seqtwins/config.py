@@ -179,13 +179,13 @@ def build(
     for text in overrides:
         key, value = parse_override(text)
         data = deep_merge(data, nest(key, value))
-    cfg = from_dict(cls, data)
-    validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        try:
+    try:  # nested dataclasses may validate in __post_init__, inside from_dict
+        cfg = from_dict(cls, data)
+        validate = getattr(cfg, "validate", None)
+        if callable(validate):
             validate()
-        except ValueError as e:
-            raise SeqtwinsError(str(e)) from e
+    except ValueError as e:
+        raise SeqtwinsError(str(e)) from e
     return cfg
 
 
