@@ -86,3 +86,12 @@ def test_nested_post_init_validation_is_one_line():
 
     with pytest.raises(SeqtwinsError, match=r"augment\.mask_rate=2\.0 must be in \[0, 1\]"):
         build(PretrainConfig, overrides=["augment.mask_rate=2.0"])
+
+
+def test_to_dict_copies_nested_mappings():
+    from seqtwins.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig(objectives={"barlow": {"train": {"lr": 0.1}}})
+    out = to_dict(cfg)
+    out["objectives"]["barlow"]["train"]["lr"] = 9.0
+    assert cfg.objectives["barlow"]["train"]["lr"] == 0.1

@@ -103,13 +103,16 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """Plain-data (YAML/JSON-ready) form of a dataclass; tuples become lists."""
+    """Plain-data (YAML/JSON-ready) form of a dataclass; tuples become lists. Mappings and
+    lists are copied, so changing the result never changes ``obj``."""
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, tuple | list):
             return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
         return v
 
     out = plain(obj)
