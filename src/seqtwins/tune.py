@@ -34,7 +34,6 @@ projector widths); Optuna sees them as JSON strings.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -642,7 +641,7 @@ def write_tuned_preset(
     from seqtwins.experiment import load_experiment
 
     path = Path(path)
-    data = copy.deepcopy(to_dict(cfg))  # to_dict shares dict fields with cfg
+    data = to_dict(cfg)  # a copy: writing into it leaves cfg alone
     kept_lines: dict[str, str] = {}
     if path.is_file():
         old = yaml.safe_load(path.read_text()) or {}
