@@ -37,7 +37,7 @@ import gzip
 import io
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,10 +150,12 @@ def detect_format(path: Path) -> str:
             return "movielens"
         if _s3rec_txt(path, must=False) is not None:
             return "s3rec"
+        if parquet_files(path):
+            return "parquet"
         raise SeqtwinsError(
             f"cannot tell the format of folder {path}: it holds neither a MovieLens layout "
-            "(u.data, ratings.dat[.gz], ratings.csv) nor an S3-Rec <Name>.txt; "
-            "pass --format or point at a file"
+            "(u.data, ratings.dat[.gz], ratings.csv), an S3-Rec <Name>.txt nor .parquet "
+            "files; pass --format or point at a file"
         )
     name = path.name.lower()
     base = name[:-3] if name.endswith(".gz") else name
@@ -192,9 +194,9 @@ def read_log(path: Path, options: ReaderOptions | None = None) -> RawLog:
     else:
         log = _read_generic(path, fmt, options)
     if log.items is not None:
-        _check_overlap(log.items["item_id"], log.interactions["item"], "item", log)
+        check_overlap(log.items["item_id"], log.interactions["item"], "item", log)
     if log.users is not None:
-        _check_overlap(log.users["user_id"], log.interactions["user"], "user", log)
+        check_overlap(log.users["user_id"], log.interactions["user"], "user", log)
     return log
 
 
@@ -393,11 +395,38 @@ def _read_any_table(path: Path, what: str) -> _Table:
     raise SeqtwinsError(f"{what} table {path} must be csv, tsv, parquet or jsonl")
 
 
+def parquet_files(folder: Path) -> list[Path]:
+    """The ``.parquet`` / ``.pq`` files under ``folder`` (any depth, e.g. hive-style
+    ``key=value/`` subfolders), in path order: the row order of a partitioned log.
+
+    Hidden and underscore files (``_SUCCESS``, ``.part-0.crc``) are skipped, as Spark and
+    Hive writers expect.
+    """
+    return sorted(
+        f
+        for ext in ("*.parquet", "*.pq")
+        for f in folder.rglob(ext)
+        if f.is_file()
+        and not any(part.startswith((".", "_")) for part in f.relative_to(folder).parts)
+    )
+
+
+def _scan_parquet(path: Path) -> pl.LazyFrame:
+    """A lazy scan of a Parquet file or of every Parquet file in a (partitioned) folder."""
+    if not path.is_dir():
+        return pl.scan_parquet(path)
+    files = parquet_files(path)
+    if not files:
+        raise SeqtwinsError(f"folder {path} holds no .parquet files; check the path")
+    hive = any("=" in part for f in files for part in f.relative_to(path).parts[:-1])
+    return pl.scan_parquet(files, hive_partitioning=hive)
+
+
 def _parquet_columns(path: Path) -> list[str]:
-    if not path.is_file():
+    if not path.exists():
         raise SeqtwinsError(f"{path} does not exist or is not a file")
     try:
-        return list(pl.read_parquet_schema(path))
+        return _scan_parquet(path).collect_schema().names()
     except (pl.exceptions.PolarsError, OSError) as e:
         raise SeqtwinsError(
             f"{path} is not a readable Parquet file ({_polars_msg(e)}); check --format"
@@ -406,7 +435,7 @@ def _parquet_columns(path: Path) -> list[str]:
 
 def _read_parquet(path: Path, columns: Sequence[str]) -> _Table:
     try:
-        df = pl.scan_parquet(path).select(list(columns)).collect()
+        df = _scan_parquet(path).select(list(columns)).collect()
     except (pl.exceptions.PolarsError, OSError) as e:
         raise SeqtwinsError(f"{path} cannot be read as Parquet ({_polars_msg(e)})") from e
     return _Table(df, str(path), 1, unit="row", text=False)
@@ -479,29 +508,48 @@ def _resolve(
     return None
 
 
-def _id_series(s: pl.Series) -> pl.Series:
+_NOT_CANONICAL_INT = r"^(?:\+|-?0[0-9]|-0$)"
+
+
+def _id_series(s: pl.Series, as_int: bool | None = None) -> pl.Series:
     """Ids: integers stay integers; canonical integer text becomes Int64; else String.
 
     Text ids are read as text, never inferred: ``007`` and ``7`` are two different ids and
     an integer column would merge them, so text becomes Int64 only when every value is a
-    canonical integer (no sign, no leading zero).
+    canonical integer (no sign, no leading zero). ``as_int`` imposes that decision (made
+    over the whole log by :func:`_ids_as_int` when it is read batch by batch).
     """
     if s.dtype.is_integer():
         return s
     if s.dtype.is_float():
-        finite = s.drop_nulls().drop_nans()
-        if finite.len() == 0 or bool((finite == finite.floor()).all()):
-            return s.fill_nan(None).cast(pl.Int64, strict=False)
-        return s.cast(pl.String)
+        if as_int is None:
+            finite = s.drop_nulls().drop_nans()
+            as_int = finite.len() == 0 or bool((finite == finite.floor()).all())
+        return s.fill_nan(None).cast(pl.Int64, strict=False) if as_int else s.cast(pl.String)
     if s.dtype == pl.String:
-        as_int = s.cast(pl.Int64, strict=False)
-        if as_int.null_count() == s.null_count() and not bool(
-            s.str.contains(r"^(?:\+|-?0[0-9]|-0$)").any()
-        ):
-            return as_int
+        as_int_s = s.cast(pl.Int64, strict=False)
+        if as_int is None:
+            as_int = as_int_s.null_count() == s.null_count() and not bool(
+                s.str.contains(_NOT_CANONICAL_INT).any()
+            )
+        if as_int:
+            return as_int_s
         stripped = s.str.strip_chars()
         return pl.select(pl.when(stripped == "").then(None).otherwise(stripped)).to_series()
     return s.cast(pl.String)
+
+
+def _as_int_expr(dtype: pl.DataType, name: str) -> pl.Expr | None:
+    """Whether :func:`_id_series` makes the whole column Int64 (an aggregate), ``None`` if
+    the dtype decides alone."""
+    col = pl.col(name)
+    if dtype.is_float():
+        return (col.is_null() | col.is_nan() | (col == col.floor())).all()
+    if dtype == pl.String:
+        return (col.cast(pl.Int64, strict=False).null_count() == col.null_count()) & ~(
+            col.str.contains(_NOT_CANONICAL_INT).any()
+        )
+    return None
 
 
 def _time_expr(dtype: pl.DataType, name: str, label: str) -> pl.Expr:
@@ -557,55 +605,74 @@ def _rating_expr(dtype: pl.DataType, name: str, label: str) -> pl.Expr:
     return pl.when(num.is_finite()).then(num).otherwise(None).cast(pl.Float32)
 
 
-def _normalize(table: _Table, roles: dict[str, str], on_bad_rows: str) -> tuple[pl.DataFrame, int]:
-    """Typed ``user``/``item``/[``time``]/[``rating``] columns; bad rows raise or are dropped.
-
-    Returns the clean frame (file order) and the number of rows skipped.
-    """
+def _typed(
+    table: _Table, roles: dict[str, str], ids_as_int: dict[str, bool] | None = None
+) -> tuple[pl.DataFrame, pl.Series | None, pl.Series | None]:
+    """Typed ``user``/``item``/[``time``]/[``rating``] columns, the bad-row mask (``None``:
+    no bad row) and the blank-line mask (``None``: no blank lines possible)."""
     df = table.df
     cols: list[pl.Expr | pl.Series] = []
     for role, name in roles.items():
         dtype = df.schema[name]
         if role in ("user", "item"):
-            cols.append(_id_series(df[name]).alias(role))
+            cols.append(_id_series(df[name], (ids_as_int or {}).get(role)).alias(role))
         elif role == "time":
             cols.append(_time_expr(dtype, name, table.label).alias(role))
         else:
             cols.append(_rating_expr(dtype, name, table.label).alias(role))
     out = df.select(cols)
     if not any(out[c].null_count() for c in out.columns):  # null counts are metadata: O(1)
-        if out.height == 0:
-            raise SeqtwinsError(f"{table.label}: no interactions to prepare (it has no rows)")
-        return out, 0
+        return out, None, None
     bad = out.select(pl.any_horizontal(pl.all().is_null())).to_series()
     blank = table.blank_mask()
     if blank is not None:
         bad = bad & ~blank
+    return out, bad, blank
+
+
+def _bad_rows_error(
+    table: _Table, roles: dict[str, str], out: pl.DataFrame, bad: pl.Series, n_bad: int
+) -> SeqtwinsError:
+    """One line naming the first few bad rows of ``table`` (``n_bad`` in the whole log)."""
+    df = table.df
+    rows = bad.arg_true().head(_MAX_REPORTED).to_list()
+    details = []
+    for r in rows:
+        raws = {name: df[name][r] for name in roles.values()}
+        if all(v is None for v in raws.values()):
+            why = f"none of the columns {', '.join(map(repr, raws))} has a value"
+        else:
+            why = ""
+            for role, name in roles.items():
+                if out[role][r] is None:
+                    raw = raws[name]
+                    why = (
+                        f"column {name!r} is empty"
+                        if raw is None or (isinstance(raw, str) and not raw.strip())
+                        else f"column {name!r} value {str(raw)[:40]!r} is not {_EXPECTED[role]}"
+                    )
+                    break
+        details.append(f"{table.unit} {table.line_of(r)}: {why}")
+    more = f" (and {n_bad - len(rows)} more)" if n_bad > len(rows) else ""
+    return SeqtwinsError(
+        f"{table.label}: {n_bad} bad row{'s' if n_bad > 1 else ''}: {'; '.join(details)}"
+        f"{more}; fix them or pass --on-bad-rows skip to drop them"
+    )
+
+
+def _normalize(table: _Table, roles: dict[str, str], on_bad_rows: str) -> tuple[pl.DataFrame, int]:
+    """Typed ``user``/``item``/[``time``]/[``rating``] columns; bad rows raise or are dropped.
+
+    Returns the clean frame (file order) and the number of rows skipped.
+    """
+    out, bad, blank = _typed(table, roles)
+    if bad is None:
+        if out.height == 0:
+            raise SeqtwinsError(f"{table.label}: no interactions to prepare (it has no rows)")
+        return out, 0
     n_bad = int(bad.sum())
     if n_bad and on_bad_rows == "error":
-        rows = bad.arg_true().head(_MAX_REPORTED).to_list()
-        details = []
-        for r in rows:
-            raws = {name: df[name][r] for name in roles.values()}
-            if all(v is None for v in raws.values()):
-                why = f"none of the columns {', '.join(map(repr, raws))} has a value"
-            else:
-                why = ""
-                for role, name in roles.items():
-                    if out[role][r] is None:
-                        raw = raws[name]
-                        why = (
-                            f"column {name!r} is empty"
-                            if raw is None or (isinstance(raw, str) and not raw.strip())
-                            else f"column {name!r} value {str(raw)[:40]!r} is not {_EXPECTED[role]}"
-                        )
-                        break
-            details.append(f"{table.unit} {table.line_of(r)}: {why}")
-        more = f" (and {n_bad - len(rows)} more)" if n_bad > len(rows) else ""
-        raise SeqtwinsError(
-            f"{table.label}: {n_bad} bad row{'s' if n_bad > 1 else ''}: {'; '.join(details)}"
-            f"{more}; fix them or pass --on-bad-rows skip to drop them"
-        )
+        raise _bad_rows_error(table, roles, out, bad, n_bad)
     keep = ~bad if blank is None else ~(bad | blank)
     if n_bad or (blank is not None and bool(blank.any())):
         out = out.filter(keep)
@@ -624,7 +691,7 @@ def _n_blank(table: _Table) -> int:
 
 
 def _read_generic(path: Path, fmt: str, options: ReaderOptions) -> RawLog:
-    if path.is_dir():
+    if path.is_dir() and fmt != "parquet":
         raise SeqtwinsError(f"--format {fmt} needs a file, but {path} is a folder")
     label = str(path)
     src: Path | bytes
@@ -765,8 +832,10 @@ def _user_table(path: Path, options: ReaderOptions, user_col: str) -> pl.DataFra
     return df.select(pl.col(id_col).alias("user_id"), *[pl.col(c).cast(pl.String) for c in attrs])
 
 
-def _check_overlap(table_ids: pl.Series, log_ids: pl.Series, what: str, log: RawLog) -> None:
-    """An item/user table that matches no id of the log is a mistake (wrong file or column)."""
+def check_overlap(table_ids: pl.Series, log_ids: pl.Series, what: str, log: RawLog) -> None:
+    """An item/user table that matches no id of the log is a mistake (wrong file or column).
+
+    Raises :class:`SeqtwinsError`; ``log`` names the source in the message."""
     table_s = table_ids.cast(pl.String)
     log_s = log_ids.unique().cast(pl.String)
     if not bool(table_s.is_in(log_s.implode()).any()):
@@ -1003,3 +1072,168 @@ def _s3rec_attributes(path: Path) -> pl.DataFrame:
         {"item_id": pl.Series(list(obj.keys()), dtype=pl.String), "categories": cats}
     ).with_columns(pl.col("categories").list.unique(maintain_order=True))
     return _unique_ids(df, "item_id", label, "item")
+
+
+# --- batch by batch (logs larger than memory) -----------------------------------------------
+
+STREAM_FORMATS = ("csv", "tsv", "parquet")
+"""Formats :func:`scan_log` reads batch by batch (uncompressed CSV / TSV, Parquet files and
+folders); the others are read whole by :func:`read_log`."""
+
+
+@dataclass
+class LogScan:
+    """A generic table log read lazily, batch by batch, with :func:`read_log`'s checks.
+
+    :meth:`batches` yields what ``read_log(...).interactions`` holds, in the same (file) order
+    and with the same types, in pieces; ``rows_read`` / ``bad_rows_skipped`` are complete
+    once the batches are exhausted. Item / user tables are small and read whole.
+    """
+
+    format: str
+    source: str
+    lazy: pl.LazyFrame
+    """The role columns as stored (text for CSV, with the casts the whole log allows)."""
+    roles: dict[str, str]
+    ids_as_int: dict[str, bool]
+    """Per id role: Int64 or String, decided over the whole log (as :func:`read_log` does)."""
+    text: bool
+    first_line: int
+    on_bad_rows: str
+    items: pl.DataFrame | None = None
+    users: pl.DataFrame | None = None
+    num_rows: int | None = None
+    """Rows in the input when the file metadata tells (Parquet), else ``None``."""
+    rows_read: int = 0
+    bad_rows_skipped: int = 0
+
+    def batches(self, chunk_size: int | None = None) -> Iterator[pl.DataFrame]:
+        """Clean interaction batches (``user``, ``item`` [, ``time``] [, ``rating``]).
+
+        Bad rows raise (``on_bad_rows="error"``, after the whole log was scanned so that the
+        message counts them all) or are skipped and counted.
+        """
+        self.rows_read = self.bad_rows_skipped = 0
+        offset, n_good, n_bad = 0, 0, 0
+        first_bad: tuple[_Table, pl.DataFrame, pl.Series] | None = None
+        stop = self.on_bad_rows == "error"
+        try:
+            for raw in self.lazy.collect_batches(chunk_size=chunk_size):
+                unit = "line" if self.text else "row"
+                table = _Table(raw, self.source, self.first_line + offset, unit, self.text)
+                offset += raw.height
+                self.rows_read += raw.height - _n_blank(table)
+                out, bad, blank = _typed(table, self.roles, self.ids_as_int)
+                if bad is not None:
+                    nb = int(bad.sum())
+                    if nb and first_bad is None:
+                        first_bad = (table, out, bad)
+                    n_bad += nb
+                    out = out.filter(~bad if blank is None else ~(bad | blank))
+                if stop and first_bad is not None:
+                    continue  # only count the remaining bad rows
+                self.bad_rows_skipped = n_bad
+                n_good += out.height
+                if out.height:
+                    yield out
+        except pl.exceptions.PolarsError as e:
+            raise SeqtwinsError(
+                f"{self.source} cannot be read ({_polars_msg(e)}); check --format and the file"
+            ) from e
+        if stop and first_bad is not None:
+            table, out, bad = first_bad
+            raise _bad_rows_error(table, self.roles, out, bad, n_bad)
+        if n_good == 0:
+            what = "all rows are bad" if n_bad else "it has no rows"
+            raise SeqtwinsError(f"{self.source}: no interactions to prepare ({what})")
+
+
+def scan_log(path: Path, options: ReaderOptions | None = None) -> LogScan | None:
+    """A lazy, batch-by-batch reader of ``path``; ``None`` when its format is read whole
+    (JSON lines, MovieLens, S3-Rec, gzipped text: use :func:`read_log`).
+
+    Text ids (CSV, or String Parquet columns) need one pass over the id columns first: they
+    become integers only when every value in the whole log is a canonical integer.
+    """
+    options = options or ReaderOptions()
+    path = Path(path)
+    if not path.exists():
+        raise SeqtwinsError(f"input {path} does not exist")
+    fmt = detect_format(path) if options.format == "auto" else options.format
+    if fmt not in STREAM_FORMATS or path.name.lower().endswith(".gz"):
+        return None
+    if path.is_dir() and fmt != "parquet":
+        raise SeqtwinsError(f"--format {fmt} needs a file, but {path} is a folder")
+    label = str(path)
+    num_rows = None
+    if fmt == "parquet":
+        available = _parquet_columns(path)
+        roles = _roles(available, options, label)
+        cols = list(dict.fromkeys(roles.values()))
+        lazy = _scan_parquet(path).select(cols)
+        try:
+            num_rows = int(_scan_parquet(path).select(pl.len()).collect().item())
+        except pl.exceptions.PolarsError:
+            num_rows = None
+        text, first_line = False, 1
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        if path.stat().st_size == 0:
+            raise SeqtwinsError(f"{label} is empty; point at a file with interactions")
+        available = _csv_columns(path, sep, label)
+        roles = _roles(available, options, label)
+        cols = list(dict.fromkeys(roles.values()))
+        lazy = pl.scan_csv(
+            path,
+            separator=sep,
+            infer_schema=False,
+            truncate_ragged_lines=options.on_bad_rows == "skip",
+        ).select(cols)
+        text, first_line = True, 2
+    schema = lazy.collect_schema()
+    checks: dict[str, pl.Expr] = {}
+    for role in ("user", "item"):
+        expr = _as_int_expr(schema[roles[role]], roles[role])
+        if expr is not None:
+            checks[role] = expr
+    if text:  # numbers stored as text: typed as a typed read of the whole file would type them
+        for role in ("time", "rating"):
+            if role in roles:
+                col = pl.col(roles[role])
+                filled = col.is_not_null() & (col.str.strip_chars() != "")
+                checks[f"{role}:int"] = (
+                    col.cast(pl.Int64, strict=False).is_not_null() | ~filled
+                ).all()
+                checks[f"{role}:float"] = (
+                    col.cast(pl.Float64, strict=False).is_not_null() | ~filled
+                ).all()
+    found: dict[str, bool] = {}
+    if checks:
+        try:
+            row = lazy.select(**checks).collect(engine="streaming").row(0, named=True)
+        except pl.exceptions.PolarsError as e:
+            raise _text_error(label, path, e) if text else SeqtwinsError(
+                f"{label} cannot be read ({_polars_msg(e)})"
+            ) from e
+        found = {k: bool(v) for k, v in row.items()}
+    ids_as_int: dict[str, bool] = {r: found[r] for r in ("user", "item") if r in found}
+    if text:
+        casts = []
+        for role in ("time", "rating"):
+            if role in roles:
+                name = roles[role]
+                if role == "time" and found[f"{role}:int"]:
+                    casts.append(pl.col(name).str.strip_chars().cast(pl.Int64))
+                elif found[f"{role}:float"]:
+                    casts.append(pl.col(name).str.strip_chars().cast(pl.Float64))
+        if casts:
+            lazy = lazy.with_columns(casts)
+    items = users = None
+    if options.items_file is not None:
+        items = _item_table(Path(options.items_file), options, roles["item"])
+    if options.users_file is not None:
+        users = _user_table(Path(options.users_file), options, roles["user"])
+    return LogScan(
+        fmt, label, lazy, roles, ids_as_int, text, first_line, options.on_bad_rows,
+        items, users, num_rows,
+    )  # fmt: skip

@@ -29,7 +29,10 @@ only for pseudonyms.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,15 @@ import numpy as np
 import polars as pl
 
 from seqtwins.data.dataset import SPLITS, Sequences, write_dataset
-from seqtwins.data.formats import RawLog, ReaderOptions, read_log
+from seqtwins.data.formats import (
+    LogScan,
+    RawLog,
+    ReaderOptions,
+    check_overlap,
+    detect_format,
+    read_log,
+    scan_log,
+)
 from seqtwins.data.privacy import load_or_create_key, pseudonymize
 from seqtwins.errors import SeqtwinsError
 
@@ -128,7 +139,9 @@ class PrepareSummary:
     rows_read: int
     bad_rows_skipped: int
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall seconds per phase: read, build (order, filter, index), write."""
+    """Wall seconds per phase: ``read`` then ``build`` (order, filter, index) and ``write``;
+    a log streamed in one pass reports ``read+order`` (read and ordered together), then
+    ``build`` (filter, index) and ``write``."""
 
     def lines(self) -> list[str]:
         """Human-readable report lines (what the CLI prints)."""
@@ -167,10 +180,12 @@ def prepare(
                 f"--salt-file {options.salt_file} lies inside --out {out}; keep the key apart "
                 "from the data it protects"
             )
+    _tune_malloc()
     t0 = time.perf_counter()
-    log = read_log(input, options.reader)
+    log, ordered, read_phase = _read_ordered(input, options)
     t1 = time.perf_counter()
-    built = _build(log, options)
+    built = _build(log, ordered, options)
+    del ordered
     users = built.users
     if options.pseudonymize:
         assert options.salt_file is not None
@@ -228,11 +243,37 @@ def prepare(
         dropped=built.dropped,
         rows_read=log.rows_read,
         bad_rows_skipped=log.bad_rows_skipped,
-        seconds={"read": t1 - t0, "build": t2 - t1, "write": t3 - t2},
+        seconds={read_phase: t1 - t0, "build": t2 - t1, "write": t3 - t2},
     )
 
 
 # --- the transformation ------------------------------------------------------------------
+
+
+def _read_ordered(input: Path, options: PrepareOptions) -> tuple[RawLog, _Ordered, str]:
+    """Read ``input`` and put it in chronological order per user; the name of the phase.
+
+    Parquet input grouped by integer user id (the usual export) is streamed batch by batch
+    and ordered on the way (:func:`_order_stream`); anything else is read whole.
+    """
+    scan = None
+    fmt = options.reader.format
+    if fmt == "parquet" or (fmt == "auto" and detect_format(input) == "parquet"):
+        scan = scan_log(input, options.reader)
+    if scan is not None:
+        ordered = _order_stream(scan)
+        if ordered is not None:
+            log = RawLog(
+                pl.DataFrame(), scan.format, scan.source, scan.items, scan.users,
+                rows_read=scan.rows_read, bad_rows_skipped=scan.bad_rows_skipped,
+            )  # fmt: skip
+            if log.items is not None:
+                check_overlap(log.items["item_id"], ordered.item_ids, "item", log)
+            if log.users is not None:
+                check_overlap(log.users["user_id"], ordered.user_ids, "user", log)
+            return log, ordered, "read+order"
+    log = read_log(input, options.reader)
+    return log, _order(log), "read"
 
 
 @dataclass
@@ -264,23 +305,35 @@ class _Built:
         self.users = self.users[perm]
 
 
+def _id_lut(ids: pl.Series) -> tuple[np.ndarray, int, pl.Series] | None:
+    """A lookup table ``id - base -> code`` (codes 0..K-1 in ascending id order), ``base``
+    and the K distinct ids, for integer ids of a moderate range; ``None`` otherwise.
+
+    O(n + range) and chunk by chunk: no sort and no copy of the n ids.
+    """
+    if not ids.dtype.is_integer() or ids.len() == 0:
+        return None
+    lo, hi = int(ids.min()), int(ids.max())  # type: ignore[arg-type]
+    bound = max(ids.len(), 1 << 24)
+    if hi - lo >= bound:
+        return None
+    base = 0 if lo >= 0 and hi < bound else lo  # ids index the table directly when they can
+    present = np.zeros(hi - base + 1, dtype=bool)
+    for chunk in _Column.of(ids).chunks:
+        present[chunk - base if base else chunk] = True
+    uniq = np.flatnonzero(present)
+    lut = np.cumsum(present, dtype=np.int32 if len(uniq) < 2**31 else np.int64)
+    np.subtract(lut, 1, out=lut)
+    return lut, base, pl.Series(ids.name, uniq + base).cast(ids.dtype)
+
+
 def _dense_codes(ids: pl.Series) -> tuple[np.ndarray, pl.Series]:
     """Codes 0..K-1 in ascending id order, and the K distinct ids (ascending)."""
-    if ids.dtype.is_integer():
-        lo, hi = int(ids.min()), int(ids.max())  # type: ignore[arg-type]
-        if hi - lo < max(ids.len(), 1 << 24):
-            # lookup table: O(n + range), no sort of the n ids
-            shifted = ids.to_numpy()
-            if shifted.flags.writeable:  # polars made a copy (zero-copy views are read-only)
-                shifted -= lo
-            else:
-                shifted = shifted - lo
-            present = np.zeros(hi - lo + 1, dtype=bool)
-            present[shifted] = True
-            lut = np.cumsum(present, dtype=np.int32) - 1
-            uniq_np = np.flatnonzero(present) + lo
-            codes = lut[shifted]
-            return _narrow(codes, len(uniq_np)), pl.Series(ids.name, uniq_np).cast(ids.dtype)
+    table = _id_lut(ids)
+    if table is not None:
+        lut, base, uniq_ids = table
+        raw = ids.to_numpy()
+        return lut[raw - base if base else raw], uniq_ids
     uniq = ids.unique().sort()
     codes = (
         ids.to_frame("id")
@@ -293,6 +346,66 @@ def _dense_codes(ids: pl.Series) -> tuple[np.ndarray, pl.Series]:
         .to_numpy()
     )
     return _narrow(codes, len(uniq)), uniq
+
+
+def _sorted_runs(ids: pl.Series) -> tuple[np.ndarray, pl.Series] | None:
+    """Run lengths and ids when integer ``ids`` are non-decreasing (rows grouped by user in
+    ascending id order, as most exported logs are); ``None`` otherwise.
+
+    Then the dense code of a row is its run number: no per-row code array is needed.
+    """
+    if not ids.dtype.is_integer() or ids.len() == 0:
+        return None
+    starts, firsts = [np.zeros(1, dtype=np.int64)], []
+    offset, last = 0, None
+    for chunk in _Column.of(ids).chunks:
+        if not bool(np.all(chunk[1:] >= chunk[:-1])) or (last is not None and chunk[0] < last):
+            return None
+        inner = np.flatnonzero(chunk[1:] != chunk[:-1]) + 1
+        if last is not None and chunk[0] != last:
+            starts.append(np.array([offset], dtype=np.int64))
+        starts.append(inner + offset)
+        firsts.append(chunk[:1] if last is None or chunk[0] != last else chunk[:0])
+        firsts.append(chunk[inner])
+        offset, last = offset + len(chunk), chunk[-1]
+    bounds = np.concatenate([*starts, [offset]])
+    return np.diff(bounds), pl.Series(ids.name, np.concatenate(firsts)).cast(ids.dtype)
+
+
+class _Column:
+    """A column as a list of numpy arrays (polars reads a file into many chunks), so that
+    blocks of rows can be taken without first copying the whole column into one array."""
+
+    def __init__(self, chunks: list[np.ndarray]) -> None:
+        self.dtype = chunks[0].dtype if chunks else np.dtype(np.int64)
+        self.chunks = [c for c in chunks if len(c)]
+        self.bounds = np.zeros(len(self.chunks) + 1, dtype=np.int64)
+        np.cumsum([len(c) for c in self.chunks], out=self.bounds[1:])
+
+    @classmethod
+    def of(cls, s: pl.Series) -> _Column:
+        """The chunks of ``s`` (zero-copy, read-only views for numeric data without nulls)."""
+        return cls([c.to_numpy() for c in s.get_chunks()])
+
+    def min(self) -> int:
+        return min(int(c.min()) for c in self.chunks)
+
+    def max(self) -> int:
+        return max(int(c.max()) for c in self.chunks)
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b``: a view inside one chunk, else a copy of just those rows."""
+        i = int(np.searchsorted(self.bounds, a, side="right")) - 1
+        j = int(np.searchsorted(self.bounds, b, side="left"))
+        if j - i <= 1:
+            lo = int(self.bounds[i])
+            return self.chunks[i][a - lo : b - lo]
+        parts = [
+            self.chunks[k][max(a, int(self.bounds[k])) - int(self.bounds[k]) :
+                           min(b, int(self.bounds[k + 1])) - int(self.bounds[k])]
+            for k in range(i, j)
+        ]  # fmt: skip
+        return np.concatenate(parts)
 
 
 def _narrow(codes: np.ndarray, k: int) -> np.ndarray:
@@ -337,6 +450,105 @@ def _chronological_order(
     return frame.with_row_index("r").sort(["u", "t", "r"])["r"].to_numpy().astype(np.int64)
 
 
+def _threads() -> int:
+    """Worker threads for the parallel steps: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_BLOCK_ROWS = 1 << 17
+"""Rows per block of the within-user sort: its temporaries (1 MiB each) are small enough for
+the allocator to reuse them from block to block, so fresh pages (costly in a VM) are not
+faulted in again and again, and a block's key fits in the CPU's caches."""
+
+
+def _chronological_columns(
+    lengths: np.ndarray,
+    times: _Column | None,
+    items: _Column,
+    item_lut: tuple[np.ndarray, int] | None,
+    ratings: _Column | None,
+    out: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Item codes, times and ratings with each user's rows stably sorted by time.
+
+    ``out``: the three destination arrays (rows ``0..n``), else new ones; ``threads``:
+    at most this many (default: the CPUs).
+
+    Rows must be grouped by user; ``lengths`` are the users' row counts in row order.
+    ``item_lut`` (table, base) maps raw item ids to codes on the way; ``None``: ``items``
+    are codes already. The rows are cut into blocks of whole users, handled on threads
+    (numpy's argsort and take release the GIL): per block one int64 key ``local user <<
+    bits | (time - min)`` sorted by numpy's stable timsort (it exploits the runs of an
+    almost sorted log), or a stable lexsort when that key would not fit in 63 bits.
+    """
+    n = int(lengths.sum())
+    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    tmin, tbits = 0, 0
+    if times is not None and n:
+        tmin = times.min()
+        tbits = max(times.max() - tmin, 1).bit_length()
+    cuts = np.searchsorted(starts, np.arange(_BLOCK_ROWS, n, _BLOCK_ROWS), side="left")
+    user_bounds = np.unique(np.concatenate([[0], cuts, [len(lengths)]]))
+    blocks = [(int(a), int(b)) for a, b in zip(user_bounds[:-1], user_bounds[1:], strict=True)]
+    if out is not None:
+        out_items, out_times, out_ratings = out
+    else:
+        code_dtype = item_lut[0].dtype if item_lut is not None else items.dtype
+        out_items = np.empty(n, dtype=code_dtype)
+        out_times = None if times is None else np.empty(n, dtype=np.int64)
+        out_ratings = None if ratings is None else np.empty(n, dtype=np.float32)
+
+    def run(block: tuple[int, int]) -> None:
+        ua, ub = block
+        a, b = int(starts[ua]), int(starts[ub])
+        order = None
+        if times is not None and out_times is not None:
+            t = times.rows(a, b)
+            local = np.repeat(np.arange(ub - ua, dtype=np.int64), lengths[ua:ub])
+            if (ub - ua - 1).bit_length() + tbits > 62:
+                order = np.lexsort((t, local))  # stable
+            else:
+                local <<= tbits
+                local -= tmin  # in place: key = (user << tbits) + (time - tmin)
+                local += t
+                if not bool(np.all(local[1:] >= local[:-1])):
+                    order = np.argsort(local, kind="stable")
+            del local
+            # mode="clip": no buffered bounds check (order is a permutation of the block)
+            if order is None:
+                out_times[a:b] = t
+            else:
+                np.take(t, order, out=out_times[a:b], mode="clip")
+        raw = items.rows(a, b)
+        if order is not None:
+            raw = np.take(raw, order, mode="clip")
+        if item_lut is None:
+            out_items[a:b] = raw
+        else:
+            lut, base = item_lut
+            np.take(lut, raw - base if base else raw, out=out_items[a:b], mode="clip")
+        if ratings is not None and out_ratings is not None:
+            r = ratings.rows(a, b)
+            if order is None:
+                out_ratings[a:b] = r
+            else:
+                np.take(r, order, out=out_ratings[a:b], mode="clip")
+
+    workers = min(threads or _threads(), len(blocks))
+    if workers <= 1:
+        for block in blocks:
+            run(block)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, blocks))
+    return out_items, out_times, out_ratings
+
+
 def _zero_left(log: RawLog, dropped: dict[str, int], options: PrepareOptions) -> SeqtwinsError:
     what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in dropped.items() if v)
     return SeqtwinsError(
@@ -347,33 +559,275 @@ def _zero_left(log: RawLog, dropped: dict[str, int], options: PrepareOptions) ->
     )
 
 
-def _build(log: RawLog, options: PrepareOptions) -> _Built:
-    """Order, filter and index ``log``; its interaction frame is released (memory)."""
+@dataclass
+class _Ordered:
+    """A log as arrays in chronological order per user (users in ascending id order)."""
+
+    lengths: np.ndarray
+    """Rows per user code (code k = the k-th smallest user id)."""
+    user_ids: pl.Series
+    icode: np.ndarray
+    """Item code per row (code k = the k-th smallest item id)."""
+    item_ids: pl.Series
+    times: np.ndarray | None
+    ratings: np.ndarray | None
+
+
+def _order(log: RawLog) -> _Ordered:
+    """Codes and chronological order of an in-memory log (its frame is released: memory)."""
     df = log.interactions
     log.interactions = df.clear()  # keep the schema, drop the rows: only arrays stay alive
     has_time, has_rating = "time" in df.columns, "rating" in df.columns
+    runs = _sorted_runs(df["user"])
+    lut = _id_lut(df["item"]) if runs is not None else None
+    if runs is not None and lut is not None:
+        # the usual export (grouped by user in id order, integer items): codes and order in
+        # one pass over blocks of the columns as polars read them (no whole-column copies)
+        cu, user_ids = runs
+        item_ids = lut[2]
+        icode, times, ratings = _chronological_columns(
+            cu,
+            _Column.of(df["time"]) if has_time else None,
+            _Column.of(df["item"]),
+            lut[:2],
+            _Column.of(df["rating"]) if has_rating else None,
+        )
+        return _Ordered(cu, user_ids, icode, item_ids, times, ratings)
+    ucode = np.empty(0, dtype=np.int32)
+    if runs is not None:
+        cu, user_ids = runs
+    else:
+        ucode, user_ids = _dense_codes(df["user"])
+        cu = np.bincount(ucode, minlength=len(user_ids))
+    icode, item_ids = _dense_codes(df["item"])
+    times = df["time"].to_numpy() if has_time else None
+    ratings = df["rating"].to_numpy() if has_rating else None
+    del df
+    if runs is not None or bool(np.all(ucode[1:] >= ucode[:-1])):  # grouped by user
+        if times is not None:
+            icode, times, ratings = _chronological_columns(
+                cu,
+                _Column([times]),
+                _Column([icode]),
+                None,
+                None if ratings is None else _Column([ratings]),
+            )
+    else:
+        order = _chronological_order(ucode, len(user_ids), times)
+        if order is not None:
+            icode = icode[order]
+            times = None if times is None else times[order]
+            ratings = None if ratings is None else ratings[order]
+    return _Ordered(cu, user_ids, icode, item_ids, times, ratings)
+
+
+_STREAM_BATCH_ROWS: int | None = None
+"""Rows per streamed batch; ``None``: polars' choice (about a row group)."""
+_ITEM_INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+
+
+class _NotGrouped(Exception):
+    """The streamed log is not grouped by user in ascending id order."""
+
+
+def _order_stream(scan: LogScan) -> _Ordered | None:
+    """Codes and chronological order of a log read batch by batch, in one pass, for a log
+    grouped by integer user id in ascending order (as exports usually are); ``None`` as
+    soon as a batch shows that it is not (then read it whole with :func:`_order`).
+
+    A user whose rows continue in the next batch is carried over, so that each piece holds
+    whole users. Pieces are ordered on worker threads while polars decodes the next
+    batches, straight into the output arrays: no whole-log frame and no whole-column copy
+    (fewer fresh pages: on a VM, page faults cost as much as the sort).
+    """
+    cap = scan.num_rows or 0
+    store = _Store(cap)
+    lengths_parts: dict[int, np.ndarray] = {}
+    users_parts: dict[int, np.ndarray] = {}
+    user_dtype: pl.DataType = pl.Int64()
+    carry: pl.DataFrame | None = None
+    last_user: int | None = None  # the last user of the pieces handed on
+    pos, k = 0, 0
+
+    def order_piece(k: int, frame: pl.DataFrame, dest: tuple[np.ndarray, ...]) -> None:
+        runs = _sorted_runs(frame["user"])
+        if runs is None:
+            raise _NotGrouped
+        lengths, ids = runs
+        _chronological_columns(
+            lengths,
+            _Column.of(frame["time"]) if "time" in frame.columns else None,
+            _Column.of(frame["item"]),
+            None,
+            _Column.of(frame["rating"]) if "rating" in frame.columns else None,
+            out=(
+                dest[0],
+                dest[1] if "time" in frame.columns else None,
+                dest[-1] if "rating" in frame.columns else None,
+            ),
+            threads=1,
+        )
+        lengths_parts[k] = lengths
+        users_parts[k] = ids.to_numpy()
+
+    workers = _threads()
+    pending: list[Future[None]] = []
+    with ThreadPoolExecutor(workers) as pool:
+
+        def hand_on(frame: pl.DataFrame) -> None:
+            nonlocal pos, k, last_user
+            first, last = frame["user"][0], frame["user"][-1]
+            if last_user is not None and first <= last_user:
+                raise _NotGrouped
+            last_user = last
+            dest = store.slices(pos, frame)
+            pending.append(pool.submit(order_piece, k, frame, dest))
+            pos, k = pos + frame.height, k + 1
+            while len(pending) > 2 * workers:  # bounded memory: a few batches in flight
+                pending.pop(0).result()
+
+        try:
+            for batch in scan.batches(_STREAM_BATCH_ROWS):
+                user_dtype = batch["user"].dtype
+                if not user_dtype.is_integer() or batch["item"].dtype not in _ITEM_INTS:
+                    return None
+                frame = batch if carry is None else pl.concat([carry, batch])
+                # the last user may continue in the next batch: hold its rows back (in an
+                # unsorted frame this cut lands anywhere; the checks then find the disorder)
+                tail = int(frame["user"].search_sorted(frame["user"][-1], side="left"))
+                carry = frame.slice(tail)
+                if tail:
+                    hand_on(frame.slice(0, tail))
+            if carry is not None and carry.height:
+                hand_on(carry)
+            for f in pending:
+                f.result()
+        except _NotGrouped:
+            for f in pending:
+                f.cancel()
+            return None
+    if pos == 0:
+        return None
+    raw_items, times, ratings = store.finish(pos)
+    icode, item_ids = _codes_in_place(raw_items)
+    order = sorted(lengths_parts)
+    lengths = np.concatenate([lengths_parts[i] for i in order])
+    users = np.concatenate([users_parts[i] for i in order])
+    user_ids = pl.Series("user", users).cast(user_dtype)
+    return _Ordered(lengths, user_ids, icode, item_ids, times, ratings)
+
+
+class _Store:
+    """Growable output arrays (item ids, [times], [ratings]) filled piece by piece.
+
+    Raw item ids are kept as int32 while they fit (half the memory of int64), then int64.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.arrays: list[np.ndarray] | None = None
+        self.has_time = self.has_rating = False
+
+    def slices(self, pos: int, frame: pl.DataFrame) -> tuple[np.ndarray, ...]:
+        """Destination views for the ``frame.height`` rows starting at ``pos``."""
+        n = frame.height
+        items = frame["item"]
+        wide = bool(items.min() < -(2**31) or items.max() >= 2**31)  # type: ignore[operator]
+        if self.arrays is None:
+            self.has_time, self.has_rating = "time" in frame.columns, "rating" in frame.columns
+            cap = max(self.capacity, pos + n, 1 << 16)
+            self.arrays = [np.empty(cap, dtype=np.int64 if wide else np.int32)]
+            if self.has_time:
+                self.arrays.append(np.empty(cap, dtype=np.int64))
+            if self.has_rating:
+                self.arrays.append(np.empty(cap, dtype=np.float32))
+        if wide and self.arrays[0].dtype != np.int64:
+            self.arrays[0] = self.arrays[0].astype(np.int64)
+        if pos + n > len(self.arrays[0]):  # unknown size (or more than the metadata said)
+            cap = max(2 * len(self.arrays[0]), pos + n)
+            grown = []
+            for arr in self.arrays:
+                new = np.empty(cap, dtype=arr.dtype)
+                new[:pos] = arr[:pos]
+                grown.append(new)
+            self.arrays = grown
+        return tuple(arr[pos : pos + n] for arr in self.arrays)
+
+    def finish(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The first ``n`` rows: item ids, times, ratings (``None`` where absent)."""
+        assert self.arrays is not None
+        arrs = iter(a[:n] for a in self.arrays)
+        items = next(arrs)
+        times = next(arrs) if self.has_time else None
+        ratings = next(arrs) if self.has_rating else None
+        return items, times, ratings
+
+
+def _codes_in_place(raw: np.ndarray) -> tuple[np.ndarray, pl.Series]:
+    """Dense codes (ascending id order) of integer ids, written over ``raw`` when a lookup
+    table applies (block by block: no second array of n codes), and the distinct ids."""
+    s = pl.Series("item", raw)  # zero-copy view of numpy data
+    table = _id_lut(s)
+    if table is None or raw.dtype != table[0].dtype:
+        return _dense_codes(s)
+    lut, base, ids = table
+    for a in range(0, len(raw), _BLOCK_ROWS):
+        block = raw[a : a + _BLOCK_ROWS]
+        block[:] = lut[block - base if base else block]
+    return raw, ids
+
+
+_MALLOC_TUNED = False
+
+
+def _tune_malloc() -> None:
+    """Keep glibc from returning freed memory to the OS between batches (once a process).
+
+    Batch by batch, the same few MiB are allocated and freed thousands of times; with
+    glibc's defaults each block is mmapped fresh or trimmed off the heap, and the page
+    faults that refill it cost as much as the work itself on a VM (measured: 300k faults
+    and 2 s of system time for 20M rows, 50-65k and 1 s with this). The thresholds are
+    glibc's own maxima for its dynamic tuning (mmap threshold 32 MiB), trim at 128 MiB.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 128 << 20)
+
+
+def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> _Built:
+    """Filter and index the chronologically ordered ``ordered`` log."""
+    has_rating = ordered.ratings is not None
     if options.min_rating is not None and not has_rating:
         raise SeqtwinsError(
             f"--min-rating needs ratings, but {log.source} has none (name the column with "
             "--rating-col)"
         )
     dropped: dict[str, int] = {}
-    ucode, user_ids = _dense_codes(df["user"])
-    icode, item_ids = _dense_codes(df["item"])
-    times = df["time"].to_numpy() if has_time else None
-    ratings = df["rating"].to_numpy() if has_rating else None
-    del df
+    cu, user_ids = ordered.lengths, ordered.user_ids
+    icode, item_ids = ordered.icode, ordered.item_ids
+    times, ratings = ordered.times, ordered.ratings
+    del ordered
+    # per-row user codes: rows are sorted by user, so they are rebuilt from the counts
+    ucode = np.empty(0, dtype=np.int32)
     n_users, n_items = len(user_ids), len(item_ids)
     input_counts = {
-        "interactions": len(ucode),
+        "interactions": len(icode),
         "users": n_users + log.empty_users,
         "items": n_items,
     }
-
-    cu = np.bincount(ucode, minlength=n_users)  # interactions per user code
+    # cu: interactions per user code
 
     def user_codes() -> np.ndarray:
-        """The user code of each row (after sorting: rebuilt from the counts on demand)."""
+        """The user code of each row (rebuilt from the counts on demand: rows are sorted)."""
         nonlocal ucode
         if len(ucode) != len(icode):
             ucode = np.repeat(np.arange(n_users, dtype=np.int32), cu)
@@ -385,6 +839,7 @@ def _build(log: RawLog, options: PrepareOptions) -> _Built:
         times = None if times is None else times[mask]
         ratings = None if ratings is None else ratings[mask]
 
+    # filtering by rating commutes with the (stable) chronological order: done after it
     if options.min_rating is not None:
         assert ratings is not None
         keep = ratings >= options.min_rating
@@ -396,15 +851,6 @@ def _build(log: RawLog, options: PrepareOptions) -> _Built:
         if len(ucode) == 0:
             raise _zero_left(log, dropped, options)
         cu = np.bincount(ucode, minlength=n_users)
-
-    order = _chronological_order(ucode, n_users, times)
-    if order is not None:
-        # sorted by user, the user column is a run of each code: rebuilt on demand below
-        ucode = np.empty(0, dtype=ucode.dtype)
-        icode = icode[order]
-        times = None if times is None else times[order]
-        ratings = None if ratings is None else ratings[order]
-        del order
 
     if options.dedup:
         pair = user_codes().astype(np.int64) * n_items + icode
