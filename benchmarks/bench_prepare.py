@@ -13,7 +13,8 @@ temporary folder (deleted afterwards), then each case runs in a fresh child proc
   sorted id, users by sorted id, seeded split, held-out window, CSR arrays + tables written.
 
 Each child reports wall seconds for the whole job (read to written output, imports
-excluded) and its peak RSS (``ru_maxrss``). Both outputs are compared array by array.
+excluded) and its peak RSS (``VmHWM``: the child's own high-water mark). Both outputs are
+compared array by array.
 Results: ``benchmarks/results/prepare.json`` and ``prepare.md``.
 
     .venv/bin/python benchmarks/bench_prepare.py               # full run, 20M rows
@@ -150,6 +151,7 @@ def child(impl: str, src: Path, fmt: str, out: Path) -> None:
     import pyarrow.parquet  # noqa: F401
 
     import seqtwins.data.prepare  # noqa: F401
+    from seqtwins.data.memory import peak_rss
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
@@ -158,7 +160,9 @@ def child(impl: str, src: Path, fmt: str, out: Path) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({
         "seconds": seconds,
-        "peak_rss_mb": after.ru_maxrss / 1024,  # high-water mark of the whole child
+        # high-water mark of the whole child (VmHWM: ru_maxrss would report the parent's
+        # peak, which Linux carries across execve)
+        "peak_rss_mb": peak_rss() / 2**20,
         "cpu_user_s": after.ru_utime - before.ru_utime,  # timed region only
         "cpu_sys_s": after.ru_stime - before.ru_stime,
         "phases": phases,

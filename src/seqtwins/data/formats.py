@@ -630,14 +630,16 @@ def _typed(
     return out, bad, blank
 
 
-def _bad_rows_error(
-    table: _Table, roles: dict[str, str], out: pl.DataFrame, bad: pl.Series, n_bad: int
-) -> SeqtwinsError:
-    """One line naming the first few bad rows of ``table`` (``n_bad`` in the whole log)."""
-    df = table.df
-    rows = bad.arg_true().head(_MAX_REPORTED).to_list()
+_BadPart = tuple["_Table", pl.DataFrame, pl.Series]
+"""A table (or a batch of one), its typed columns and its bad-row mask."""
+
+
+def _bad_rows_error(parts: list[_BadPart], roles: dict[str, str], n_bad: int) -> SeqtwinsError:
+    """One line naming the first few bad rows of ``parts`` (``n_bad`` in the whole log)."""
+    found = [(t, o, r) for t, o, bad in parts for r in bad.arg_true().to_list()]
     details = []
-    for r in rows:
+    for table, out, r in found[:_MAX_REPORTED]:
+        df = table.df
         raws = {name: df[name][r] for name in roles.values()}
         if all(v is None for v in raws.values()):
             why = f"none of the columns {', '.join(map(repr, raws))} has a value"
@@ -653,7 +655,7 @@ def _bad_rows_error(
                     )
                     break
         details.append(f"{table.unit} {table.line_of(r)}: {why}")
-    more = f" (and {n_bad - len(rows)} more)" if n_bad > len(rows) else ""
+    more = f" (and {n_bad - len(details)} more)" if n_bad > len(details) else ""
     return SeqtwinsError(
         f"{table.label}: {n_bad} bad row{'s' if n_bad > 1 else ''}: {'; '.join(details)}"
         f"{more}; fix them or pass --on-bad-rows skip to drop them"
@@ -672,7 +674,7 @@ def _normalize(table: _Table, roles: dict[str, str], on_bad_rows: str) -> tuple[
         return out, 0
     n_bad = int(bad.sum())
     if n_bad and on_bad_rows == "error":
-        raise _bad_rows_error(table, roles, out, bad, n_bad)
+        raise _bad_rows_error([(table, out, bad)], roles, n_bad)
     keep = ~bad if blank is None else ~(bad | blank)
     if n_bad or (blank is not None and bool(blank.any())):
         out = out.filter(keep)
@@ -1115,7 +1117,7 @@ class LogScan:
         """
         self.rows_read = self.bad_rows_skipped = 0
         offset, n_good, n_bad = 0, 0, 0
-        first_bad: tuple[_Table, pl.DataFrame, pl.Series] | None = None
+        first_bad: list[_BadPart] = []  # batches holding the first few bad rows
         stop = self.on_bad_rows == "error"
         try:
             for raw in self.lazy.collect_batches(chunk_size=chunk_size):
@@ -1126,11 +1128,11 @@ class LogScan:
                 out, bad, blank = _typed(table, self.roles, self.ids_as_int)
                 if bad is not None:
                     nb = int(bad.sum())
-                    if nb and first_bad is None:
-                        first_bad = (table, out, bad)
+                    if nb and n_bad < _MAX_REPORTED:
+                        first_bad.append((table, out, bad))
                     n_bad += nb
                     out = out.filter(~bad if blank is None else ~(bad | blank))
-                if stop and first_bad is not None:
+                if stop and first_bad:
                     continue  # only count the remaining bad rows
                 self.bad_rows_skipped = n_bad
                 n_good += out.height
@@ -1140,9 +1142,8 @@ class LogScan:
             raise SeqtwinsError(
                 f"{self.source} cannot be read ({_polars_msg(e)}); check --format and the file"
             ) from e
-        if stop and first_bad is not None:
-            table, out, bad = first_bad
-            raise _bad_rows_error(table, self.roles, out, bad, n_bad)
+        if stop and first_bad:
+            raise _bad_rows_error(first_bad, self.roles, n_bad)
         if n_good == 0:
             what = "all rows are bad" if n_bad else "it has no rows"
             raise SeqtwinsError(f"{self.source}: no interactions to prepare ({what})")
