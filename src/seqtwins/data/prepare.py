@@ -803,124 +803,128 @@ def _tune_malloc() -> None:
     mallopt(m_trim_threshold, 128 << 20)
 
 
-def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> _Built:
-    """Filter and index the chronologically ordered ``ordered`` log."""
-    has_rating = ordered.ratings is not None
-    if options.min_rating is not None and not has_rating:
-        raise SeqtwinsError(
-            f"--min-rating needs ratings, but {log.source} has none (name the column with "
-            "--rating-col)"
+@dataclass
+class _UserRows:
+    """Rows of whole users, sorted by user code then time: rows per user code and the row
+    arrays (item code, time, rating)."""
+
+    cu: np.ndarray
+    icode: np.ndarray
+    times: np.ndarray | None
+    ratings: np.ndarray | None
+
+    def user_codes(self) -> np.ndarray:
+        """The user code of each row (rows are sorted by user: rebuilt from the counts)."""
+        return np.repeat(np.arange(len(self.cu), dtype=np.int32), self.cu)
+
+    def keep(self, mask: np.ndarray, ucode: np.ndarray | None = None) -> _UserRows:
+        """The rows where ``mask`` holds (``ucode``: the rows' user codes, if at hand)."""
+        kept_u = (self.user_codes() if ucode is None else ucode)[mask]
+        return _UserRows(
+            np.bincount(kept_u, minlength=len(self.cu)),
+            self.icode[mask],
+            None if self.times is None else self.times[mask],
+            None if self.ratings is None else self.ratings[mask],
         )
-    dropped: dict[str, int] = {}
-    cu, user_ids = ordered.lengths, ordered.user_ids
-    icode, item_ids = ordered.icode, ordered.item_ids
-    times, ratings = ordered.times, ordered.ratings
-    del ordered
-    # per-row user codes: rows are sorted by user, so they are rebuilt from the counts
-    ucode = np.empty(0, dtype=np.int32)
-    n_users, n_items = len(user_ids), len(item_ids)
-    input_counts = {
-        "interactions": len(icode),
-        "users": n_users + log.empty_users,
-        "items": n_items,
-    }
-    # cu: interactions per user code
 
-    def user_codes() -> np.ndarray:
-        """The user code of each row (rebuilt from the counts on demand: rows are sorted)."""
-        nonlocal ucode
-        if len(ucode) != len(icode):
-            ucode = np.repeat(np.arange(n_users, dtype=np.int32), cu)
-        return ucode
 
-    def apply(mask: np.ndarray) -> None:
-        nonlocal ucode, icode, times, ratings
-        ucode, icode = user_codes()[mask], icode[mask]
-        times = None if times is None else times[mask]
-        ratings = None if ratings is None else ratings[mask]
-
+def _user_steps(
+    rows: _UserRows, n_items: int, options: PrepareOptions, dropped: dict[str, int]
+) -> _UserRows:
+    """The steps that look at one user at a time: rating threshold, de-duplication,
+    ``max_len`` and dropping short users (counted into ``dropped``). They need no global
+    state, so out of core they run bucket by bucket; counts add up across buckets."""
+    n_users = len(rows.cu)
     # filtering by rating commutes with the (stable) chronological order: done after it
     if options.min_rating is not None:
-        assert ratings is not None
-        keep = ratings >= options.min_rating
+        assert rows.ratings is not None
+        keep = rows.ratings >= options.min_rating
         dropped["low_rating_interactions"] = int(len(keep) - np.count_nonzero(keep))
-        apply(keep)
-        dropped["low_rating_users"] = n_users - int(
-            np.count_nonzero(np.bincount(ucode, minlength=n_users))
-        )
-        if len(ucode) == 0:
-            raise _zero_left(log, dropped, options)
-        cu = np.bincount(ucode, minlength=n_users)
-
+        rows = rows.keep(keep)
+        # every user had rows before (codes come from the rows): those without now
+        dropped["low_rating_users"] = int(np.count_nonzero(rows.cu == 0))
     if options.dedup:
-        pair = user_codes().astype(np.int64) * n_items + icode
+        ucode = rows.user_codes()
+        pair = ucode.astype(np.int64) * n_items + rows.icode
         keep = pl.Series(pair).is_first_distinct().to_numpy()
         dropped["duplicate_interactions"] = int(len(keep) - np.count_nonzero(keep))
-        apply(keep)
-        cu = np.bincount(ucode, minlength=n_users)
-
+        rows = rows.keep(keep, ucode)
     if options.max_len is not None:
-        ends = np.cumsum(cu)
+        ends = np.cumsum(rows.cu)
+        ucode = rows.user_codes()
         # rows of a user are contiguous: position from the end = end of row - 1 - index
-        from_end = ends[user_codes()] - 1 - np.arange(len(icode))
+        from_end = ends[ucode] - 1 - np.arange(len(rows.icode))
         keep = from_end < options.max_len
         dropped["max_len_interactions"] = int(len(keep) - np.count_nonzero(keep))
-        apply(keep)
-        cu = np.minimum(cu, options.max_len)
-
+        rows = rows.keep(keep, ucode)
+    cu = rows.cu
     short = (cu > 0) & (cu < options.min_history + 1)
-    dropped["short_users"] = int(short.sum()) + log.empty_users
+    dropped["short_users"] = int(short.sum())
     dropped["short_user_interactions"] = int(cu[short].sum())
     if short.any():
-        apply(~short[user_codes()])
-        cu[short] = 0
-    ci = np.bincount(icode, minlength=n_items)
+        rows = rows.keep(~short[rows.user_codes()])
+    assert len(rows.cu) == n_users
+    return rows
 
-    # iterative k-core; with the default thresholds (users >= min_history + 1, which the
-    # step above ensured, items >= 1) there is nothing to do
-    users_before, items_before = int(np.count_nonzero(cu)), int(np.count_nonzero(ci))
-    n_before = len(icode)
+
+def _kcore_thresholds(options: PrepareOptions) -> tuple[int, int] | None:
+    """(users, items) k-core thresholds, ``None`` when the k-core drops nothing more: users
+    >= min_history + 1 hold after :func:`_user_steps`, items >= 1 always."""
     ku = max(options.min_user_count, options.min_history + 1)
     ki = options.min_item_count
-    if ku > options.min_history + 1 or ki > 1:
-        while len(icode):
-            ok = cu[user_codes()] >= ku
-            if ki > 1:
-                ok &= ci[icode] >= ki
-            if ok.all():
-                break
-            apply(ok)
-            cu = np.bincount(ucode, minlength=n_users)
-            ci = np.bincount(icode, minlength=n_items)
-    present_u, present_i = cu > 0, ci > 0
-    dropped["kcore_users"] = users_before - int(np.count_nonzero(present_u))
-    dropped["kcore_items"] = items_before - int(np.count_nonzero(present_i))
-    dropped["kcore_interactions"] = n_before - len(icode)
-    dropped["items_of_dropped_rows"] = n_items - items_before
-    if len(icode) == 0:
-        raise _zero_left(log, dropped, options)
+    return (ku, ki) if ku > options.min_history + 1 or ki > 1 else None
 
-    # --- index ------------------------------------------------------------------------
+
+def _kcore_round(rows: _UserRows, ci: np.ndarray, ku: int, ki: int) -> _UserRows | None:
+    """One round of the k-core: drop rows of users with < ``ku`` rows and of items with
+    < ``ki`` rows (``ci``: the items' row counts over the whole log); ``None`` if none."""
+    ucode = rows.user_codes()
+    ok = rows.cu[ucode] >= ku
+    if ki > 1:
+        ok &= ci[rows.icode] >= ki
+    return None if ok.all() else rows.keep(ok, ucode)
+
+
+def _kcore_dropped(
+    dropped: dict[str, int],
+    before: tuple[int, int, int],
+    after: tuple[int, int, int],
+    n_items: int,
+) -> None:
+    """k-core counts from (users, items, rows) before and after it."""
+    dropped["kcore_users"] = before[0] - after[0]
+    dropped["kcore_items"] = before[1] - after[1]
+    dropped["kcore_interactions"] = before[2] - after[2]
+    dropped["items_of_dropped_rows"] = n_items - before[1]
+
+
+def _item_index(icode: np.ndarray, present_i: np.ndarray) -> np.ndarray:
+    """``item_idx`` 1..N over the kept items, in place when possible (int32)."""
     if present_i.all() and icode.dtype == np.int32 and icode.flags.writeable:
         icode += 1  # in place: 1..N (icode is this function's own array)
-        item_idx = icode
-    elif present_i.all():
-        item_idx = (icode + 1).astype(np.int32)
-    else:
-        item_idx = np.cumsum(present_i, dtype=np.int32)[icode]  # 1..N over kept items
-    lengths = cu[present_u]
+        return icode
+    if present_i.all():
+        return (icode + 1).astype(np.int32)
+    return np.cumsum(present_i, dtype=np.int32)[icode]  # 1..N over kept items
+
+
+def _history_end(lengths: np.ndarray, options: PrepareOptions) -> tuple[np.ndarray, np.ndarray]:
+    """CSR offsets (U+1) and history ends (U) of users with these lengths."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     hist = np.maximum(lengths - options.holdout, options.min_history)
     hist = np.minimum(hist, lengths)
-    sequences = Sequences(
-        offsets=offsets,
-        items=item_idx,
-        history_end=offsets[:-1] + hist,
-        times=None if times is None else times.astype(np.int64, copy=False),
-        ratings=None if ratings is None else ratings.astype(np.float32, copy=False),
-    )
+    return offsets, offsets[:-1] + hist
 
+
+def _tables(
+    log: RawLog,
+    item_ids: pl.Series,
+    present_i: np.ndarray,
+    user_ids: pl.Series,
+    present_u: np.ndarray,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The item and user tables of the kept items and users (with the log's side tables)."""
     kept_items = item_ids.filter(pl.Series(present_i)).cast(pl.String)
     items = pl.DataFrame({"item_id": kept_items})
     if log.items is not None:
@@ -933,7 +937,62 @@ def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> _Built:
     users = pl.DataFrame({"user_id": kept_users})
     if log.users is not None:
         users = users.join(log.users, on="user_id", how="left", maintain_order="left")
+    return items, users
+
+
+def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> _Built:
+    """Filter and index the chronologically ordered ``ordered`` log."""
+    if options.min_rating is not None and ordered.ratings is None:
+        raise SeqtwinsError(
+            f"--min-rating needs ratings, but {log.source} has none (name the column with "
+            "--rating-col)"
+        )
+    dropped: dict[str, int] = {}
+    user_ids, item_ids = ordered.user_ids, ordered.item_ids
+    n_users, n_items = len(user_ids), len(item_ids)
+    rows = _UserRows(ordered.lengths, ordered.icode, ordered.times, ordered.ratings)
+    del ordered
+    input_counts = {
+        "interactions": len(rows.icode),
+        "users": n_users + log.empty_users,
+        "items": n_items,
+    }
+    rows = _user_steps(rows, n_items, options, dropped)
+    dropped["short_users"] += log.empty_users
+    if options.min_rating is not None and dropped["low_rating_interactions"] == input_counts[
+        "interactions"
+    ]:
+        raise _zero_left(log, _rating_drops(dropped), options)
+    ci = np.bincount(rows.icode, minlength=n_items)
+    before = (int(np.count_nonzero(rows.cu)), int(np.count_nonzero(ci)), len(rows.icode))
+    thresholds = _kcore_thresholds(options)
+    while thresholds is not None and len(rows.icode):
+        nxt = _kcore_round(rows, ci, *thresholds)
+        if nxt is None:
+            break
+        rows = nxt
+        ci = np.bincount(rows.icode, minlength=n_items)
+    present_u, present_i = rows.cu > 0, ci > 0
+    after = (int(np.count_nonzero(present_u)), int(np.count_nonzero(present_i)), len(rows.icode))
+    _kcore_dropped(dropped, before, after, n_items)
+    if len(rows.icode) == 0:
+        raise _zero_left(log, dropped, options)
+
+    offsets, history_end = _history_end(rows.cu[present_u], options)
+    sequences = Sequences(
+        offsets=offsets,
+        items=_item_index(rows.icode, present_i),
+        history_end=history_end,
+        times=None if rows.times is None else rows.times.astype(np.int64, copy=False),
+        ratings=None if rows.ratings is None else rows.ratings.astype(np.float32, copy=False),
+    )
+    items, users = _tables(log, item_ids, present_i, user_ids, present_u)
     return _Built(sequences, items, users, input_counts, dropped)
+
+
+def _rating_drops(dropped: dict[str, int]) -> dict[str, int]:
+    """What the rating threshold dropped (the message when it drops everything)."""
+    return {k: v for k, v in dropped.items() if k.startswith("low_rating")}
 
 
 def assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
