@@ -224,9 +224,20 @@ def prepare(
         str, typer.Option(help="error (name the first bad rows) or skip (drop and count).")
     ] = "error",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Bound on memory, e.g. 4GB or 512MB: a CSV/TSV/Parquet log that needs more "
+            "is prepared out of core (bucket by bucket on disk), with the same result."
+        ),
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Folder for out-of-core buckets (default: beside --out).")
+    ] = None,
 ) -> None:
     """Turn a raw interaction log into a canonical dataset directory."""
     from seqtwins.data.formats import ReaderOptions
+    from seqtwins.data.memory import parse_size
     from seqtwins.data.prepare import PrepareOptions
     from seqtwins.data.prepare import prepare as run_prepare
 
@@ -263,6 +274,8 @@ def prepare(
         pseudonymize=pseudonymize,
         salt_file=salt_file,
         overwrite=overwrite,
+        memory_budget=None if memory_budget is None else parse_size(memory_budget),
+        work_dir=work_dir,
     )
     summary = run_prepare(input, out, options)
     for line in summary.lines():

@@ -378,3 +378,148 @@ class SequenceDataset:
             lookup[c] if c is not None else -1 for c in first.to_list()
         ]
         return codes, names
+
+
+# --- datasets larger than memory (additive: used by the out-of-core ``prepare``) ------------
+
+_CHUNK_BYTES = 16 << 20
+
+
+def iter_npy_chunks(path: Path, chunk_bytes: int = _CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """The 1-D array in the ``.npy`` file ``path`` as consecutive chunks, read with plain file
+    reads into one reused buffer: unlike a memory map, nothing stays resident (RSS)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if len(shape) != 1 or fortran:
+            raise ValueError(f"{path}: expected a 1-D array, got shape {shape}")
+        n, step = shape[0], max(1, chunk_bytes // dtype.itemsize)
+        buf = np.empty(min(n, step), dtype=dtype)
+        done = 0
+        while done < n:
+            k = min(step, n - done)
+            view = buf[:k]
+            got = f.readinto(view.data.cast("B"))
+            if got != k * dtype.itemsize:
+                raise ValueError(f"{path} is truncated")
+            yield view
+            done += k
+
+
+def _npy_info(path: Path) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    return arr.shape, arr.dtype
+
+
+def write_dataset_files(
+    out: Path | str,
+    *,
+    arrays: Mapping[str, Path],
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    source: str,
+    params: Mapping[str, Any] | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """:func:`write_dataset` for sequence arrays already written as ``.npy`` files.
+
+    For datasets larger than memory: ``arrays`` maps ``offsets``, ``items``,
+    ``history_end`` [, ``times``] [, ``ratings``] to ``.npy`` files of the dtypes of the
+    module docstring. They are checked and hashed chunk by chunk (memory stays small) and
+    *moved* into the directory (a rename when they lie on ``out``'s filesystem). The
+    directory, its ``meta.json`` and its content hash are exactly what :func:`write_dataset`
+    writes for the same content.
+    """
+    out = Path(out)
+    n_items, n_users = items.height, users.height
+    missing = {"offsets", "items", "history_end"} - set(arrays)
+    if missing or set(arrays) - set(_ARRAYS):
+        raise ValueError(
+            f"arrays must name offsets, items, history_end [, times, ratings]: {sorted(arrays)}"
+        )
+    info = {name: _npy_info(Path(p)) for name, p in arrays.items()}
+    for name, (shape, dtype) in info.items():
+        if len(shape) != 1 or dtype != _DTYPES[name]:
+            raise ValueError(
+                f"{name}: expected 1-D {np.dtype(_DTYPES[name])}, got {shape} {dtype}"
+            )
+    offsets = np.load(arrays["offsets"], allow_pickle=False)  # (U+1,): per user, small
+    history_end = np.load(arrays["history_end"], allow_pickle=False)
+    n_inter = info["items"][0][0]
+    # the checks of Sequences, without loading the per-interaction arrays
+    Sequences(offsets=offsets, items=np.empty(n_inter, dtype=np.int8), history_end=history_end)
+    if len(offsets) - 1 != n_users:
+        raise ValueError(f"{n_users} user rows for {len(offsets) - 1} sequences")
+    for name in ("times", "ratings"):
+        if name in info and info[name][0][0] != n_inter:
+            raise ValueError(f"{name} must have one entry per interaction")
+    if "item_id" not in items.columns or not {"user_id", "split"} <= set(users.columns):
+        raise ValueError("items needs item_id; users needs user_id and split")
+    bad_split = set(users["split"].unique().to_list()) - set(SPLITS)
+    if bad_split:
+        raise ValueError(f"unknown split names {sorted(bad_split)}")
+    lo, hi = n_items + 1, 0
+    for chunk in iter_npy_chunks(arrays["items"]):
+        lo, hi = min(lo, int(chunk.min())), max(hi, int(chunk.max()))
+    if n_inter and (lo < 1 or hi > n_items):
+        raise ValueError("sequence item indices must lie in 1..num_items")
+
+    items = items.with_columns(pl.col("item_id").cast(pl.String))
+    items = items.select(
+        pl.int_range(1, n_items + 1, dtype=pl.Int32).alias("item_idx"), pl.all()
+    )
+    users = users.with_columns(pl.col("user_id").cast(pl.String))
+    attr_cols = [c for c in users.columns if c not in ("user_id", "split")]
+    users = users.with_columns([pl.col(c).cast(pl.String) for c in attr_cols])
+    users = users.select(
+        pl.int_range(0, n_users, dtype=pl.Int64).alias("user_idx"), "user_id", "split", *attr_cols
+    )
+
+    h = hashlib.sha256()  # the byte stream of _hash_arrays, fed chunk by chunk
+    h.update(f"schema={SCHEMA_VERSION};".encode())
+    for name in _ARRAYS:
+        if name in arrays:
+            h.update(name.encode())
+            for chunk in iter_npy_chunks(arrays[name]):
+                h.update(chunk.data.cast("B"))
+    h.update(b"item_id")
+    h.update("\x1f".join(items["item_id"].cast(pl.String).to_list()).encode())
+    h.update(b"split")
+    h.update("\x1f".join(users["split"].to_list()).encode())
+
+    has_categories = "categories" in items.columns
+    split_counts = {s: int((users["split"] == s).sum()) for s in SPLITS}
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "counts": {
+            "users": n_users,
+            "items": n_items,
+            "interactions": int(n_inter),
+            "history_interactions": int((history_end - offsets[:-1]).sum()),
+            "splits": split_counts,
+        },
+        "fields": {
+            "times": "times" in arrays,
+            "ratings": "ratings" in arrays,
+            "categories": has_categories,
+            "titles": "title" in items.columns,
+            "user_attributes": attr_cols,
+        },
+        "params": dict(params or {}),
+        "content_hash": h.hexdigest(),
+    }
+    if extra_meta:
+        meta.update(extra_meta)
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name, path in arrays.items():
+            shutil.move(str(path), tmp / f"{name}.npy")  # a rename on one filesystem
+        items.write_parquet(tmp / "items.parquet")
+        users.write_parquet(tmp / "users.parquet")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out

@@ -50,6 +50,7 @@ from seqtwins.data.formats import (
     read_log,
     scan_log,
 )
+from seqtwins.data.memory import MIN_BUDGET, current_rss, format_size, peak_rss
 from seqtwins.data.privacy import load_or_create_key, pseudonymize
 from seqtwins.errors import SeqtwinsError
 
@@ -85,6 +86,14 @@ class PrepareOptions:
     """Key file for ``pseudonymize``; a random key is written there if it does not exist."""
     overwrite: bool = False
     """Replace an existing output directory (atomically)."""
+    memory_budget: int | None = None
+    """Bytes of memory ``prepare`` may use (``--memory-budget 4GB``); ``None``: no bound.
+    A CSV / TSV / Parquet log whose whole-log processing would need more (about
+    :data:`BYTES_PER_ROW` per interaction) is prepared out of core, bucket by bucket on disk
+    (:mod:`seqtwins.data.outofcore`), with the same result. Other formats are read whole."""
+    work_dir: Path | None = None
+    """Folder for the out-of-core buckets (default: a temporary folder beside ``out``, so
+    that the finished arrays are moved into place, not copied)."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -108,6 +117,12 @@ class PrepareOptions:
             f"--split={','.join(map(str, self.split))} must be three fractions >= 0 "
             "(train,valid,test) that sum to 1",
         )
+        if self.memory_budget is not None:
+            need(
+                self.memory_budget >= MIN_BUDGET,
+                f"--memory-budget={format_size(self.memory_budget)} is below the minimum of "
+                f"{format_size(MIN_BUDGET)}",
+            )
         need(
             not self.pseudonymize or self.salt_file is not None,
             "--pseudonymize needs --salt-file FILE (its key is created if the file is absent; "
@@ -120,6 +135,8 @@ class PrepareOptions:
         reader = {k: (str(v) if isinstance(v, Path) else v) for k, v in out.pop("reader").items()}
         out.pop("salt_file")
         out.pop("overwrite")
+        out.pop("memory_budget")  # resources, not data: the same dataset either way
+        out.pop("work_dir")
         out["split"] = list(self.split)
         return {**out, "reader": reader}
 
@@ -138,6 +155,10 @@ class PrepareSummary:
     dropped: dict[str, int]
     rows_read: int
     bad_rows_skipped: int
+    peak_rss: int = 0
+    """The highest resident memory of the process up to the end of ``prepare`` (bytes)."""
+    mode: str = "in memory"
+    """``in memory`` or ``out of core (B buckets)``."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds per phase: ``read`` then ``build`` (order, filter, index) and ``write``;
     a log streamed in one pass reports ``read+order`` (read and ordered together), then
@@ -159,6 +180,11 @@ class PrepareSummary:
         if self.bad_rows_skipped:
             drops.insert(0, f"bad rows skipped {self.bad_rows_skipped:,}")
         lines.append("  dropped: " + ("; ".join(drops) if drops else "nothing"))
+        took = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+        lines.append(
+            f"  {self.mode}; peak memory {format_size(self.peak_rss)}"
+            + (f"; {took}" if took else "")
+        )
         return lines
 
 
@@ -181,6 +207,12 @@ def prepare(
                 "from the data it protects"
             )
     _tune_malloc()
+    if options.memory_budget is not None:
+        scan = scan_log(input, options.reader)
+        if scan is not None and needs_out_of_core(scan, input, options.memory_budget):
+            from seqtwins.data.outofcore import prepare_out_of_core
+
+            return prepare_out_of_core(scan, out, options)
     t0 = time.perf_counter()
     log, ordered, read_phase = _read_ordered(input, options)
     t1 = time.perf_counter()
@@ -197,23 +229,9 @@ def prepare(
         built.users = built.users.with_columns(pseudo_s.gather(perm))
     split = assign_splits(built.sequences.num_users, options.split, options.split_seed)
     users = built.users.with_columns(pl.Series("split", split, dtype=pl.String))
-    stats = {
-        "rows_read": log.rows_read,
-        "bad_rows_skipped": log.bad_rows_skipped,
-        "input": built.input_counts,
-        "dropped": built.dropped,
-        "item_order": "item_idx 1..N in ascending order of original item id",
-        "user_order": (
-            "ascending pseudonym" if options.pseudonymize else "ascending original user id"
-        ),
-        "order": (
-            "per user by time, ties in file order"
-            if built.sequences.times is not None
-            else "per user in file (line) order"
-        ),
-        "pseudonymized": options.pseudonymize,
-    }
-    params = {"format": log.format, **options.to_params()}
+    stats = prepare_stats(
+        log, built.input_counts, built.dropped, built.sequences.times is not None, options
+    )
     t2 = time.perf_counter()
     write_dataset(
         out,
@@ -221,11 +239,10 @@ def prepare(
         items=built.items,
         users=users,
         source=f"{log.format}:{log.source}",
-        params=params,
+        params={"format": log.format, **options.to_params()},
         extra_meta={"prepare": stats},
         overwrite=options.overwrite,
     )
-    splits = {s: int(np.sum(split == s)) for s in SPLITS}
     t3 = time.perf_counter()
     return PrepareSummary(
         out=out,
@@ -233,7 +250,7 @@ def prepare(
         num_users=built.sequences.num_users,
         num_items=built.items.height,
         num_interactions=built.sequences.num_interactions,
-        splits=splits,
+        splits={s: int(np.sum(split == s)) for s in SPLITS},
         fields={
             "times": built.sequences.times is not None,
             "ratings": built.sequences.ratings is not None,
@@ -243,8 +260,52 @@ def prepare(
         dropped=built.dropped,
         rows_read=log.rows_read,
         bad_rows_skipped=log.bad_rows_skipped,
+        peak_rss=peak_rss(),
         seconds={read_phase: t1 - t0, "build": t2 - t1, "write": t3 - t2},
     )
+
+
+BYTES_PER_ROW = 100
+"""Peak bytes per interaction of the whole-log path, rounded up (measured: ~35 streamed,
+~80 read whole; ``benchmarks/results/prepare.md``). A budget below ``rows * BYTES_PER_ROW``
+plus what the process already holds sends a CSV / TSV / Parquet log out of core."""
+
+
+def needs_out_of_core(scan: LogScan, input: Path, budget: int) -> bool:
+    """Whether preparing ``scan`` whole would exceed ``budget`` bytes (an estimate: exact
+    row counts for Parquet, the file size over the mean line length of its start for text)."""
+    rows = scan.num_rows
+    if rows is None:
+        size = input.stat().st_size
+        with open(input, "rb") as f:
+            head = f.read(1 << 20)
+        lines = max(head.count(b"\n"), 1)
+        rows = int(size / (len(head) / lines))
+    return current_rss() + rows * BYTES_PER_ROW > budget
+
+
+def prepare_stats(
+    log: RawLog,
+    input_counts: dict[str, int],
+    dropped: dict[str, int],
+    has_times: bool,
+    options: PrepareOptions,
+) -> dict[str, Any]:
+    """The ``prepare`` section of ``meta.json``: what was read and what each step dropped."""
+    return {
+        "rows_read": log.rows_read,
+        "bad_rows_skipped": log.bad_rows_skipped,
+        "input": input_counts,
+        "dropped": dropped,
+        "item_order": "item_idx 1..N in ascending order of original item id",
+        "user_order": (
+            "ascending pseudonym" if options.pseudonymize else "ascending original user id"
+        ),
+        "order": (
+            "per user by time, ties in file order" if has_times else "per user in file (line) order"
+        ),
+        "pseudonymized": options.pseudonymize,
+    }
 
 
 # --- the transformation ------------------------------------------------------------------
@@ -959,9 +1020,10 @@ def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> _Built:
     }
     rows = _user_steps(rows, n_items, options, dropped)
     dropped["short_users"] += log.empty_users
-    if options.min_rating is not None and dropped["low_rating_interactions"] == input_counts[
-        "interactions"
-    ]:
+    if (
+        options.min_rating is not None
+        and dropped["low_rating_interactions"] == input_counts["interactions"]
+    ):
         raise _zero_left(log, _rating_drops(dropped), options)
     ci = np.bincount(rows.icode, minlength=n_items)
     before = (int(np.count_nonzero(rows.cu)), int(np.count_nonzero(ci)), len(rows.icode))

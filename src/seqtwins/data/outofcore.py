@@ -1,0 +1,464 @@
+"""``prepare`` for logs larger than memory: partition by user on disk, then bucket by bucket.
+
+The result is the dataset the whole-log path writes for the same input and options (same
+arrays, tables, ``meta.json`` counts and content hash); only memory and time differ.
+
+1. **Dictionary pass** -- stream the log once (:class:`~seqtwins.data.formats.LogScan`)
+   and collect its distinct users with their row counts and its distinct items: arrays of
+   size ``n_users`` / ``n_items``, small next to the log. Users are ranked in their output
+   order (ascending id, or ascending pseudonym with ``pseudonymize``), items coded in
+   ascending id order, as the whole-log path does.
+2. **Plan** -- cut the ranked users into B buckets of consecutive ranks holding about the
+   same number of rows, as many rows as the memory budget allows per bucket
+   (:data:`BUCKET_BYTES_PER_ROW`). Every bucket holds whole users, so each user's order,
+   de-duplication, ``max_len``, held-out window and short-user check are local to it.
+3. **Partition pass** -- stream the log again; each row becomes a 24-byte record (user
+   rank within its bucket, item code, time, rating) appended to its bucket's file, in
+   file order (so ties keep their file order).
+4. **Bucket pass** -- per bucket: load it, sort each user's rows by time (stable), run the
+   per-user steps (:func:`seqtwins.data.prepare._user_steps`), save the result, count
+   rows per item.
+5. **k-core** (only with ``--min-user-count`` / ``--min-item-count``) -- rounds over the
+   saved buckets with the global item counts of the previous round (a small array), the
+   same rounds as the whole-log path, until a round drops nothing.
+6. **Assembly** -- buckets are consecutive in output order, so the final ``items`` /
+   ``times`` / ``ratings`` arrays are their concatenation (items re-indexed 1..N over the
+   kept items), written to ``.npy`` files chunk by chunk and moved into the dataset
+   directory (:func:`seqtwins.data.dataset.write_dataset_files`).
+
+Peak memory is the bucket size times :data:`BUCKET_BYTES_PER_ROW` plus the fixed cost of
+the process and of a streamed batch; the per-user and per-item arrays are extra (16-32
+bytes per user or item).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import polars as pl
+
+from seqtwins.data.dataset import SPLITS, iter_npy_chunks, write_dataset_files
+from seqtwins.data.formats import LogScan, RawLog, check_overlap
+from seqtwins.data.memory import current_rss, format_size, peak_rss
+from seqtwins.data.prepare import (
+    PrepareOptions,
+    PrepareSummary,
+    _chronological_order,
+    _history_end,
+    _kcore_dropped,
+    _kcore_round,
+    _kcore_thresholds,
+    _rating_drops,
+    _tables,
+    _user_steps,
+    _UserRows,
+    _zero_left,
+    assign_splits,
+    prepare_stats,
+)
+from seqtwins.data.privacy import load_or_create_key, pseudonymize
+from seqtwins.errors import SeqtwinsError
+
+BUCKET_BYTES_PER_ROW = 120
+"""Peak bytes per row while a bucket is sorted and filtered: the record (24), sort key and
+permutation (16), the ordered copies (16), user codes, masks and the filtered copies of
+the per-user steps; rounded up."""
+STREAM_RESERVE = 384 << 20
+"""Memory kept aside for the streamed batches (polars' decode buffers) and the flush
+buffer of the partition pass."""
+MAX_BUCKETS = 4096
+FLUSH_ROWS = 1 << 21
+"""Rows gathered from the stream before they are split into bucket files."""
+
+
+def _record_dtype(wide_users: bool) -> np.dtype:
+    return np.dtype(
+        [
+            ("u", np.int64 if wide_users else np.int32),
+            ("i", np.int32),
+            ("t", np.int64),
+            ("r", np.float32),
+        ]  # fmt: skip
+    )
+
+
+class _IdMap:
+    """Map ids to their position in a sorted array of distinct ids (a lookup table for
+    integer ids of a moderate range, else a hash join)."""
+
+    def __init__(self, ids: pl.Series, values: np.ndarray) -> None:
+        self.values = values
+        self.lut: np.ndarray | None = None
+        self.base = 0
+        if ids.dtype.is_integer() and ids.len():
+            lo, hi = int(ids.min()), int(ids.max())  # type: ignore[arg-type]
+            if hi - lo < max(4 * ids.len(), 1 << 24):
+                self.lut = np.full(hi - lo + 1, -1, dtype=values.dtype)
+                self.lut[ids.to_numpy() - lo] = values
+                self.base = lo
+        if self.lut is None:
+            self.frame = pl.DataFrame({"id": ids, "v": values})
+
+    def __call__(self, s: pl.Series) -> np.ndarray:
+        if self.lut is not None:
+            return self.lut[s.to_numpy() - self.base]
+        return (
+            s.to_frame("id")
+            .join(self.frame, on="id", how="left", maintain_order="left")["v"]
+            .to_numpy()
+        )
+
+
+@dataclass
+class _Dictionary:
+    """Distinct users (sorted) with row counts and distinct items (sorted)."""
+
+    user_ids: pl.Series
+    user_rows: np.ndarray
+    item_ids: pl.Series
+    has_time: bool
+    has_rating: bool
+
+    @property
+    def rows(self) -> int:
+        return int(self.user_rows.sum())
+
+
+def _dictionary(scan: LogScan) -> _Dictionary:
+    """Pass 1: distinct users with their row counts, distinct items (bounded memory)."""
+    users: list[pl.DataFrame] = []
+    items: list[pl.Series] = []
+    pending = 0
+    has_time = has_rating = False
+    for batch in scan.batches():
+        has_time, has_rating = "time" in batch.columns, "rating" in batch.columns
+        users.append(batch.group_by("user").len())
+        items.append(batch["item"].unique())
+        pending += batch.height
+        if pending >= 1 << 23:  # merge now and then: memory stays O(users + items)
+            users = [pl.concat(users).group_by("user").agg(pl.col("len").sum())]
+            items = [pl.concat(items).unique()]
+            pending = 0
+    u = pl.concat(users).group_by("user").agg(pl.col("len").sum()).sort("user")
+    item_ids = pl.concat(items).unique().sort()
+    return _Dictionary(
+        u["user"], u["len"].to_numpy().astype(np.int64), item_ids, has_time, has_rating
+    )
+
+
+def _plan(user_rows: np.ndarray, budget: int) -> np.ndarray:
+    """Bucket boundaries over users in rank order: ``bounds[b]:bounds[b+1]``."""
+    room = budget - current_rss() - STREAM_RESERVE - 48 * len(user_rows)
+    per_bucket = room // BUCKET_BYTES_PER_ROW
+    n = int(user_rows.sum())
+    biggest = int(user_rows.max()) if len(user_rows) else 0
+    if per_bucket < max(biggest, 1) or math.ceil(n / max(per_bucket, 1)) > MAX_BUCKETS:
+        need = current_rss() + STREAM_RESERVE + 48 * len(user_rows)
+        need += BUCKET_BYTES_PER_ROW * max(biggest, math.ceil(n / MAX_BUCKETS))
+        raise SeqtwinsError(
+            f"--memory-budget={format_size(budget)} is too small for this log ({n:,} rows, "
+            f"{len(user_rows):,} users, the longest user {biggest:,} rows); give at least "
+            f"{format_size(need)}"
+        )
+    ends = np.cumsum(user_rows)
+    cuts = np.searchsorted(ends, np.arange(per_bucket, n, per_bucket), side="right")
+    return np.unique(np.concatenate([[0], cuts, [len(user_rows)]]))
+
+
+class _Buckets:
+    """Per-bucket record files in a work folder, appended to in file order."""
+
+    def __init__(self, folder: Path, n: int, dtype: np.dtype) -> None:
+        self.folder, self.n, self.dtype = folder, n, dtype
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, b: int) -> Path:
+        return self.folder / f"bucket-{b:05d}.rec"
+
+    def append(self, bucket: np.ndarray, records: np.ndarray) -> None:
+        """Append ``records`` to the files of their ``bucket`` (stable: file order kept)."""
+        order = np.argsort(bucket, kind="stable")  # small ints: numpy's radix sort
+        bucket, records = bucket[order], records[order]
+        edges = np.flatnonzero(np.diff(bucket)) + 1
+        starts = np.concatenate([[0], edges])
+        ends = np.concatenate([edges, [len(bucket)]])
+        for a, z in zip(starts.tolist(), ends.tolist(), strict=True):
+            with open(self.path(int(bucket[a])), "ab") as f:
+                records[a:z].tofile(f)
+
+    def load(self, b: int) -> np.ndarray:
+        p = self.path(b)
+        return np.fromfile(p, dtype=self.dtype) if p.exists() else np.empty(0, self.dtype)
+
+
+def _partition(scan: LogScan, d: _Dictionary, ranks: np.ndarray, bounds: np.ndarray,
+               buckets: _Buckets) -> None:  # fmt: skip
+    """Pass 2: every row as a record (rank within bucket, item code, time, rating)."""
+    n_users = len(d.user_ids)
+    user_map = _IdMap(d.user_ids, ranks)
+    item_map = _IdMap(d.item_ids, np.arange(len(d.item_ids), dtype=np.int32))
+    bucket_of_rank = np.repeat(
+        np.arange(len(bounds) - 1, dtype=np.int16 if len(bounds) < 2**15 else np.int32),
+        np.diff(bounds),
+    )
+    first_rank = bounds[:-1].astype(np.int64)
+    parts: list[pl.DataFrame] = []
+    held = 0
+
+    def flush() -> None:
+        nonlocal parts, held
+        if not parts:
+            return
+        frame = pl.concat(parts, rechunk=True)
+        parts, held = [], 0
+        rank = user_map(frame["user"])
+        bucket = bucket_of_rank[rank]
+        rec = np.empty(frame.height, dtype=buckets.dtype)
+        rec["u"] = rank - first_rank[bucket]
+        rec["i"] = item_map(frame["item"])
+        rec["t"] = frame["time"].to_numpy() if d.has_time else 0
+        rec["r"] = frame["rating"].to_numpy() if d.has_rating else 0
+        buckets.append(bucket, rec)
+
+    assert n_users == len(ranks)
+    for batch in scan.batches():
+        parts.append(batch)
+        held += batch.height
+        if held >= FLUSH_ROWS:
+            flush()
+    flush()
+
+
+def _save(folder: Path, b: int, rows: _UserRows) -> None:
+    np.save(folder / f"cu-{b:05d}.npy", rows.cu)
+    np.save(folder / f"items-{b:05d}.npy", rows.icode)
+    if rows.times is not None:
+        np.save(folder / f"times-{b:05d}.npy", rows.times)
+    if rows.ratings is not None:
+        np.save(folder / f"ratings-{b:05d}.npy", rows.ratings)
+
+
+def _load(folder: Path, b: int, d: _Dictionary) -> _UserRows:
+    def get(name: str) -> np.ndarray:
+        return np.load(folder / f"{name}-{b:05d}.npy")
+
+    return _UserRows(
+        get("cu"),
+        get("items"),
+        get("times") if d.has_time else None,
+        get("ratings") if d.has_rating else None,
+    )
+
+
+def _order_bucket(rec: np.ndarray, n_users: int, d: _Dictionary) -> _UserRows:
+    """A bucket's rows sorted by user then time (ties in file order)."""
+    ucode = rec["u"]
+    times = rec["t"] if d.has_time else None
+    order = _chronological_order(ucode, n_users, times)
+    cu = np.bincount(ucode, minlength=n_users)
+    take = rec if order is None else rec[order]
+    return _UserRows(
+        cu,
+        np.ascontiguousarray(take["i"]),
+        np.ascontiguousarray(take["t"]) if d.has_time else None,
+        np.ascontiguousarray(take["r"]) if d.has_rating else None,
+    )
+
+
+def _write_npy(path: Path, dtype: type[np.generic], n: int) -> BinaryIO:
+    """An open ``.npy`` file of ``n`` values whose data is still to be written."""
+    f = open(path, "wb")  # noqa: SIM115 (closed by the caller after the chunks)
+    np.lib.format.write_array_header_1_0(
+        f,
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": (n,),
+        },  # fmt: skip
+    )
+    return f
+
+
+def prepare_out_of_core(scan: LogScan, out: Path, options: PrepareOptions) -> PrepareSummary:
+    """Prepare ``scan`` into ``out`` within ``options.memory_budget`` (module docstring)."""
+    assert options.memory_budget is not None
+    budget = options.memory_budget
+    if options.min_rating is not None and "rating" not in scan.roles:
+        raise SeqtwinsError(
+            f"--min-rating needs ratings, but {scan.source} has none (name the column with "
+            "--rating-col)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = options.work_dir or out.parent
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=base))
+    try:
+        return _run(scan, out, options, budget, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(
+    scan: LogScan, out: Path, options: PrepareOptions, budget: int, work: Path
+) -> PrepareSummary:
+    t0 = time.perf_counter()
+    d = _dictionary(scan)
+    rows_read, bad_rows = scan.rows_read, scan.bad_rows_skipped
+    log = RawLog(pl.DataFrame(), scan.format, scan.source, scan.items, scan.users,
+                 rows_read=rows_read, bad_rows_skipped=bad_rows)  # fmt: skip
+    if log.items is not None:
+        check_overlap(log.items["item_id"], d.item_ids, "item", log)
+    if log.users is not None:
+        check_overlap(log.users["user_id"], d.user_ids, "user", log)
+    n_users, n_items = len(d.user_ids), len(d.item_ids)
+    # output order of users: ascending id, or ascending pseudonym
+    pseudo: pl.Series | None = None
+    if options.pseudonymize:
+        assert options.salt_file is not None
+        key = load_or_create_key(Path(options.salt_file))
+        pseudo = pl.Series(
+            "user_id", pseudonymize(d.user_ids.cast(pl.String).to_list(), key), dtype=pl.String
+        )
+        by_rank = pseudo.arg_sort().to_numpy().astype(np.int64)  # user index of each rank
+    else:
+        by_rank = np.arange(n_users, dtype=np.int64)
+    ranks = np.empty(n_users, dtype=np.int64)
+    ranks[by_rank] = np.arange(n_users)
+    rows_by_rank = d.user_rows[by_rank]
+    bounds = _plan(rows_by_rank, budget)
+    n_buckets = len(bounds) - 1
+    t1 = time.perf_counter()
+
+    widest = int(np.diff(bounds).max())
+    buckets = _Buckets(work / "records", n_buckets, _record_dtype(widest >= 2**31))
+    _partition(scan, d, ranks, bounds, buckets)
+    t2 = time.perf_counter()
+
+    saved = work / "buckets"
+    saved.mkdir()
+    dropped: dict[str, int] = {}
+    ci = np.zeros(n_items, dtype=np.int64)
+    for b in range(n_buckets):
+        rec = buckets.load(b)
+        buckets.path(b).unlink(missing_ok=True)
+        rows = _order_bucket(rec, int(bounds[b + 1] - bounds[b]), d)
+        del rec
+        part: dict[str, int] = {}
+        rows = _user_steps(rows, n_items, options, part)
+        for k, v in part.items():
+            dropped[k] = dropped.get(k, 0) + v
+        ci += np.bincount(rows.icode, minlength=n_items)
+        _save(saved, b, rows)
+    if options.min_rating is not None and dropped["low_rating_interactions"] == d.rows:
+        raise _zero_left(log, _rating_drops(dropped), options)
+
+    def totals(cu_all: np.ndarray, ci_all: np.ndarray) -> tuple[int, int, int]:
+        return int(np.count_nonzero(cu_all)), int(np.count_nonzero(ci_all)), int(cu_all.sum())
+
+    cu_all = np.concatenate([np.load(saved / f"cu-{b:05d}.npy") for b in range(n_buckets)])
+    before = totals(cu_all, ci)
+    thresholds = _kcore_thresholds(options)
+    while thresholds is not None and cu_all.sum():
+        changed, ci_next = False, np.zeros(n_items, dtype=np.int64)
+        for b in range(n_buckets):
+            rows = _load(saved, b, d)
+            nxt = _kcore_round(rows, ci, *thresholds)  # ci: the previous round's counts
+            if nxt is not None:
+                changed, rows = True, nxt
+                _save(saved, b, rows)
+            ci_next += np.bincount(rows.icode, minlength=n_items)
+        if not changed:
+            break
+        ci = ci_next
+        cu_all = np.concatenate([np.load(saved / f"cu-{b:05d}.npy") for b in range(n_buckets)])
+    present_u, present_i = cu_all > 0, ci > 0
+    after = totals(cu_all, ci)
+    _kcore_dropped(dropped, before, after, n_items)
+    if after[2] == 0:
+        raise _zero_left(log, dropped, options)
+    t3 = time.perf_counter()
+
+    # --- assembly: buckets are consecutive in output order ---------------------------
+    lengths = cu_all[present_u]
+    n_rows = int(lengths.sum())
+    offsets, history_end = _history_end(lengths, options)
+    final = work / "final"
+    final.mkdir()
+    np.save(final / "offsets.npy", offsets)
+    np.save(final / "history_end.npy", history_end)
+    item_idx = np.cumsum(present_i, dtype=np.int32)  # code -> 1..N over kept items
+    outs = {"items": _write_npy(final / "items.npy", np.int32, n_rows)}
+    if d.has_time:
+        outs["times"] = _write_npy(final / "times.npy", np.int64, n_rows)
+    if d.has_rating:
+        outs["ratings"] = _write_npy(final / "ratings.npy", np.float32, n_rows)
+    try:
+        for b in range(n_buckets):
+            for name, f in outs.items():
+                src = saved / f"{name}-{b:05d}.npy"
+                for chunk in iter_npy_chunks(src):
+                    f.write((item_idx[chunk] if name == "items" else chunk).data)
+                src.unlink()
+    finally:
+        for f in outs.values():
+            f.close()
+
+    user_ids = d.user_ids.gather(by_rank)
+    items, users = _tables(log, d.item_ids, present_i, user_ids, present_u)
+    if pseudo is not None:
+        users = users.with_columns(pseudo.gather(by_rank).filter(pl.Series(present_u)))
+    split = assign_splits(len(lengths), options.split, options.split_seed)
+    users = users.with_columns(pl.Series("split", split, dtype=pl.String))
+    input_counts = {"interactions": d.rows, "users": n_users, "items": n_items}
+    stats = prepare_stats(log, input_counts, dropped, d.has_time, options)
+    t4 = time.perf_counter()
+    arrays = {"offsets": final / "offsets.npy", "items": final / "items.npy",
+              "history_end": final / "history_end.npy"}  # fmt: skip
+    if d.has_time:
+        arrays["times"] = final / "times.npy"
+    if d.has_rating:
+        arrays["ratings"] = final / "ratings.npy"
+    write_dataset_files(
+        out,
+        arrays=arrays,
+        items=items,
+        users=users,
+        source=f"{log.format}:{log.source}",
+        params={"format": log.format, **options.to_params()},
+        extra_meta={"prepare": stats},
+        overwrite=options.overwrite,
+    )
+    t5 = time.perf_counter()
+    return PrepareSummary(
+        out=out,
+        format=log.format,
+        num_users=len(lengths),
+        num_items=items.height,
+        num_interactions=n_rows,
+        splits={s: int(np.sum(split == s)) for s in SPLITS},
+        fields={
+            "times": d.has_time,
+            "ratings": d.has_rating,
+            "categories": "categories" in items.columns,
+            "user_attributes": [c for c in users.columns if c not in ("user_id", "split")],
+        },
+        dropped=dropped,
+        rows_read=log.rows_read,
+        bad_rows_skipped=log.bad_rows_skipped,
+        peak_rss=peak_rss(),
+        mode=f"out of core ({n_buckets} buckets, budget {format_size(budget)})",
+        seconds={
+            "dictionary": t1 - t0,
+            "partition": t2 - t1,
+            "buckets": t3 - t2,
+            "assemble": t4 - t3,
+            "write": t5 - t4,
+        },
+    )
