@@ -67,7 +67,7 @@ class Plan:
     """Projector widths (two layers of this width) beside the reference."""
 
 
-FULL = Plan(datasets=("ml-1m", "yelp", "beauty", "lastfm"), ablation_datasets=("ml-1m", "lastfm"))
+FULL = Plan(datasets=("ml-1m", "yelp", "beauty", "lastfm"), ablation_datasets=("ml-1m", "beauty"))
 QUICK = Plan(
     datasets=("lastfm",),
     ablation_datasets=("lastfm",),
@@ -410,8 +410,9 @@ def run_tune(
         cfg = load_experiment(source, budget)
         preset = configs / "tuned" / f"{name}.yaml"
         preset.parent.mkdir(parents=True, exist_ok=True)
+        shown = source.relative_to(ROOT) if source.is_relative_to(ROOT) else source
         found = tune_experiment(cfg, out, objectives=["barlow", "dual"], write_preset=preset,
-                                progress=True, source=source)  # fmt: skip
+                                progress=True, source=shown)  # fmt: skip
         for obj, r in found.items():
             (results / "tune").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(r.history, results / "tune" / f"{name}-{obj}.json")
