@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from seqtwins.cli import app
 from seqtwins.data import outofcore
+from seqtwins.data import prepare as prep
 from seqtwins.data.dataset import SequenceDataset, write_dataset, write_dataset_files
 from seqtwins.data.formats import ReaderOptions
 from seqtwins.data.memory import MIN_BUDGET, parse_size
@@ -28,11 +29,14 @@ runner = CliRunner()
 
 @pytest.fixture
 def tiny_buckets(monkeypatch):
-    """About 64 rows per bucket at the minimum budget."""
+    """About 64 rows per bucket at the minimum budget (whatever the process holds)."""
     monkeypatch.setattr(outofcore, "BUCKET_BYTES_PER_ROW", MIN_BUDGET // 64)
     monkeypatch.setattr(outofcore, "STREAM_RESERVE", 0)
     monkeypatch.setattr(outofcore, "current_rss", lambda: 0)
     monkeypatch.setattr(outofcore, "FLUSH_ROWS", 50)  # several flushes per log
+    monkeypatch.setattr(outofcore, "PER_USER_BYTES", 0)
+    monkeypatch.setattr(outofcore, "PER_ITEM_BYTES", 0)
+    monkeypatch.setattr(prep, "BYTES_PER_ROW", MIN_BUDGET)  # any log "needs" out of core
 
 
 def both(src: Path, tmp: Path, options: PrepareOptions) -> tuple[Path, Path]:
@@ -155,7 +159,8 @@ def test_budget_too_small_names_what_is_needed(tmp_path, monkeypatch):
     src = tmp_path / "log.parquet"
     random_log(1, n_users=20).write_parquet(src)
     monkeypatch.setattr(outofcore, "current_rss", lambda: 10 * MIN_BUDGET)
-    with pytest.raises(SeqtwinsError, match=r"--memory-budget=64.00 MB is too small .* at least"):
+    monkeypatch.setattr(prep, "current_rss", lambda: 10 * MIN_BUDGET)
+    with pytest.raises(SeqtwinsError, match=r"--memory-budget=256.00 MB is too small .* at least"):
         prepare(src, tmp_path / "out", PrepareOptions(memory_budget=MIN_BUDGET))
     assert not (tmp_path / "out").exists()
 
@@ -172,7 +177,7 @@ def test_generous_budget_stays_in_memory(tmp_path):
     [
         ("lots", "is not a size; write it like 4GB"),
         ("4XB", "is not a size"),
-        ("1MB", "below the minimum of 64.00 MB"),
+        ("100MB", "below the minimum of 256.00 MB"),
     ],
 )
 def test_cli_budget_errors_are_one_line(tmp_path, text, message):
@@ -188,7 +193,7 @@ def test_cli_budget_errors_are_one_line(tmp_path, text, message):
 def test_cli_reports_peak_memory_and_mode(tmp_path, tiny_buckets):
     src = tmp_path / "log.csv"
     random_log(3, n_users=30).write_csv(src)
-    args = ["prepare", str(src), "--out", str(tmp_path / "o"), "--memory-budget", "64MB"]
+    args = ["prepare", str(src), "--out", str(tmp_path / "o"), "--memory-budget", "256MB"]
     r = runner.invoke(app, [*args, "--work-dir", str(tmp_path / "w")])
     assert r.exit_code == 0, r.output
     assert "out of core (" in r.stdout and "peak memory" in r.stdout
@@ -199,7 +204,7 @@ def test_parse_size_units():
     assert parse_size("4GB") == 4 * 10**9
     assert parse_size("512MB") == 512 * 10**6
     assert parse_size("1.5GiB") == 3 * 2**29
-    assert parse_size("100000000") == 10**8
+    assert parse_size("300000000") == 3 * 10**8
 
 
 def test_write_dataset_files_equals_write_dataset(tmp_path):

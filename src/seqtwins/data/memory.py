@@ -33,9 +33,9 @@ _UNITS = {
     "tib": 1 << 40,
 }
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
-MIN_BUDGET = 64 * 1000**2
+MIN_BUDGET = 256 * 1000**2
 """The smallest ``--memory-budget`` accepted: below it the fixed costs (Python, polars,
-numpy) alone do not fit."""
+numpy: about 150 MB) leave no room to work."""
 
 
 def parse_size(text: str, flag: str = "--memory-budget") -> int:

@@ -70,12 +70,16 @@ BUCKET_BYTES_PER_ROW = 120
 """Peak bytes per row while a bucket is sorted and filtered: the record (24), sort key and
 permutation (16), the ordered copies (16), user codes, masks and the filtered copies of
 the per-user steps; rounded up."""
-STREAM_RESERVE = 384 << 20
-"""Memory kept aside for the streamed batches (polars' decode buffers) and the flush
-buffer of the partition pass."""
+STREAM_RESERVE = 256 << 20
+"""At most this much (and at most a quarter of what the budget leaves) is kept aside for
+the streamed batches (polars' decode buffers) and the flush buffer of the partition pass."""
+FLUSH_BYTES_PER_ROW = 96
+"""Bytes per row of the flush buffer: the batch frames, the records, the bucket sort."""
 MAX_BUCKETS = 4096
 FLUSH_ROWS = 1 << 21
-"""Rows gathered from the stream before they are split into bucket files."""
+"""At most this many rows are gathered from the stream before they go to bucket files."""
+PER_USER_BYTES, PER_ITEM_BYTES = 64, 32
+"""The dictionaries: ids, counts, ranks, lookup tables."""
 
 
 def _record_dtype(wide_users: bool) -> np.dtype:
@@ -142,7 +146,7 @@ def _dictionary(scan: LogScan) -> _Dictionary:
         users.append(batch.group_by("user").len())
         items.append(batch["item"].unique())
         pending += batch.height
-        if pending >= 1 << 23:  # merge now and then: memory stays O(users + items)
+        if pending >= 1 << 22:  # merge now and then: memory stays O(users + items)
             users = [pl.concat(users).group_by("user").agg(pl.col("len").sum())]
             items = [pl.concat(items).unique()]
             pending = 0
@@ -153,23 +157,28 @@ def _dictionary(scan: LogScan) -> _Dictionary:
     )
 
 
-def _plan(user_rows: np.ndarray, budget: int) -> np.ndarray:
-    """Bucket boundaries over users in rank order: ``bounds[b]:bounds[b+1]``."""
-    room = budget - current_rss() - STREAM_RESERVE - 48 * len(user_rows)
-    per_bucket = room // BUCKET_BYTES_PER_ROW
+def _plan(user_rows: np.ndarray, n_items: int, budget: int) -> tuple[np.ndarray, int]:
+    """Bucket boundaries over users in rank order (``bounds[b]:bounds[b+1]``) and the rows
+    per flush of the partition pass, so that the whole run stays within ``budget``."""
+    fixed = current_rss() + PER_USER_BYTES * len(user_rows) + PER_ITEM_BYTES * n_items
+    room = budget - fixed
+    stream = max(0, min(STREAM_RESERVE, room // 4))
+    per_bucket = (room - stream) // BUCKET_BYTES_PER_ROW
     n = int(user_rows.sum())
     biggest = int(user_rows.max()) if len(user_rows) else 0
     if per_bucket < max(biggest, 1) or math.ceil(n / max(per_bucket, 1)) > MAX_BUCKETS:
-        need = current_rss() + STREAM_RESERVE + 48 * len(user_rows)
-        need += BUCKET_BYTES_PER_ROW * max(biggest, math.ceil(n / MAX_BUCKETS))
+        rows = max(biggest, math.ceil(n / MAX_BUCKETS))
+        need = fixed + 4 * BUCKET_BYTES_PER_ROW * rows // 3
         raise SeqtwinsError(
             f"--memory-budget={format_size(budget)} is too small for this log ({n:,} rows, "
-            f"{len(user_rows):,} users, the longest user {biggest:,} rows); give at least "
-            f"{format_size(need)}"
+            f"{len(user_rows):,} users, the longest user {biggest:,} rows; this process "
+            f"already holds {format_size(current_rss())}); give at least {format_size(need)}"
         )
     ends = np.cumsum(user_rows)
     cuts = np.searchsorted(ends, np.arange(per_bucket, n, per_bucket), side="right")
-    return np.unique(np.concatenate([[0], cuts, [len(user_rows)]]))
+    bounds = np.unique(np.concatenate([[0], cuts, [len(user_rows)]]))
+    flush = int(min(FLUSH_ROWS, max(1 << 14, stream // FLUSH_BYTES_PER_ROW)))
+    return bounds, flush
 
 
 class _Buckets:
@@ -199,7 +208,7 @@ class _Buckets:
 
 
 def _partition(scan: LogScan, d: _Dictionary, ranks: np.ndarray, bounds: np.ndarray,
-               buckets: _Buckets) -> None:  # fmt: skip
+               buckets: _Buckets, flush_rows: int) -> None:  # fmt: skip
     """Pass 2: every row as a record (rank within bucket, item code, time, rating)."""
     n_users = len(d.user_ids)
     user_map = _IdMap(d.user_ids, ranks)
@@ -231,7 +240,7 @@ def _partition(scan: LogScan, d: _Dictionary, ranks: np.ndarray, bounds: np.ndar
     for batch in scan.batches():
         parts.append(batch)
         held += batch.height
-        if held >= FLUSH_ROWS:
+        if held >= flush_rows:
             flush()
     flush()
 
@@ -332,13 +341,13 @@ def _run(
     ranks = np.empty(n_users, dtype=np.int64)
     ranks[by_rank] = np.arange(n_users)
     rows_by_rank = d.user_rows[by_rank]
-    bounds = _plan(rows_by_rank, budget)
+    bounds, flush_rows = _plan(rows_by_rank, n_items, budget)
     n_buckets = len(bounds) - 1
     t1 = time.perf_counter()
 
     widest = int(np.diff(bounds).max())
     buckets = _Buckets(work / "records", n_buckets, _record_dtype(widest >= 2**31))
-    _partition(scan, d, ranks, bounds, buckets)
+    _partition(scan, d, ranks, bounds, buckets, flush_rows)
     t2 = time.perf_counter()
 
     saved = work / "buckets"
