@@ -169,14 +169,30 @@ def child(impl: str, src: Path, fmt: str, out: Path) -> None:
     }))  # fmt: skip
 
 
+def _busy_seconds() -> float:
+    """CPU seconds all processes have spent running, machine-wide (user + system)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(t.user + t.system + getattr(t, "nice", 0.0))
+
+
 def run_case(impl: str, src: Path, fmt: str, out: Path) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
+    busy0, child0 = _busy_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
     cmd = [sys.executable, __file__, "--child", impl, fmt, str(src), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{impl}/{fmt} failed:\n{proc.stderr[-3000:]}")
+    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res.update(impl=impl, input=fmt, load_avg_1min_before=round(load_before, 2))
+    # the share of the machine's CPU time that other processes used while the child ran
+    other = (_busy_seconds() - busy0 - own) / (wall * (os.cpu_count() or 1))
+    res["other_processes_cpu_share"] = round(min(1.0, max(0.0, other)), 3)
     return res
 
 
@@ -227,7 +243,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gb']} GiB; Python {m['python']}, "
         f"polars {m['polars']}, pyarrow {m['pyarrow']}, numpy {m['numpy']}, pandas "
         f"{m['pandas']}. **Shared machine**: other jobs ran at the same time; the 1-minute load "
-        "average before each case is listed (2.0 = both cores busy).",
+        "average before each case is listed (2.0 = both cores busy), and the share of the "
+        "machine's CPU time that other processes used while the case ran (`other CPU`).",
         "",
         f"Data: {d['rows']:,} ratings, {d['users']:,} users, {d['items']:,} items, shaped like "
         f"MovieLens-20M (Parquet {d['parquet_mb']} MiB, CSV {d['csv_mb']} MiB; generated in "
@@ -238,14 +255,15 @@ def markdown(res: dict[str, Any]) -> str:
         "seconds of that run (less sensitive to other jobs than wall time).",
         "",
         "| implementation | input | wall s | rows/s | CPU s | peak RSS (MiB) | load before "
-        "| phases (s) | all runs (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        "| other CPU | phases (s) | all runs (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for c in res["cases"]:
         phases = ", ".join(f"{k} {v:.2f}" for k, v in c["phases"].items()) or "-"
         lines.append(
             f"| {c['impl']} | {c['input']} | {c['seconds']:.2f} | {c['rows_per_s']:,.0f} | "
             f"{c['cpu_s']:.2f} | {c['peak_rss_mb']:,.0f} | {c['load_avg_1min_before']} | "
+            f"{100 * c.get('other_processes_cpu_share', float('nan')):.0f}% | "
             f"{phases} | {', '.join(map(str, c['all_seconds']))} |"
         )
     lines += ["", "Speed-up of seqtwins over pandas (pandas / seqtwins):", ""]
