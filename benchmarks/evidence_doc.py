@@ -130,7 +130,8 @@ def _plot_batch(abl: dict[str, dict[str, Any]], path: Path) -> str:
                 if r.startswith(f"{obj}-b")
             )
             for task, ls in zip(HEADLINE_TASKS, ("-", ":"), strict=True):
-                ys = [cell_mean(res, task, r, f) or float("nan") for _, r in runs]
+                ys = [cell_mean(res, task, r, f) for _, r in runs]
+                ys = [float("nan") if y is None else y for y in ys]
                 ax.plot([b for b, _ in runs], ys, ls, marker="o", label=f"{obj} {task}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("pretraining batch size")
