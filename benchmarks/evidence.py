@@ -426,7 +426,6 @@ def run_study(
     ``meta.json`` keeps the stage times of earlier invocations for stages not rerun now, so
     a study run in parts still records what each stage cost."""
     meta_file = results / "meta.json"
-    previous = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     meta = provenance(argv)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     stages: dict[str, float] = {}
@@ -435,15 +434,19 @@ def run_study(
         t = time.perf_counter()
         run_main(name, plan, out, results, configs, say)
         stages[f"main-{name}"] = round(time.perf_counter() - t, 1)
+        say(f"== main-{name}: {stages[f'main-{name}']:.0f} s")
     for name in plan.ablation_datasets if "ablations" not in skip else ():
         t = time.perf_counter()
         run_ablations(name, plan, out, results, configs, say)
         stages[f"ablation-{name}"] = round(time.perf_counter() - t, 1)
+        say(f"== ablation-{name}: {stages[f'ablation-{name}']:.0f} s")
     meta["machine"]["load_avg_end"] = os.getloadavg()[0]
     invocation = {"command": meta["command"], "git_commit": meta["git_commit"],
                   "started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                   "stages": stages}  # fmt: skip
     meta["plan"] = dataclasses.asdict(plan)
+    # read now, not at the start: another invocation may have finished in the meantime
+    previous = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     meta["invocations"] = [*previous.get("invocations", []), invocation]
     meta["seconds"] = {**previous.get("seconds", {}), **stages}
     _write_json(meta_file, meta)
