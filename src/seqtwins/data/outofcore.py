@@ -61,6 +61,7 @@ from seqtwins.data.prepare import (
     _UserRows,
     _zero_left,
     assign_splits,
+    counts,
     prepare_stats,
 )
 from seqtwins.data.privacy import load_or_create_key, pseudonymize
@@ -271,7 +272,7 @@ def _order_bucket(rec: np.ndarray, n_users: int, d: _Dictionary) -> _UserRows:
     ucode = rec["u"]
     times = rec["t"] if d.has_time else None
     order = _chronological_order(ucode, n_users, times)
-    cu = np.bincount(ucode, minlength=n_users)
+    cu = counts(ucode, n_users)
     take = rec if order is None else rec[order]
     return _UserRows(
         cu,
@@ -363,7 +364,7 @@ def _run(
         rows = _user_steps(rows, n_items, options, part)
         for k, v in part.items():
             dropped[k] = dropped.get(k, 0) + v
-        ci += np.bincount(rows.icode, minlength=n_items)
+        ci += counts(rows.icode, n_items)
         _save(saved, b, rows)
     if options.min_rating is not None and dropped["low_rating_interactions"] == d.rows:
         raise _zero_left(log, _rating_drops(dropped), options)
@@ -382,7 +383,7 @@ def _run(
             if nxt is not None:
                 changed, rows = True, nxt
                 _save(saved, b, rows)
-            ci_next += np.bincount(rows.icode, minlength=n_items)
+            ci_next += counts(rows.icode, n_items)
         if not changed:
             break
         ci = ci_next

@@ -30,6 +30,7 @@ only for pseudonyms.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -207,6 +208,16 @@ def prepare(
                 "from the data it protects"
             )
     _tune_malloc()
+    gc_was_on = gc.isenabled()
+    gc.disable()  # no reference cycles here; the collector would only walk the heap
+    try:
+        return _prepare(input, out, options)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _prepare(input: Path, out: Path, options: PrepareOptions) -> PrepareSummary:
     if options.memory_budget is not None:
         scan = scan_log(input, options.reader)
         if scan is not None and needs_out_of_core(scan, input, options.memory_budget):
@@ -511,6 +522,18 @@ def _chronological_order(
     return frame.with_row_index("r").sort(["u", "t", "r"])["r"].to_numpy().astype(np.int64)
 
 
+def counts(codes: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(codes, minlength=n)`` block by block: bincount casts int32 codes to
+    int64 first, a temporary as large as the input (fresh pages: costly) that blocks avoid."""
+    step = 1 << 20
+    if len(codes) <= step:
+        return np.bincount(codes, minlength=n)
+    out = np.zeros(n, dtype=np.int64)
+    for a in range(0, len(codes), step):
+        out += np.bincount(codes[a : a + step], minlength=n)
+    return out
+
+
 def _threads() -> int:
     """Worker threads for the parallel steps: the CPUs this process may use."""
     try:
@@ -659,7 +682,7 @@ def _order(log: RawLog) -> _Ordered:
         cu, user_ids = runs
     else:
         ucode, user_ids = _dense_codes(df["user"])
-        cu = np.bincount(ucode, minlength=len(user_ids))
+        cu = counts(ucode, len(user_ids))
     icode, item_ids = _dense_codes(df["item"])
     times = df["time"].to_numpy() if has_time else None
     ratings = df["rating"].to_numpy() if has_rating else None
@@ -882,7 +905,7 @@ class _UserRows:
         """The rows where ``mask`` holds (``ucode``: the rows' user codes, if at hand)."""
         kept_u = (self.user_codes() if ucode is None else ucode)[mask]
         return _UserRows(
-            np.bincount(kept_u, minlength=len(self.cu)),
+            counts(kept_u, len(self.cu)),
             self.icode[mask],
             None if self.times is None else self.times[mask],
             None if self.ratings is None else self.ratings[mask],
@@ -1025,7 +1048,7 @@ def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> _Built:
         and dropped["low_rating_interactions"] == input_counts["interactions"]
     ):
         raise _zero_left(log, _rating_drops(dropped), options)
-    ci = np.bincount(rows.icode, minlength=n_items)
+    ci = counts(rows.icode, n_items)
     before = (int(np.count_nonzero(rows.cu)), int(np.count_nonzero(ci)), len(rows.icode))
     thresholds = _kcore_thresholds(options)
     while thresholds is not None and len(rows.icode):
@@ -1033,7 +1056,7 @@ def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> _Built:
         if nxt is None:
             break
         rows = nxt
-        ci = np.bincount(rows.icode, minlength=n_items)
+        ci = counts(rows.icode, n_items)
     present_u, present_i = rows.cu > 0, ci > 0
     after = (int(np.count_nonzero(present_u)), int(np.count_nonzero(present_i)), len(rows.icode))
     _kcore_dropped(dropped, before, after, n_items)
