@@ -705,8 +705,10 @@ def _order(log: RawLog) -> _Ordered:
     return _Ordered(cu, user_ids, icode, item_ids, times, ratings)
 
 
-_STREAM_BATCH_ROWS: int | None = None
-"""Rows per streamed batch; ``None``: polars' choice (about a row group)."""
+_STREAM_BATCH_ROWS: int | None = 1 << 19
+"""Rows per streamed batch (``None``: polars' choice, about a row group). Fewer, larger
+batches cost less Python and polars overhead per row (measured at 20M rows: 512k-row batches
+used ~10% less CPU than polars' ~120k)."""
 _ITEM_INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
 
 
