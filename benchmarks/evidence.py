@@ -444,9 +444,12 @@ def run_study(
     invocation = {"command": meta["command"], "git_commit": meta["git_commit"],
                   "started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                   "stages": stages}  # fmt: skip
-    meta["plan"] = dataclasses.asdict(plan)
     # read now, not at the start: another invocation may have finished in the meantime
     previous = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta["plan"] = dataclasses.asdict(plan)
+    for key in ("datasets", "ablation_datasets"):  # a study run in parts: all the parts
+        done = previous.get("plan", {}).get(key, [])
+        meta["plan"][key] = [*done, *(d for d in meta["plan"][key] if d not in done)]
     meta["invocations"] = [*previous.get("invocations", []), invocation]
     meta["seconds"] = {**previous.get("seconds", {}), **stages}
     _write_json(meta_file, meta)
