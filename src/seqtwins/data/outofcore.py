@@ -48,6 +48,7 @@ from seqtwins.data.dataset import SPLITS, iter_npy_chunks, write_dataset_files
 from seqtwins.data.formats import LogScan, RawLog, check_overlap
 from seqtwins.data.memory import current_rss, format_size, peak_rss
 from seqtwins.data.prepare import (
+    _STREAM_BATCH_ROWS,
     PrepareOptions,
     PrepareSummary,
     _chronological_order,
@@ -142,7 +143,7 @@ def _dictionary(scan: LogScan) -> _Dictionary:
     items: list[pl.Series] = []
     pending = 0
     has_time = has_rating = False
-    for batch in scan.batches():
+    for batch in scan.batches(_STREAM_BATCH_ROWS):
         has_time, has_rating = "time" in batch.columns, "rating" in batch.columns
         users.append(batch.group_by("user").len())
         items.append(batch["item"].unique())
@@ -193,9 +194,8 @@ class _Buckets:
         return self.folder / f"bucket-{b:05d}.rec"
 
     def append(self, bucket: np.ndarray, records: np.ndarray) -> None:
-        """Append ``records`` to the files of their ``bucket`` (stable: file order kept)."""
-        order = np.argsort(bucket, kind="stable")  # small ints: numpy's radix sort
-        bucket, records = bucket[order], records[order]
+        """Append ``records`` to the files of their ``bucket``; both are sorted by bucket
+        (stably: file order kept within a bucket)."""
         edges = np.flatnonzero(np.diff(bucket)) + 1
         starts = np.concatenate([[0], edges])
         ends = np.concatenate([edges, [len(bucket)]])
@@ -230,15 +230,18 @@ def _partition(scan: LogScan, d: _Dictionary, ranks: np.ndarray, bounds: np.ndar
         parts, held = [], 0
         rank = user_map(frame["user"])
         bucket = bucket_of_rank[rank]
+        order = np.argsort(bucket, kind="stable")  # int16 buckets: numpy's radix sort
+        bucket = bucket[order]
+        # records filled field by field in bucket order (gathering whole records is slow)
         rec = np.empty(frame.height, dtype=buckets.dtype)
-        rec["u"] = rank - first_rank[bucket]
-        rec["i"] = item_map(frame["item"])
-        rec["t"] = frame["time"].to_numpy() if d.has_time else 0
-        rec["r"] = frame["rating"].to_numpy() if d.has_rating else 0
+        rec["u"] = rank[order] - first_rank[bucket]
+        rec["i"] = item_map(frame["item"])[order]
+        rec["t"] = frame["time"].to_numpy()[order] if d.has_time else 0
+        rec["r"] = frame["rating"].to_numpy()[order] if d.has_rating else 0
         buckets.append(bucket, rec)
 
     assert n_users == len(ranks)
-    for batch in scan.batches():
+    for batch in scan.batches(_STREAM_BATCH_ROWS):
         parts.append(batch)
         held += batch.height
         if held >= flush_rows:
@@ -269,16 +272,21 @@ def _load(folder: Path, b: int, d: _Dictionary) -> _UserRows:
 
 def _order_bucket(rec: np.ndarray, n_users: int, d: _Dictionary) -> _UserRows:
     """A bucket's rows sorted by user then time (ties in file order)."""
-    ucode = rec["u"]
-    times = rec["t"] if d.has_time else None
+    ucode = np.ascontiguousarray(rec["u"])
+    times = np.ascontiguousarray(rec["t"]) if d.has_time else None
     order = _chronological_order(ucode, n_users, times)
     cu = counts(ucode, n_users)
-    take = rec if order is None else rec[order]
+    del ucode
+
+    def field(name: str) -> np.ndarray:  # one column at a time (gathering records is slow)
+        col = np.ascontiguousarray(rec[name])
+        return col if order is None else col[order]
+
     return _UserRows(
         cu,
-        np.ascontiguousarray(take["i"]),
-        np.ascontiguousarray(take["t"]) if d.has_time else None,
-        np.ascontiguousarray(take["r"]) if d.has_rating else None,
+        field("i"),
+        (times if order is None else times[order]) if times is not None else None,
+        field("r") if d.has_rating else None,
     )
 
 
