@@ -18,7 +18,7 @@ from seqtwins.cli import app
 from seqtwins.data import outofcore
 from seqtwins.data import prepare as prep
 from seqtwins.data.dataset import SequenceDataset, write_dataset, write_dataset_files
-from seqtwins.data.formats import ReaderOptions
+from seqtwins.data.formats import ReaderOptions, scan_log
 from seqtwins.data.memory import MIN_BUDGET, parse_size
 from seqtwins.data.prepare import PrepareOptions, prepare
 from seqtwins.errors import SeqtwinsError
@@ -232,3 +232,23 @@ def test_write_dataset_files_equals_write_dataset(tmp_path):
     assert a == b == meta
     same_dataset(tmp_path / "files", ds_dir)
     assert not arrays["items"].exists()  # moved, not copied
+
+
+def test_lazy_dictionary_equals_the_checked_batches(tmp_path, monkeypatch):
+    src = tmp_path / "log.parquet"
+    wide_log(3, n_users=40, grouped=False).write_parquet(src)
+    scan = scan_log(src)
+    assert scan is not None
+    fast = outofcore._lazy_dictionary(scan)
+    assert fast is not None  # typed Parquet without bad rows: one polars query
+    monkeypatch.setattr(outofcore, "_lazy_dictionary", lambda s: None)
+    slow = outofcore._dictionary(scan)
+    assert fast.user_ids.equals(slow.user_ids) and fast.item_ids.equals(slow.item_ids)
+    assert np.array_equal(fast.user_rows, slow.user_rows)
+    # one bad row (a NaN rating): only the checked batches may decide
+    df = wide_log(3, n_users=40, grouped=False).with_columns(
+        pl.when(pl.int_range(pl.len()) == 9).then(float("nan")).otherwise("rating").alias("rating")
+    )
+    df.write_parquet(src)
+    bad_scan = scan_log(src, ReaderOptions(on_bad_rows="skip"))
+    assert bad_scan is not None and outofcore._lazy_dictionary(bad_scan) is None

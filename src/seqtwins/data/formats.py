@@ -1149,12 +1149,15 @@ class LogScan:
             raise SeqtwinsError(f"{self.source}: no interactions to prepare ({what})")
 
 
-def scan_log(path: Path, options: ReaderOptions | None = None) -> LogScan | None:
+def scan_log(
+    path: Path, options: ReaderOptions | None = None, *, id_pass: bool = True
+) -> LogScan | None:
     """A lazy, batch-by-batch reader of ``path``; ``None`` when its format is read whole
     (JSON lines, MovieLens, S3-Rec, gzipped text: use :func:`read_log`).
 
     Text ids (CSV, or String Parquet columns) need one pass over the id columns first: they
-    become integers only when every value in the whole log is a canonical integer.
+    become integers only when every value in the whole log is a canonical integer. With
+    ``id_pass=False`` such a log gives ``None`` instead of that pass.
     """
     options = options or ReaderOptions()
     path = Path(path)
@@ -1209,6 +1212,8 @@ def scan_log(path: Path, options: ReaderOptions | None = None) -> LogScan | None
                     col.cast(pl.Float64, strict=False).is_not_null() | ~filled
                 ).all()
     found: dict[str, bool] = {}
+    if checks and not id_pass:
+        return None
     if checks:
         try:
             row = lazy.select(**checks).collect(engine="streaming").row(0, named=True)

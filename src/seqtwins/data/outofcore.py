@@ -137,8 +137,50 @@ class _Dictionary:
         return int(self.user_rows.sum())
 
 
+def _lazy_dictionary(scan: LogScan) -> _Dictionary | None:
+    """:func:`_dictionary` as one streaming polars query (parallel, no Python per batch),
+    for a Parquet log with typed columns -- and only when it has no bad row at all, so that
+    the raw columns are exactly what the checked batches would hold; else ``None``."""
+    schema = scan.lazy.collect_schema()
+    roles = scan.roles
+    if scan.text or scan.ids_as_int or not all(
+        schema[roles[r]].is_integer() for r in ("user", "item", "time") if r in roles
+    ):
+        return None
+    if "rating" in roles and not schema[roles["rating"]].is_numeric():
+        return None
+    bad = pl.any_horizontal([pl.col(c).is_null() for c in set(roles.values())])
+    if "rating" in roles:
+        bad = bad | ~pl.col(roles["rating"]).cast(pl.Float64).is_finite()
+    lf = scan.lazy
+    user, item = pl.col(roles["user"]), pl.col(roles["item"])
+    try:
+        n_bad, users, items = pl.collect_all(
+            [
+                lf.select(bad.sum().alias("bad"), pl.len().alias("rows")),
+                lf.group_by(user.alias("user")).agg(pl.len()).sort("user"),
+                lf.select(item.alias("item").unique().sort()),
+            ],
+            engine="streaming",
+        )
+    except pl.exceptions.PolarsError:
+        return None  # the checked batches will name the problem
+    if n_bad["bad"][0] or n_bad["rows"][0] == 0:
+        return None
+    return _Dictionary(
+        users["user"],
+        users["len"].to_numpy().astype(np.int64),
+        items["item"],
+        "time" in roles,
+        "rating" in roles,
+    )
+
+
 def _dictionary(scan: LogScan) -> _Dictionary:
     """Pass 1: distinct users with their row counts, distinct items (bounded memory)."""
+    fast = _lazy_dictionary(scan)
+    if fast is not None:
+        return fast
     users: list[pl.DataFrame] = []
     items: list[pl.Series] = []
     pending = 0
@@ -328,9 +370,7 @@ def _run(
 ) -> PrepareSummary:
     t0 = time.perf_counter()
     d = _dictionary(scan)
-    rows_read, bad_rows = scan.rows_read, scan.bad_rows_skipped
-    log = RawLog(pl.DataFrame(), scan.format, scan.source, scan.items, scan.users,
-                 rows_read=rows_read, bad_rows_skipped=bad_rows)  # fmt: skip
+    log = RawLog(pl.DataFrame(), scan.format, scan.source, scan.items, scan.users)
     if log.items is not None:
         check_overlap(log.items["item_id"], d.item_ids, "item", log)
     if log.users is not None:
@@ -357,6 +397,7 @@ def _run(
     widest = int(np.diff(bounds).max())
     buckets = _Buckets(work / "records", n_buckets, _record_dtype(widest >= 2**31))
     _partition(scan, d, ranks, bounds, buckets, flush_rows)
+    log.rows_read, log.bad_rows_skipped = scan.rows_read, scan.bad_rows_skipped
     t2 = time.perf_counter()
 
     saved = work / "buckets"

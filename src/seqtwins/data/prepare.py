@@ -23,8 +23,20 @@ checked against the source):
 9. write atomically with :func:`seqtwins.data.dataset.write_dataset`; ``meta.json`` holds the
    options (``params``) and what each step dropped (``prepare``).
 
-All work on interactions is vectorised (polars / numpy); Python loops run per distinct user
-only for pseudonyms.
+How (the result is the same on every path; ``tests/data/test_prepare_stream.py`` and
+``test_prepare_outofcore.py`` check that):
+
+- a Parquet log with integer ids grouped by user in ascending id order is streamed batch by
+  batch and ordered on the way (:func:`_order_stream`: reading, ordering and coding in one
+  pass, on threads, without whole-column copies); anything else is read whole
+  (:func:`_order`); the rating threshold is applied after ordering (a row filter commutes
+  with a stable sort);
+- with ``memory_budget`` set and a CSV / TSV / Parquet log too large for it, the log is
+  prepared out of core (:mod:`seqtwins.data.outofcore`), reusing the per-user steps
+  (:func:`_user_steps`), the k-core rounds and the indexing below.
+
+All work on interactions is vectorised (polars / numpy); Python loops run per batch, per
+block of users, and per distinct user only for pseudonyms.
 """
 
 from __future__ import annotations
@@ -331,7 +343,8 @@ def _read_ordered(input: Path, options: PrepareOptions) -> tuple[RawLog, _Ordere
     scan = None
     fmt = options.reader.format
     if fmt == "parquet" or (fmt == "auto" and detect_format(input) == "parquet"):
-        scan = scan_log(input, options.reader)
+        # integer id columns only: text ids would need a pass of their own first
+        scan = scan_log(input, options.reader, id_pass=False)
     if scan is not None:
         ordered = _order_stream(scan)
         if ordered is not None:
