@@ -1149,6 +1149,22 @@ class LogScan:
             raise SeqtwinsError(f"{self.source}: no interactions to prepare ({what})")
 
 
+def estimate_rows(path: Path, fmt: str) -> int:
+    """Rows of a CSV / TSV / Parquet log without parsing it: exact from Parquet metadata,
+    else the file size over the mean line length of its first MiB."""
+    if fmt == "parquet":
+        try:
+            return int(_scan_parquet(path).select(pl.len()).collect().item())
+        except (pl.exceptions.PolarsError, OSError) as e:
+            raise SeqtwinsError(f"{path} is not a readable Parquet file ({_polars_msg(e)})") from e
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    if not head:
+        return 0
+    return int(size / (len(head) / max(head.count(b"\n"), 1)))
+
+
 def scan_log(
     path: Path, options: ReaderOptions | None = None, *, id_pass: bool = True
 ) -> LogScan | None:
@@ -1175,10 +1191,7 @@ def scan_log(
         roles = _roles(available, options, label)
         cols = list(dict.fromkeys(roles.values()))
         lazy = _scan_parquet(path).select(cols)
-        try:
-            num_rows = int(_scan_parquet(path).select(pl.len()).collect().item())
-        except pl.exceptions.PolarsError:
-            num_rows = None
+        num_rows = estimate_rows(path, fmt)
         text, first_line = False, 1
     else:
         sep = "," if fmt == "csv" else "\t"

@@ -55,11 +55,13 @@ import polars as pl
 
 from seqtwins.data.dataset import SPLITS, Sequences, write_dataset
 from seqtwins.data.formats import (
+    STREAM_FORMATS,
     LogScan,
     RawLog,
     ReaderOptions,
     check_overlap,
     detect_format,
+    estimate_rows,
     read_log,
     scan_log,
 )
@@ -230,9 +232,11 @@ def prepare(
 
 
 def _prepare(input: Path, out: Path, options: PrepareOptions) -> PrepareSummary:
-    if options.memory_budget is not None:
+    if options.memory_budget is not None and needs_out_of_core(
+        input, options.reader, options.memory_budget
+    ):
         scan = scan_log(input, options.reader)
-        if scan is not None and needs_out_of_core(scan, input, options.memory_budget):
+        if scan is not None:
             from seqtwins.data.outofcore import prepare_out_of_core
 
             return prepare_out_of_core(scan, out, options)
@@ -294,16 +298,14 @@ BYTES_PER_ROW = 100
 plus what the process already holds sends a CSV / TSV / Parquet log out of core."""
 
 
-def needs_out_of_core(scan: LogScan, input: Path, budget: int) -> bool:
-    """Whether preparing ``scan`` whole would exceed ``budget`` bytes (an estimate: exact
-    row counts for Parquet, the file size over the mean line length of its start for text)."""
-    rows = scan.num_rows
-    if rows is None:
-        size = input.stat().st_size
-        with open(input, "rb") as f:
-            head = f.read(1 << 20)
-        lines = max(head.count(b"\n"), 1)
-        rows = int(size / (len(head) / lines))
+def needs_out_of_core(input: Path, reader: ReaderOptions, budget: int) -> bool:
+    """Whether preparing ``input`` whole would exceed ``budget`` bytes; ``False`` for the
+    formats that are always read whole. Rows are estimated before anything is parsed
+    (:func:`seqtwins.data.formats.estimate_rows`)."""
+    fmt = detect_format(input) if reader.format == "auto" else reader.format
+    if fmt not in STREAM_FORMATS or input.name.lower().endswith(".gz"):
+        return False
+    rows = estimate_rows(input, fmt)
     return current_rss() + rows * BYTES_PER_ROW > budget
 
 
