@@ -234,21 +234,26 @@ def test_write_dataset_files_equals_write_dataset(tmp_path):
     assert not arrays["items"].exists()  # moved, not copied
 
 
-def test_lazy_dictionary_equals_the_checked_batches(tmp_path, monkeypatch):
+@pytest.mark.parametrize("late_big_ids", [False, True])
+def test_dictionary_counts_every_user_and_item(tmp_path, monkeypatch, late_big_ids):
+    monkeypatch.setattr(outofcore, "_STREAM_BATCH_ROWS", 97)  # many batches
+    df = wide_log(3, n_users=60, grouped=False)
+    if late_big_ids:  # ids beyond the count table after a while: group-bys take over
+        big = pl.int_range(pl.len()) > pl.len() // 2
+        df = df.with_columns(
+            pl.when(big & (pl.col("user_id") % 2 == 0))
+            .then(pl.col("user_id") + 2**40)
+            .otherwise("user_id")
+            .alias("user_id"),
+            pl.when(big).then(-pl.col("item_id")).otherwise("item_id").alias("item_id"),
+        )
     src = tmp_path / "log.parquet"
-    wide_log(3, n_users=40, grouped=False).write_parquet(src)
+    df.write_parquet(src)
     scan = scan_log(src)
     assert scan is not None
-    fast = outofcore._lazy_dictionary(scan)
-    assert fast is not None  # typed Parquet without bad rows: one polars query
-    monkeypatch.setattr(outofcore, "_lazy_dictionary", lambda s: None)
-    slow = outofcore._dictionary(scan)
-    assert fast.user_ids.equals(slow.user_ids) and fast.item_ids.equals(slow.item_ids)
-    assert np.array_equal(fast.user_rows, slow.user_rows)
-    # one bad row (a NaN rating): only the checked batches may decide
-    df = wide_log(3, n_users=40, grouped=False).with_columns(
-        pl.when(pl.int_range(pl.len()) == 9).then(float("nan")).otherwise("rating").alias("rating")
-    )
-    df.write_parquet(src)
-    bad_scan = scan_log(src, ReaderOptions(on_bad_rows="skip"))
-    assert bad_scan is not None and outofcore._lazy_dictionary(bad_scan) is None
+    d = outofcore._dictionary(scan, MIN_BUDGET)
+    ref = df.group_by("user_id").len().sort("user_id")
+    assert d.user_ids.to_list() == ref["user_id"].to_list()
+    assert d.user_rows.tolist() == ref["len"].to_list()
+    assert d.item_ids.to_list() == df["item_id"].unique().sort().to_list()
+    assert d.rows == df.height

@@ -137,68 +137,98 @@ class _Dictionary:
         return int(self.user_rows.sum())
 
 
-def _lazy_dictionary(scan: LogScan) -> _Dictionary | None:
-    """:func:`_dictionary` as one streaming polars query (parallel, no Python per batch),
-    for a Parquet log with typed columns -- and only when it has no bad row at all, so that
-    the raw columns are exactly what the checked batches would hold; else ``None``."""
-    schema = scan.lazy.collect_schema()
-    roles = scan.roles
-    if scan.text or scan.ids_as_int or not all(
-        schema[roles[r]].is_integer() for r in ("user", "item", "time") if r in roles
-    ):
-        return None
-    if "rating" in roles and not schema[roles["rating"]].is_numeric():
-        return None
-    bad = pl.any_horizontal([pl.col(c).is_null() for c in set(roles.values())])
-    if "rating" in roles:
-        bad = bad | ~pl.col(roles["rating"]).cast(pl.Float64).is_finite()
-    lf = scan.lazy
-    user, item = pl.col(roles["user"]), pl.col(roles["item"])
-    try:
-        n_bad, users, items = pl.collect_all(
-            [
-                lf.select(bad.sum().alias("bad"), pl.len().alias("rows")),
-                lf.group_by(user.alias("user")).agg(pl.len()).sort("user"),
-                lf.select(item.alias("item").unique().sort()),
-            ],
-            engine="streaming",
+class _Tally:
+    """Distinct ids and their row counts, batch by batch, in bounded memory.
+
+    While the ids are integers in ``0..limit``, ids are buffered and counted with one
+    ``bincount`` per few million rows into an array indexed by id (fast, and as large as
+    the id range); other ids go through polars group-bys, merged now and then.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: np.ndarray | None = np.zeros(0, dtype=np.int64)
+        self.buffer: list[np.ndarray] = []
+        self.buffered = self.top = 0
+        self.frames: list[pl.DataFrame] = []
+        self.pending = 0
+        self.dtype: pl.DataType | None = None
+
+    def add(self, ids: pl.Series) -> None:
+        self.dtype = ids.dtype
+        if self.counts is not None:
+            if ids.dtype.is_integer() and ids.len():
+                lo, hi = int(ids.min()), int(ids.max())  # type: ignore[arg-type]
+                if lo >= 0 and hi < self.limit:
+                    self.buffer.append(ids.to_numpy())
+                    self.buffered += ids.len()
+                    self.top = max(self.top, hi + 1)
+                    if self.buffered >= 1 << 22:
+                        self._count()
+                    return
+            self._to_frames()  # ids outside the table: group-bys from now on
+        self.frames.append(ids.to_frame("id").group_by("id").len())
+        self.pending += ids.len()
+        if self.pending >= 1 << 22:
+            self.frames = [self._merged()]
+            self.pending = 0
+
+    def _count(self) -> None:
+        assert self.counts is not None
+        if self.buffer:
+            c = np.bincount(np.concatenate(self.buffer), minlength=self.top)
+            if len(c) > len(self.counts):
+                grown = np.zeros(len(c), dtype=np.int64)
+                grown[: len(self.counts)] = self.counts
+                self.counts = grown
+            self.counts[: len(c)] += c
+            self.buffer, self.buffered = [], 0
+
+    def _to_frames(self) -> None:
+        if self.counts is None:
+            return
+        self._count()
+        ids = np.flatnonzero(self.counts)
+        if len(ids):
+            self.frames.append(
+                pl.DataFrame({"id": ids, "len": self.counts[ids]}).cast(
+                    {"id": self.dtype or pl.Int64(), "len": pl.UInt32}
+                )
+            )
+        self.counts = None
+
+    def _merged(self) -> pl.DataFrame:
+        return (
+            pl.concat(self.frames, how="vertical_relaxed").group_by("id").agg(pl.col("len").sum())
         )
-    except pl.exceptions.PolarsError:
-        return None  # the checked batches will name the problem
-    if n_bad["bad"][0] or n_bad["rows"][0] == 0:
-        return None
-    return _Dictionary(
-        users["user"],
-        users["len"].to_numpy().astype(np.int64),
-        items["item"],
-        "time" in roles,
-        "rating" in roles,
-    )
+
+    def result(self) -> tuple[pl.Series, np.ndarray]:
+        """Distinct ids (ascending) and their row counts."""
+        if self.counts is not None:
+            self._count()
+            ids = np.flatnonzero(self.counts)
+            return (
+                pl.Series("id", ids).cast(self.dtype or pl.Int64()),
+                self.counts[ids].astype(np.int64),
+            )
+        merged = self._merged().sort("id")
+        return merged["id"], merged["len"].to_numpy().astype(np.int64)
 
 
-def _dictionary(scan: LogScan) -> _Dictionary:
-    """Pass 1: distinct users with their row counts, distinct items (bounded memory)."""
-    fast = _lazy_dictionary(scan)
-    if fast is not None:
-        return fast
-    users: list[pl.DataFrame] = []
-    items: list[pl.Series] = []
-    pending = 0
+def _dictionary(scan: LogScan, budget: int) -> _Dictionary:
+    """Pass 1: distinct users with their row counts, distinct items (bounded memory: the
+    id-indexed count tables hold at most ``budget / 64`` ids each)."""
+    limit = max(1 << 20, budget // 64)
+    users, items = _Tally(limit), _Tally(limit)
     has_time = has_rating = False
     for batch in scan.batches(_STREAM_BATCH_ROWS):
         has_time, has_rating = "time" in batch.columns, "rating" in batch.columns
-        users.append(batch.group_by("user").len())
-        items.append(batch["item"].unique())
-        pending += batch.height
-        if pending >= 1 << 22:  # merge now and then: memory stays O(users + items)
-            users = [pl.concat(users).group_by("user").agg(pl.col("len").sum())]
-            items = [pl.concat(items).unique()]
-            pending = 0
-    u = pl.concat(users).group_by("user").agg(pl.col("len").sum()).sort("user")
-    item_ids = pl.concat(items).unique().sort()
-    return _Dictionary(
-        u["user"], u["len"].to_numpy().astype(np.int64), item_ids, has_time, has_rating
-    )
+        users.add(batch["user"])
+        items.add(batch["item"])
+    user_ids, user_rows = users.result()
+    item_ids, _ = items.result()
+    return _Dictionary(user_ids.rename("user"), user_rows, item_ids.rename("item"), has_time,
+                       has_rating)  # fmt: skip
 
 
 def _plan(user_rows: np.ndarray, n_items: int, budget: int) -> tuple[np.ndarray, int]:
@@ -369,7 +399,7 @@ def _run(
     scan: LogScan, out: Path, options: PrepareOptions, budget: int, work: Path
 ) -> PrepareSummary:
     t0 = time.perf_counter()
-    d = _dictionary(scan)
+    d = _dictionary(scan, budget)
     log = RawLog(pl.DataFrame(), scan.format, scan.source, scan.items, scan.users)
     if log.items is not None:
         check_overlap(log.items["item_id"], d.item_ids, "item", log)
