@@ -78,6 +78,10 @@ the streamed batches (polars' decode buffers) and the flush buffer of the partit
 FLUSH_BYTES_PER_ROW = 96
 """Bytes per row of the flush buffer: the batch frames, the records, the bucket sort."""
 MAX_BUCKETS = 4096
+BUCKET_ROWS = 1 << 22
+"""Rows per bucket at most, whatever the budget: smaller buckets sort faster (caches) and
+fault in less fresh memory (measured on 100M rows: the bucket pass took 18 s in 30 buckets
+of ~3.3M rows, 29 s in 4 of 25M)."""
 FLUSH_ROWS = 1 << 21
 """At most this many rows are gathered from the stream before they go to bucket files."""
 PER_USER_BYTES, PER_ITEM_BYTES = 64, 32
@@ -248,6 +252,7 @@ def _plan(user_rows: np.ndarray, n_items: int, budget: int) -> tuple[np.ndarray,
             f"{len(user_rows):,} users, the longest user {biggest:,} rows; this process "
             f"already holds {format_size(current_rss())}); give at least {format_size(need)}"
         )
+    per_bucket = max(min(per_bucket, BUCKET_ROWS), math.ceil(n / MAX_BUCKETS), biggest)
     ends = np.cumsum(user_rows)
     cuts = np.searchsorted(ends, np.arange(per_bucket, n, per_bucket), side="right")
     bounds = np.unique(np.concatenate([[0], cuts, [len(user_rows)]]))
