@@ -1231,8 +1231,10 @@ def scan_log(
         try:
             row = lazy.select(**checks).collect(engine="streaming").row(0, named=True)
         except pl.exceptions.PolarsError as e:
-            raise _text_error(label, path, e) if text else SeqtwinsError(
-                f"{label} cannot be read ({_polars_msg(e)})"
+            raise (
+                _text_error(label, path, e)
+                if text
+                else SeqtwinsError(f"{label} cannot be read ({_polars_msg(e)})")
             ) from e
         found = {k: bool(v) for k, v in row.items()}
     ids_as_int: dict[str, bool] = {r: found[r] for r in ("user", "item") if r in found}
