@@ -132,3 +132,25 @@ def test_fitting_restores_the_thread_count() -> None:
     assert torch.get_num_threads() == before
     with pytest.raises(SeqtwinsError, match="threads=0"):
         ProbeConfig(threads=0)
+
+
+def test_logistic_probe_starts_at_the_class_prior():
+    """With a learning rate too small to move anything, the logistic probe predicts the
+    majority class: its biases start at the log class prior. (From zero biases, Adam at the
+    default lr was still far from the prior when early stopping ended a fit over Yelp's 661
+    unbalanced categories, and the probe scored well below the majority class.)"""
+    rng = np.random.default_rng(0)
+    k, majority = 600, 5
+    p = np.full(k, 0.7 / (k - 1))
+    p[majority] = 0.3
+
+    def draw(n):
+        return rng.normal(size=(n, 16)).astype(np.float32), rng.choice(k, size=n, p=p)
+
+    (xt, yt), (xv, yv), (xs, _) = draw(2400), draw(500), draw(500)
+    cfg = ProbeConfig(solver="logistic", lr=1e-9, max_evals=1)
+    probe = fit_probe(xt, yt, xv, yv, "accuracy", cfg, seed=0)
+    assert np.all(
+        np.argmax(probe.predict(xs).scores, axis=1)
+        == np.searchsorted(probe.predict(xs).classes, majority)
+    )
