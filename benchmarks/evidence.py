@@ -451,7 +451,6 @@ def run_study(
         done = previous.get("plan", {}).get(key, [])
         meta["plan"][key] = [*done, *(d for d in meta["plan"][key] if d not in done)]
     meta["invocations"] = [*previous.get("invocations", []), invocation]
-    meta["seconds"] = {**previous.get("seconds", {}), **stages}
     _write_json(meta_file, meta)
     return meta
 

@@ -326,18 +326,46 @@ def _tune_section(tune: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _provenance(meta: dict[str, Any]) -> list[str]:
+def _eval_seconds(res: dict[str, Any]) -> float:
+    secs = res.get("seconds", {})
+    return float(secs.get("total", 0.0)) + sum(
+        v for k, v in secs.items() if k.endswith("+finetune")
+    )
+
+
+def compute_minutes(
+    main: dict[str, Any], abl: dict[str, Any], tune: dict[str, Any]
+) -> dict[str, float]:
+    """Minutes of pretraining and evaluation per stage, from the results themselves (a
+    stage rerun that reuses finished runs still counts what they cost to train)."""
+    out = {}
+    for name, res in main.items():
+        pre = sum(p["seconds"] for p in res.get("pretrain", {}).values())
+        out[f"main-{name}"] = (pre + _eval_seconds(res)) / 60
+    for name, a in abl.items():
+        runs = {r: p["seconds"] for g in a["groups"].values() for r, p in g["pretrain"].items()}
+        evals = sum(_eval_seconds(g["eval"]) for g in a["groups"].values())
+        out[f"ablation-{name}"] = (sum(runs.values()) + evals) / 60
+    out["tuning"] = sum(t["seconds"] or 0.0 for h in tune.values() for t in h["trials"]) / 60
+    return out
+
+
+def _provenance(meta: dict[str, Any], minutes: dict[str, float]) -> list[str]:
     if not meta:
         return []
     m = meta["machine"]
-    secs = meta.get("seconds", {})
     plan = meta.get("plan", {})
+    study = sum(v for k, v in minutes.items() if k != "tuning")
     lines = [
         "## How this was produced",
         "",
-        f"- **{sum(secs.values()) / 60:.1f} min** of study in all (stage minutes: "
-        + ", ".join(f"{k} {v / 60:.1f}" for k, v in secs.items())
-        + "). Invocations:",
+        f"- **{study:.0f} min** of pretraining and evaluation for the study ("
+        + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items() if k != "tuning")
+        + f"), plus {minutes.get('tuning', 0):.0f} min of tuning (`make tune`). Summed from "
+        "each run's and each evaluation's own timer; data preparation (seconds) not included."
+        " Jobs ran one torch thread each, two or three side by side on the 2 cores, next to"
+        " other engineers' benchmarks.",
+        "- Invocations:",
     ]
     for inv in meta.get("invocations", []):
         lines.append(
@@ -376,7 +404,7 @@ def write_doc(results: Path, docs: Path) -> Path:
         lines += _targets_section(check_targets(main, abl), len(main))
     if FINDINGS.is_file() and results.name != "quick":
         lines += [FINDINGS.read_text().rstrip(), ""]
-    lines += _provenance(meta)
+    lines += _provenance(meta, compute_minutes(main, abl, tune))
     lines += _tune_section(tune)
     if main:
         lines += [
