@@ -423,8 +423,8 @@ def run_study(
 ) -> dict[str, Any]:
     """Run the plan's main experiments and ablations; write their JSON and ``meta.json``.
 
-    ``meta.json`` keeps the stage times of earlier invocations for stages not rerun now, so
-    a study run in parts still records what each stage cost."""
+    ``meta.json`` lists every invocation (command, commit, times, stages), so a study run in
+    parts keeps the record of each part."""
     meta_file = results / "meta.json"
     meta = provenance(argv)
     started = datetime.now(UTC).isoformat(timespec="seconds")
