@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +100,7 @@ class Sequences:
         return np.asarray(self.items[self.history_end[u] : self.offsets[u + 1]])
 
     @classmethod
-    def from_lists(
-        cls, seqs: list[list[int]], history_lens: list[int] | None = None
-    ) -> Sequences:
+    def from_lists(cls, seqs: list[list[int]], history_lens: list[int] | None = None) -> Sequences:
         """Build from Python lists (tests, small inputs). Default: no future window."""
         lens = np.array([len(s) for s in seqs], dtype=np.int64)
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
@@ -116,19 +114,99 @@ class Sequences:
         return cls(offsets=offsets, items=items.astype(np.int32), history_end=offsets[:-1] + hl)
 
 
-def _hash_arrays(seqs: Sequences, items: pl.DataFrame, users: pl.DataFrame) -> str:
+def _hash_content(
+    arrays: Iterable[tuple[str, Iterable[np.ndarray]]], items: pl.DataFrame, users: pl.DataFrame
+) -> str:
+    """The content hash: the present sequence arrays (name, then its bytes, which may come
+    in chunks), item ids and splits."""
     h = hashlib.sha256()
     h.update(f"schema={SCHEMA_VERSION};".encode())
-    for name in _ARRAYS:
-        arr = getattr(seqs, name)
-        if arr is not None:
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(arr, dtype=_DTYPES[name]).data.cast("B"))
+    for name, chunks in arrays:
+        h.update(name.encode())
+        for chunk in chunks:
+            h.update(np.ascontiguousarray(chunk).data.cast("B"))
     h.update(b"item_id")
     h.update("\x1f".join(items["item_id"].cast(pl.String).to_list()).encode())
     h.update(b"split")
     h.update("\x1f".join(users["split"].to_list()).encode())
     return h.hexdigest()
+
+
+def _hash_arrays(seqs: Sequences, items: pl.DataFrame, users: pl.DataFrame) -> str:
+    present = [(n, getattr(seqs, n)) for n in _ARRAYS if getattr(seqs, n) is not None]
+    return _hash_content(
+        ((n, [np.ascontiguousarray(a, dtype=_DTYPES[n])]) for n, a in present), items, users
+    )
+
+
+def _check_tables(items: pl.DataFrame, users: pl.DataFrame) -> None:
+    if "item_id" not in items.columns or not {"user_id", "split"} <= set(users.columns):
+        raise ValueError("items needs item_id; users needs user_id and split")
+    bad_split = set(users["split"].unique().to_list()) - set(SPLITS)
+    if bad_split:
+        raise ValueError(f"unknown split names {sorted(bad_split)}")
+
+
+def _indexed_tables(
+    items: pl.DataFrame, users: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """The tables as stored: ``item_idx`` / ``user_idx`` added, ids and attributes as
+    strings; and the user attribute columns."""
+    n_items, n_users = items.height, users.height
+    items = items.with_columns(pl.col("item_id").cast(pl.String))
+    items = items.select(pl.int_range(1, n_items + 1, dtype=pl.Int32).alias("item_idx"), pl.all())
+    users = users.with_columns(pl.col("user_id").cast(pl.String))
+    attr_cols = [c for c in users.columns if c not in ("user_id", "split")]
+    users = users.with_columns([pl.col(c).cast(pl.String) for c in attr_cols])
+    users = users.select(
+        pl.int_range(0, n_users, dtype=pl.Int64).alias("user_idx"), "user_id", "split", *attr_cols
+    )
+    return items, users, attr_cols
+
+
+def _meta(
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    attr_cols: list[str],
+    counts: Mapping[str, int],
+    arrays: Iterable[str],
+    source: str,
+    params: Mapping[str, Any] | None,
+    extra_meta: Mapping[str, Any] | None,
+    content_hash: str,
+) -> dict[str, Any]:
+    """meta.json; ``counts`` holds ``interactions`` and ``history_interactions``,
+    ``arrays`` the names of the sequence arrays present."""
+    present = set(arrays)
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "counts": {
+            "users": users.height,
+            "items": items.height,
+            "interactions": int(counts["interactions"]),
+            "history_interactions": int(counts["history_interactions"]),
+            "splits": {s: int((users["split"] == s).sum()) for s in SPLITS},
+        },
+        "fields": {
+            "times": "times" in present,
+            "ratings": "ratings" in present,
+            "categories": "categories" in items.columns,
+            "titles": "title" in items.columns,
+            "user_attributes": attr_cols,
+        },
+        "params": dict(params or {}),
+        "content_hash": content_hash,
+    }
+    if extra_meta:
+        meta.update(extra_meta)
+    return meta
+
+
+def _write_tables(tmp: Path, items: pl.DataFrame, users: pl.DataFrame, meta: dict) -> None:
+    items.write_parquet(tmp / "items.parquet")
+    users.write_parquet(tmp / "users.parquet")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 @contextmanager
@@ -178,63 +256,28 @@ def write_dataset(
     attribute columns (stored as strings). ``item_idx`` / ``user_idx`` are added here.
     """
     out = Path(out)
-    n_items, n_users = items.height, users.height
-    if sequences.num_users != n_users:
-        raise ValueError(f"{n_users} user rows for {sequences.num_users} sequences")
-    if "item_id" not in items.columns or not {"user_id", "split"} <= set(users.columns):
-        raise ValueError("items needs item_id; users needs user_id and split")
-    bad_split = set(users["split"].unique().to_list()) - set(SPLITS)
-    if bad_split:
-        raise ValueError(f"unknown split names {sorted(bad_split)}")
+    if sequences.num_users != users.height:
+        raise ValueError(f"{users.height} user rows for {sequences.num_users} sequences")
+    _check_tables(items, users)
     if sequences.num_interactions and (
-        int(sequences.items.min()) < 1 or int(sequences.items.max()) > n_items
+        int(sequences.items.min()) < 1 or int(sequences.items.max()) > items.height
     ):
         raise ValueError("sequence item indices must lie in 1..num_items")
 
-    items = items.with_columns(pl.col("item_id").cast(pl.String))
-    items = items.select(
-        pl.int_range(1, n_items + 1, dtype=pl.Int32).alias("item_idx"), pl.all()
-    )
-    users = users.with_columns(pl.col("user_id").cast(pl.String))
-    attr_cols = [c for c in users.columns if c not in ("user_id", "split")]
-    users = users.with_columns([pl.col(c).cast(pl.String) for c in attr_cols])
-    users = users.select(
-        pl.int_range(0, n_users, dtype=pl.Int64).alias("user_idx"), "user_id", "split", *attr_cols
-    )
-
-    has_categories = "categories" in items.columns
-    split_counts = {s: int((users["split"] == s).sum()) for s in SPLITS}
-    meta: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "source": source,
-        "counts": {
-            "users": n_users,
-            "items": n_items,
-            "interactions": sequences.num_interactions,
-            "history_interactions": int(sequences.history_lengths().sum()),
-            "splits": split_counts,
-        },
-        "fields": {
-            "times": sequences.times is not None,
-            "ratings": sequences.ratings is not None,
-            "categories": has_categories,
-            "titles": "title" in items.columns,
-            "user_attributes": attr_cols,
-        },
-        "params": dict(params or {}),
-        "content_hash": _hash_arrays(sequences, items, users),
+    items, users, attr_cols = _indexed_tables(items, users)
+    present = [n for n in _ARRAYS if getattr(sequences, n) is not None]
+    counts = {
+        "interactions": sequences.num_interactions,
+        "history_interactions": int(sequences.history_lengths().sum()),
     }
-    if extra_meta:
-        meta.update(extra_meta)
+    meta = _meta(items, users, attr_cols, counts, present, source, params, extra_meta,
+                 _hash_arrays(sequences, items, users))  # fmt: skip
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for name in _ARRAYS:
-            arr = getattr(sequences, name)
-            if arr is not None:
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr, dtype=_DTYPES[name]))
-        items.write_parquet(tmp / "items.parquet")
-        users.write_parquet(tmp / "users.parquet")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for name in present:
+            arr = np.ascontiguousarray(getattr(sequences, name), dtype=_DTYPES[name])
+            np.save(tmp / f"{name}.npy", arr)
+        _write_tables(tmp, items, users, meta)
     return out
 
 
@@ -246,8 +289,14 @@ class SequenceDataset:
     ``vocab_size = num_items + 2`` rows.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], sequences: Sequences,
-                 items: pl.DataFrame, users: pl.DataFrame) -> None:
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        sequences: Sequences,
+        items: pl.DataFrame,
+        users: pl.DataFrame,
+    ) -> None:
         self.path = path
         self.meta = meta
         self.sequences = sequences
@@ -444,9 +493,7 @@ def write_dataset_files(
     info = {name: _npy_info(Path(p)) for name, p in arrays.items()}
     for name, (shape, dtype) in info.items():
         if len(shape) != 1 or dtype != _DTYPES[name]:
-            raise ValueError(
-                f"{name}: expected 1-D {np.dtype(_DTYPES[name])}, got {shape} {dtype}"
-            )
+            raise ValueError(f"{name}: expected 1-D {np.dtype(_DTYPES[name])}, got {shape} {dtype}")
     offsets = np.load(arrays["offsets"], allow_pickle=False)  # (U+1,): per user, small
     history_end = np.load(arrays["history_end"], allow_pickle=False)
     n_inter = info["items"][0][0]
@@ -457,69 +504,25 @@ def write_dataset_files(
     for name in ("times", "ratings"):
         if name in info and info[name][0][0] != n_inter:
             raise ValueError(f"{name} must have one entry per interaction")
-    if "item_id" not in items.columns or not {"user_id", "split"} <= set(users.columns):
-        raise ValueError("items needs item_id; users needs user_id and split")
-    bad_split = set(users["split"].unique().to_list()) - set(SPLITS)
-    if bad_split:
-        raise ValueError(f"unknown split names {sorted(bad_split)}")
+    _check_tables(items, users)
     lo, hi = n_items + 1, 0
     for chunk in iter_npy_chunks(arrays["items"]):
         lo, hi = min(lo, int(chunk.min())), max(hi, int(chunk.max()))
     if n_inter and (lo < 1 or hi > n_items):
         raise ValueError("sequence item indices must lie in 1..num_items")
 
-    items = items.with_columns(pl.col("item_id").cast(pl.String))
-    items = items.select(
-        pl.int_range(1, n_items + 1, dtype=pl.Int32).alias("item_idx"), pl.all()
-    )
-    users = users.with_columns(pl.col("user_id").cast(pl.String))
-    attr_cols = [c for c in users.columns if c not in ("user_id", "split")]
-    users = users.with_columns([pl.col(c).cast(pl.String) for c in attr_cols])
-    users = users.select(
-        pl.int_range(0, n_users, dtype=pl.Int64).alias("user_idx"), "user_id", "split", *attr_cols
-    )
-
-    h = hashlib.sha256()  # the byte stream of _hash_arrays, fed chunk by chunk
-    h.update(f"schema={SCHEMA_VERSION};".encode())
-    for name in _ARRAYS:
-        if name in arrays:
-            h.update(name.encode())
-            for chunk in iter_npy_chunks(arrays[name]):
-                h.update(chunk.data.cast("B"))
-    h.update(b"item_id")
-    h.update("\x1f".join(items["item_id"].cast(pl.String).to_list()).encode())
-    h.update(b"split")
-    h.update("\x1f".join(users["split"].to_list()).encode())
-
-    has_categories = "categories" in items.columns
-    split_counts = {s: int((users["split"] == s).sum()) for s in SPLITS}
-    meta: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "source": source,
-        "counts": {
-            "users": n_users,
-            "items": n_items,
-            "interactions": int(n_inter),
-            "history_interactions": int((history_end - offsets[:-1]).sum()),
-            "splits": split_counts,
-        },
-        "fields": {
-            "times": "times" in arrays,
-            "ratings": "ratings" in arrays,
-            "categories": has_categories,
-            "titles": "title" in items.columns,
-            "user_attributes": attr_cols,
-        },
-        "params": dict(params or {}),
-        "content_hash": h.hexdigest(),
+    items, users, attr_cols = _indexed_tables(items, users)
+    present = [n for n in _ARRAYS if n in arrays]  # the byte stream of write_dataset's hash
+    content_hash = _hash_content(((n, iter_npy_chunks(arrays[n])) for n in present), items, users)
+    counts = {
+        "interactions": n_inter,
+        "history_interactions": int((history_end - offsets[:-1]).sum()),
     }
-    if extra_meta:
-        meta.update(extra_meta)
+    meta = _meta(items, users, attr_cols, counts, present, source, params, extra_meta,
+                 content_hash)  # fmt: skip
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for name, path in arrays.items():
             shutil.move(str(path), tmp / f"{name}.npy")  # a rename on one filesystem
-        items.write_parquet(tmp / "items.parquet")
-        users.write_parquet(tmp / "users.parquet")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _write_tables(tmp, items, users, meta)
     return out
