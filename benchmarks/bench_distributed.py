@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,8 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from _machine import cpu_model_and_flags
+from _machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = (  # name, processes, threads per process
@@ -48,14 +46,7 @@ VARIANTS = (  # name, processes, threads per process
 
 
 def machine() -> dict[str, Any]:
-    cpu, _ = cpu_model_and_flags()
-    return {
-        "cpu": cpu,
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
+    return machine_info("torch")
 
 
 def load_average() -> float:

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
 import shlex
@@ -41,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import psutil
-from _machine import cpu_model_and_flags
+from _machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,19 +142,7 @@ def run_prepare(cmd: list[str]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    import polars
-
-    cpu, _ = cpu_model_and_flags()
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "memory_gb": round(mem_gb, 1),
-        "python": platform.python_version(),
-        "polars": polars.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
+    return machine_info("polars", "numpy")
 
 
 def markdown(res: dict[str, Any]) -> str:

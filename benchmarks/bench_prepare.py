@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _machine import cpu_model_and_flags
+from _machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ML20M = {"ratings": 20_000_263, "users": 138_493, "items": 26_744, "max_movie_id": 131_262}
@@ -214,23 +213,7 @@ def compare(a: Path, b: Path) -> dict[str, bool]:
 
 
 def machine() -> dict[str, Any]:
-    import pandas
-    import polars
-    import pyarrow
-
-    cpu, _ = cpu_model_and_flags()
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "memory_gb": round(mem_gb, 1),
-        "python": platform.python_version(),
-        "polars": polars.__version__,
-        "pyarrow": pyarrow.__version__,
-        "numpy": np.__version__,
-        "pandas": pandas.__version__,
-        "platform": platform.platform(),
-    }
+    return machine_info("polars", "pyarrow", "numpy", "pandas")
 
 
 def markdown(res: dict[str, Any]) -> str:
