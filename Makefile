@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pulls a multi-GB CUDA build instead.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench-prepare bench-train evidence evidence-quick tune clean
+.PHONY: demo test lint bench-prepare bench-large bench-train evidence evidence-quick tune clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 bench-prepare: $(STAMP)
 	$(PY) benchmarks/bench_prepare.py
+
+bench-large: $(STAMP)
+	$(PY) benchmarks/bench_large.py
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train.py
