@@ -158,10 +158,12 @@ def run_ablations(
     abl = root / "ablations"
 
     def train(obj: str, tag: str, changes: dict[str, Any]) -> Path:
-        layer: dict[str, Any] = _layer(cfg.pretrain, "train.epochs", plan.ablation_epochs)
+        # on top of the objective's own layer: a tuned preset sets lambda_ and the
+        # projector there, and that layer is merged after the shared one
+        layer = _layer(cfg.objectives[obj] or {}, "train.epochs", plan.ablation_epochs)
         for path, value in changes.items():
             layer = _layer(layer, path, value)
-        sub = dataclasses.replace(cfg, pretrain=layer)
+        sub = dataclasses.replace(cfg, objectives={**cfg.objectives, obj: layer})
         return pretrain_run(sub.pretrain_config(obj), data_dir, abl / "runs" / tag, False, say)
 
     base = cfg.pretrain_config("barlow")

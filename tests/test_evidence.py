@@ -74,7 +74,9 @@ def test_quick_study_end_to_end(evidence: Any, tmp_path: Path) -> None:
             "augment": {"max_len": 20},
             "train": {"batch_size": 64, "valid_users": 100},
         },
-        "objectives": {"barlow": {}, "dual": {}, "barlow+next": {}},
+        # as in a tuned preset: the objective's own layer sets lambda_, which the ablation
+        # must still be able to vary
+        "objectives": {"barlow": {"barlow": {"lambda_": 0.01}}, "dual": {}, "barlow+next": {}},
     }
     (configs / "toy.yaml").write_text(yaml.safe_dump(experiment))
     results, docs = tmp_path / "results", tmp_path / "docs" / "evidence.md"
@@ -103,6 +105,7 @@ def test_quick_study_end_to_end(evidence: Any, tmp_path: Path) -> None:
     assert abl["best_pair"] == ["mask", "crop"]  # two single ops: the pair is both, in order
     assert abl["groups"]["batch"]["configs"]["dual-b32"]["batch_size"] == 32
     lam = abl["reference_config"]["lambda_"]
+    assert lam == 0.01 and abl["groups"]["barlow"]["configs"]["barlow-b64"]["lambda_"] == lam
     assert abl["groups"]["barlow"]["configs"]["barlow-lambda4x"]["lambda_"] == pytest.approx(
         4 * lam
     )
