@@ -46,7 +46,7 @@ evidence-quick: $(STAMP)
 
 # Optuna search (same budget for barlow and dual) that writes configs/tuned/*.yaml.
 tune: $(STAMP)
-	$(PY) benchmarks/evidence.py --tune ml-1m beauty --trials 8 --tune-epochs 5
+	$(PY) benchmarks/evidence.py --tune ml-1m yelp beauty lastfm --trials 8 --tune-epochs 5
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache .mypy_cache .ruff_cache

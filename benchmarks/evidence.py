@@ -88,6 +88,24 @@ def experiment_file(name: str, configs: Path = CONFIGS) -> Path:
     return tuned if tuned.is_file() else configs / f"{name}.yaml"
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with ``+dirty`` when src/ or configs/ have uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+            check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "configs"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def _slim(results: dict[str, Any]) -> dict[str, Any]:
     """eval.json without per-seed subset digests and artifact paths (kept under --out)."""
     out = {k: v for k, v in results.items() if k not in ("artifacts", "subsets")}
@@ -124,10 +142,11 @@ def run_main(
     if plan.epochs is not None:
         overrides.append(f"pretrain.train.epochs={plan.epochs}")
     cfg = load_experiment(file, overrides)
-    say(f"== {name}: {file.relative_to(ROOT) if file.is_relative_to(ROOT) else file}")
+    say(f"== {name}: {_shown(file)}")
     res = run_experiment(cfg, out, progress=False, say=say)
     data = _slim(load_results(res.eval_json))
-    data["experiment_file"] = str(file.relative_to(ROOT) if file.is_relative_to(ROOT) else file)
+    data["experiment_file"] = _shown(file)
+    data["git_commit"] = git_commit()
     data["pretrain"] = {obj: _run_summary(run) for obj, run in res.runs.items()}
     _write_json(results / f"main-{name}.json", data)
     return data
@@ -152,7 +171,8 @@ def run_ablations(
     from seqtwins.evaluate.runs import evaluate_runs
     from seqtwins.experiment import build_data, load_experiment, pretrain_run
 
-    cfg = load_experiment(experiment_file(name, configs))
+    file = experiment_file(name, configs)
+    cfg = load_experiment(file)
     root = out / cfg.name
     data_dir = build_data(cfg, root / "data", say)
     abl = root / "ablations"
@@ -192,7 +212,8 @@ def run_ablations(
 
     data: dict[str, Any] = {
         "dataset": name,
-        "experiment_file": str(experiment_file(name, configs).name),
+        "experiment_file": _shown(file),
+        "git_commit": git_commit(),
         "epochs": plan.ablation_epochs,
         "reference": reference.name,
         "best_pair": pair,
@@ -337,7 +358,8 @@ def check_targets(main: dict[str, dict[str, Any]], ablations: dict[str, dict[str
                                 "barlow": b,
                             }
                         )
-    barlow_keep = [r["keep"] for r in keep_rows if r["objective"] == "barlow" and r["keep"]]
+    barlow_keep = [r["keep"] for r in keep_rows if r["objective"] == "barlow"]
+    batch_holds = bool(barlow_keep) and None not in barlow_keep and min(barlow_keep) >= TARGET_KEEP
     return {
         "gain": {
             "rows": gain_rows,
@@ -346,7 +368,7 @@ def check_targets(main: dict[str, dict[str, Any]], ablations: dict[str, dict[str
         },
         "batch": {
             "rows": keep_rows,
-            "holds": bool(barlow_keep) and min(barlow_keep) >= TARGET_KEEP,
+            "holds": batch_holds,
         },
         "floors": {"rows": floor_rows, "holds": not floor_rows},
     }
@@ -364,27 +386,9 @@ def provenance(argv: Sequence[str]) -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--", "src", "configs"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", False
     return {
         "command": " ".join(shlex.quote(a) for a in ["python", *argv]),
-        "git_commit": commit + ("+dirty" if dirty else ""),
+        "git_commit": git_commit(),
         "python": platform.python_version(),
         "versions": versions,
         "machine": {

@@ -31,15 +31,17 @@ FLOORS = ("random-init", "tfidf-svd", "majority")
 FAIRNESS = """\
 ## Fairness rules
 
-1. **Same encoder.** Every objective on a dataset trains the same encoder (size, depth,
-   heads, max length, pooling) from the same experiment file; only the objective's own head
-   and loss differ.
+1. **Same encoder.** Every objective on a dataset trains the same encoder architecture
+   (size, depth, heads, max length, pooling) from the same experiment file. Besides the
+   objective's own head and loss, only the tuned settings differ per objective (learning
+   rate, weight decay, dropout, and each objective's own knobs: see Tuning).
 2. **Same epochs.** Every objective gets the same maximum number of epochs and the same
    early-stopping rule (patience on the validation proxy).
 3. **Same data.** One prepared dataset per experiment; the same train / valid / test users
    and the same labelled subsets (seeded) for every method.
 4. **Same tuning budget.** When a preset was tuned (`seqtwins tune`), `barlow` and `dual`
-   got the same number of trials and the same timeout, and the search scored valid users only.
+   got the same number of trials, epochs per trial and pruner, and the search scored valid
+   users only. `barlow+next` was **not** tuned: it runs with the experiment's defaults.
 5. **Selection on valid users only.** Early stopping, the best checkpoint, probe
    regularisation, fine-tuning early stopping, tuning and the choice of the "best pair" of
    augmentations use valid users. **Test users are scored once**, for the tables below.
@@ -157,7 +159,8 @@ def _main_section(name: str, res: dict[str, Any], plots: Path, rel: str) -> list
     lines = [
         f"### {name}",
         "",
-        f"Experiment file `{res.get('experiment_file')}`; {ds.get('num_users')} users "
+        f"Experiment file `{res.get('experiment_file')}` (git `{res.get('git_commit', '?')}`); "
+        f"{ds.get('num_users')} users "
         f"({ds.get('splits')}), {ds.get('num_items')} items; protocol `{res['protocol']}` "
         f"(probe {res.get('probe', {}).get('solver', 'auto')}), seeds {res.get('seeds')}.",
         "",
@@ -197,6 +200,7 @@ def _ablation_section(name: str, a: dict[str, Any]) -> list[str]:
     lines = [
         f"### {name}",
         "",
+        f"Experiment file `{a['experiment_file']}` (git `{a.get('git_commit', '?')}`); "
         f"{a['epochs']} epochs per run; reference `{a['reference']}` = the experiment's "
         f"settings (batch {ref['batch_size']}, lr {ref['lr']:g}, lambda {ref['lambda_']:g}, "
         f"projector {ref['projector']}, ops {ref['ops']}). Cells: test accuracy (mean ± std "
@@ -349,7 +353,10 @@ def compute_minutes(
         runs = {r: p["seconds"] for g in a["groups"].values() for r, p in g["pretrain"].items()}
         evals = sum(_eval_seconds(g["eval"]) for g in a["groups"].values())
         out[f"ablation-{name}"] = (sum(runs.values()) + evals) / 60
-    out["tuning"] = sum(t["seconds"] or 0.0 for h in tune.values() for t in h["trials"]) / 60
+    out["tuning"] = (  # an interrupted trial's span includes the downtime: left out
+        sum(t["seconds"] or 0.0 for h in tune.values() for t in h["trials"] if t["state"] != "FAIL")
+        / 60
+    )
     return out
 
 
@@ -365,9 +372,7 @@ def _provenance(meta: dict[str, Any], minutes: dict[str, float]) -> list[str]:
         f"- **{study:.0f} min** of pretraining and evaluation for the study ("
         + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items() if k != "tuning")
         + f"), plus {minutes.get('tuning', 0):.0f} min of tuning (`make tune`). Summed from "
-        "each run's and each evaluation's own timer; data preparation (seconds) not included."
-        " Jobs ran one torch thread each, two or three side by side on the 2 cores, next to"
-        " other engineers' benchmarks.",
+        "each run's and each evaluation's own timer; data preparation (seconds) not included.",
         "- Invocations:",
     ]
     for inv in meta.get("invocations", []):
