@@ -223,3 +223,28 @@ def test_empty_parquet_folder_is_an_error(tmp_path):
     with pytest.raises(SeqtwinsError, match="holds no .parquet files"):
         prepare(tmp_path / "empty", tmp_path / "out",
                 PrepareOptions(reader=ReaderOptions(format="parquet")))  # fmt: skip
+
+
+def test_item_ids_widening_mid_stream_loses_no_rows(tmp_path, monkeypatch, tiny_batches):
+    """Item ids that first fit int32 and later do not: the store widens its item array while
+    earlier pieces may still be ordered into it on worker threads (slowed down here). Every
+    row must survive, exactly as on the whole-log path."""
+    import time as _time
+
+    log = random_log(7, n_users=60)
+    late = log["user_id"] >= log["user_id"].median()
+    log = log.with_columns(
+        pl.when(late).then(pl.col("item_id") + 2**33).otherwise(pl.col("item_id")).alias("item_id")
+    )
+    src = tmp_path / "log.parquet"
+    log.write_parquet(src)
+    slow = prep._sorted_runs
+
+    def slowed(users):
+        _time.sleep(0.01)
+        return slow(users)
+
+    monkeypatch.setattr(prep, "_sorted_runs", slowed)
+    prepare(src, tmp_path / "streamed")
+    whole(monkeypatch, src, tmp_path / "whole")
+    same_dataset(tmp_path / "streamed", tmp_path / "whole")

@@ -45,6 +45,7 @@ import ctypes
 import gc
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -773,6 +774,13 @@ def _order_stream(scan: LogScan) -> _Ordered | None:
 
     workers = _threads()
     pending: list[Future[None]] = []
+
+    def drain() -> None:
+        """Wait for every piece in flight (they write into the store's arrays)."""
+        for f in pending:
+            f.result()
+        pending.clear()
+
     with ThreadPoolExecutor(workers) as pool:
 
         def hand_on(frame: pl.DataFrame) -> None:
@@ -781,7 +789,7 @@ def _order_stream(scan: LogScan) -> _Ordered | None:
             if last_user is not None and first <= last_user:
                 raise _NotGrouped
             last_user = last
-            dest = store.slices(pos, frame)
+            dest = store.slices(pos, frame, drain)
             pending.append(pool.submit(order_piece, k, frame, dest))
             pos, k = pos + frame.height, k + 1
             while len(pending) > 2 * workers:  # bounded memory: a few batches in flight
@@ -829,8 +837,13 @@ class _Store:
         self.arrays: list[np.ndarray] | None = None
         self.has_time = self.has_rating = False
 
-    def slices(self, pos: int, frame: pl.DataFrame) -> tuple[np.ndarray, ...]:
-        """Destination views for the ``frame.height`` rows starting at ``pos``."""
+    def slices(
+        self, pos: int, frame: pl.DataFrame, drain: Callable[[], None]
+    ) -> tuple[np.ndarray, ...]:
+        """Destination views for the ``frame.height`` rows starting at ``pos``.
+
+        Widening or growing the arrays copies them: ``drain`` is called first, so that no
+        earlier piece is still being written into the old ones (its rows would be lost)."""
         n = frame.height
         items = frame["item"]
         wide = bool(items.min() < -(2**31) or items.max() >= 2**31)  # type: ignore[operator]
@@ -843,8 +856,10 @@ class _Store:
             if self.has_rating:
                 self.arrays.append(np.empty(cap, dtype=np.float32))
         if wide and self.arrays[0].dtype != np.int64:
+            drain()
             self.arrays[0] = self.arrays[0].astype(np.int64)
         if pos + n > len(self.arrays[0]):  # unknown size (or more than the metadata said)
+            drain()
             cap = max(2 * len(self.arrays[0]), pos + n)
             grown = []
             for arr in self.arrays:
