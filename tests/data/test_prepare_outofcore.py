@@ -190,6 +190,16 @@ def test_cli_budget_errors_are_one_line(tmp_path, text, message):
     assert "Traceback" not in r.output and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("name", "message"), [("missing.csv", "No such file"), ("d", "directory")])
+def test_cli_budget_with_unreadable_input_is_one_line(tmp_path, name, message):
+    (tmp_path / "d").mkdir()
+    r = runner.invoke(app, ["prepare", str(tmp_path / name), "--format", "csv", "--out",
+                            str(tmp_path / "o"), "--memory-budget", "1GB"])  # fmt: skip
+    assert r.exit_code == 2
+    assert message in r.output and len(r.output.strip().splitlines()) == 1
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
 def test_cli_reports_peak_memory_and_mode(tmp_path, tiny_buckets):
     src = tmp_path / "log.csv"
     random_log(3, n_users=30).write_csv(src)

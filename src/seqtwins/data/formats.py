@@ -1157,9 +1157,12 @@ def estimate_rows(path: Path, fmt: str) -> int:
             return int(_scan_parquet(path).select(pl.len()).collect().item())
         except (pl.exceptions.PolarsError, OSError) as e:
             raise SeqtwinsError(f"{path} is not a readable Parquet file ({_polars_msg(e)})") from e
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(1 << 20)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError as e:  # missing, a folder given as --format csv, unreadable
+        raise SeqtwinsError(f"cannot read {path} as a {fmt} file ({e.strerror or e})") from e
     if not head:
         return 0
     return int(size / (len(head) / max(head.count(b"\n"), 1)))
