@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -92,8 +93,10 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
+@functools.cache
 def git_commit() -> str:
-    """HEAD's short hash, with ``+dirty`` when src/ or configs/ have uncommitted changes."""
+    """HEAD's short hash, with ``+dirty`` when src/ or configs/ have uncommitted changes, as
+    of the first call (the code this process loaded)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
