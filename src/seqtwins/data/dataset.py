@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,18 +266,23 @@ def write_dataset(
         raise ValueError("sequence item indices must lie in 1..num_items")
 
     items, users, attr_cols = _indexed_tables(items, users)
-    present = [n for n in _ARRAYS if getattr(sequences, n) is not None]
+    arrays = {
+        n: np.ascontiguousarray(getattr(sequences, n), dtype=_DTYPES[n])
+        for n in _ARRAYS
+        if getattr(sequences, n) is not None
+    }
     counts = {
         "interactions": sequences.num_interactions,
         "history_interactions": int(sequences.history_lengths().sum()),
     }
-    meta = _meta(items, users, attr_cols, counts, present, source, params, extra_meta,
-                 _hash_arrays(sequences, items, users))  # fmt: skip
-
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        for name in present:
-            arr = np.ascontiguousarray(getattr(sequences, name), dtype=_DTYPES[name])
-            np.save(tmp / f"{name}.npy", arr)
+    with atomic_dir(out, overwrite=overwrite) as tmp, ThreadPoolExecutor(2) as pool:
+        # the array files and their content hash side by side (np.save and hashlib release
+        # the GIL): on a 20M-interaction log they took 0.67 s + 0.19 s one after the other
+        saved = [pool.submit(np.save, tmp / f"{n}.npy", a) for n, a in arrays.items()]
+        digest = _hash_content(((n, [a]) for n, a in arrays.items()), items, users)
+        meta = _meta(items, users, attr_cols, counts, arrays, source, params, extra_meta, digest)
+        for f in saved:
+            f.result()
         _write_tables(tmp, items, users, meta)
     return out
 
