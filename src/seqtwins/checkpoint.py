@@ -18,8 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from seqtwins.data.dataset import atomic_dir
 from seqtwins.errors import SeqtwinsError
+from seqtwins.files import atomic_dir
 
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -52,6 +51,7 @@ import yaml
 
 from seqtwins.config import PretrainConfig, deep_merge, from_dict, nest, to_dict
 from seqtwins.errors import SeqtwinsError
+from seqtwins.files import atomic_file, atomic_write
 
 if TYPE_CHECKING:
     import optuna
@@ -321,9 +321,7 @@ def _counts(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def _history(study: optuna.Study, params: list[Param], budget: dict[str, Any]) -> dict[str, Any]:
@@ -673,13 +671,7 @@ def write_tuned_preset(
         "# valid users), merged into objectives: below:",
         *[lines[obj] for obj in data["objectives"] if obj in lines],
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False))
-    try:
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False))
         load_experiment(tmp)  # the preset must be a valid experiment
-    except SeqtwinsError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
     return path

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from seqtwins.errors import SeqtwinsError
+from seqtwins.files import atomic_dir
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -208,34 +206,6 @@ def _write_tables(tmp: Path, items: pl.DataFrame, users: pl.DataFrame, meta: dic
     items.write_parquet(tmp / "items.parquet")
     users.write_parquet(tmp / "users.parquet")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-@contextmanager
-def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success rename it to ``out``.
-
-    On any exception the temporary directory is removed and ``out`` is untouched.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise SeqtwinsError(f"{out} already exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; give it a normal dir's mode
-    try:
-        yield tmp
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_dataset(

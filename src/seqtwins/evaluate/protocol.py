@@ -33,8 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +44,7 @@ from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.probe import Prediction, ProbeConfig, cpu_threads, fit_probe, score
 from seqtwins.evaluate.tasks import Task, build_tasks
+from seqtwins.files import atomic_write
 
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
 SUBSET_SALT = 0x5EB7
@@ -369,22 +368,10 @@ def _hook_prediction(method: str, out: Any, n_test: int, n_classes: int) -> Pred
 # --- files ---------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_results(results: Mapping[str, Any], path: Path | str) -> Path:
     """Write results as JSON (atomically: a half-written eval.json never exists)."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(results, indent=1, allow_nan=False) + "\n")
+    atomic_write(path, json.dumps(results, indent=1, allow_nan=False) + "\n")
     return path
 
 
@@ -435,5 +422,5 @@ def write_metrics_jsonl(results: Mapping[str, Any], path: Path | str) -> Path:
     """Write :func:`metric_records` as JSON lines (atomically)."""
     path = Path(path)
     lines = [json.dumps(r, allow_nan=False) for r in metric_records(results)]
-    _atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write(path, "\n".join(lines) + ("\n" if lines else ""))
     return path

@@ -28,9 +28,7 @@ Both parts are optional; an absent part is not plotted.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from matplotlib.figure import Figure
 
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.protocol import FLOOR_METHODS, load_results
+from seqtwins.files import atomic_file, atomic_write
 
 GAIN_PAIR = ("barlow", "dual")
 """The report's headline comparison: relative gain of the first over the second."""
@@ -70,15 +69,8 @@ def _load_array(base: Path, rel: str, what: str) -> np.ndarray:
 
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
 def plot_cross_correlation(c: np.ndarray, path: Path | str, title: str | None = None) -> Path:
@@ -413,8 +405,5 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
         if secs:
             lines += ["Seconds per method: " + ", ".join(f"{k} {v:g}" for k, v in secs.items()), ""]
     report = out / "report.md"
-    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".md", dir=out)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, report)
+    atomic_write(report, "\n".join(lines) + "\n")
     return report
