@@ -280,7 +280,10 @@ class SequenceDataset:
         self.users = users
 
     @classmethod
-    def open(cls, path: Path | str, mmap: bool = True) -> SequenceDataset:
+    def open(cls, path: Path | str, mmap: bool = True, verify: bool = True) -> SequenceDataset:
+        """Open a dataset directory; with ``verify`` (the default) its content hash is
+        recomputed and a modified directory is refused (``--no-verify`` on the CLI skips
+        this one pass over the arrays, for very large data)."""
         path = Path(path)
         what = "create one with `seqtwins prepare` or `seqtwins synth`"
         if not path.is_dir():
@@ -342,7 +345,10 @@ class SequenceDataset:
             )
         except ValueError as e:
             raise SeqtwinsError(f"{path}: inconsistent sequence arrays ({e})") from e
-        return cls(path, meta, seqs, items, users)
+        ds = cls(path, meta, seqs, items, users)
+        if verify:
+            ds.verify()
+        return ds
 
     # --- sizes and vocabulary -------------------------------------------------------
     @property
@@ -377,7 +383,10 @@ class SequenceDataset:
         """Recompute the content hash and raise if the directory was modified."""
         got = _hash_arrays(self.sequences, self.items, self.users)
         if got != self.content_hash:
-            raise SeqtwinsError(f"{self.path}: content hash mismatch; the dataset was modified")
+            raise SeqtwinsError(
+                f"{self.path}: content hash mismatch, the dataset was modified after it was "
+                "written; recreate it (or pass --no-verify to use it anyway)"
+            )
 
     # --- users ----------------------------------------------------------------------
     def split_users(self, split: str) -> np.ndarray:
