@@ -75,11 +75,15 @@ def print_warnings(caught: list[warnings.WarningMessage]) -> None:
 def inspect(
     directory: Annotated[Path, typer.Argument(help="A dataset directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(help="Check the dataset's content hash (--no-verify: skip, for huge data)."),
+    ] = True,
 ) -> None:
     """Counts, sequence lengths, categories, splits and fields of a dataset directory."""
     from seqtwins.data.inspect import inspect_dataset, render_summary
 
-    summary = inspect_dataset(directory)
+    summary = inspect_dataset(directory, verify=verify)
     if as_json:
         import json
 
@@ -183,9 +187,17 @@ def embed(
 def prepare(
     input: Annotated[Path, typer.Argument(help="A log file or a MovieLens / S3-Rec folder.")],
     out: Annotated[Path, typer.Option("--out", help="The dataset directory to write.")],
+    config: Annotated[
+        list[Path] | None,
+        typer.Option("--config", help="YAML file(s) of settings by name, applied in order."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value by setting name, e.g. min_user_count=5."),
+    ] = None,
     format: Annotated[
-        str, typer.Option(help="auto, csv, tsv, parquet, jsonl, movielens or s3rec.")
-    ] = "auto",
+        str | None, typer.Option(help="auto, csv, tsv, parquet, jsonl, movielens or s3rec.")
+    ] = None,
     user_col: Annotated[str | None, typer.Option(help="User id column (tables).")] = None,
     item_col: Annotated[str | None, typer.Option(help="Item id column (tables).")] = None,
     time_col: Annotated[
@@ -203,27 +215,51 @@ def prepare(
         Path | None, typer.Option("--users", help="User table: id + attribute columns.")
     ] = None,
     users_id_col: Annotated[str | None, typer.Option(help="Id column of --users.")] = None,
-    dedup: Annotated[bool, typer.Option(help="Keep the first of repeated (user, item).")] = False,
+    dedup: Annotated[
+        bool | None,
+        typer.Option("--dedup/--no-dedup", help="Keep the first of repeated (user, item)."),
+    ] = None,
     min_rating: Annotated[float | None, typer.Option(help="Keep rating >= this.")] = None,
-    min_user_count: Annotated[int, typer.Option(help="k-core: interactions per user.")] = 1,
-    min_item_count: Annotated[int, typer.Option(help="k-core: interactions per item.")] = 1,
+    min_user_count: Annotated[
+        int | None, typer.Option(help="k-core: interactions per user [default: 1].")
+    ] = None,
+    min_item_count: Annotated[
+        int | None, typer.Option(help="k-core: interactions per item [default: 1].")
+    ] = None,
     max_len: Annotated[
         int | None, typer.Option(help="Keep each user's most recent N interactions.")
     ] = None,
-    holdout: Annotated[int, typer.Option(help="Size of the held-out future window.")] = 5,
-    min_history: Annotated[int, typer.Option(help="Items kept as history at least.")] = 3,
-    split: Annotated[str, typer.Option(help="train,valid,test user fractions.")] = "0.8,0.1,0.1",
-    split_seed: Annotated[int, typer.Option(help="Seed of the user split.")] = 0,
+    holdout: Annotated[
+        int | None, typer.Option(help="Size of the held-out future window [default: 5].")
+    ] = None,
+    min_history: Annotated[
+        int | None, typer.Option(help="Items kept as history at least [default: 3].")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="train,valid,test user fractions [default: 0.8,0.1,0.1].")
+    ] = None,
+    split_seed: Annotated[
+        int | None, typer.Option(help="Seed of the user split [default: 0].")
+    ] = None,
     pseudonymize: Annotated[
-        bool, typer.Option(help="Replace user ids by keyed hashes (needs --salt-file).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--pseudonymize/--no-pseudonymize",
+            help="Replace user ids by keyed hashes (needs --salt-file).",
+        ),
+    ] = None,
     salt_file: Annotated[
         Path | None, typer.Option(help="HMAC key file; created if absent. Keep it secret.")
     ] = None,
     on_bad_rows: Annotated[
-        str, typer.Option(help="error (name the first bad rows) or skip (drop and count).")
-    ] = "error",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+        str | None,
+        typer.Option(
+            help="error (name the first bad rows) or skip (drop and count) [default: error]."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --out (a seqtwins dataset only).")
+    ] = False,
     memory_budget: Annotated[
         str | None,
         typer.Option(
@@ -235,48 +271,40 @@ def prepare(
         Path | None, typer.Option(help="Folder for out-of-core buckets (default: beside --out).")
     ] = None,
 ) -> None:
-    """Turn a raw interaction log into a canonical dataset directory."""
-    from seqtwins.data.formats import ReaderOptions
-    from seqtwins.data.memory import parse_size
-    from seqtwins.data.prepare import PrepareOptions
+    """Turn a raw interaction log into a canonical dataset directory.
+
+    Settings come from the defaults, then --config files, then the flags, then --set (keys
+    are the setting names of docs/prepare.md, e.g. min_user_count or user_col).
+    """
+    from seqtwins.config import load_yaml
+    from seqtwins.data.memory import parse_size, tune_process
+    from seqtwins.data.options import build_options
     from seqtwins.data.prepare import prepare as run_prepare
 
-    try:
-        fractions = tuple(float(x) for x in split.split(","))
-    except ValueError:
-        raise SeqtwinsError(f"--split={split!r} must be three numbers like 0.8,0.1,0.1") from None
-    if len(fractions) != 3:
-        raise SeqtwinsError(f"--split={split!r} must be three numbers like 0.8,0.1,0.1")
-    reader = ReaderOptions(
-        format=format,
-        user_col=user_col,
-        item_col=item_col,
-        time_col=time_col,
-        rating_col=rating_col,
-        items_file=items,
-        items_id_col=items_id_col,
-        categories_col=categories_col,
-        users_file=users,
-        users_id_col=users_id_col,
-        on_bad_rows=on_bad_rows,
-    )
-    options = PrepareOptions(
-        reader=reader,
-        dedup=dedup,
-        min_rating=min_rating,
-        min_user_count=min_user_count,
-        min_item_count=min_item_count,
-        max_len=max_len,
-        holdout=holdout,
-        min_history=min_history,
-        split=(fractions[0], fractions[1], fractions[2]),
-        split_seed=split_seed,
-        pseudonymize=pseudonymize,
-        salt_file=salt_file,
-        overwrite=overwrite,
-        memory_budget=None if memory_budget is None else parse_size(memory_budget),
-        work_dir=work_dir,
-    )
+    flags: dict[str, Any] = {
+        "format": format, "user_col": user_col, "item_col": item_col, "time_col": time_col,
+        "rating_col": rating_col, "items_file": items, "items_id_col": items_id_col,
+        "categories_col": categories_col, "users_file": users, "users_id_col": users_id_col,
+        "on_bad_rows": on_bad_rows, "dedup": dedup, "min_rating": min_rating,
+        "min_user_count": min_user_count, "min_item_count": min_item_count,
+        "max_len": max_len, "holdout": holdout, "min_history": min_history,
+        "split_seed": split_seed, "pseudonymize": pseudonymize, "salt_file": salt_file,
+        "work_dir": work_dir, "overwrite": overwrite or None,
+    }  # fmt: skip
+    if split is not None:
+        try:
+            fractions = [float(x) for x in split.split(",")]
+        except ValueError:
+            fractions = []
+        if len(fractions) != 3:
+            raise SeqtwinsError(f"--split={split!r} must be three numbers like 0.8,0.1,0.1")
+        flags["split"] = fractions
+    if memory_budget is not None:
+        flags["memory_budget"] = parse_size(memory_budget)
+    layers = [load_yaml(p) for p in config or []]
+    given = {k: v for k, v in flags.items() if v is not None}
+    options = build_options(*layers, given, overrides=overrides or [])
+    tune_process()  # an entry point: gc off and glibc malloc tuned, for this process
     summary = run_prepare(input, out, options)
     for line in summary.lines():
         console.print(line, highlight=False, soft_wrap=True)
@@ -288,12 +316,16 @@ def synth(
     users: Annotated[int, typer.Option(help="Number of users.")] = 5000,
     items: Annotated[int, typer.Option(help="Number of items.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed = same dataset).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --out (a seqtwins dataset only).")
+    ] = False,
 ) -> None:
     """Generate the embedded synthetic default (known taste, drift and transition signal)."""
+    from seqtwins.config import build
     from seqtwins.data.synth import SynthConfig, synthesize
 
-    path = synthesize(out, SynthConfig(users=users, items=items, seed=seed), overwrite=overwrite)
+    cfg = build(SynthConfig, {"users": users, "items": items, "seed": seed})
+    path = synthesize(out, cfg, overwrite=overwrite)
     console.print(
         f"wrote synthetic dataset to {path}; look at it with `seqtwins inspect {path}`",
         highlight=False,
@@ -310,8 +342,11 @@ def download(
     ] = None,
     base_url: Annotated[
         str | None,
-        typer.Option(help="Mirror of files.grouplens.org/datasets/movielens.",
-                     envvar="SEQTWINS_DOWNLOAD_BASE", show_envvar=True),
+        typer.Option(
+            help="Mirror of files.grouplens.org/datasets/movielens.",
+            envvar="SEQTWINS_DOWNLOAD_BASE",
+            show_envvar=True,
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Download and unpack again.")] = False,
 ) -> None:
@@ -356,8 +391,7 @@ def evaluate(
         seeds=seeds, protocol=protocol, baselines=baselines or BASELINES, progress=progress,
     )  # fmt: skip
     console.print(
-        f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; "
-        f"wrote {out}"
+        f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; wrote {out}"
     )
 
 

@@ -52,7 +52,7 @@ def test_detect_format_by_folder(tmp_path):
         detect_format(tmp_path / "empty")
     with pytest.raises(SeqtwinsError, match="cannot tell the format"):
         detect_format(_touch(tmp_path / "log.xlsx"))
-    with pytest.raises(SeqtwinsError, match="unknown --format"):
+    with pytest.raises(ValueError, match="format='excel' is unknown"):
         ReaderOptions(format="excel")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from seqtwins.config import build
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.data.formats import ReaderOptions
+from seqtwins.data.options import options_data
 from seqtwins.data.prepare import PrepareOptions, prepare
 from seqtwins.errors import SeqtwinsError
 from tests.conftest import shared_data_dir
@@ -269,18 +272,43 @@ def test_refuses_existing_output_and_overwrites_on_request(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "flag"),
+    ("kwargs", "message"),
     [
-        ({"min_user_count": 0}, "--min-user-count"),
-        ({"holdout": -1}, "--holdout"),
-        ({"max_len": 3}, "--max-len"),
-        ({"split": (0.5, 0.5, 0.5)}, "--split"),
-        ({"pseudonymize": True}, "--salt-file"),
+        ({"min_user_count": 0}, "min_user_count=0 must be >= 1"),
+        ({"min_item_count": 0}, "min_item_count=0 must be >= 1"),
+        ({"holdout": -1}, "holdout=-1 must be >= 0"),
+        ({"max_len": 3}, "max_len=3 must be >= min_history + 1 = 4"),
+        ({"split": (0.5, 0.5, 0.5)}, "split=0.5,0.5,0.5 must be three fractions"),
+        ({"pseudonymize": True}, "pseudonymize needs salt_file"),
+        ({"memory_budget": 1000}, "memory_budget=1000 (1.00 kB) is below the minimum"),
     ],
 )
-def test_options_are_validated_with_the_flag_named(kwargs, flag):
-    with pytest.raises(SeqtwinsError, match=flag):
+def test_options_are_validated_with_the_setting_named(kwargs, message):
+    # the library raises ValueError (the config convention); build() makes it a user error
+    with pytest.raises(ValueError, match=re.escape(message)):
         PrepareOptions(**kwargs)
+    with pytest.raises(SeqtwinsError, match=re.escape(message)):
+        build(PrepareOptions, {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in kwargs.items()})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"format": "excel"}, "format='excel' is unknown"),
+        ({"on_bad_rows": "ignore"}, "on_bad_rows='ignore' must be"),
+    ],
+)
+def test_reader_options_name_the_setting(data, message):
+    with pytest.raises(SeqtwinsError, match=re.escape(message)):
+        build(PrepareOptions, options_data(data))
+
+
+def test_flat_settings_nest_reader_keys_and_read_sizes():
+    opts = build(PrepareOptions, options_data({"user_col": "uid", "memory_budget": "1GB",
+                                               "min_user_count": 2}))  # fmt: skip
+    assert opts.reader.user_col == "uid" and opts.memory_budget == 10**9
+    assert opts.min_user_count == 2
 
 
 # --- properties ---------------------------------------------------------------------------

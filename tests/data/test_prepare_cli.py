@@ -123,7 +123,7 @@ BAD = {
     "non-utf8 s3rec": (_s3rec_latin1, [], "line 2, column 6: byte 0xE9 is not valid UTF-8"),
     "truncated gz": (_truncated_gz, [], "truncated or corrupt gzip"),
     "not parquet": (_not_parquet, [], "not a readable Parquet file"),
-    "unknown format": (_write("log.csv", GOOD), ["--format", "excel"], "unknown --format 'excel'"),
+    "unknown format": (_write("log.csv", GOOD), ["--format", "excel"], "format='excel' is unknown"),
     "undetectable format": (_write("log.xlsx", GOOD), [], "cannot tell the format"),
     "missing input": (lambda d: d / "nope.csv", [], "does not exist"),
     "item table matches nothing": (_items_table, ["--items", "{d}/items.csv"],
@@ -134,7 +134,8 @@ BAD = {
                             "no users left after filtering"),
     "bad split": (_write("log.csv", GOOD), ["--split", "0.9,0.9"], "--split"),
     "pseudonymize without salt": (_write("log.csv", GOOD), ["--pseudonymize"], "--salt-file"),
-    "bad row policy": (_write("log.csv", GOOD), ["--on-bad-rows", "ignore"], "--on-bad-rows"),
+    "bad row policy": (_write("log.csv", GOOD), ["--on-bad-rows", "ignore"],
+                       "on_bad_rows='ignore' must be 'error' or 'skip'"),
 }  # fmt: skip
 
 

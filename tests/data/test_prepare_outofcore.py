@@ -246,7 +246,7 @@ def test_write_dataset_files_equals_write_dataset(tmp_path):
 
 @pytest.mark.parametrize("late_big_ids", [False, True])
 def test_dictionary_counts_every_user_and_item(tmp_path, monkeypatch, late_big_ids):
-    monkeypatch.setattr(outofcore, "_STREAM_BATCH_ROWS", 97)  # many batches
+    monkeypatch.setattr(outofcore, "STREAM_BATCH_ROWS", 97)  # many batches
     df = wide_log(3, n_users=60, grouped=False)
     if late_big_ids:  # ids beyond the count table after a while: group-bys take over
         big = pl.int_range(pl.len()) > pl.len() // 2

@@ -52,7 +52,7 @@ def same_dataset(a: Path, b: Path) -> None:
 @pytest.fixture
 def tiny_batches(monkeypatch):
     """Batches of 7 rows and blocks of 5: users straddle both."""
-    monkeypatch.setattr(prep, "_STREAM_BATCH_ROWS", 7)
+    monkeypatch.setattr(prep, "STREAM_BATCH_ROWS", 7)
     monkeypatch.setattr(prep, "_BLOCK_ROWS", 5)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -12,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
 from seqtwins.cli import app
+from seqtwins.config import build
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.data.synth import (
     AGE_GROUPS,
@@ -216,8 +218,13 @@ def test_ratings_follow_affinity(data):  # type: ignore[no-untyped-def]
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path, change, message):  # type: ignore[no-untyped-def]
-    with pytest.raises(SeqtwinsError, match=message.replace("[", r"\[").replace("+", r"\+")):
-        synthesize(tmp_path / "ds", dataclasses.replace(DEFAULT, **change))
+    pattern = re.escape(message)
+    with pytest.raises(ValueError, match=pattern):  # the config convention: when built
+        dataclasses.replace(DEFAULT, **change)
+    with pytest.raises(SeqtwinsError, match=pattern):  # build() makes it a user error
+        build(SynthConfig, {**dataclasses.asdict(DEFAULT), **change})
+    r = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "ds"), "--users", "0"])
+    assert r.exit_code == 2 and "synth.users=0 must be >= 1" in r.output
     assert not (tmp_path / "ds").exists()
 
 

@@ -12,8 +12,11 @@ Layout (see DESIGN.md, "Canonical dataset directory")::
     history_end.npy  (U,)   int64   absolute index where a user's history ends and the
                                     held-out future window begins
 
-A directory is written atomically (temporary sibling, then rename) and a reader refuses
-one whose files do not match its ``meta.json``.
+    .seqtwins.json   the ownership marker (``{"kind": "dataset"}``; not in the content hash)
+
+A directory is written atomically (temporary sibling, then rename) and replaces only a
+seqtwins dataset (:func:`is_dataset`). A reader refuses one whose files do not match its
+``meta.json``, and by default one whose content hash does not match (a modified dataset).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import numpy as np
 import polars as pl
 
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import atomic_dir
+from seqtwins.files import atomic_dir, check_replaceable, marker_kind, write_marker
 
 SCHEMA_VERSION = 1
+DATASET = "dataset"
+"""The kind of a dataset folder in its ownership marker (:data:`seqtwins.files.MARKER`)."""
 SPLITS = ("train", "valid", "test")
 PAD = 0
 _ARRAYS = ("offsets", "items", "times", "ratings", "history_end")
@@ -206,6 +211,27 @@ def _write_tables(tmp: Path, items: pl.DataFrame, users: pl.DataFrame, meta: dic
     items.write_parquet(tmp / "items.parquet")
     users.write_parquet(tmp / "users.parquet")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_marker(tmp, DATASET)
+
+
+def is_dataset(path: Path) -> bool:
+    """Whether ``path`` is a dataset folder seqtwins wrote: its marker says so, or (written
+    before markers) its ``meta.json`` has a schema version and a content hash."""
+    path = Path(path)
+    if marker_kind(path) == DATASET:
+        return True
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "schema_version" in meta and "content_hash" in meta
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """The gate before writing ``out``: absent, or a dataset that ``overwrite`` replaces."""
+    if out.exists() and not overwrite:
+        raise SeqtwinsError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_replaceable(out, "--out", owned=is_dataset, kinds=(DATASET,))
 
 
 def write_dataset(
@@ -227,6 +253,7 @@ def write_dataset(
     attribute columns (stored as strings). ``item_idx`` / ``user_idx`` are added here.
     """
     out = Path(out)
+    _check_out(out, overwrite)
     if sequences.num_users != users.height:
         raise ValueError(f"{users.height} user rows for {sequences.num_users} sequences")
     _check_tables(items, users)
@@ -469,6 +496,7 @@ def write_dataset_files(
     writes for the same content.
     """
     out = Path(out)
+    _check_out(out, overwrite)
     n_items, n_users = items.height, users.height
     missing = {"offsets", "items", "history_end"} - set(arrays)
     if missing or set(arrays) - set(_ARRAYS):

