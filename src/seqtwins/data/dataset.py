@@ -284,6 +284,108 @@ def write_dataset(
     return out
 
 
+_META_COUNTS = ("users", "items", "interactions")
+_HOW = "create one with `seqtwins prepare` or `seqtwins synth`"
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """``meta.json`` of the dataset ``path``, checked for what :meth:`SequenceDataset.open`
+    and its users read (sections, their types)."""
+    if not path.is_dir():
+        raise SeqtwinsError(f"dataset directory {path} does not exist; {_HOW}")
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise SeqtwinsError(f"{path} is not a seqtwins dataset (no meta.json); {_HOW}")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError included
+        raise SeqtwinsError(f"{meta_file} is corrupt ({e}); recreate the dataset") from e
+    version = meta.get("schema_version") if isinstance(meta, dict) else None
+    if version != SCHEMA_VERSION:
+        raise SeqtwinsError(
+            f"{path} has dataset schema version {version}, this seqtwins reads "
+            f"{SCHEMA_VERSION}; recreate it with this version's `seqtwins prepare`"
+        )
+
+    def bad(what: str) -> SeqtwinsError:
+        return SeqtwinsError(f"{meta_file} is malformed: {what}; recreate the dataset")
+
+    counts, fields = meta.get("counts"), meta.get("fields")
+    if not isinstance(counts, dict):
+        raise bad("no 'counts' section")
+    for key in _META_COUNTS:
+        value = counts.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad(f"counts.{key}={value!r} is not a count")
+    if not isinstance(fields, dict):
+        raise bad("no 'fields' section")
+    for key in ("times", "ratings", "categories"):
+        if not isinstance(fields.get(key, False), bool):
+            raise bad(f"fields.{key}={fields.get(key)!r} is not true or false")
+    attrs = fields.get("user_attributes", [])
+    if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
+        raise bad(f"fields.user_attributes={attrs!r} is not a list of column names")
+    if not isinstance(meta.get("content_hash"), str):
+        raise bad("no content_hash")
+    return meta
+
+
+def _load_array(f: Path, mmap: bool) -> np.ndarray:
+    if not f.is_file():
+        raise SeqtwinsError(f"{f} is missing; the dataset is incomplete, recreate it")
+    try:
+        return np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise SeqtwinsError(f"{f} is corrupt ({e}); recreate the dataset") from e
+
+
+def _read_tables(path: Path, meta: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``items.parquet`` and ``users.parquet``, checked against ``meta.json``."""
+    tables = []
+    for name in ("items", "users"):
+        f = path / f"{name}.parquet"
+        if not f.is_file():
+            raise SeqtwinsError(f"{f} is missing; the dataset is incomplete, recreate it")
+        try:
+            tables.append(pl.read_parquet(f))
+        except Exception as e:  # polars raises several types for corrupt files
+            raise SeqtwinsError(f"{f} is corrupt ({type(e).__name__}); recreate it") from e
+    items, users = tables
+    counts, fields = meta["counts"], meta["fields"]
+    need = {
+        "items": (items, ["item_id"] + (["categories"] if fields.get("categories") else [])),
+        "users": (users, ["user_id", "split", *fields.get("user_attributes", [])]),
+    }
+    for name, (table, cols) in need.items():
+        missing = [c for c in cols if c not in table.columns]
+        if missing:
+            raise SeqtwinsError(
+                f"{path / (name + '.parquet')} has no column {missing[0]!r}; recreate the dataset"
+            )
+    if items.height != counts["items"] or users.height != counts["users"]:
+        raise SeqtwinsError(f"{path}: item/user tables do not match meta.json counts")
+    if users["split"].dtype != pl.String or not users["split"].is_in(list(SPLITS)).all():
+        raise SeqtwinsError(
+            f"{path / 'users.parquet'}: column 'split' holds values other than "
+            f"{', '.join(SPLITS)}; recreate the dataset"
+        )
+    return items, users
+
+
+def _check_item_range(path: Path, items: np.ndarray, n_items: int) -> None:
+    """Every item index in ``1..n_items`` (one vectorised pass; 0 and N+1 are padding and
+    MASK, an out-of-range one would index past the embedding table)."""
+    if len(items) == 0:
+        return
+    lo, hi = int(items.min()), int(items.max())
+    if lo < 1 or hi > n_items:
+        bad = lo if lo < 1 else hi
+        raise SeqtwinsError(
+            f"{path / 'items.npy'} holds item index {bad}, outside 1..{n_items} (meta.json "
+            "counts.items); the dataset is corrupt, recreate it"
+        )
+
+
 class SequenceDataset:
     """A canonical dataset directory opened read-only; arrays are memory-mapped.
 
@@ -310,38 +412,18 @@ class SequenceDataset:
     def open(cls, path: Path | str, mmap: bool = True, verify: bool = True) -> SequenceDataset:
         """Open a dataset directory; with ``verify`` (the default) its content hash is
         recomputed and a modified directory is refused (``--no-verify`` on the CLI skips
-        this one pass over the arrays, for very large data)."""
+        this one pass over the arrays, for very large data).
+
+        Whatever is wrong with the directory (a missing or malformed file, ``meta.json``
+        without its sections, an item index out of range) is one
+        :class:`~seqtwins.errors.SeqtwinsError` naming the file."""
         path = Path(path)
-        what = "create one with `seqtwins prepare` or `seqtwins synth`"
-        if not path.is_dir():
-            raise SeqtwinsError(f"dataset directory {path} does not exist; {what}")
-        meta_file = path / "meta.json"
-        if not meta_file.is_file():
-            raise SeqtwinsError(f"{path} is not a seqtwins dataset (no meta.json); {what}")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SeqtwinsError(f"{meta_file} is corrupt ({e}); recreate the dataset") from e
-        version = meta.get("schema_version") if isinstance(meta, dict) else None
-        if version != SCHEMA_VERSION:
-            raise SeqtwinsError(
-                f"{path} has dataset schema version {version}, this seqtwins reads "
-                f"{SCHEMA_VERSION}; recreate it with this version's `seqtwins prepare`"
-            )
+        meta = _read_meta(path)
         fields, counts = meta["fields"], meta["counts"]
         arrays: dict[str, np.ndarray | None] = {}
         for name in _ARRAYS:
-            f = path / f"{name}.npy"
             required = name not in ("times", "ratings") or bool(fields.get(name))
-            if not required:
-                arrays[name] = None
-                continue
-            if not f.is_file():
-                raise SeqtwinsError(f"{f} is missing; the dataset is incomplete, recreate it")
-            try:
-                arrays[name] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise SeqtwinsError(f"{f} is corrupt ({e}); recreate the dataset") from e
+            arrays[name] = _load_array(path / f"{name}.npy", mmap) if required else None
         expected = {
             "offsets": counts["users"] + 1,
             "history_end": counts["users"],
@@ -355,13 +437,7 @@ class SequenceDataset:
                     f"{path / (name + '.npy')} has shape {arr.shape} {arr.dtype}, meta.json "
                     f"says ({expected[name]},) {np.dtype(_DTYPES[name])}; recreate the dataset"
                 )
-        try:
-            items = pl.read_parquet(path / "items.parquet")
-            users = pl.read_parquet(path / "users.parquet")
-        except Exception as e:  # polars raises several types for missing/corrupt files
-            raise SeqtwinsError(f"{path}: cannot read items/users table ({e})") from e
-        if items.height != counts["items"] or users.height != counts["users"]:
-            raise SeqtwinsError(f"{path}: item/user tables do not match meta.json counts")
+        items, users = _read_tables(path, meta)
         try:
             seqs = Sequences(
                 offsets=arrays["offsets"],  # type: ignore[arg-type]
@@ -372,6 +448,7 @@ class SequenceDataset:
             )
         except ValueError as e:
             raise SeqtwinsError(f"{path}: inconsistent sequence arrays ({e})") from e
+        _check_item_range(path, seqs.items, counts["items"])
         ds = cls(path, meta, seqs, items, users)
         if verify:
             ds.verify()
