@@ -103,11 +103,11 @@ def write_inputs(n: int, seed: int, folder: Path) -> dict[str, Any]:
 
 def run_seqtwins(src: Path, fmt: str, out: Path) -> dict[str, float]:
     from seqtwins.data.formats import ReaderOptions
-    from seqtwins.data.memory import tune_process
+    from seqtwins.data.memory import tuned_process
     from seqtwins.data.prepare import PrepareOptions, prepare
 
-    tune_process()  # as the CLI does: gc off, glibc malloc tuned (an entry point's choice)
-    summary = prepare(src, out, PrepareOptions(reader=ReaderOptions(format=fmt)))
+    with tuned_process():  # as the CLI does: gc off, glibc malloc tuned (an entry point's)
+        summary = prepare(src, out, PrepareOptions(reader=ReaderOptions(format=fmt)))
     return {k: round(v, 3) for k, v in summary.seconds.items()}
 
 

@@ -277,7 +277,7 @@ def prepare(
     are the setting names of docs/prepare.md, e.g. min_user_count or user_col).
     """
     from seqtwins.config import load_yaml
-    from seqtwins.data.memory import parse_size, tune_process
+    from seqtwins.data.memory import parse_size, tuned_process
     from seqtwins.data.options import build_options
     from seqtwins.data.prepare import prepare as run_prepare
 
@@ -304,8 +304,8 @@ def prepare(
     layers = [load_yaml(p) for p in config or []]
     given = {k: v for k, v in flags.items() if v is not None}
     options = build_options(*layers, given, overrides=overrides or [])
-    tune_process()  # an entry point: gc off and glibc malloc tuned, for this process
-    summary = run_prepare(input, out, options)
+    with tuned_process():  # an entry point: gc off and glibc malloc tuned while it runs
+        summary = run_prepare(input, out, options)
     for line in summary.lines():
         console.print(line, highlight=False, soft_wrap=True)
 

@@ -1,6 +1,6 @@
 """Memory sizes for people (``--memory-budget 4GB``) and the peak memory a process used.
 
-:func:`tune_process` is for entry points only (the CLI's ``prepare``, the benchmarks): it
+:func:`tuned_process` is for entry points only (the CLI's ``prepare``, the benchmarks): it
 changes the whole process, which a library function must not do.
 
 The peak is the kernel's high-water mark of this process's resident set (``VmHWM`` in
@@ -15,6 +15,8 @@ import gc
 import re
 import resource
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -89,13 +91,16 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def tune_process() -> None:
-    """Tune this process for ``prepare`` on large logs; for entry points only (CLI,
-    benchmarks), as it changes the whole process for the rest of its life.
+@contextmanager
+def tuned_process() -> Iterator[None]:
+    """Tune this process for ``prepare`` on large logs, for the ``with`` block; for entry
+    points only (CLI, benchmarks): a library function leaves the process as it found it.
 
-    - The garbage collector is switched off: ``prepare`` makes no reference cycles, and
-      the collector would only walk the heap of many small polars / numpy objects.
-    - glibc's malloc keeps freed memory instead of returning it to the OS between batches.
+    - The garbage collector is off inside the block (and back on after it, if it was on):
+      ``prepare`` makes no reference cycles, and the collector would only walk the heap of
+      many small polars / numpy objects.
+    - glibc's malloc keeps freed memory instead of returning it to the OS between batches
+      (from then on, for the process: glibc has no way to read the old values back).
       Batch by batch, the same few MiB are allocated and freed thousands of times; with
       glibc's defaults each block is mmapped fresh or trimmed off the heap, and the page
       faults that refill it cost as much as the work itself on a VM (measured: 300k faults
@@ -103,7 +108,17 @@ def tune_process() -> None:
       glibc's own maxima for its dynamic tuning (mmap threshold 32 MiB), trim at 128 MiB.
       Nothing happens where the C library is not glibc.
     """
+    _tune_malloc()
+    gc_was_on = gc.isenabled()
     gc.disable()
+    try:
+        yield
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _tune_malloc() -> None:
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc

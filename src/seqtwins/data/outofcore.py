@@ -43,7 +43,7 @@ from typing import BinaryIO
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import iter_npy_chunks
+from seqtwins.data.dataset import iter_npy_chunks, write_errors
 from seqtwins.data.finish import Prepared, finish
 from seqtwins.data.formats import STREAM_BATCH_ROWS, LogScan, RawLog, check_overlap
 from seqtwins.data.memory import current_rss, format_size
@@ -386,12 +386,13 @@ def prepare_out_of_core(scan: LogScan, out: Path, options: PrepareOptions) -> Pr
             f"--min-rating needs ratings, but {scan.source} has none (name the column with "
             "--rating-col)"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base = options.work_dir or out.parent
-    base.mkdir(parents=True, exist_ok=True)
-    work = temp_dir(out, "work", base=base)
+    base = Path(options.work_dir or out.parent)
+    what = "--work-dir" if options.work_dir else "--out"
+    with write_errors(base, what):
+        work = temp_dir(out, "work", base=base)  # PID-tagged: clean_stale finds it if killed
     try:
-        return _run(scan, out, options, budget, work)
+        with write_errors(base, what, under=work):  # bucket files on a full disk
+            return _run(scan, out, options, budget, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

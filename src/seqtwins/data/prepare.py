@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import DATASET, Sequences, is_dataset
+from seqtwins.data.dataset import Sequences, check_out
 from seqtwins.data.finish import Prepared, finish
 from seqtwins.data.formats import (
     STREAM_BATCH_ROWS,
@@ -83,7 +83,7 @@ from seqtwins.data.steps import (
     user_steps,
 )
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import check_replaceable, clean_stale
+from seqtwins.files import clean_stale
 
 __all__ = [
     "BYTES_PER_ROW",
@@ -138,10 +138,7 @@ def check_output(input: Path, out: Path, options: PrepareOptions) -> None:
         raise SeqtwinsError(
             f"--out {out} would overwrite the input {input}; write the dataset elsewhere"
         )
-    if out.exists() and not options.overwrite:
-        raise SeqtwinsError(f"{out} already exists; choose another --out or pass --overwrite")
-    check_replaceable(out, "--out", owned=is_dataset, kinds=(DATASET,))
-    clean_stale(out)
+    check_out(out, options.overwrite)
     if options.work_dir is not None:
         clean_stale(Path(options.work_dir) / out.name)
 

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import Sequences, write_dataset
+from seqtwins.data.dataset import Sequences, check_out, write_dataset
 from seqtwins.data.steps import assign_splits  # one split rule for prepare and synth
 
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
@@ -460,6 +460,7 @@ def synthesize(out: Path | str, cfg: SynthConfig | None = None, *, overwrite: bo
     ``age_group`` and ``segment``, timestamps and 1..5 ratings.
     """
     cfg = cfg or SynthConfig()
+    check_out(Path(out), overwrite)  # before the work: a folder it may not replace, stale temps
     data = generate(cfg)
     return write_dataset(
         out,
