@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -242,3 +243,45 @@ def test_user_table_duplicates_and_categories_text(tmp_path):
     _touch(tmp_path / "items.tsv", "item_id\tcats\na\tx, y\nb\t\n")
     log = read_log(f, ReaderOptions(items_file=tmp_path / "items.tsv", categories_col="cats"))
     assert log.items is not None and log.items["categories"].to_list() == [["x", "y"], []]
+
+
+OVERFLOW = {
+    # name: (file name, content, text the one-line message must contain)
+    "timestamp beyond int64": (
+        "log.csv", "user_id,item_id,timestamp\na,x,1\na,y,99999999999999999999\n",
+        "line 3: column 'timestamp' value '99999999999999999999' is not epoch seconds"),
+    "negative timestamp beyond int64": (
+        "log.csv", "user_id,item_id,timestamp\na,x,-99999999999999999999\na,y,1\n",
+        "line 2: column 'timestamp' value '-99999999999999999999' is not epoch seconds"),
+    "float timestamp beyond int64": (
+        "log.csv", "user_id,item_id,timestamp\na,x,1.5e30\na,y,1.5\n",
+        "line 2: column 'timestamp' value '1.5e+30' is not epoch seconds"),
+    "json timestamp beyond int64": (
+        "log.jsonl", '{"user_id": "a", "item_id": "x", "timestamp": 99999999999999999999}\n'
+        '{"user_id": "a", "item_id": "y", "timestamp": 5}\n',
+        "line 1: column 'timestamp' value '99999999999999999999' is not epoch seconds"),
+    "rating beyond float32": (
+        "log.csv", "user_id,item_id,rating\na,x,1e39\na,y,3\n",
+        "line 2: column 'rating' value '1e+39' is not a number"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(OVERFLOW))
+def test_values_beyond_the_stored_types_are_bad_rows(tmp_path, case):
+    name, content, expected = OVERFLOW[case]
+    f = tmp_path / name
+    f.write_text(content)
+    with pytest.raises(SeqtwinsError, match=re.escape(expected)) as e:
+        read_log(f)
+    assert "\n" not in str(e.value)
+    assert read_log(f, ReaderOptions(on_bad_rows="skip")).bad_rows_skipped == 1
+
+
+def test_uint64_timestamp_in_parquet_is_a_bad_row(tmp_path):
+    f = tmp_path / "log.parquet"
+    pl.DataFrame({"user_id": [1, 1], "item_id": [1, 2],
+                  "timestamp": pl.Series([2**64 - 1, 5], dtype=pl.UInt64)}).write_parquet(f)  # fmt: skip
+    with pytest.raises(
+        SeqtwinsError, match="row 1: column 'timestamp' value '18446744073709551615'"
+    ):
+        read_log(f)

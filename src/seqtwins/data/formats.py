@@ -558,12 +558,15 @@ def _as_int_expr(dtype: pl.DataType, name: str) -> pl.Expr | None:
 
 
 def _time_expr(dtype: pl.DataType, name: str, label: str) -> pl.Expr:
-    """Epoch seconds (Int64, UTC) from integers, floats, datetimes, dates or text."""
+    """Epoch seconds (Int64, UTC) from integers, floats, datetimes, dates or text.
+
+    A value beyond Int64 (``99999999999999999999`` reads as Int128 or a float) becomes null:
+    a bad row, named with its line like any unparseable time."""
     col = pl.col(name)
     if dtype.is_integer():
-        return col.cast(pl.Int64)
+        return col.cast(pl.Int64, strict=False)
     if dtype.is_float():
-        return pl.when(col.is_finite()).then(col.floor()).otherwise(None).cast(pl.Int64)
+        return _float_seconds(col)
     if isinstance(dtype, pl.Datetime):
         return col.dt.epoch("s")
     if dtype == pl.Date:
@@ -575,12 +578,21 @@ def _time_expr(dtype: pl.DataType, name: str, label: str) -> pl.Expr:
     )
 
 
+_INT64_SECONDS = float(2**63 - 1024)
+"""The largest float below 2**63: larger seconds do not fit Int64."""
+
+
+def _float_seconds(x: pl.Expr) -> pl.Expr:
+    """Whole seconds of float ``x``; null where not finite or beyond Int64."""
+    ok = x.is_finite() & (x.abs() < _INT64_SECONDS)
+    return pl.when(ok).then(x.floor()).otherwise(None).cast(pl.Int64, strict=False)
+
+
 def _parse_time_text(col: pl.Expr) -> pl.Expr:
     """Epoch seconds from text: integer / decimal seconds, or ISO-8601 date[time][offset]."""
     s = col.str.strip_chars()
     as_int = s.cast(pl.Int64, strict=False)
     as_float = s.cast(pl.Float64, strict=False)
-    as_float = pl.when(as_float.is_finite()).then(as_float.floor()).otherwise(None)
     iso = s.str.replace(r"^(\d{4}-\d{2}-\d{2})[ T]", "${1}T").str.replace(r"[Zz]$", "+00:00")
     with_offset = iso.str.to_datetime(
         "%Y-%m-%dT%H:%M:%S%.f%z", strict=False, time_unit="us", time_zone="UTC"
@@ -592,7 +604,7 @@ def _parse_time_text(col: pl.Expr) -> pl.Expr:
     date = iso.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us"))
     return pl.coalesce(
         as_int,
-        as_float.cast(pl.Int64),
+        _float_seconds(as_float),
         with_offset.dt.epoch("s"),
         *[d.dt.epoch("s") for d in naive],
         date.dt.epoch("s"),
@@ -607,7 +619,8 @@ def _rating_expr(dtype: pl.DataType, name: str, label: str) -> pl.Expr:
         num = col.str.strip_chars().cast(pl.Float64, strict=False)
     else:
         raise SeqtwinsError(f"{label}: rating column {name!r} has type {dtype}; expected numbers")
-    return pl.when(num.is_finite()).then(num).otherwise(None).cast(pl.Float32)
+    fits = num.is_finite() & (num.abs() <= float(np.finfo(np.float32).max))  # else inf
+    return pl.when(fits).then(num).otherwise(None).cast(pl.Float32)
 
 
 def _typed(
