@@ -279,9 +279,7 @@ def test_values_beyond_the_stored_types_are_bad_rows(tmp_path, case):
 
 def test_uint64_timestamp_in_parquet_is_a_bad_row(tmp_path):
     f = tmp_path / "log.parquet"
-    pl.DataFrame({"user_id": [1, 1], "item_id": [1, 2],
-                  "timestamp": pl.Series([2**64 - 1, 5], dtype=pl.UInt64)}).write_parquet(f)  # fmt: skip
-    with pytest.raises(
-        SeqtwinsError, match="row 1: column 'timestamp' value '18446744073709551615'"
-    ):
+    times = pl.Series([2**64 - 1, 5], dtype=pl.UInt64)
+    pl.DataFrame({"user_id": [1, 1], "item_id": [1, 2], "timestamp": times}).write_parquet(f)
+    with pytest.raises(SeqtwinsError, match="row 1: column 'timestamp' value '18446"):
         read_log(f)
