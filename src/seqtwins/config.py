@@ -1,13 +1,20 @@
 """Typed configuration: nested dataclasses, YAML presets and ``--set key=value`` overrides.
 
 Each component owns its defaults (a dataclass next to the code that uses it, with a
-docstring per field); :class:`PretrainConfig` composes them. Values are validated when the
-config is built, and every error names the offending setting.
+docstring per field); :class:`PretrainConfig` composes them.
+
+One convention for every config dataclass: it validates itself in ``__post_init__`` and
+raises ``ValueError`` whose message names the dotted key (``encoder.dim=70 must be
+divisible by encoder.heads=4``), so a config built in Python fails at construction.
+:func:`build` alone turns that into a one-line :class:`SeqtwinsError` for the CLI.
+Settings that must agree are derived, not repeated (``augment.max_len`` is
+``encoder.max_len``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -78,6 +85,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SeqtwinsError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):  # no setting means anything with NaN or infinity
+            raise SeqtwinsError(f"{key}={value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -173,23 +182,20 @@ def build(
     *layers: Mapping[str, Any],
     overrides: Iterable[str] = (),
 ) -> T:
-    """Compose ``cls`` from defaults, mappings (e.g. YAML presets) and ``key=value`` overrides,
-    then validate it (``cfg.validate()`` when defined; a ``ValueError`` becomes a one-line
-    :class:`SeqtwinsError`)."""
+    """Compose ``cls`` from defaults, mappings (e.g. YAML presets) and ``key=value`` overrides.
+
+    The dataclasses validate themselves (``__post_init__``); their ``ValueError`` becomes a
+    one-line :class:`SeqtwinsError` here, the one place that does so."""
     data: dict[str, Any] = {}
     for layer in layers:
         data = deep_merge(data, layer)
     for text in overrides:
         key, value = parse_override(text)
         data = deep_merge(data, nest(key, value))
-    try:  # nested dataclasses may validate in __post_init__, inside from_dict
-        cfg = from_dict(cls, data)
-        validate = getattr(cfg, "validate", None)
-        if callable(validate):
-            validate()
+    try:
+        return from_dict(cls, data)
     except ValueError as e:
         raise SeqtwinsError(str(e)) from e
-    return cfg
 
 
 # --- the pretraining stage ----------------------------------------------------------------
@@ -250,12 +256,12 @@ class TrainConfig:
     ``batch_size`` stays the global batch, split equally over the processes
     (``docs/distributed.md``)."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr={self.lr} must be > 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"train.lr={self.lr} must be a finite number > 0")
         if not 0 <= self.warmup_frac < 1:
             raise ValueError(f"train.warmup_frac={self.warmup_frac} must be in [0, 1)")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -270,8 +276,9 @@ class TrainConfig:
             "checkpoint_every",
             "threads",
         ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name}={getattr(self, name)} must be >= 0")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"train.{name}={value} must be a finite number >= 0")
         if self.valid_users < 2:
             raise ValueError(f"train.valid_users={self.valid_users} must be >= 2")
         if self.backend not in BACKENDS:
@@ -295,15 +302,16 @@ class PretrainConfig:
     next: NextItemConfig = dataclasses.field(default_factory=NextItemConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(
                 f"objective={self.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
             )
-        for part in (self.encoder, self.augment, self.barlow, self.dual, self.next, self.train):
-            part.validate()
-        if self.augment.max_len != self.encoder.max_len:
+        if self.augment.max_len is None:  # derived: the views are what the encoder reads
+            self.augment = dataclasses.replace(self.augment, max_len=self.encoder.max_len)
+        elif self.augment.max_len != self.encoder.max_len:
             raise ValueError(
                 f"augment.max_len={self.augment.max_len} must equal "
-                f"encoder.max_len={self.encoder.max_len}; set both"
+                f"encoder.max_len={self.encoder.max_len}; leave augment.max_len unset, it "
+                "follows encoder.max_len"
             )

@@ -45,7 +45,7 @@ class DataSpec:
     prepare: dict[str, Any] | None = None
     """``input`` and ``format`` plus any ``seqtwins prepare`` options (by field name)."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if (self.synth is None) == (self.prepare is None):
             raise ValueError("data must set exactly one of data.synth or data.prepare")
         if self.prepare is not None and "input" not in self.prepare:
@@ -86,14 +86,13 @@ class ExperimentConfig:
     tune: TuneSpec = field(default_factory=TuneSpec)
     """How ``seqtwins tune`` searches hyper-parameters (budget and search space)."""
 
-    def validate(self) -> None:
-        self.data.validate()
+    def __post_init__(self) -> None:
         for name in self.objectives:
             if name not in OBJECTIVES:
                 raise ValueError(f"objectives.{name} is not one of {', '.join(OBJECTIVES)}")
         if not self.objectives:
             raise ValueError("objectives must list at least one objective")
-        self.tune.validate(list(self.objectives))
+        self.tune.check_objectives(list(self.objectives))
 
     def pretrain_config(self, objective: str) -> PretrainConfig:
         layer = deep_merge(self.pretrain, self.objectives[objective] or {})
