@@ -123,3 +123,29 @@ def test_config_dataclasses_validate_at_construction():
         TrainConfig(lr=-1.0)
     with pytest.raises(ValueError, match="encoder.dim=70 must be divisible by encoder.heads=4"):
         PretrainConfig(encoder=EncoderConfig(dim=70, heads=4))
+
+
+def test_yaml_problems_are_one_line(tmp_path):
+    from seqtwins.config import load_yaml
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(SeqtwinsError, match=r"twice.yaml line 3: .*'lr' is given twice"):
+        load_yaml(twice)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SeqtwinsError, match="latin.yaml is not UTF-8 text"):
+        load_yaml(latin)
+
+
+def test_scientific_notation_without_a_dot_is_a_number():
+    assert build(TrainConfig, overrides=["lr=3e-3"]).lr == 0.003
+    with pytest.raises(SeqtwinsError, match="train.lr='fast' must be a number"):
+        build(TrainConfig, overrides=["lr=fast"], prefix="train")
+
+
+def test_prefix_names_the_key_where_the_user_wrote_it():
+    with pytest.raises(SeqtwinsError, match=r"^train\.lr=-1\.0 must be a finite number > 0$"):
+        build(TrainConfig, {"lr": -1}, prefix="train")
+    with pytest.raises(SeqtwinsError, match=r"^pretrain\.train\.epochs=0 must be >= 1$"):
+        build(TrainConfig, {"epochs": 0}, prefix="pretrain")

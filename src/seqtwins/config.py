@@ -83,6 +83,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise SeqtwinsError(f"{key}={value!r} must be an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise SeqtwinsError(f"{key}={value!r} must be a number") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SeqtwinsError(f"{key}={value!r} must be a number")
         if not math.isfinite(value):  # no setting means anything with NaN or infinity
@@ -135,7 +140,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise SeqtwinsError(f"--set {text!r} must look like key=value, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -162,16 +167,41 @@ def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain PyYAML
+    keeps the last one silently: a preset's setting would vanish)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML text as plain data; a duplicated key is an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_yaml(path: Path | str) -> dict[str, Any]:
+    """A YAML config file as a mapping; one clear line for any problem with it."""
     path = Path(path)
     if not path.is_file():
         raise SeqtwinsError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise SeqtwinsError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
     except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" line {line + 1}" if line is not None else ""
-        raise SeqtwinsError(f"{path}{where}: not valid YAML ({e.__class__.__name__})") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or e.__class__.__name__
+        raise SeqtwinsError(f"{path}{where}: not valid YAML ({problem})") from e
     if not isinstance(data, dict):
         raise SeqtwinsError(f"{path}: a config must be a mapping of settings")
     return data
@@ -181,11 +211,13 @@ def build(
     cls: type[T],
     *layers: Mapping[str, Any],
     overrides: Iterable[str] = (),
+    prefix: str = "",
 ) -> T:
     """Compose ``cls`` from defaults, mappings (e.g. YAML presets) and ``key=value`` overrides.
 
     The dataclasses validate themselves (``__post_init__``); their ``ValueError`` becomes a
-    one-line :class:`SeqtwinsError` here, the one place that does so."""
+    one-line :class:`SeqtwinsError` here, the one place that does so. ``prefix`` is where
+    ``cls`` sits in a larger file (``data.prepare``): keys in messages are spelt from there."""
     data: dict[str, Any] = {}
     for layer in layers:
         data = deep_merge(data, layer)
@@ -193,9 +225,12 @@ def build(
         key, value = parse_override(text)
         data = deep_merge(data, nest(key, value))
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, data, prefix=prefix)
     except ValueError as e:
-        raise SeqtwinsError(str(e)) from e
+        message = str(e)
+        if prefix and not message.startswith(f"{prefix}."):
+            message = f"{prefix}.{message}"
+        raise SeqtwinsError(message) from e
 
 
 # --- the pretraining stage ----------------------------------------------------------------

@@ -31,7 +31,15 @@ from typing import Any
 
 import yaml
 
-from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_yaml, to_dict
+from seqtwins.config import (
+    OBJECTIVES,
+    PretrainConfig,
+    build,
+    deep_merge,
+    load_yaml,
+    read_yaml,
+    to_dict,
+)
 from seqtwins.errors import SeqtwinsError
 from seqtwins.tune import TuneSpec
 
@@ -108,7 +116,7 @@ def load_experiment(
     """Load an experiment file, or the embedded default (synthetic data) when ``None``."""
     if path is None:
         text = resources.files("seqtwins").joinpath("presets", DEFAULT_EXPERIMENT).read_text()
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
     else:
         data = load_yaml(path)
     cfg = build(ExperimentConfig, data, overrides=overrides or [])
