@@ -15,7 +15,7 @@ class Inner:
     ops: tuple[str, ...] = ("a", "b")
     name: str | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.dim % 2:
             raise ValueError(f"inner.dim={self.dim} must be even")
 
@@ -24,9 +24,6 @@ class Inner:
 class Outer:
     inner: Inner = field(default_factory=Inner)
     flag: bool = False
-
-    def validate(self) -> None:
-        self.inner.validate()
 
 
 def test_layers_and_overrides_compose():
@@ -89,9 +86,66 @@ def test_nested_post_init_validation_is_one_line():
 
 
 def test_to_dict_copies_nested_mappings():
-    from seqtwins.experiment import ExperimentConfig
+    from seqtwins.experiment import DataSpec, ExperimentConfig
 
-    cfg = ExperimentConfig(objectives={"barlow": {"train": {"lr": 0.1}}})
+    cfg = ExperimentConfig(
+        data=DataSpec(synth={}), objectives={"barlow": {"train": {"lr": 0.1}}}
+    )
     out = to_dict(cfg)
     out["objectives"]["barlow"]["train"]["lr"] = 9.0
     assert cfg.objectives["barlow"]["train"]["lr"] == 0.1
+
+
+def test_derived_augment_max_len_follows_the_encoder():
+    from seqtwins.config import PretrainConfig
+
+    cfg = build(PretrainConfig, overrides=["encoder.max_len=200"])
+    assert cfg.augment.max_len == 200
+    assert build(PretrainConfig, to_dict(cfg)) == cfg  # a saved config.yaml reloads as is
+    with pytest.raises(SeqtwinsError, match="augment.max_len=50 must equal encoder.max_len=200"):
+        build(PretrainConfig, overrides=["encoder.max_len=200", "augment.max_len=50"])
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_numbers_are_refused(value):
+    from seqtwins.config import PretrainConfig
+
+    with pytest.raises(SeqtwinsError, match=r"train\.lr=.* must be a finite number"):
+        build(PretrainConfig, overrides=[f"train.lr={value}"])
+
+
+def test_config_dataclasses_validate_at_construction():
+    """Built in Python, a config fails where it is made, naming the dotted key."""
+    from seqtwins.config import PretrainConfig
+    from seqtwins.models.encoder import EncoderConfig
+
+    with pytest.raises(ValueError, match=r"train\.lr=-1\.0 must be a finite number > 0"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="encoder.dim=70 must be divisible by encoder.heads=4"):
+        PretrainConfig(encoder=EncoderConfig(dim=70, heads=4))
+
+
+def test_yaml_problems_are_one_line(tmp_path):
+    from seqtwins.config import load_yaml
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(SeqtwinsError, match=r"twice.yaml line 3: .*'lr' is given twice"):
+        load_yaml(twice)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SeqtwinsError, match="latin.yaml is not UTF-8 text"):
+        load_yaml(latin)
+
+
+def test_scientific_notation_without_a_dot_is_a_number():
+    assert build(TrainConfig, overrides=["lr=3e-3"]).lr == 0.003
+    with pytest.raises(SeqtwinsError, match="train.lr='fast' must be a number"):
+        build(TrainConfig, overrides=["lr=fast"], prefix="train")
+
+
+def test_prefix_names_the_key_where_the_user_wrote_it():
+    with pytest.raises(SeqtwinsError, match=r"^train\.lr=-1\.0 must be a finite number > 0$"):
+        build(TrainConfig, {"lr": -1}, prefix="train")
+    with pytest.raises(SeqtwinsError, match=r"^pretrain\.train\.epochs=0 must be >= 1$"):
+        build(TrainConfig, {"epochs": 0}, prefix="pretrain")

@@ -96,10 +96,11 @@ class AugmentConfig:
     """Fraction of positions after which a co-occurring item is inserted (CoSeRec uses
     0.4 with a separate length cap; 0.2 keeps most of a full-length view). In [0, 1]."""
 
-    max_len: int = 50
+    max_len: int | None = None
     """Views hold at most the ``max_len`` most recent items: the input is cut to its last
-    ``max_len`` items before augmenting and ``insert`` drops the oldest overflow
-    (SASRec/CoSeRec use 50). >= 1."""
+    ``max_len`` items before augmenting and ``insert`` drops the oldest overflow. Derived:
+    in a :class:`~seqtwins.config.PretrainConfig` it is the encoder's ``encoder.max_len``
+    (leave it unset); ``None`` on its own means no cap. >= 1 when set."""
 
     short_len: int = 4
     """Sequences of at most this length only receive ``short_ops`` (CoSeRec's
@@ -125,14 +126,14 @@ class AugmentConfig:
             self.ops = tuple(self.ops)
         if isinstance(self.short_ops, list):
             self.short_ops = tuple(self.short_ops)
-        self.validate()
+        self._check()
 
     @property
     def needs_cooccurrence(self) -> bool:
         """Whether the enabled operations need a :class:`CooccurrenceTable`."""
         return bool(COOC_OPS.intersection(self.ops))
 
-    def validate(self) -> None:
+    def _check(self) -> None:
         """Raise ``ValueError`` naming the first invalid setting."""
         for name in ("ops", "short_ops"):
             raw = getattr(self, name)
@@ -160,6 +161,8 @@ class AugmentConfig:
             raise ValueError(f"augment.crop_keep={keep!r} must be in (0, 1]")
         for name, low in (("max_len", 1), ("short_len", 0), ("cooc_window", 1), ("cooc_top_k", 1)):
             value = getattr(self, name)
+            if name == "max_len" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"augment.{name}={value!r} must be an integer >= {low}")
 
@@ -523,7 +526,6 @@ class TwoViewTransform:
     def __init__(
         self, cfg: AugmentConfig, mask_token: int, cooc: CooccurrenceTable | None = None
     ) -> None:
-        cfg.validate()
         if cfg.needs_cooccurrence and cooc is None:
             need = sorted(COOC_OPS.intersection(cfg.ops))
             raise ValueError(
@@ -594,7 +596,7 @@ class TwoViewTransform:
         if n == 0:
             raise ValueError("cannot augment an empty sequence; filter out empty histories")
         max_len = self.cfg.max_len
-        if n > max_len:
+        if max_len is not None and n > max_len:
             seq = seq[n - max_len :]
             n = max_len
         ops = self._short_ops if n <= self.cfg.short_len else self._ops

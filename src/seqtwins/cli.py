@@ -1,7 +1,9 @@
 """The command-line interface. Thin: each command parses, calls one library function, prints.
 
-Every command turns a :class:`~seqtwins.errors.SeqtwinsError` into one line on stderr and
-exit code 2 (no traceback).
+Every command turns bad input into one line on stderr and exit code 2, no traceback:
+a :class:`~seqtwins.errors.SeqtwinsError`, and (in :func:`user_error`, the one place
+that does so) the operating system's and the data readers' errors: a read-only folder,
+an ``--out`` that is a file, a file that is not UTF-8, a table Polars or Arrow cannot read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from seqtwins.errors import SeqtwinsError
 
@@ -31,20 +34,42 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one line for an error caused by the user's files or settings, or None for a bug
+    (which keeps its traceback)."""
+    if isinstance(e, SeqtwinsError):
+        return str(e)
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename is not None else ""
+        also = f" -> {e.filename2}" if e.filename2 is not None else ""
+        reason = e.strerror or e.__class__.__name__
+        return f"{where}{reason}{also}; check the path and its permissions"
+    if isinstance(e, UnicodeError):
+        return f"a file is not valid UTF-8 text ({e}); convert it to UTF-8"
+    module = type(e).__module__.split(".")[0]
+    if module in ("polars", "pyarrow") and not isinstance(e, TypeError | AttributeError):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"cannot read the data: {first}"
+    return None
+
+
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
-    """``app.command`` that reports :class:`SeqtwinsError` as one line and exit code 2."""
+    """``app.command`` that reports bad input (:func:`user_error`) as one line, exit 2."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
             try:
                 return fn(*a, **kw)
-            except SeqtwinsError as e:
-                raise fail(str(e)) from None
+            except Exception as e:
+                message = user_error(e)
+                if message is None:
+                    raise
+                raise fail(message) from None
             except KeyboardInterrupt:
                 err_console.print("interrupted")
                 raise typer.Exit(code=130) from None

@@ -1,13 +1,20 @@
 """Typed configuration: nested dataclasses, YAML presets and ``--set key=value`` overrides.
 
 Each component owns its defaults (a dataclass next to the code that uses it, with a
-docstring per field); :class:`PretrainConfig` composes them. Values are validated when the
-config is built, and every error names the offending setting.
+docstring per field); :class:`PretrainConfig` composes them.
+
+One convention for every config dataclass: it validates itself in ``__post_init__`` and
+raises ``ValueError`` whose message names the dotted key (``encoder.dim=70 must be
+divisible by encoder.heads=4``), so a config built in Python fails at construction.
+:func:`build` alone turns that into a one-line :class:`SeqtwinsError` for the CLI.
+Settings that must agree are derived, not repeated (``augment.max_len`` is
+``encoder.max_len``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -76,8 +83,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise SeqtwinsError(f"{key}={value!r} must be an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise SeqtwinsError(f"{key}={value!r} must be a number") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SeqtwinsError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):  # no setting means anything with NaN or infinity
+            raise SeqtwinsError(f"{key}={value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -126,7 +140,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise SeqtwinsError(f"--set {text!r} must look like key=value, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -153,16 +167,41 @@ def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain PyYAML
+    keeps the last one silently: a preset's setting would vanish)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML text as plain data; a duplicated key is an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_yaml(path: Path | str) -> dict[str, Any]:
+    """A YAML config file as a mapping; one clear line for any problem with it."""
     path = Path(path)
     if not path.is_file():
         raise SeqtwinsError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise SeqtwinsError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
     except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" line {line + 1}" if line is not None else ""
-        raise SeqtwinsError(f"{path}{where}: not valid YAML ({e.__class__.__name__})") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or e.__class__.__name__
+        raise SeqtwinsError(f"{path}{where}: not valid YAML ({problem})") from e
     if not isinstance(data, dict):
         raise SeqtwinsError(f"{path}: a config must be a mapping of settings")
     return data
@@ -172,24 +211,26 @@ def build(
     cls: type[T],
     *layers: Mapping[str, Any],
     overrides: Iterable[str] = (),
+    prefix: str = "",
 ) -> T:
-    """Compose ``cls`` from defaults, mappings (e.g. YAML presets) and ``key=value`` overrides,
-    then validate it (``cfg.validate()`` when defined; a ``ValueError`` becomes a one-line
-    :class:`SeqtwinsError`)."""
+    """Compose ``cls`` from defaults, mappings (e.g. YAML presets) and ``key=value`` overrides.
+
+    The dataclasses validate themselves (``__post_init__``); their ``ValueError`` becomes a
+    one-line :class:`SeqtwinsError` here, the one place that does so. ``prefix`` is where
+    ``cls`` sits in a larger file (``data.prepare``): keys in messages are spelt from there."""
     data: dict[str, Any] = {}
     for layer in layers:
         data = deep_merge(data, layer)
     for text in overrides:
         key, value = parse_override(text)
         data = deep_merge(data, nest(key, value))
-    try:  # nested dataclasses may validate in __post_init__, inside from_dict
-        cfg = from_dict(cls, data)
-        validate = getattr(cfg, "validate", None)
-        if callable(validate):
-            validate()
+    try:
+        return from_dict(cls, data, prefix=prefix)
     except ValueError as e:
-        raise SeqtwinsError(str(e)) from e
-    return cfg
+        message = str(e)
+        if prefix and not message.startswith(f"{prefix}."):
+            message = f"{prefix}.{message}"
+        raise SeqtwinsError(message) from e
 
 
 # --- the pretraining stage ----------------------------------------------------------------
@@ -250,12 +291,12 @@ class TrainConfig:
     ``batch_size`` stays the global batch, split equally over the processes
     (``docs/distributed.md``)."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr={self.lr} must be > 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"train.lr={self.lr} must be a finite number > 0")
         if not 0 <= self.warmup_frac < 1:
             raise ValueError(f"train.warmup_frac={self.warmup_frac} must be in [0, 1)")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -270,8 +311,9 @@ class TrainConfig:
             "checkpoint_every",
             "threads",
         ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name}={getattr(self, name)} must be >= 0")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"train.{name}={value} must be a finite number >= 0")
         if self.valid_users < 2:
             raise ValueError(f"train.valid_users={self.valid_users} must be >= 2")
         if self.backend not in BACKENDS:
@@ -295,15 +337,16 @@ class PretrainConfig:
     next: NextItemConfig = dataclasses.field(default_factory=NextItemConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(
                 f"objective={self.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
             )
-        for part in (self.encoder, self.augment, self.barlow, self.dual, self.next, self.train):
-            part.validate()
-        if self.augment.max_len != self.encoder.max_len:
+        if self.augment.max_len is None:  # derived: the views are what the encoder reads
+            self.augment = dataclasses.replace(self.augment, max_len=self.encoder.max_len)
+        elif self.augment.max_len != self.encoder.max_len:
             raise ValueError(
                 f"augment.max_len={self.augment.max_len} must equal "
-                f"encoder.max_len={self.encoder.max_len}; set both"
+                f"encoder.max_len={self.encoder.max_len}; leave augment.max_len unset, it "
+                "follows encoder.max_len"
             )

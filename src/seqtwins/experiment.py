@@ -31,7 +31,15 @@ from typing import Any
 
 import yaml
 
-from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_yaml, to_dict
+from seqtwins.config import (
+    OBJECTIVES,
+    PretrainConfig,
+    build,
+    deep_merge,
+    load_yaml,
+    read_yaml,
+    to_dict,
+)
 from seqtwins.errors import SeqtwinsError
 from seqtwins.tune import TuneSpec
 
@@ -45,7 +53,7 @@ class DataSpec:
     prepare: dict[str, Any] | None = None
     """``input`` and ``format`` plus any ``seqtwins prepare`` options (by field name)."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if (self.synth is None) == (self.prepare is None):
             raise ValueError("data must set exactly one of data.synth or data.prepare")
         if self.prepare is not None and "input" not in self.prepare:
@@ -86,14 +94,13 @@ class ExperimentConfig:
     tune: TuneSpec = field(default_factory=TuneSpec)
     """How ``seqtwins tune`` searches hyper-parameters (budget and search space)."""
 
-    def validate(self) -> None:
-        self.data.validate()
+    def __post_init__(self) -> None:
         for name in self.objectives:
             if name not in OBJECTIVES:
                 raise ValueError(f"objectives.{name} is not one of {', '.join(OBJECTIVES)}")
         if not self.objectives:
             raise ValueError("objectives must list at least one objective")
-        self.tune.validate(list(self.objectives))
+        self.tune.check_objectives(list(self.objectives))
 
     def pretrain_config(self, objective: str) -> PretrainConfig:
         layer = deep_merge(self.pretrain, self.objectives[objective] or {})
@@ -109,7 +116,7 @@ def load_experiment(
     """Load an experiment file, or the embedded default (synthetic data) when ``None``."""
     if path is None:
         text = resources.files("seqtwins").joinpath("presets", DEFAULT_EXPERIMENT).read_text()
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
     else:
         data = load_yaml(path)
     cfg = build(ExperimentConfig, data, overrides=overrides or [])

@@ -170,10 +170,15 @@ def _leaf(path: str, key: str) -> tuple[type, str, Any]:
 
 
 def _check_value(cls: type, name: str, value: Any, key: str) -> None:
+    """A value of the wrong type is refused up front; one that breaks the section's own
+    checks (``__post_init__``, e.g. encoder.heads vs encoder.dim) may be valid next to
+    other sampled values, so it fails its trial instead, not the search."""
     try:
         from_dict(cls, {name: value}, prefix=key)
-    except (SeqtwinsError, ValueError) as e:
+    except SeqtwinsError as e:
         raise SeqtwinsError(f"{key}: {value!r} is not a valid value ({e})") from None
+    except ValueError:
+        pass
 
 
 def parse_param(path: str, spec: Any, key: str) -> Param:
@@ -264,8 +269,8 @@ class TuneSpec:
     """Objective -> dotted PretrainConfig path -> ``{type, low, high, log, choices}``;
     objectives not listed get ``seqtwins.tune.DEFAULT_SPACES``."""
 
-    def validate(self, objectives: Sequence[str] | None = None) -> None:
-        """Check the budget and every search space (``objectives``: the experiment's)."""
+    def __post_init__(self) -> None:
+        """Check the budget and every search space."""
         if self.trials < 1:
             raise ValueError(f"tune.trials={self.trials} must be >= 1")
         if self.timeout is not None and self.timeout <= 0:
@@ -275,12 +280,16 @@ class TuneSpec:
         if self.startup_trials < 0:
             raise ValueError(f"tune.startup_trials={self.startup_trials} must be >= 0")
         for objective, space in self.space.items():
-            if objectives is not None and objective not in objectives:
-                raise SeqtwinsError(
+            parse_space(space, f"tune.space.{objective}")
+
+    def check_objectives(self, objectives: Sequence[str]) -> None:
+        """Every searched objective must be one of the experiment's ``objectives``."""
+        for objective in self.space:
+            if objective not in objectives:
+                raise ValueError(
                     f"tune.space.{objective}: not an objective of this experiment "
                     f"({', '.join(objectives)}); remove it or add it under objectives"
                 )
-            parse_space(space, f"tune.space.{objective}")
 
     def params(self, objective: str) -> list[Param]:
         """The searched settings of ``objective`` (its ``space`` entry or the default)."""

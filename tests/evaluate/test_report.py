@@ -100,3 +100,23 @@ def test_plot_functions_validate_and_draw(tmp_path: Path) -> None:
         plot_cross_correlation(np.zeros((2, 3)), tmp_path / "bad.png")
     with pytest.raises(SeqtwinsError, match="embedding map needs"):
         plot_embedding_map(emb, labels[:5], names, tmp_path / "bad.png")
+
+
+def test_report_never_writes_into_a_folder_it_does_not_own(
+    ds: SequenceDataset, kind_embeddings: dict, tmp_path: Path
+) -> None:
+    from seqtwins.errors import SeqtwinsError
+    from seqtwins.evaluate.report import write_report
+
+    eval_json = _eval_json(ds, kind_embeddings["good"], tmp_path / "run")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "report.md").write_text("# my own report\n")
+    with pytest.raises(SeqtwinsError, match="seqtwins did not write"):
+        write_report([eval_json], foreign)
+    assert (foreign / "report.md").read_text() == "# my own report\n"
+    assert sorted(p.name for p in foreign.iterdir()) == ["report.md"]
+    ours = tmp_path / "ours"
+    write_report([eval_json], ours)
+    write_report([eval_json], ours)  # its own folder: rewritten in place
+    assert (ours / "report.md").read_text().startswith("# seqtwins evaluation report")

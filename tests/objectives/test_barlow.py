@@ -142,9 +142,9 @@ def test_objective_few_steps_decrease_loss_with_finite_gradients() -> None:
 
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="barlow.lambda_"):
-        BarlowConfig(lambda_=-1.0).validate()
+        BarlowConfig(lambda_=-1.0)
     with pytest.raises(ValueError, match="barlow.projector"):
-        BarlowConfig(projector=()).validate()
+        BarlowConfig(projector=())
     assert BarlowConfig().lambda_ == 0.0051
 
 

@@ -42,6 +42,7 @@ Everything is vectorised with numpy; the only Python loop runs over time steps (
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,12 +300,19 @@ def holdout_ends(offsets: np.ndarray, holdout: int, min_history: int) -> np.ndar
     return np.asarray(offsets[1:] - future, dtype=np.int64)
 
 
-def generate(cfg: SynthConfig) -> SynthData:
-    """Run the generative story of the module docstring; deterministic given ``cfg``."""
-    rng = np.random.default_rng(cfg.seed)
-    n_items, n_users, n_cat, n_clu = cfg.items, cfg.users, cfg.categories, cfg.clusters
+@dataclass
+class _ItemWorld:
+    """The items of the story: categories, popularity, successors, and how to draw them."""
 
-    # --- items: categories and Zipf popularity (generator index 0..N-1) ------------------
+    primary: np.ndarray  # (N,) primary category code
+    second: np.ndarray  # (N,) secondary category code or -1
+    successors: np.ndarray  # (N, successors) generator item indices
+    draw: Callable[[np.ndarray], np.ndarray]  # (n,) category codes -> (n,) items
+
+
+def _item_world(rng: np.random.Generator, cfg: SynthConfig) -> _ItemWorld:
+    """Items: categories and Zipf popularity (generator index 0..N-1), and successors."""
+    n_items, n_cat = cfg.items, cfg.categories
     cat_sizes = _dirichlet(rng, cfg.category_size_concentration, (1, n_cat))[0]
     primary = np.concatenate(
         [np.arange(n_cat), rng.choice(n_cat, size=n_items - n_cat, p=cat_sizes)]
@@ -332,8 +340,15 @@ def generate(cfg: SynthConfig) -> SynthData:
     same = rng.random((n_items, cfg.successors)) < cfg.successor_same_category
     succ_cat = np.where(same, primary[:, None], rng.integers(0, n_cat, (n_items, cfg.successors)))
     successors = draw(succ_cat.ravel()).reshape(n_items, cfg.successors)
+    return _ItemWorld(primary, second, successors, draw)
 
-    # --- tastes --------------------------------------------------------------------------
+
+def _tastes(
+    rng: np.random.Generator, cfg: SynthConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cluster tastes phi (K, C), each user's start mixture theta0 (U, K) and the one
+    cluster each user drifts to, theta1 (U, K) one-hot."""
+    n_cat, n_clu = cfg.categories, cfg.clusters
     core = rng.permutation(n_cat)[
         (np.arange(n_clu)[:, None] * cfg.cluster_core + np.arange(cfg.cluster_core)) % n_cat
     ]  # (K, core) category codes
@@ -341,25 +356,24 @@ def generate(cfg: SynthConfig) -> SynthData:
     np.add.at(focus, (np.arange(n_clu)[:, None], core), 1.0 / cfg.cluster_core)
     background = _dirichlet(rng, cfg.cluster_concentration, (n_clu, n_cat))
     phi = cfg.cluster_focus * focus + (1.0 - cfg.cluster_focus) * background  # (K, C)
-    theta0 = _dirichlet(rng, cfg.user_concentration, (n_users, n_clu))  # (U, K)
-    # The interest each user develops over time: one cluster, drawn uniformly.
-    theta1 = np.eye(n_clu)[rng.integers(0, n_clu, n_users)]  # (U, K) one-hot
-    pref0, pref1 = theta0 @ phi, theta1 @ phi  # (U, C) category preference at f=0 / f=1
+    theta0 = _dirichlet(rng, cfg.user_concentration, (cfg.users, n_clu))  # (U, K)
+    theta1 = np.eye(n_clu)[rng.integers(0, n_clu, cfg.users)]  # (U, K) one-hot
+    return phi, theta0, theta1
 
-    # --- attributes, correlated with tastes ---------------------------------------------
-    age_table = _dirichlet(rng, cfg.attribute_concentration, (n_clu, len(AGE_GROUPS)))
-    seg_table = _dirichlet(rng, cfg.attribute_concentration, (n_clu, len(SEGMENTS)))
-    age = np.asarray(AGE_GROUPS)[_sample_rows(rng, theta0 @ age_table)]
-    segment = np.asarray(SEGMENTS)[_sample_rows(rng, theta1 @ seg_table)]
 
-    # --- sequence lengths -> CSR ---------------------------------------------------------
-    raw_len = np.exp(rng.normal(np.log(cfg.length_median), cfg.length_sigma, n_users))
-    lens = np.clip(np.rint(raw_len), cfg.min_length, cfg.max_length).astype(np.int64)
-    offsets = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
+def _walk(
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    world: _ItemWorld,
+    lens: np.ndarray,
+    offsets: np.ndarray,
+    pref0: np.ndarray,
+    pref1: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sequences, one vectorised step per position: generator item of each
+    interaction, the user's preference for its primary category then, and whether it was
+    a successor jump."""
     n_inter = int(offsets[-1])
-
-    # --- the sequences: one vectorised step per position ---------------------------------
     seq = np.zeros(n_inter, dtype=np.int64)  # generator item index 0..N-1
     affinity = np.zeros(n_inter, dtype=np.float64)  # current preference for the primary cat
     from_succ = np.zeros(n_inter, dtype=bool)
@@ -370,20 +384,31 @@ def generate(cfg: SynthConfig) -> SynthData:
         pos = offsets[users] + t
         frac = (t / np.maximum(lens[users] - 1, 1))[:, None] * cfg.drift  # (n, 1)
         pref = (1.0 - frac) * pref0[users] + frac * pref1[users]  # (n, C)
-        item = draw(_sample_rows(rng, pref))
+        item = world.draw(_sample_rows(rng, pref))
         if t > 0:
             jump = rng.random(len(users)) < cfg.successor_prob
             pick = rng.integers(0, cfg.successors, len(users))
-            item = np.where(jump, successors[seq[pos - 1], pick], item)
+            item = np.where(jump, world.successors[seq[pos - 1], pick], item)
             from_succ[pos] = jump
         seq[pos] = item
-        affinity[pos] = pref[np.arange(len(users)), primary[item]]
+        affinity[pos] = pref[np.arange(len(users)), world.primary[item]]
+    return seq, affinity, from_succ
 
-    # --- ratings and timestamps ---------------------------------------------------------
+
+def _ratings_and_times(
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    lens: np.ndarray,
+    offsets: np.ndarray,
+    seq: np.ndarray,
+    affinity: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ratings (higher where the user likes the item's category) and timestamps."""
+    n_users, n_inter = cfg.users, len(seq)
     user_of = np.repeat(np.arange(n_users), lens)
     user_bias = rng.normal(0.0, 0.4, n_users)
-    item_quality = rng.normal(0.0, 0.3, n_items)
-    lift = np.tanh(np.log(np.maximum(affinity * n_cat, 1e-6)))  # 0 at average affinity
+    item_quality = rng.normal(0.0, 0.3, cfg.items)
+    lift = np.tanh(np.log(np.maximum(affinity * cfg.categories, 1e-6)))  # 0 at average
     score = (
         3.3
         + cfg.rating_affinity * lift
@@ -402,20 +427,21 @@ def generate(cfg: SynthConfig) -> SynthData:
     csum = np.cumsum(gaps)
     before_row = csum[offsets[:-1]] - gaps[offsets[:-1]]  # gaps of earlier users
     times = start[user_of] + csum - before_row[user_of]
+    return ratings, times.astype(np.int64)
 
-    # --- keep interacted items, renumber to item_idx 1..N' in generator order -----------
-    used = np.bincount(seq, minlength=n_items) > 0
-    new_idx = np.cumsum(used)  # generator index -> item_idx (valid where used)
-    kept = np.flatnonzero(used)
-    items_arr = new_idx[seq].astype(np.int32)
 
-    # Zero-padded ids: generator order = ascending id order, as prepare orders its tables.
+def _tables(
+    cfg: SynthConfig, world: _ItemWorld, kept: np.ndarray, age: np.ndarray, segment: np.ndarray
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The item table of the ``kept`` generator items and the user table. Zero-padded ids:
+    generator order = ascending id order, as prepare orders its tables."""
+    n_items, n_users, n_cat = cfg.items, cfg.users, cfg.categories
     item_w, user_w = len(str(n_items)), len(str(n_users))
     cat_w = max(2, len(str(n_cat - 1)))
     names = np.asarray([f"cat{c:0{cat_w}d}" for c in range(n_cat)])
     cats = [
         [names[p]] if s < 0 else [names[p], names[s]]
-        for p, s in zip(primary[kept].tolist(), second[kept].tolist(), strict=True)
+        for p, s in zip(world.primary[kept].tolist(), world.second[kept].tolist(), strict=True)
     ]
     items_df = pl.DataFrame(
         {"item_id": [f"i{j + 1:0{item_w}d}" for j in kept.tolist()], "categories": cats},
@@ -431,18 +457,49 @@ def generate(cfg: SynthConfig) -> SynthData:
             "segment": segment.tolist(),
         }
     )
+    return items_df, users_df
+
+
+def generate(cfg: SynthConfig) -> SynthData:
+    """Run the generative story of the module docstring; deterministic given ``cfg``."""
+    rng = np.random.default_rng(cfg.seed)
+    world = _item_world(rng, cfg)
+    phi, theta0, theta1 = _tastes(rng, cfg)
+    pref0, pref1 = theta0 @ phi, theta1 @ phi  # (U, C) category preference at f=0 / f=1
+
+    # attributes, correlated with tastes
+    age_table = _dirichlet(rng, cfg.attribute_concentration, (cfg.clusters, len(AGE_GROUPS)))
+    seg_table = _dirichlet(rng, cfg.attribute_concentration, (cfg.clusters, len(SEGMENTS)))
+    age = np.asarray(AGE_GROUPS)[_sample_rows(rng, theta0 @ age_table)]
+    segment = np.asarray(SEGMENTS)[_sample_rows(rng, theta1 @ seg_table)]
+
+    # sequence lengths -> CSR
+    raw_len = np.exp(rng.normal(np.log(cfg.length_median), cfg.length_sigma, cfg.users))
+    lens = np.clip(np.rint(raw_len), cfg.min_length, cfg.max_length).astype(np.int64)
+    offsets = np.zeros(cfg.users + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+
+    seq, affinity, from_succ = _walk(rng, cfg, world, lens, offsets, pref0, pref1)
+    ratings, times = _ratings_and_times(rng, cfg, lens, offsets, seq, affinity)
+
+    # keep interacted items, renumbered to item_idx 1..N' in generator order
+    used = np.bincount(seq, minlength=cfg.items) > 0
+    new_idx = np.cumsum(used)  # generator index -> item_idx (valid where used)
+    kept = np.flatnonzero(used)
+    items_df, users_df = _tables(cfg, world, kept, age, segment)
     sequences = Sequences(
         offsets=offsets,
-        items=items_arr,
+        items=new_idx[seq].astype(np.int32),
         history_end=holdout_ends(offsets, cfg.holdout, cfg.min_history),
-        times=times.astype(np.int64),
+        times=times,
         ratings=ratings,
     )
 
     # A successor that was never drawn was dropped with the unused items: it maps to 0.
+    successors = world.successors
     succ_idx = np.where(used[successors], new_idx[successors], 0)
     truth = SynthTruth(
-        primary_category=np.r_[-1, primary[kept]].astype(np.int64),
+        primary_category=np.r_[-1, world.primary[kept]].astype(np.int64),
         successors=np.vstack([np.zeros((1, cfg.successors), np.int64), succ_idx[kept]]),
         cluster_categories=phi,
         theta_start=theta0,

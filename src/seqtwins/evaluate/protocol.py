@@ -35,6 +35,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -175,6 +176,116 @@ def _aggregate(runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str
     return cell
 
 
+def _task_problem(train_l: np.ndarray, valid_l: np.ndarray, test_l: np.ndarray) -> str | None:
+    """Why a task cannot be evaluated at all (None when it can)."""
+    if len(train_l) == 0:
+        return "no train user has a label for this task"
+    if len(valid_l) == 0:
+        return "no valid user has a label, so nothing can be selected"
+    if len(test_l) == 0:
+        return "no test user has a label, so nothing can be scored"
+    return None
+
+
+def _subset_problem(y_sub: np.ndarray, frac: float) -> str | None:
+    """Why one labelled subset cannot train a classifier (None when it can)."""
+    n_cls = len(np.unique(y_sub))
+    if n_cls < 2:
+        return (
+            f"only {n_cls} class among the {len(y_sub)} labelled train users of "
+            f"fraction {frac:g}; a classifier needs two"
+        )
+    return None
+
+
+@dataclass
+class _CellTask:
+    """What every method's runs on one task share."""
+
+    task: Task
+    valid_l: np.ndarray
+    test_l: np.ndarray
+    probe: ProbeConfig
+    embs: dict[str, np.ndarray]
+    hooks: dict[str, Finetuner]
+
+
+def _method_runs(
+    ct: _CellTask,
+    method: str,
+    subsets: Mapping[int, np.ndarray],
+    problems: Mapping[int, str | None],
+    seconds: dict[str, float],
+) -> list[dict[str, Any]]:
+    """One method's run per seed on one (task, fraction); a deterministic method on a
+    subset it has already scored reuses that answer. Adds the time spent to ``seconds``."""
+    runs: list[dict[str, Any]] = []
+    reuse: dict[str, dict[str, Any]] = {}
+    deterministic = method == MAJORITY or (method in ct.embs and ct.probe.deterministic)
+    for s, sub in subsets.items():
+        digest = subset_digest(sub)
+        run: dict[str, Any] = {"seed": s, "n_train": int(len(sub)), "subset": digest}
+        if problems[s] is not None:
+            run.update(status="n/a", reason=problems[s])
+        elif deterministic and digest in reuse:  # same subset, same answer
+            prev = reuse[digest]
+            run.update(
+                status="ok",
+                metrics=prev["metrics"],
+                selection=prev["selection"],
+                reused_from_seed=prev["seed"],
+            )
+        else:
+            t0 = time.perf_counter()
+            metrics, selection = _score_method(ct, method, sub, s)
+            run.update(
+                status="ok",
+                metrics=metrics,
+                selection=selection,
+                seconds=round(time.perf_counter() - t0, 4),
+            )
+            seconds[method] += time.perf_counter() - t0
+            if deterministic:
+                reuse[digest] = run
+        runs.append(run)
+    return runs
+
+
+def _score_method(
+    ct: _CellTask, method: str, sub: np.ndarray, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Test-user metrics of ``method`` trained on the labelled subset ``sub``, and what
+    its probe selected on valid users."""
+    task, labels = ct.task, ct.task.labels
+    y_tr = labels[sub]
+    selection: dict[str, Any] = {}
+    if method in ct.hooks:  # the hook owns its threads
+        out = ct.hooks[method](task, sub, ct.valid_l, ct.test_l, seed)
+        pred = (
+            out
+            if isinstance(out, Prediction)
+            else _hook_prediction(method, out, len(ct.test_l), task.num_classes)
+        )
+    with cpu_threads(ct.probe.threads):
+        if method == MAJORITY:
+            pred = _majority_prediction(y_tr, len(ct.test_l))
+        elif method in ct.embs:
+            emb = ct.embs[method]
+            fitted = fit_probe(
+                emb[sub],
+                y_tr,
+                emb[ct.valid_l],
+                labels[ct.valid_l],
+                task.primary_metric,
+                ct.probe,
+                seed=seed,
+            )
+            pred = fitted.predict(emb[ct.test_l])
+            selection = fitted.selection
+        metrics = score(pred, labels[ct.test_l], task.metrics)
+    return metrics, selection
+
+
 def evaluate_embeddings(
     ds: SequenceDataset,
     methods: Mapping[str, np.ndarray],
@@ -230,90 +341,16 @@ def evaluate_embeddings(
         task_cfg = cfg.for_task(len(train_l), len(np.unique(labels[train_l])))
         info["probe_solver"] = "mlp" if task_cfg.kind == "mlp" else task_cfg.solver
         task_info[task.name] = info
-        task_problem = None
-        if len(train_l) == 0:
-            task_problem = "no train user has a label for this task"
-        elif len(valid_l) == 0:
-            task_problem = "no valid user has a label, so nothing can be selected"
-        elif len(test_l) == 0:
-            task_problem = "no test user has a label, so nothing can be scored"
+        task_problem = _task_problem(train_l, valid_l, test_l)
         say(f"task {task.name}: {task.num_classes} classes, {len(train_l)} labelled train users")
-
+        cell_task = _CellTask(task, valid_l, test_l, task_cfg, embs, hooks)
         for frac in fracs:
             subsets = {s: labelled_subset(orders[s], labels, frac) for s in seed_list}
-            problems: dict[int, str | None] = {}
-            for s, sub in subsets.items():
-                n_cls = len(np.unique(labels[sub]))
-                if task_problem:
-                    problems[s] = task_problem
-                elif n_cls < 2:
-                    problems[s] = (
-                        f"only {n_cls} class among the {len(sub)} labelled train users of "
-                        f"fraction {frac:g}; a classifier needs two"
-                    )
-                else:
-                    problems[s] = None
+            problems = {
+                s: task_problem or _subset_problem(labels[sub], frac) for s, sub in subsets.items()
+            }
             for method in method_names:
-                runs: list[dict[str, Any]] = []
-                reuse: dict[str, dict[str, Any]] = {}
-                for s in seed_list:
-                    sub = subsets[s]
-                    digest = subset_digest(sub)
-                    run: dict[str, Any] = {"seed": s, "n_train": int(len(sub)), "subset": digest}
-                    if problems[s] is not None:
-                        run.update(status="n/a", reason=problems[s])
-                        runs.append(run)
-                        continue
-                    deterministic = method == MAJORITY or (
-                        method in embs and task_cfg.deterministic
-                    )
-                    if deterministic and digest in reuse:  # same subset, same answer
-                        prev = reuse[digest]
-                        run.update(
-                            status="ok",
-                            metrics=prev["metrics"],
-                            selection=prev["selection"],
-                            reused_from_seed=prev["seed"],
-                        )
-                        runs.append(run)
-                        continue
-                    t0 = time.perf_counter()
-                    y_tr = labels[sub]
-                    selection: dict[str, Any] = {}
-                    if method in hooks:  # the hook owns its threads
-                        out = hooks[method](task, sub, valid_l, test_l, s)
-                        pred = (
-                            out
-                            if isinstance(out, Prediction)
-                            else _hook_prediction(method, out, len(test_l), task.num_classes)
-                        )
-                    with cpu_threads(task_cfg.threads):
-                        if method == MAJORITY:
-                            pred = _majority_prediction(y_tr, len(test_l))
-                        elif method in embs:
-                            emb = embs[method]
-                            fitted = fit_probe(
-                                emb[sub],
-                                y_tr,
-                                emb[valid_l],
-                                labels[valid_l],
-                                task.primary_metric,
-                                task_cfg,
-                                seed=s,
-                            )
-                            pred = fitted.predict(emb[test_l])
-                            selection = fitted.selection
-                        metrics = score(pred, labels[test_l], task.metrics)
-                    run.update(
-                        status="ok",
-                        metrics=metrics,
-                        selection=selection,
-                        seconds=round(time.perf_counter() - t0, 4),
-                    )
-                    seconds[method] += time.perf_counter() - t0
-                    if deterministic:
-                        reuse[digest] = run
-                    runs.append(run)
+                runs = _method_runs(cell_task, method, subsets, problems, seconds)
                 cell = {"task": task.name, "method": method, "fraction": frac}
                 cell["protocol"] = (
                     "finetune"

@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.protocol import FLOOR_METHODS, load_results
-from seqtwins.files import atomic_file, atomic_write
+from seqtwins.files import atomic_file, atomic_write, check_replaceable, write_marker
 
 GAIN_PAIR = ("barlow", "dual")
 """The report's headline comparison: relative gain of the first over the second."""
@@ -329,6 +329,19 @@ def _task_section(results: Mapping[str, Any], task: str, plot: str) -> list[str]
     return lines
 
 
+REPORT_KIND = "report"
+REPORT_TITLE = "# seqtwins evaluation report"
+
+
+def _legacy_report(folder: Path) -> bool:
+    """A report folder written before reports carried the ownership marker."""
+    try:
+        with (folder / "report.md").open(encoding="utf-8") as fh:
+            return fh.readline().rstrip("\n") == REPORT_TITLE
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
     """Write ``report.md`` and the PNG plots for the given eval.json files into ``out``.
 
@@ -340,6 +353,7 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SeqtwinsError(f"--out {out} exists and is not a directory; choose a directory")
+    check_replaceable(out, "--out", owned=_legacy_report, kinds=(REPORT_KIND,))
     loaded: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []
     for p in eval_paths:
         p = Path(p)
@@ -365,7 +379,8 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
         loaded.append((p, res, arrays))
 
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# seqtwins evaluation report", ""]
+    write_marker(out, REPORT_KIND)
+    lines = [REPORT_TITLE, ""]
     multi = len(loaded) > 1
     for i, (p, res, arrays) in enumerate(loaded, start=1):
         prefix = f"{i}-" if multi else ""

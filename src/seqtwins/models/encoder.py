@@ -62,7 +62,7 @@ class EncoderConfig:
     batch is padding (1.0 disables packing). A speed setting only: results are the same.
     CPU only: inputs on CUDA always take the dense padded layout."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
         for name in ("dim", "layers", "heads", "ff_dim", "max_len"):
             value = getattr(self, name)
@@ -240,7 +240,6 @@ class SequenceEncoder(nn.Module):
         self, cfg: EncoderConfig, vocab_size: int, item_categories: Tensor | None = None
     ) -> None:
         super().__init__()
-        cfg.validate()
         if vocab_size < 3:
             raise ValueError(f"vocab_size={vocab_size} must be at least 3 (pad, one item, MASK)")
         self.cfg = cfg

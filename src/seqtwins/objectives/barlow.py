@@ -127,7 +127,7 @@ class BarlowConfig:
     distributed: bool = False
     """Compute the statistics over the global batch of all ranks (needs torch.distributed)."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
         if not self.lambda_ >= 0:
             raise ValueError(f"barlow.lambda_={self.lambda_!r} must be >= 0")
@@ -151,7 +151,6 @@ class BarlowObjective(nn.Module):
 
     def __init__(self, encoder: SequenceEncoder, cfg: BarlowConfig) -> None:
         super().__init__()
-        cfg.validate()
         self.cfg = cfg
         self.encoder = encoder
         self.projector = Projector(encoder.dim, cfg.projector)

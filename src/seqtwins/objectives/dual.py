@@ -87,7 +87,7 @@ class DualConfig:
     distributed: bool = False
     """Use the labels of all ranks as negatives (needs torch.distributed)."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
         if not self.temperature > 0:
             raise ValueError(f"dual.temperature={self.temperature!r} must be > 0")
@@ -130,7 +130,6 @@ class NextItemHead(nn.Module):
         self, dim: int, vocab_size: int, cfg: DualConfig, item_popularity: ArrayLike | None
     ) -> None:
         super().__init__()
-        cfg.validate()
         self.cfg = cfg
         self.num_items = vocab_size - 2  # ids 1..num_items; 0 = padding, vocab-1 = MASK
         # without counts the head can still be built (e.g. to load a checkpoint for

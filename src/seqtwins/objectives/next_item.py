@@ -29,10 +29,10 @@ class NextItemConfig:
     while the softmax loss is about log(batch) ~ 5.5, so alpha=1 lets Barlow Twins lead
     and the next-item term shape the embedding; tune it on valid users."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
         if not self.alpha >= 0:
-            raise ValueError(f"next_item.alpha={self.alpha!r} must be >= 0")
+            raise ValueError(f"next.alpha={self.alpha!r} must be >= 0")
 
 
 class BarlowNextObjective(BarlowObjective):
@@ -52,7 +52,6 @@ class BarlowNextObjective(BarlowObjective):
         next_item: NextItemConfig,
         item_popularity: np.ndarray | Tensor | None = None,
     ) -> None:
-        next_item.validate()
         super().__init__(encoder, barlow)
         self.next_cfg = next_item
         self.head = NextItemHead(encoder.dim, encoder.vocab_size, dual, item_popularity)
