@@ -301,10 +301,10 @@ def prepare(
     Settings come from the defaults, then --config files, then the flags, then --set (keys
     are the setting names of docs/prepare.md, e.g. min_user_count or user_col).
     """
-    from seqtwins.config import load_yaml
     from seqtwins.data.memory import parse_size, tuned_process
     from seqtwins.data.options import build_options
     from seqtwins.data.prepare import prepare as run_prepare
+    from seqtwins.settings import load_yaml  # not seqtwins.config: no torch for prepare
 
     flags: dict[str, Any] = {
         "format": format, "user_col": user_col, "item_col": item_col, "time_col": time_col,
@@ -346,8 +346,8 @@ def synth(
     ] = False,
 ) -> None:
     """Generate the embedded synthetic default (known taste, drift and transition signal)."""
-    from seqtwins.config import build
     from seqtwins.data.synth import SynthConfig, synthesize
+    from seqtwins.settings import build
 
     cfg = build(SynthConfig, {"users": users, "items": items, "seed": seed})
     path = synthesize(out, cfg, overwrite=overwrite)

@@ -176,8 +176,8 @@ def options_data(data: Mapping[str, Any]) -> dict[str, Any]:
 def build_options(*layers: Mapping[str, Any], overrides: Iterable[str] = ()) -> PrepareOptions:
     """:class:`PrepareOptions` from flat mappings (YAML files, flags), applied in order, then
     ``key=value`` overrides (``--set min_user_count=5``), through
-    :func:`seqtwins.config.build`: a bad value is a one-line error naming its key."""
-    from seqtwins.config import build, deep_merge, nest, parse_override  # torch: lazily
+    :func:`seqtwins.settings.build`: a bad value is a one-line error naming its key."""
+    from seqtwins.settings import build, deep_merge, nest, parse_override
 
     data: dict[str, Any] = {}
     for layer in layers:
