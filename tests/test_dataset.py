@@ -108,7 +108,8 @@ MALFORMED = {
     "fields of the wrong type": (
         lambda o: _edit_meta(o, lambda m: m["fields"].__setitem__("times", "yes")),
         "fields.times='yes' is not true or false"),
-    "meta is a list": (lambda o: (o / "meta.json").write_text("[1, 2]"), "schema version None"),
+    "meta is a list": (lambda o: (o / "meta.json").write_text("[1, 2]"),
+                       "meta.json is malformed: not a JSON object"),
     "meta is not UTF-8": (lambda o: (o / "meta.json").write_bytes(b"\xff\xfe{"), "is corrupt"),
     "missing users.parquet": (lambda o: (o / "users.parquet").unlink(),
                               "users.parquet is missing"),

@@ -283,3 +283,18 @@ def test_uint64_timestamp_in_parquet_is_a_bad_row(tmp_path):
     pl.DataFrame({"user_id": [1, 1], "item_id": [1, 2], "timestamp": times}).write_parquet(f)
     with pytest.raises(SeqtwinsError, match="row 1: column 'timestamp' value '18446"):
         read_log(f)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"user_id": {"x": 1}, "item_id": 1}', "column 'user_id' holds Struct"),
+        ('{"user_id": 1, "item_id": [1]}', "column 'item_id' holds List"),
+    ],
+)
+def test_nested_ids_are_one_line(tmp_path, line, message):
+    f = tmp_path / "log.jsonl"
+    f.write_text(line + "\n")
+    with pytest.raises(SeqtwinsError, match=re.escape(message)) as e:
+        read_log(f)
+    assert str(e.value).startswith(str(f)) and "\n" not in str(e.value)

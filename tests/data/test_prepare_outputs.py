@@ -112,6 +112,19 @@ def test_overwrite_never_replaces_a_foreign_folder_or_file(tmp_path):
     assert marker_kind(tmp_path / "ds") == "dataset"
 
 
+def test_out_is_never_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "in").mkdir()
+    src = _log(tmp_path / "in")
+    ds = tmp_path / "work" / "ds"
+    prepare(src, ds)
+    monkeypatch.chdir(ds)  # even a dataset: replacing the folder one stands in fails
+    for args in (["prepare", str(src)], ["synth", "--users", "40"]):
+        for out in (".", "..", str(ds)):
+            r = runner.invoke(app, [*args, "--out", out, "--overwrite"])
+            assert "is the current folder or holds it" in _one_line_exit_2(r)
+    SequenceDataset.open(ds)
+
+
 # --- stale temporary folders -------------------------------------------------------------------
 
 

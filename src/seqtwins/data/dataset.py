@@ -253,6 +253,12 @@ def check_out(out: Path, overwrite: bool, what: str = "--out") -> None:
     ancestor is a writable folder. Then the temporary folders a killed writer left beside
     ``out`` are removed (:func:`seqtwins.files.clean_stale`)."""
     out = Path(out)
+    here = Path.cwd().resolve()
+    if out.resolve() in (here, *here.parents):
+        raise SeqtwinsError(
+            f"{what} {out} is the current folder or holds it; name a folder to write, "
+            f"e.g. {out / 'dataset'}"
+        )
     if out.exists() and not overwrite:
         raise SeqtwinsError(f"{out} already exists; choose another {what} or pass --overwrite")
     check_replaceable(out, what, owned=is_dataset, kinds=(DATASET,))
@@ -338,7 +344,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError included
         raise SeqtwinsError(f"{meta_file} is corrupt ({e}); recreate the dataset") from e
-    version = meta.get("schema_version") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        raise SeqtwinsError(f"{meta_file} is malformed: not a JSON object; recreate the dataset")
+    version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise SeqtwinsError(
             f"{path} has dataset schema version {version}, this seqtwins reads "

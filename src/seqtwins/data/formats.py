@@ -632,6 +632,11 @@ def _typed(
     cols: list[pl.Expr | pl.Series] = []
     for role, name in roles.items():
         dtype = df.schema[name]
+        if role in ("user", "item") and (dtype.is_nested() or dtype == pl.Object):
+            raise SeqtwinsError(
+                f"{table.label}: column {name!r} holds {dtype} values, but {role} ids must be "
+                f"integers or text; point {_ROLE_FLAG[role]} at the {role} id column"
+            )
         if role in ("user", "item"):
             cols.append(_id_series(df[name], (ids_as_int or {}).get(role)).alias(role))
         elif role == "time":
