@@ -328,11 +328,27 @@ def prepare(
         flags["memory_budget"] = parse_size(memory_budget)
     layers = [load_yaml(p) for p in config or []]
     given = {k: v for k, v in flags.items() if v is not None}
-    options = build_options(*layers, given, overrides=overrides or [])
+    try:
+        options = build_options(*layers, given, overrides=overrides or [])
+    except SeqtwinsError as e:  # a bad flag value is named as the flag the user typed
+        raise SeqtwinsError(_as_flag(str(e), set(given), overrides or [])) from None
     with tuned_process():  # an entry point: gc off and glibc malloc tuned while it runs
         summary = run_prepare(input, out, options)
     for line in summary.lines():
         console.print(line, highlight=False, soft_wrap=True)
+
+
+_FLAG_NAMES = {"items_file": "--items", "users_file": "--users"}
+
+
+def _as_flag(message: str, flags: set[str], overrides: list[str]) -> str:
+    """``min_user_count=0 must ...`` as ``--min-user-count=0 must ...`` when that setting
+    came from its flag (not from ``--set`` or a file): name what the user wrote."""
+    key = message.split("=", 1)[0].split("[", 1)[0]  # split[0]=nan: the flag --split
+    if key not in flags or any(o.split("=", 1)[0].strip() == key for o in overrides):
+        return message
+    flag = _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+    return flag + message[len(key) :]
 
 
 @command()

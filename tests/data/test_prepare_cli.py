@@ -135,7 +135,7 @@ BAD = {
     "bad split": (_write("log.csv", GOOD), ["--split", "0.9,0.9"], "--split"),
     "pseudonymize without salt": (_write("log.csv", GOOD), ["--pseudonymize"], "--salt-file"),
     "bad row policy": (_write("log.csv", GOOD), ["--on-bad-rows", "ignore"],
-                       "on_bad_rows='ignore' must be 'error' or 'skip'"),
+                       "--on-bad-rows='ignore' must be 'error' or 'skip'"),
 }  # fmt: skip
 
 

@@ -219,7 +219,11 @@ def test_config_and_set(tmp_path):
     ("args", "message"),
     [
         (["--set", "min_user_count=0"], "min_user_count=0 must be >= 1"),
-        (["--min-user-count", "0"], "min_user_count=0 must be >= 1"),
+        (["--min-user-count", "0"], "--min-user-count=0 must be >= 1"),  # as typed
+        (["--min-user-count", "0", "--set", "min_user_count=0"], "error: min_user_count=0"),
+        (["--split", "0.5,0.5,0.5"], "--split=0.5,0.5,0.5 must be three fractions"),
+        (["--split", "nan,0.5,0.5"], "--split[0]=nan must be a finite number"),
+        (["--split-seed", "-1"], "--split-seed=-1 must be >= 0"),
         (["--set", "min_users=3"], "unknown setting 'min_users'"),
         (["--set", "holdout=many"], "holdout='many' must be an integer"),
         (["--set", "memory_budget=lots"], "memory_budget='lots' is not a size"),

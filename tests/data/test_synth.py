@@ -215,6 +215,7 @@ def test_ratings_follow_affinity(data):  # type: ignore[no-untyped-def]
         ({"drift": 1.5}, "synth.drift=1.5 must be in [0, 1]"),
         ({"min_length": 3}, "synth.min_length=3 must be >= synth.min_history + 1"),
         ({"valid_frac": 0.5, "test_frac": 0.5}, "must be < 1"),
+        ({"seed": -1}, "synth.seed=-1 must be >= 0"),
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path, change, message):  # type: ignore[no-untyped-def]

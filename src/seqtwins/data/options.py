@@ -68,6 +68,7 @@ class PrepareOptions:
         for name in ("min_user_count", "min_item_count", "min_history"):
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         need(self.holdout >= 0, f"holdout={self.holdout} must be >= 0")
+        need(self.split_seed >= 0, f"split_seed={self.split_seed} must be >= 0")
         if self.max_len is not None:
             need(
                 self.max_len >= self.min_history + 1,

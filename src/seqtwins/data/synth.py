@@ -204,6 +204,9 @@ class SynthConfig:
                 raise ValueError(f"synth.{name}={getattr(self, name)} must be >= 0")
         if self.holdout < 0:
             raise ValueError(f"synth.holdout={self.holdout} must be >= 0")
+        for name in ("seed", "split_seed"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"synth.{name}={getattr(self, name)} must be >= 0")
         if self.min_history < 1:
             raise ValueError(f"synth.min_history={self.min_history} must be >= 1")
         if self.min_length < self.min_history + 1:
