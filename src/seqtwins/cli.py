@@ -13,13 +13,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from seqtwins.errors import SeqtwinsError
+
+if TYPE_CHECKING:
+    from seqtwins.data.options import PrepareOptions
 
 app = typer.Typer(
     name="seqtwins",
@@ -301,10 +304,8 @@ def prepare(
     Settings come from the defaults, then --config files, then the flags, then --set (keys
     are the setting names of docs/prepare.md, e.g. min_user_count or user_col).
     """
-    from seqtwins.data.memory import parse_size, tuned_process
-    from seqtwins.data.options import build_options
+    from seqtwins.data.memory import tuned_process
     from seqtwins.data.prepare import prepare as run_prepare
-    from seqtwins.settings import load_yaml  # not seqtwins.config: no torch for prepare
 
     flags: dict[str, Any] = {
         "format": format, "user_col": user_col, "item_col": item_col, "time_col": time_col,
@@ -316,6 +317,25 @@ def prepare(
         "split_seed": split_seed, "pseudonymize": pseudonymize, "salt_file": salt_file,
         "work_dir": work_dir, "overwrite": overwrite or None,
     }  # fmt: skip
+    options = _prepare_options(config or [], flags, split, memory_budget, overrides or [])
+    with tuned_process():  # an entry point: gc off and glibc malloc tuned while it runs
+        summary = run_prepare(input, out, options)
+    for line in summary.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _prepare_options(
+    config: list[Path],
+    flags: dict[str, Any],
+    split: str | None,
+    memory_budget: str | None,
+    overrides: list[str],
+) -> PrepareOptions:
+    """``PrepareOptions`` from the files, the flags given (``None``: not given), ``--set``."""
+    from seqtwins.data.memory import parse_size
+    from seqtwins.data.options import build_options
+    from seqtwins.settings import load_yaml  # not seqtwins.config: no torch for prepare
+
     if split is not None:
         try:
             fractions = [float(x) for x in split.split(",")]
@@ -323,19 +343,15 @@ def prepare(
             fractions = []
         if len(fractions) != 3:
             raise SeqtwinsError(f"--split={split!r} must be three numbers like 0.8,0.1,0.1")
-        flags["split"] = fractions
+        flags = {**flags, "split": fractions}
     if memory_budget is not None:
-        flags["memory_budget"] = parse_size(memory_budget)
-    layers = [load_yaml(p) for p in config or []]
+        flags = {**flags, "memory_budget": parse_size(memory_budget)}
+    layers = [load_yaml(p) for p in config]
     given = {k: v for k, v in flags.items() if v is not None}
     try:
-        options = build_options(*layers, given, overrides=overrides or [])
+        return build_options(*layers, given, overrides=overrides)
     except SeqtwinsError as e:  # a bad flag value is named as the flag the user typed
-        raise SeqtwinsError(_as_flag(str(e), set(given), overrides or [])) from None
-    with tuned_process():  # an entry point: gc off and glibc malloc tuned while it runs
-        summary = run_prepare(input, out, options)
-    for line in summary.lines():
-        console.print(line, highlight=False, soft_wrap=True)
+        raise SeqtwinsError(_as_flag(str(e), set(given), overrides)) from None
 
 
 _FLAG_NAMES = {"items_file": "--items", "users_file": "--users"}

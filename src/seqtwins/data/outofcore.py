@@ -426,8 +426,41 @@ def _run(
     saved = work / "buckets"
     saved.mkdir()
     dropped: dict[str, int] = {}
+    ci = _bucket_pass(buckets, bounds, d, options, saved, dropped)
+    if options.min_rating is not None and dropped["low_rating_interactions"] == d.rows:
+        raise no_users_left(log.source, rating_drops(dropped), options)
+    cu_all, ci = _kcore_buckets(saved, n_buckets, d, ci, options, dropped)
+    if not cu_all.sum():
+        raise no_users_left(log.source, dropped, options)
+    present_u, present_i = cu_all > 0, ci > 0
+    t3 = time.perf_counter()
+
+    arrays = _assemble(work / "final", saved, cu_all[present_u], present_i, n_buckets, d, options)
+    kept = pl.Series(present_u)
+    prepared = Prepared(
+        log, arrays, d.item_ids.filter(pl.Series(present_i)),
+        d.user_ids.gather(by_rank).filter(kept),
+        None if pseudo is None else pseudo.gather(by_rank).filter(kept),
+        {"interactions": d.rows, "users": n_users, "items": n_items}, dropped,
+    )  # fmt: skip
+    seconds = {"dictionary": t1 - t0, "partition": t2 - t1, "buckets": t3 - t2}
+    mode = f"out of core ({n_buckets} buckets, budget {format_size(budget)})"
+    return finish(out, prepared, options, seconds, ("assemble", t3), mode)
+
+
+def _bucket_pass(
+    buckets: _Buckets,
+    bounds: np.ndarray,
+    d: _Dictionary,
+    options: PrepareOptions,
+    saved: Path,
+    dropped: dict[str, int],
+) -> np.ndarray:
+    """Pass 3, bucket by bucket: order each user's rows, run the per-user steps (counts
+    added into ``dropped``), save the result; the items' row counts over all buckets."""
+    n_items = len(d.item_ids)
     ci = np.zeros(n_items, dtype=np.int64)
-    for b in range(n_buckets):
+    for b in range(len(bounds) - 1):
         rec = buckets.load(b)
         buckets.path(b).unlink(missing_ok=True)
         rows = _order_bucket(rec, int(bounds[b + 1] - bounds[b]), d)
@@ -438,13 +471,28 @@ def _run(
             dropped[k] = dropped.get(k, 0) + v
         ci += counts(rows.icode, n_items)
         _save(saved, b, rows)
-    if options.min_rating is not None and dropped["low_rating_interactions"] == d.rows:
-        raise no_users_left(log.source, rating_drops(dropped), options)
+    return ci
+
+
+def _kcore_buckets(
+    saved: Path,
+    n_buckets: int,
+    d: _Dictionary,
+    ci: np.ndarray,
+    options: PrepareOptions,
+    dropped: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k-core rounds over the saved buckets (each round uses the previous round's
+    global item counts ``ci``); rows per user (all buckets) and per item after it."""
+    n_items = len(d.item_ids)
+
+    def rows_per_user() -> np.ndarray:
+        return np.concatenate([np.load(saved / f"cu-{b:05d}.npy") for b in range(n_buckets)])
 
     def totals(cu_all: np.ndarray, ci_all: np.ndarray) -> tuple[int, int, int]:
         return int(np.count_nonzero(cu_all)), int(np.count_nonzero(ci_all)), int(cu_all.sum())
 
-    cu_all = np.concatenate([np.load(saved / f"cu-{b:05d}.npy") for b in range(n_buckets)])
+    cu_all = rows_per_user()
     before = totals(cu_all, ci)
     thresholds = kcore_thresholds(options)
     while thresholds is not None and cu_all.sum():
@@ -459,19 +507,25 @@ def _run(
         if not changed:
             break
         ci = ci_next
-        cu_all = np.concatenate([np.load(saved / f"cu-{b:05d}.npy") for b in range(n_buckets)])
-    present_u, present_i = cu_all > 0, ci > 0
-    after = totals(cu_all, ci)
-    kcore_dropped(dropped, before, after, n_items)
-    if after[2] == 0:
-        raise no_users_left(log.source, dropped, options)
-    t3 = time.perf_counter()
+        cu_all = rows_per_user()
+    kcore_dropped(dropped, before, totals(cu_all, ci), n_items)
+    return cu_all, ci
 
-    # --- assembly: buckets are consecutive in output order ---------------------------
-    lengths = cu_all[present_u]
+
+def _assemble(
+    final: Path,
+    saved: Path,
+    lengths: np.ndarray,
+    present_i: np.ndarray,
+    n_buckets: int,
+    d: _Dictionary,
+    options: PrepareOptions,
+) -> dict[str, Path]:
+    """The dataset's ``.npy`` files in ``final``: buckets are consecutive in output order,
+    so the per-interaction arrays are their concatenation (items re-indexed 1..N over the
+    kept items), written chunk by chunk."""
     n_rows = int(lengths.sum())
     offsets, history_end = history_bounds(lengths, options)
-    final = work / "final"
     final.mkdir()
     np.save(final / "offsets.npy", offsets)
     np.save(final / "history_end.npy", history_end)
@@ -491,20 +545,5 @@ def _run(
     finally:
         for f in outs.values():
             f.close()
-
-    arrays = {"offsets": final / "offsets.npy", "items": final / "items.npy",
-              "history_end": final / "history_end.npy"}  # fmt: skip
-    if d.has_time:
-        arrays["times"] = final / "times.npy"
-    if d.has_rating:
-        arrays["ratings"] = final / "ratings.npy"
-    kept = pl.Series(present_u)
-    prepared = Prepared(
-        log, arrays, d.item_ids.filter(pl.Series(present_i)),
-        d.user_ids.gather(by_rank).filter(kept),
-        None if pseudo is None else pseudo.gather(by_rank).filter(kept),
-        {"interactions": d.rows, "users": n_users, "items": n_items}, dropped,
-    )  # fmt: skip
-    seconds = {"dictionary": t1 - t0, "partition": t2 - t1, "buckets": t3 - t2}
-    mode = f"out of core ({n_buckets} buckets, budget {format_size(budget)})"
-    return finish(out, prepared, options, seconds, ("assemble", t3), mode)
+    names = ["offsets", "items", "history_end", *(n for n in ("times", "ratings") if n in outs)]
+    return {name: final / f"{name}.npy" for name in names}
