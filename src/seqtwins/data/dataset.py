@@ -253,7 +253,10 @@ def check_out(out: Path, overwrite: bool, what: str = "--out") -> None:
     ancestor is a writable folder. Then the temporary folders a killed writer left beside
     ``out`` are removed (:func:`seqtwins.files.clean_stale`)."""
     out = Path(out)
-    here = Path.cwd().resolve()
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the current folder was deleted: out cannot be it
+        here = Path("/nonexistent-seqtwins-cwd")
     if out.resolve() in (here, *here.parents):
         raise SeqtwinsError(
             f"{what} {out} is the current folder or holds it; name a folder to write, "

@@ -102,7 +102,7 @@ def prepare(
 
     Raises :class:`SeqtwinsError` (and leaves no ``out``) on bad input or settings. The
     process is left as it was found: for the last bit of speed on very large logs, an
-    entry point may call :func:`seqtwins.data.memory.tune_process` first (the CLI does).
+    entry point may run it inside :func:`seqtwins.data.memory.tuned_process` (the CLI does).
     """
     options = options or PrepareOptions()
     input, out = Path(input), Path(out)
