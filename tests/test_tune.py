@@ -163,7 +163,8 @@ def fake_pretrain(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> list[
     """Replace training by a stub: trial i reports ``scores[i]`` at each of 3 epochs."""
     calls: list[Any] = []
 
-    def pretrain(data_dir, run_dir, cfg, progress=True, overwrite=False, on_epoch=None):
+    def pretrain(data_dir, run_dir, cfg, progress=True, overwrite=False, on_epoch=None,
+                 proxy=None):  # fmt: skip
         score = scores[len(calls)]
         calls.append(cfg)
         epoch = 0

@@ -4,8 +4,9 @@ For each objective of an experiment (or a chosen subset) an Optuna study (TPE sa
 seeded; maximise) searches a space of ``PretrainConfig`` settings. A trial pretrains the
 objective exactly as ``seqtwins run`` would (``ExperimentConfig.pretrain_config``) with the
 sampled values on top, and scores it with the run's validation proxy,
-``summary.best_score``: the 5-fold cross-validated accuracy of a logistic probe predicting
-``favorite_category`` from the embeddings of **valid** users (``seqtwins.train.proxy_score``).
+``summary.best_score``: the accuracy of linear probes predicting ``favorite_category``
+from the embeddings of **valid** users, over 5 rotated folds
+(:mod:`seqtwins.evaluate.proxy`).
 Test users are never touched.
 
 **Fairness rule: every objective gets the same budget** -- the same number of finished
@@ -38,7 +39,6 @@ import dataclasses
 import json
 import math
 import re
-import shutil
 import time
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +52,7 @@ import yaml
 from seqtwins.config import PretrainConfig, deep_merge, from_dict, nest, to_dict
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import atomic_file, atomic_write
+from seqtwins.run import Run
 
 if TYPE_CHECKING:
     import optuna
@@ -577,6 +578,8 @@ def _run_trial(
     import optuna
     from optuna.trial import TrialState
 
+    from seqtwins.evaluate.proxy import category_proxy
+
     run_dir = folder / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
     values = {p.path: p.suggest(trial) for p in params}
@@ -600,7 +603,7 @@ def _run_trial(
             return TrialState.FAIL, None
         try:
             summary = pretrain(data_dir, run_dir, pcfg, progress=False, overwrite=True,
-                               on_epoch=on_epoch)  # fmt: skip
+                               on_epoch=on_epoch, proxy=category_proxy)  # fmt: skip
         except optuna.TrialPruned:
             return TrialState.PRUNED, None
         except SeqtwinsError as e:  # e.g. the loss diverged at a high learning rate
@@ -617,7 +620,7 @@ def _run_trial(
         raise
     finally:
         if not cfg.tune.keep_runs:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            Run(run_dir).remove_checkpoints()
 
 
 # --- the preset ---------------------------------------------------------------------------
