@@ -251,9 +251,9 @@ def run_ablations(
 
 
 def _config_digest(run: Path) -> dict[str, Any]:
-    from seqtwins.train import load_run_config
+    from seqtwins.run import Run
 
-    c = load_run_config(run)
+    c = Run.open(run).config
     return {
         "objective": c.objective,
         "batch_size": c.train.batch_size,

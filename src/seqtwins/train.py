@@ -428,7 +428,7 @@ def fit(
         log.write(record)
         score = record["score"]
         if not math.isfinite(score):
-            raise SeqtwinsError(_diverged(t, f"the validation score became {score}", epoch, state))
+            raise SeqtwinsError(_diverged(t, f"the validation score became {score}", epoch))
         improved = state.best_score is None or score > state.best_score
         state.epoch += 1
         state.batch = 0
@@ -514,15 +514,15 @@ def _check_finite(
         what = f"weights became NaN or infinite (loss {loss.item():.4g})"
     else:
         what = "loss or weights became NaN or infinite on another rank"
-    raise SeqtwinsError(_diverged(t, what, state.epoch, state, step=state.step + 1))
+    raise SeqtwinsError(_diverged(t, what, state.epoch, step=state.step + 1))
 
 
-def _diverged(t: Trainer, what: str, epoch: int, state: TrainState, step: int = 0) -> str:
+def _diverged(t: Trainer, what: str, epoch: int, step: int = 0) -> str:
+    """The one-line message of a run stopped by NaN/Inf, naming the checkpoint kept."""
     at = f"at epoch {epoch} step {step}" if step else f"at epoch {epoch}"
     if t.run.has_checkpoint("last"):
-        last = t.run.state("last")
-        kept = (f"the last finite checkpoint is {t.run.checkpoint('last')} (epoch "
-                f"{last.epoch}, step {last.step})")  # fmt: skip
+        saved = t.run.state("last").step
+        kept = f"the last finite checkpoint is {t.run.checkpoint('last')} (step {saved})"
     else:
         kept = "no checkpoint was written before it"
     return (f"{what} {at}; {kept}. Try a lower train.lr, train.precision=fp32 or a smaller "
