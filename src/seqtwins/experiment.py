@@ -34,7 +34,7 @@ import yaml
 from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_yaml, to_dict
 from seqtwins.errors import SeqtwinsError
 from seqtwins.run import CONFIG, Run
-from seqtwins.tune import TuneSpec
+from seqtwins.tune_space import TuneSpec
 
 
 @dataclass
