@@ -156,7 +156,9 @@ def run_main(
 
 
 def _run_summary(run: Path) -> dict[str, Any]:
-    summary = json.loads((run / "summary.json").read_text())
+    from seqtwins.run import Run
+
+    summary = Run.open(run).summary()
     return {k: summary[k] for k in ("epochs_done", "steps", "best_epoch", "best_score", "seconds")}
 
 

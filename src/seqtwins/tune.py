@@ -125,7 +125,8 @@ def _history(study: optuna.Study, params: list[Param], budget: dict[str, Any]) -
     return {
         "objective": study.user_attrs.get("objective"),
         "direction": "maximize",
-        "score": "favorite_category probe accuracy, 5-fold CV on valid users (summary.best_score)",
+        "score": "favorite_category probe accuracy on valid users, 5 rotated folds "
+        "(summary.best_score)",
         **budget,
         "best": best,
         "trials": trials,
