@@ -352,3 +352,18 @@ def test_pretrain_progress_in_a_pipe_is_plain_lines(data, tmp_path, capsys):
     epoch_lines = [x for x in err.splitlines() if x.startswith("pretrain epoch")]
     assert len(epoch_lines) >= 2 and "valid loss" in epoch_lines[-1]
     assert "step 10/10" in epoch_lines[-1] and "━" not in err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_restarts_without_overwrite(
+    data, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "_after_step", _kill_at(1))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(data, run, _cfg("train.epochs=1"), progress=False)
+    monkeypatch.setattr(train_mod, "_after_step", lambda step: None)
+    result = runner.invoke(app, _args(data, run, "train.epochs=1", "train.lr=0.001"))
+    assert result.exit_code == 0, result.output
+    assert Run.open(run).config.train.lr == 0.001 and Run.open(run).finished
+    result = runner.invoke(app, _args(data, run, "train.epochs=1"))  # now it has checkpoints
+    _one_line_error(result, "exists and is not empty")

@@ -33,6 +33,7 @@ import yaml
 
 from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_yaml, to_dict
 from seqtwins.errors import SeqtwinsError
+from seqtwins.files import check_replaceable
 from seqtwins.run import CONFIG, Run
 from seqtwins.tune_space import TuneSpec
 
@@ -149,6 +150,9 @@ def build_data(cfg: ExperimentConfig, data_dir: Path, say: Any = print) -> Path:
     if (data_dir / "meta.json").is_file() and _marker_matches(marker, spec):
         say(f"data: reusing {data_dir}")
         return data_dir
+    # replaced below: only when it is a dataset seqtwins wrote
+    check_replaceable(data_dir, "the experiment's data folder", kinds=("dataset",),
+                      owned=lambda p: (p / "meta.json").is_file())  # fmt: skip
     if cfg.data.synth is not None:
         from seqtwins.data.synth import SynthConfig, synthesize
 

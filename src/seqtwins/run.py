@@ -153,13 +153,18 @@ class Run:
 
     @staticmethod
     def check_new(path: Path | str, overwrite: bool = False) -> None:
-        """Raise unless a new run may be written to ``path``: absent or empty, or (with
-        ``overwrite``) a folder that seqtwins wrote as a run."""
+        """Raise unless a new run may be written to ``path``: absent or empty, a seqtwins
+        run that stopped before its first checkpoint, or (with ``overwrite``) any folder
+        that seqtwins wrote as a run."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise SeqtwinsError(f"--out {path} is a file; a run is a folder")
         if not path.exists() or _only_lock(path):
             return
+        run = Run(path)
+        no_checkpoint = not any(run.has_checkpoint(w) for w in CHECKPOINTS)
+        if not overwrite and run.is_ours() and not run.finished and no_checkpoint:
+            return  # stopped before its first checkpoint: nothing to lose, start again
         if not overwrite:
             raise SeqtwinsError(
                 f"{path} exists and is not empty; use --resume to continue it, "

@@ -50,7 +50,7 @@ import yaml
 
 from seqtwins.config import PretrainConfig, deep_merge, nest, to_dict
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import atomic_file, atomic_write
+from seqtwins.files import atomic_file, atomic_write, check_replaceable
 from seqtwins.run import Run
 from seqtwins.tune_space import (  # noqa: F401  (TuneSpec, DEFAULT_SPACES: re-exported)
     DEFAULT_SPACES,
@@ -214,6 +214,8 @@ def tune_experiment(
         _check_endpoints(cfg, obj, params, key)
 
     root = Path(out) / cfg.name
+    preset = Path(write_preset) if write_preset else root / "tune" / "tuned.yaml"
+    _check_preset(preset)  # before hours of search, not after
     root.mkdir(parents=True, exist_ok=True)
     data_dir = build_data(cfg, root / "data", say)
     ds = SequenceDataset.open(data_dir)
@@ -232,7 +234,6 @@ def tune_experiment(
                                            n_wanted, budget_s, budget, progress, say)  # fmt: skip
     finally:
         optuna.logging.set_verbosity(verbosity)
-    preset = Path(write_preset) if write_preset else root / "tune" / "tuned.yaml"
     write_tuned_preset(cfg, results, preset, source=source, budget=budget)
     return results
 
@@ -399,6 +400,22 @@ def _run_trial(
 # --- the preset ---------------------------------------------------------------------------
 
 _HEADER_LINE = re.compile(r"^#   (\S+): best ")
+_HEADER_FIRST = "# Written by `seqtwins tune`"
+
+
+def is_tuned_preset(path: Path) -> bool:
+    """True for a preset written by :func:`write_tuned_preset` (its first line says so)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.readline().startswith(_HEADER_FIRST)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _check_preset(path: Path) -> None:
+    if path.is_dir():
+        raise SeqtwinsError(f"--write-preset {path} is a folder; give the path of a .yaml file")
+    check_replaceable(path, "--write-preset", owned=is_tuned_preset)
 
 
 def write_tuned_preset(
@@ -415,6 +432,7 @@ def write_tuned_preset(
     from seqtwins.experiment import load_experiment
 
     path = Path(path)
+    _check_preset(path)
     data = to_dict(cfg)  # a copy: writing into it leaves cfg alone
     kept_lines: dict[str, str] = {}
     if path.is_file():
@@ -442,7 +460,7 @@ def write_tuned_preset(
             f"epochs {budget.get('epochs') or 'as the experiment'}; {date}"
         )
     header = [
-        f"# Written by `seqtwins tune` from {source or 'an experiment'} (experiment {cfg.name}).",
+        f"{_HEADER_FIRST} from {source or 'an experiment'} (experiment {cfg.name}).",
         "# Best values per objective (validation proxy: favorite_category probe accuracy on",
         "# valid users), merged into objectives: below:",
         *[lines[obj] for obj in data["objectives"] if obj in lines],
