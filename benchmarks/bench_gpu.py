@@ -28,8 +28,10 @@ from seqtwins.config import PretrainConfig, build
 from seqtwins.data.batching import PretrainBatches, batch_plan
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.data.synth import SynthConfig, synthesize
+from seqtwins.models.encoder import build_encoder
 from seqtwins.objectives import build_objective
-from seqtwins.train import _build_transform, build_encoder, load_encoder, pretrain
+from seqtwins.run import Run
+from seqtwins.train import build_transform, pretrain
 
 
 def measure(
@@ -58,7 +60,7 @@ def measure(
 
     torch.manual_seed(0)
     train = ds.split_users("train")
-    encoder = build_encoder(cfg, ds)
+    encoder = build_encoder(cfg.encoder, ds)
     pop = np.bincount(ds.sequences.items, minlength=ds.vocab_size).astype(np.float64)
     model = build_objective(objective, encoder, cfg.barlow, cfg.dual, cfg.next, pop).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -69,7 +71,7 @@ def measure(
         plan += batch_plan(train, ds.sequences.history_lengths(), batch_size, 0, epoch, True)
         epoch += 1
     batches = PretrainBatches(
-        ds.sequences, plan, objective, cfg.encoder.max_len, 0, 0, _build_transform(cfg, ds, train)
+        ds.sequences, plan, objective, cfg.encoder.max_len, 0, 0, build_transform(cfg, ds, train)
     )
     loader = DataLoader(
         batches, batch_size=None, num_workers=workers, pin_memory=True, persistent_workers=False
@@ -160,7 +162,7 @@ def main() -> None:
     t0 = time.perf_counter()
     summary = pretrain(data, tmp / "run", cfg, progress=False)
     e2e_s = time.perf_counter() - t0
-    encoder, _ = load_encoder(tmp / "run", ds)
+    encoder = Run.open(tmp / "run").encoder("best", ds)
     emb = encoder.embed(torch.tensor([[1, 2, 3, 0]]))
     lines = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     e2e = {

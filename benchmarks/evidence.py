@@ -156,7 +156,9 @@ def run_main(
 
 
 def _run_summary(run: Path) -> dict[str, Any]:
-    summary = json.loads((run / "summary.json").read_text())
+    from seqtwins.run import Run
+
+    summary = Run.open(run).summary()
     return {k: summary[k] for k in ("epochs_done", "steps", "best_epoch", "best_score", "seconds")}
 
 
@@ -251,9 +253,9 @@ def run_ablations(
 
 
 def _config_digest(run: Path) -> dict[str, Any]:
-    from seqtwins.train import load_run_config
+    from seqtwins.run import Run
 
-    c = load_run_config(run)
+    c = Run.open(run).config
     return {
         "objective": c.objective,
         "batch_size": c.train.batch_size,

@@ -36,13 +36,14 @@ def main() -> None:
     from seqtwins.evaluate.probe import ProbeConfig, fit_probe, score
     from seqtwins.evaluate.protocol import labelled_subset, train_order
     from seqtwins.evaluate.tasks import build_task
-    from seqtwins.train import embed_users, load_encoder
+    from seqtwins.models.encoder import embed_users
+    from seqtwins.run import Run
 
     ds = SequenceDataset.open(args.experiment / "data")
     users = np.arange(ds.num_users)
     methods = {}
     for obj in ("barlow", "dual"):
-        encoder, _ = load_encoder(args.experiment / "runs" / obj, ds)
+        encoder = Run.open(args.experiment / "runs" / obj).encoder("best", ds)
         methods[obj] = embed_users(encoder, ds, users)
     methods["tfidf-svd"] = tfidf_svd_embeddings(ds, dim=next(iter(methods.values())).shape[1])
 

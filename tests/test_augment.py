@@ -503,7 +503,7 @@ def test_cooc_on_yelp_histories(shared_data) -> None:  # type: ignore[no-untyped
         nbrs, got = table.neighbours(int(item))
         want = sorted(counts[item].items(), key=lambda kv: (-kv[1], kv[0]))[:20]
         assert list(zip(nbrs.tolist(), got.tolist(), strict=True)) == want
-    transform = TwoViewTransform(AugmentConfig(), table.num_items + 1, table)
+    transform = TwoViewTransform(AugmentConfig(max_len=50), table.num_items + 1, table)
     for u in rng.choice(seqs.num_users, 200, replace=False):
         a, b = transform(seqs.history(int(u)), rng)
         assert 1 <= len(a) <= 50 and 1 <= len(b) <= 50

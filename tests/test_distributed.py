@@ -48,7 +48,9 @@ from seqtwins.distributed import (
     shard_range,
 )
 from seqtwins.errors import SeqtwinsError
+from seqtwins.models.encoder import build_encoder
 from seqtwins.objectives import build_objective
+from seqtwins.run import Run
 from seqtwins.train import load_encoder, pretrain
 from tests.helpers import tiny_dataset
 
@@ -102,7 +104,7 @@ def _one_step(data: Path, objective: str, world: World) -> dict[str, Any]:
     hist = ds.sequences.history_lengths()
     users = users[hist[users] >= 2]
     torch.manual_seed(0)
-    encoder = train_mod.build_encoder(cfg, ds)
+    encoder = build_encoder(cfg.encoder, ds)
     pop = np.bincount(ds.sequences.items, minlength=ds.vocab_size).astype(np.float64)
     barlow = replace(cfg.barlow, distributed=world.active)
     dual = replace(cfg.dual, distributed=world.active)
@@ -110,7 +112,7 @@ def _one_step(data: Path, objective: str, world: World) -> dict[str, Any]:
     ddp = world.wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     plan = batch_plan(users, hist, cfg.train.batch_size, 0, 0, bucket=True)
-    transform = train_mod._build_transform(cfg, ds, users)
+    transform = train_mod.build_transform(cfg, ds, users)
     batch = PretrainBatches(ds.sequences, plan, objective, 12, 0, 0, transform, world.shard)[0]
     loss, _ = ddp(batch)
     loss.backward()
@@ -252,7 +254,7 @@ def test_ddp_kill_and_resume_reproduces_uninterrupted_run(loop_runs):
 
 def test_batch_size_must_split_equally(data, tmp_path):
     with pytest.raises(SeqtwinsError, match=r"train.batch_size=31 must be divisible .* \(2\)"):
-        train_mod._pretrain(data, tmp_path / "run", _cfg("barlow", "train.batch_size=31"),
+        train_mod._pretrain(data, Run(tmp_path / "run"), _cfg("barlow", "train.batch_size=31"),
                             False, False, False, World(rank=0, size=2))  # fmt: skip
     assert not (tmp_path / "run").exists()
 
@@ -275,7 +277,7 @@ def test_torchrun_pretrain_rank0_writes_and_run_loads(data, tmp_path):
     assert "warning:" not in proc.stdout + proc.stderr  # e.g. no deprecation noise
     found = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
     assert found == sorted([
-        "config.yaml", "dataset.json", "metrics.jsonl", "summary.json",
+        ".seqtwins.json", "config.yaml", "dataset.json", "metrics.jsonl", "summary.json",
         *[f"checkpoints/{c}/{f}" for c in ("best", "last")
           for f in ("model.safetensors", "optim.safetensors", "rng.safetensors", "state.json")],
     ])  # fmt: skip
@@ -297,7 +299,7 @@ def test_shards_of_a_batch_are_exactly_its_rows(data):
     users = ds.split_users("train")
     hist = ds.sequences.history_lengths()
     plan = batch_plan(users, hist, 30, 0, 0, bucket=True)
-    transform = train_mod._build_transform(cfg, ds, users)
+    transform = train_mod.build_transform(cfg, ds, users)
     full = PretrainBatches(ds.sequences, plan, "barlow+next", 12, 0, 0, transform)[1]
     for world in (2, 3):
         for rank in range(world):

@@ -59,8 +59,22 @@ def test_embed_new_sequences_drops_unknown_ids(trained, tmp_path):
 def test_evaluate_cli_and_bad_inputs(trained, tmp_path):
     data, run = trained
     out = tmp_path / "eval.json"
-    args = ["evaluate", str(run), "--data", str(data), "--out", str(out), "--tasks",
-            "favorite_category", "--fractions", "0.5", "--fractions", "1.0", "--seeds", "1"]
+    args = [
+        "evaluate",
+        str(run),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--tasks",
+        "favorite_category",
+        "--fractions",
+        "0.5",
+        "--fractions",
+        "1.0",
+        "--seeds",
+        "1",
+    ]
     result = runner.invoke(app, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
@@ -122,3 +136,106 @@ def test_evaluate_finetune_protocol(trained, tmp_path):
     acc = cells[0]["runs"][0]["metrics"]["accuracy"]
     # the tiny dataset's favourite category follows each user's taste: learnable
     assert acc > res["tasks"]["favorite_category"]["majority_accuracy"]
+
+
+def test_evaluate_a_run_trained_with_item_categories(trained, tmp_path):
+    """The random-init floor copies the run's category table (this crashed before)."""
+    data, _ = trained
+    run = tmp_path / "run"
+    cfg = build(PretrainConfig, {"objective": "barlow"},
+                overrides=[*TINY, "train.epochs=1", "encoder.use_categories=true"])  # fmt: skip
+    pretrain(data, run, cfg, progress=False)
+    out = tmp_path / "eval.json"
+    result = runner.invoke(app, ["evaluate", str(run), "--data", str(data), "--out", str(out),
+                                 "--tasks", "favorite_category", "--fractions", "1.0",
+                                 "--seeds", "1", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {"barlow", "random-init"} <= set(json.loads(out.read_text())["methods"])
+    emb = tmp_path / "e.parquet"
+    result = runner.invoke(app, ["embed", str(run), "--data", str(data), "--out", str(emb)])
+    assert result.exit_code == 0, result.output
+
+
+def test_embed_out_never_replaces_a_file_seqtwins_did_not_write(trained, tmp_path):
+    data, run = trained
+    meta = data / "meta.json"
+    before = meta.read_bytes()
+    result = runner.invoke(app, ["embed", str(run), "--data", str(data), "--out", str(meta)])
+    assert result.exit_code == 2 and "was not written by seqtwins" in result.output
+    assert meta.read_bytes() == before
+    other = tmp_path / "other.parquet"
+    pl.DataFrame({"a": [1]}).write_parquet(other)  # a Parquet file, but not embeddings
+    result = runner.invoke(app, ["embed", str(run), "--data", str(data), "--out", str(other)])
+    assert result.exit_code == 2 and "was not written by seqtwins" in result.output
+    result = runner.invoke(app, ["embed", str(run), "--data", str(data), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "is a folder" in result.output
+    out = tmp_path / "emb.parquet"
+    for _ in range(2):  # its own earlier output is replaced
+        result = runner.invoke(app, ["embed", str(run), "--data", str(data), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(out).metadata[b"seqtwins"] == b"embeddings"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.parquet", "other.parquet"]
+
+
+def test_two_embeds_to_one_file_the_second_fails_in_one_line(trained, tmp_path):
+    from seqtwins.files import file_lock
+
+    data, run = trained
+    out = tmp_path / "emb.parquet"
+    with file_lock(out):
+        result = runner.invoke(app, ["embed", str(run), "--data", str(data), "--out", str(out)])
+    assert result.exit_code == 2 and "is in use by another seqtwins process" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_embed_non_utf8_sequences_file_is_one_line(trained, tmp_path, suffix):
+    data, run = trained
+    seqs = tmp_path / f"new{suffix}"
+    seqs.write_bytes(b'{"id": "a", "items": ["it1"]}\n\xff\xfe\n' if suffix == ".jsonl"
+                     else b"id,items\na,it1 \xff\xfe\n")  # fmt: skip
+    out = tmp_path / "e.parquet"
+    result = runner.invoke(app, ["embed", str(run), "--data", str(data), "--out", str(out),
+                                 "--sequences", str(seqs)])  # fmt: skip
+    assert result.exit_code == 2 and "is not UTF-8" in result.output, result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_evaluate_out_and_artifacts_never_replace_foreign_files(trained, tmp_path):
+    data, run = trained
+    args = [
+        "evaluate",
+        str(run),
+        "--data",
+        str(data),
+        "--tasks",
+        "favorite_category",
+        "--fractions",
+        "1.0",
+        "--seeds",
+        "1",
+        "--baselines",
+        "majority",
+        "--no-progress",
+    ]
+    foreign = tmp_path / "notes.json"
+    foreign.write_text('{"mine": true}\n')
+    result = runner.invoke(app, [*args, "--out", str(foreign)])
+    assert result.exit_code == 2 and "was not written by seqtwins" in result.output
+    assert foreign.read_text() == '{"mine": true}\n'
+    out = tmp_path / "eval.json"
+    (tmp_path / "eval_artifacts").mkdir()
+    (tmp_path / "eval_artifacts" / "thesis.tex").write_text("x")
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 2 and "did not write" in result.output, result.output
+    assert not out.exists()
+    (tmp_path / "eval_artifacts" / "thesis.tex").unlink()
+    for _ in range(2):  # its own earlier outputs are replaced
+        result = runner.invoke(app, [*args, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    from seqtwins.files import marker_kind
+
+    assert marker_kind(tmp_path / "eval_artifacts") == "eval-artifacts"
+    assert (tmp_path / "eval_artifacts" / "cross_correlation.npy").is_file()

@@ -76,3 +76,19 @@ def test_run_tiny_experiment_end_to_end_and_resume(tmp_path):
     again = runner.invoke(app, ["run", str(exp), "--out", str(out), "--no-progress"])
     assert again.exit_code == 0, again.output
     assert "reusing" in again.output and "done already" in again.output
+
+
+def test_run_never_replaces_a_data_folder_seqtwins_did_not_write(tmp_path):
+    from seqtwins.experiment import build_data
+
+    cfg = load_experiment(None, ["data.synth.users=300"])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "thesis.tex").write_text("precious")
+    with pytest.raises(SeqtwinsError, match="data folder .* seqtwins did not write"):
+        build_data(cfg, data, say=lambda *a: None)
+    assert [p.name for p in data.iterdir()] == ["thesis.tex"]
+    (data / "thesis.tex").unlink()
+    assert build_data(cfg, data, say=lambda *a: None) == data
+    cfg2 = load_experiment(None, ["data.synth.users=310"])  # another spec: rebuilt in place
+    assert build_data(cfg2, data, say=lambda *a: None) == data

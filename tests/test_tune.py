@@ -163,7 +163,8 @@ def fake_pretrain(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> list[
     """Replace training by a stub: trial i reports ``scores[i]`` at each of 3 epochs."""
     calls: list[Any] = []
 
-    def pretrain(data_dir, run_dir, cfg, progress=True, overwrite=False, on_epoch=None):
+    def pretrain(data_dir, run_dir, cfg, progress=True, overwrite=False, on_epoch=None,
+                 proxy=None):  # fmt: skip
         score = scores[len(calls)]
         calls.append(cfg)
         epoch = 0
@@ -249,3 +250,19 @@ def test_cli_tune_prints_tables_and_preset(tmp_path, monkeypatch):
     assert "train.lr" in result.output and "tiny-tuned.yaml" in result.output
     assert isinstance(load_experiment(preset), ExperimentConfig)
     assert "timeout 600 s" in preset.read_text()
+
+
+def test_write_preset_never_replaces_a_file_seqtwins_did_not_write(tmp_path, monkeypatch):
+    calls = fake_pretrain(monkeypatch, [0.5])
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}))
+    mine = tmp_path / "my.yaml"
+    mine.write_text("# my own notes\n")
+    with pytest.raises(SeqtwinsError, match=r"--write-preset .*my.yaml exists and was not"):
+        tune_experiment(cfg, tmp_path / "out", trials=1, objectives=["barlow"],
+                        write_preset=mine, say=lambda *a: None)  # fmt: skip
+    assert mine.read_text() == "# my own notes\n" and not calls  # refused before any trial
+    preset = tmp_path / "tuned.yaml"
+    for _ in range(2):  # its own preset is replaced
+        tune_experiment(cfg, tmp_path / "out", trials=1, objectives=["barlow"],
+                        write_preset=preset, say=lambda *a: None)  # fmt: skip
+    assert preset.read_text().startswith("# Written by `seqtwins tune`")

@@ -93,7 +93,7 @@ def collected_warnings() -> Iterator[list[warnings.WarningMessage]]:
 
 def print_warnings(caught: list[warnings.WarningMessage]) -> None:
     for w in caught:
-        err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -151,6 +151,7 @@ def pretrain(
     """
     from seqtwins.config import PretrainConfig, build, load_yaml
     from seqtwins.distributed import is_main_process
+    from seqtwins.evaluate.proxy import category_proxy
     from seqtwins.train import pretrain as run_pretrain
 
     if resume and backend is not None:
@@ -164,7 +165,7 @@ def pretrain(
         cfg = build(PretrainConfig, *layers, overrides=[*(overrides or []), *extra])
     with collected_warnings() as caught:
         summary = run_pretrain(data, out, cfg, resume=resume, progress=progress,
-                               overwrite=overwrite)  # fmt: skip
+                               overwrite=overwrite, proxy=category_proxy)  # fmt: skip
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
     print_warnings(caught)

@@ -7,6 +7,10 @@ number or the file's ``id`` field), ``split`` (dataset users only) and ``embeddi
 ``--shard i/n`` embeds only the i-th of n contiguous blocks of users (of ``user_idx``, or of
 the rows of a ``--sequences`` file), so that n processes split the work; the n files, read
 in shard order, hold exactly the rows of the unsharded file in the same order.
+
+The file's schema metadata carries ``seqtwins: embeddings``: ``--out`` replaces only such
+a file (or one with this module's columns, written before the marker existed), never any
+other file. Two exports to one file: the second fails with one line (a lock per output).
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from seqtwins.data.batching import pad_right
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.distributed import shard_range
 from seqtwins.errors import SeqtwinsError
-from seqtwins.models.encoder import SequenceEncoder
-from seqtwins.train import embed_users, load_encoder
+from seqtwins.files import atomic_file, check_replaceable, clean_stale, file_lock
+from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_users
+from seqtwins.run import Run, item_index, map_items
+
+METADATA = {b"seqtwins": b"embeddings"}
+"""Parquet schema metadata that marks a file written by :func:`export_embeddings`."""
 
 
 @dataclass
@@ -44,7 +51,25 @@ def _writer(out: Path, dim: int, with_split: bool) -> pq.ParquetWriter:
     if with_split:
         fields.append(pa.field("split", pa.string()))
     fields.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
-    return pq.ParquetWriter(out, pa.schema(fields))
+    return pq.ParquetWriter(out, pa.schema(fields, metadata=METADATA))
+
+
+def is_embeddings_file(path: Path) -> bool:
+    """True for a Parquet file written by :func:`export_embeddings` (marked in its schema
+    metadata, or, before the marker, with its ``user_id`` and ``embedding`` columns)."""
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # not Parquet at all (pyarrow raises several error types)
+        return False
+    if (schema.metadata or {}).get(b"seqtwins") == b"embeddings":
+        return True
+    return {"user_id", "embedding"} <= set(schema.names)
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir():
+        raise SeqtwinsError(f"--out {out} is a folder; give the path of a .parquet file")
+    check_replaceable(out, "--out", owned=is_embeddings_file)
 
 
 def _table(ids: list[str], emb: np.ndarray, split: list[str] | None) -> pa.Table:
@@ -70,26 +95,26 @@ def export_embeddings(
 
     ``shard=(i, n)`` embeds only the i-th of n contiguous blocks of users (or file rows):
     see :func:`seqtwins.distributed.shard_range`. The file is written to a temporary
-    sibling and renamed at the end: an interrupted export leaves no half-written file.
+    sibling and renamed at the end: an interrupted export leaves no half-written file. An
+    existing ``out`` is replaced only when it is an earlier export.
     """
     index, count = shard
     if not 0 <= index < count:
         raise SeqtwinsError(f"shard {index}/{count} must satisfy 0 <= i < n")
     out = Path(out)
+    _check_out(out)
     ds = SequenceDataset.open(data_dir)
-    encoder, _ = load_encoder(run_dir, ds, which=which)
+    encoder = Run.open(run_dir).encoder(which, ds)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device)
-    tmp = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if sequences_file is None:
-            summary = _export_dataset(encoder, ds, tmp, chunk_users, shard)
-        else:
-            summary = _export_new(encoder, ds, Path(sequences_file), tmp, chunk_users, shard)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with file_lock(out):
+        _check_out(out)  # again, now that no other seqtwins process writes it
+        clean_stale(out)
+        with atomic_file(out) as tmp:
+            if sequences_file is None:
+                summary = _export_dataset(encoder, ds, tmp, chunk_users, shard)
+            else:
+                summary = _export_new(encoder, ds, Path(sequences_file), tmp, chunk_users, shard)
     summary.out = out
     return summary
 
@@ -121,7 +146,13 @@ def read_sequences_file(path: Path) -> tuple[list[str], list[list[str]]]:
     ids: list[str] = []
     seqs: list[list[str]] = []
     if path.suffix in (".jsonl", ".json", ".ndjson"):
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise SeqtwinsError(
+                f"--sequences {path} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+            ) from None
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -139,8 +170,13 @@ def read_sequences_file(path: Path) -> tuple[list[str], list[list[str]]]:
     else:
         try:
             df = pl.read_csv(path, infer_schema=False)
-        except Exception as e:
-            raise SeqtwinsError(f"{path}: cannot read as CSV ({e})") from e
+        except Exception as e:  # polars raises several error types for unreadable CSV
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "utf-8" in reason.lower():
+                raise SeqtwinsError(
+                    f"--sequences {path} is not UTF-8 text ({reason}); save it as UTF-8"
+                ) from None
+            raise SeqtwinsError(f"{path}: cannot read as CSV ({reason})") from None
         if "items" not in df.columns:
             raise SeqtwinsError(f"{path} has no 'items' column (columns: {df.columns})")
         ids = df["id"].to_list() if "id" in df.columns else [str(i) for i in range(df.height)]
@@ -166,10 +202,7 @@ def _export_new(
         with _writer(tmp, encoder.cfg.dim, with_split=False):
             pass
         return EmbedSummary(tmp, 0, encoder.cfg.dim)
-    lookup = dict(zip(ds.items["item_id"].to_list(), ds.items["item_idx"].to_list(), strict=True))
-    max_len = encoder.cfg.max_len
-    mapped = [np.array([lookup[x] for x in s if x in lookup], dtype=np.int64) for s in raw]
-    unknown = sum(len(s) for s in raw) - sum(len(m) for m in mapped)
+    mapped, unknown = map_items(item_index(ds), raw)
     keep = [i for i, m in enumerate(mapped) if len(m)]
     empty = len(mapped) - len(keep)
     where = str(path) if shard[1] == 1 else f"{path} rows {first}-{stop - 1}"
@@ -183,11 +216,9 @@ def _export_new(
             "and were skipped",
             stacklevel=2,
         )
-    device = next(encoder.parameters()).device
-    with _writer(tmp, encoder.cfg.dim, with_split=False) as w, torch.no_grad():
+    with _writer(tmp, encoder.cfg.dim, with_split=False) as w:
         for start in range(0, len(keep), chunk):
             rows = keep[start : start + chunk]
-            items = pad_right([mapped[i][-max_len:] for i in rows]).to(device)
-            emb = encoder.embed(items).float().cpu().numpy()  # (B, D)
+            emb = embed_item_lists(encoder, [mapped[i] for i in rows], len(rows))  # (B, D)
             w.write_table(_table([ids[i] for i in rows], emb, None))
     return EmbedSummary(tmp, len(keep), encoder.cfg.dim, unknown, empty)

@@ -41,7 +41,9 @@ from seqtwins.config import (
     to_dict,
 )
 from seqtwins.errors import SeqtwinsError
-from seqtwins.tune import TuneSpec
+from seqtwins.files import check_replaceable
+from seqtwins.run import CONFIG, Run
+from seqtwins.tune_space import TuneSpec
 
 
 @dataclass
@@ -155,6 +157,9 @@ def build_data(cfg: ExperimentConfig, data_dir: Path, say: Any = print) -> Path:
     if (data_dir / "meta.json").is_file() and _marker_matches(marker, spec):
         say(f"data: reusing {data_dir}")
         return data_dir
+    # replaced below: only when it is a dataset seqtwins wrote
+    check_replaceable(data_dir, "the experiment's data folder", kinds=("dataset",),
+                      owned=lambda p: (p / "meta.json").is_file())  # fmt: skip
     if cfg.data.synth is not None:
         from seqtwins.data.synth import SynthConfig, synthesize
 
@@ -179,17 +184,23 @@ def pretrain_run(
     cfg: PretrainConfig, data_dir: Path, run_dir: Path, progress: bool, say: Any = print
 ) -> Path:
     """Train one objective; skip a finished run, resume an interrupted one with the same
-    config, retrain when the config changed."""
-    from seqtwins.train import load_run_config, pretrain
+    config (from scratch when it stopped before its first checkpoint), retrain when the
+    config changed."""
+    from seqtwins.evaluate.proxy import category_proxy
+    from seqtwins.train import pretrain
 
-    same = (run_dir / "config.yaml").is_file() and to_dict(load_run_config(run_dir)) == to_dict(cfg)
-    if same and (run_dir / "summary.json").is_file():
+    run = Run(run_dir)
+    try:
+        same = (run_dir / CONFIG).is_file() and to_dict(run.config) == to_dict(cfg)
+    except SeqtwinsError:  # a damaged config.yaml: that run is retrained
+        same = False
+    if same and run.finished:
         say(f"pretrain {cfg.objective}: done already ({run_dir})")
         return run_dir
-    resume = same and (run_dir / "checkpoints/last/state.json").is_file()
+    resume = same and run.has_checkpoint("last")
     say(f"pretrain {cfg.objective}: {'resuming' if resume else 'training'} -> {run_dir}")
     pretrain(data_dir, run_dir, None if resume else cfg, resume=resume, progress=progress,
-             overwrite=True)  # fmt: skip
+             overwrite=True, proxy=category_proxy)  # fmt: skip
     return run_dir
 
 

@@ -4,8 +4,9 @@ For each objective of an experiment (or a chosen subset) an Optuna study (TPE sa
 seeded; maximise) searches a space of ``PretrainConfig`` settings. A trial pretrains the
 objective exactly as ``seqtwins run`` would (``ExperimentConfig.pretrain_config``) with the
 sampled values on top, and scores it with the run's validation proxy,
-``summary.best_score``: the 5-fold cross-validated accuracy of a logistic probe predicting
-``favorite_category`` from the embeddings of **valid** users (``seqtwins.train.proxy_score``).
+``summary.best_score``: the accuracy of linear probes predicting ``favorite_category``
+from the embeddings of **valid** users, over 5 rotated folds
+(:mod:`seqtwins.evaluate.proxy`).
 Test users are never touched.
 
 **Fairness rule: every objective gets the same budget** -- the same number of finished
@@ -38,269 +39,32 @@ import dataclasses
 import json
 import math
 import re
-import shutil
 import time
-import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from seqtwins.config import PretrainConfig, deep_merge, from_dict, nest, to_dict
+from seqtwins.config import PretrainConfig, deep_merge, nest, to_dict
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import atomic_file, atomic_write
+from seqtwins.files import atomic_file, atomic_write, check_replaceable
+from seqtwins.run import Run
+from seqtwins.tune_space import (  # noqa: F401  (TuneSpec, DEFAULT_SPACES: re-exported)
+    DEFAULT_SPACES,
+    FIXED_PATHS,
+    Param,
+    TuneSpec,
+    parse_param,
+    parse_space,
+)
 
 if TYPE_CHECKING:
     import optuna
 
     from seqtwins.experiment import ExperimentConfig
-
-SPEC_TYPES = ("float", "int", "categorical")
-SPEC_KEYS = ("type", "low", "high", "log", "choices")
-FIXED_PATHS = {
-    "objective": "it is fixed by the study",
-    "train.epochs": "every trial trains tune.epochs epochs (the same for every objective)",
-}
-
-_COMMON: dict[str, dict[str, Any]] = {
-    "train.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-    "train.weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
-    "encoder.dropout": {"type": "float", "low": 0.0, "high": 0.3},
-}
-_BARLOW: dict[str, dict[str, Any]] = {
-    "barlow.lambda_": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True},
-    "barlow.projector": {
-        "type": "categorical",
-        "choices": [[128, 128], [256, 256], [512, 512], [1024, 1024]],
-    },
-    "augment.mask_rate": {"type": "float", "low": 0.1, "high": 0.7},
-    "augment.crop_keep": {"type": "float", "low": 0.3, "high": 0.9},
-    "augment.substitute_rate": {"type": "float", "low": 0.05, "high": 0.5},
-}
-_TEMPERATURE: dict[str, dict[str, Any]] = {
-    # in-batch softmax temperature; barlow+next's next-item term uses it too
-    "dual.temperature": {"type": "float", "low": 0.02, "high": 1.0, "log": True},
-}
-DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
-    "barlow": {**_COMMON, **_BARLOW},
-    "dual": {**_COMMON, **_TEMPERATURE},
-    "barlow+next": {
-        **_COMMON,
-        **_BARLOW,
-        **_TEMPERATURE,
-        "next.alpha": {"type": "float", "low": 0.1, "high": 3.0, "log": True},
-    },
-}
-"""The search space of an objective that ``tune.space`` does not list. Ranges bracket the
-defaults: lr and weight decay around AdamW's usual values; Barlow Twins' lambda around
-1/K for the projector widths offered (Tsai et al. 2021, arXiv:2104.13712); augmentation
-rates around CL4SRec/CoSeRec's (``docs/augmentations.md``); the softmax temperature over
-the range where in-batch retrieval models are usually tuned (Yi et al. 2019)."""
-
-
-# --- the search space ---------------------------------------------------------------------
-
-
-_PRIMITIVE = (str, int, float, bool, type(None))
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched setting: a dotted ``PretrainConfig`` path and its distribution."""
-
-    path: str
-    type: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] = ()
-
-    @property
-    def labels(self) -> tuple[Any, ...]:
-        """What Optuna sees for a categorical: the choices themselves when they are
-        primitives, else their JSON text (Optuna needs hashable primitives)."""
-        if all(isinstance(c, _PRIMITIVE) for c in self.choices):
-            return self.choices
-        return tuple(json.dumps(c) for c in self.choices)
-
-    def value(self, raw: Any) -> Any:
-        """The setting's value from what Optuna stored (a label for categoricals)."""
-        if self.type != "categorical":
-            return raw
-        return self.choices[self.labels.index(raw)]
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        if self.type == "categorical":
-            return self.value(trial.suggest_categorical(self.path, list(self.labels)))
-        assert self.low is not None and self.high is not None
-        if self.type == "int":
-            return trial.suggest_int(self.path, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.path, float(self.low), float(self.high), log=self.log)
-
-
-def _leaf(path: str, key: str) -> tuple[type, str, Any]:
-    """The dataclass holding ``path``'s last part, that part, and its annotation."""
-    cls: Any = PretrainConfig
-    parts = path.split(".")
-    for i, part in enumerate(parts):
-        names = [f.name for f in dataclasses.fields(cls)]
-        prefix = ".".join(parts[:i])
-        if part not in names:
-            where = f"under {prefix}" if prefix else "at the top"
-            raise SeqtwinsError(
-                f"{key}: {path!r} is not a pretraining setting (known {where}: "
-                f"{', '.join(names)}); use a dotted PretrainConfig path such as train.lr"
-            )
-        tp = typing.get_type_hints(cls)[part]
-        is_section = dataclasses.is_dataclass(tp)
-        last = i == len(parts) - 1
-        if last and is_section:
-            raise SeqtwinsError(
-                f"{key}: {path!r} is a section, not a setting; name one of its settings, "
-                f"e.g. {path}.{dataclasses.fields(tp)[0].name}"
-            )
-        if not last:
-            if not is_section:
-                raise SeqtwinsError(f"{key}: {'.'.join(parts[: i + 1])!r} has no settings")
-            cls = tp
-    return cls, parts[-1], typing.get_type_hints(cls)[parts[-1]]
-
-
-def _check_value(cls: type, name: str, value: Any, key: str) -> None:
-    """A value of the wrong type is refused up front; one that breaks the section's own
-    checks (``__post_init__``, e.g. encoder.heads vs encoder.dim) may be valid next to
-    other sampled values, so it fails its trial instead, not the search."""
-    try:
-        from_dict(cls, {name: value}, prefix=key)
-    except SeqtwinsError as e:
-        raise SeqtwinsError(f"{key}: {value!r} is not a valid value ({e})") from None
-    except ValueError:
-        pass
-
-
-def parse_param(path: str, spec: Any, key: str) -> Param:
-    """Check one search-space entry (``key`` names it in the experiment file)."""
-    key = f"{key}.{path}"
-    if path in FIXED_PATHS:
-        raise SeqtwinsError(f"{key}: cannot be searched: {FIXED_PATHS[path]}")
-    cls, name, annotation = _leaf(path, key)
-    if not isinstance(spec, Mapping):
-        raise SeqtwinsError(
-            f"{key} must be a mapping like {{type: float, low: 0.1, high: 0.5}} or "
-            "{type: categorical, choices: [...]}"
-        )
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
-    if unknown:
-        raise SeqtwinsError(f"{key}.{unknown[0]}: unknown; a spec has {', '.join(SPEC_KEYS)}")
-    kind = spec.get("type")
-    if kind is None:  # inferred: choices -> categorical, else the setting's own type
-        kind = "categorical" if "choices" in spec else ("int" if annotation is int else "float")
-    if kind not in SPEC_TYPES:
-        raise SeqtwinsError(f"{key}.type={kind!r} must be one of {', '.join(SPEC_TYPES)}")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise SeqtwinsError(f"{key}.log={log!r} must be true or false")
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices or "low" in spec or "high" in spec:
-            raise SeqtwinsError(f"{key}: a categorical needs choices: [a non-empty list] only")
-        param = Param(path, kind, choices=tuple(choices))
-        if len(set(param.labels)) != len(choices):
-            raise SeqtwinsError(f"{key}.choices has duplicates")
-        for c in choices:
-            _check_value(cls, name, c, key)
-        return param
-    if "choices" in spec or "low" not in spec or "high" not in spec:
-        raise SeqtwinsError(f"{key}: a {kind} range needs low and high (and no choices)")
-    low, high = spec["low"], spec["high"]
-    number = int if kind == "int" else (int, float)
-    for bound, v in (("low", low), ("high", high)):
-        if isinstance(v, bool) or not isinstance(v, number):
-            what = "an integer" if kind == "int" else "a number"
-            raise SeqtwinsError(f"{key}.{bound}={v!r} must be {what}")
-    if not low < high:
-        raise SeqtwinsError(f"{key}: low={low} must be < high={high}")
-    if log and low <= 0:
-        raise SeqtwinsError(f"{key}: log=true needs low > 0 (got {low})")
-    cast = int if kind == "int" else float
-    for v in (low, high):
-        _check_value(cls, name, cast(v), key)
-    return Param(path, kind, low=low, high=high, log=log)
-
-
-def parse_space(space: Mapping[str, Any], key: str) -> list[Param]:
-    """The searched settings of one objective, checked (``key`` e.g. ``tune.space.barlow``)."""
-    if not isinstance(space, Mapping) or not space:
-        raise SeqtwinsError(f"{key} must be a non-empty mapping: dotted path -> spec")
-    return [parse_param(str(path), spec, key) for path, spec in space.items()]
-
-
-@dataclass
-class TuneSpec:
-    """The ``tune:`` section of an experiment file: how ``seqtwins tune`` searches.
-
-    Every objective gets the same budget (trials, timeout, epochs): a fairness rule."""
-
-    trials: int = 20
-    """Finished trials wanted per objective, in total (a rerun adds only the missing ones).
-    ``--trials`` overrides it."""
-    timeout: float | None = None
-    """Seconds per objective for this call (a trial started in time runs to its end);
-    ``None`` = no limit. ``--timeout`` overrides it."""
-    epochs: int | None = None
-    """Training epochs per trial (shorter than the real run to search more settings);
-    ``None`` = the experiment's ``train.epochs``. The preset keeps the experiment's epochs."""
-    seed: int = 0
-    """Seed of the TPE sampler (offset by the trials already done, so a resumed study does
-    not redraw its first settings)."""
-    startup_trials: int = 10
-    """Random trials before TPE starts modelling the space."""
-    prune: bool = True
-    """Stop a trial early when its validation score after an epoch is below the median of
-    earlier trials at that epoch (Optuna's MedianPruner, after ``startup_trials / 2``
-    finished trials and one epoch)."""
-    keep_runs: bool = False
-    """Keep each trial's checkpoints (disk!); config.yaml, summary.json and metrics.jsonl
-    are always kept."""
-    space: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Objective -> dotted PretrainConfig path -> ``{type, low, high, log, choices}``;
-    objectives not listed get ``seqtwins.tune.DEFAULT_SPACES``."""
-
-    def __post_init__(self) -> None:
-        """Check the budget and every search space."""
-        if self.trials < 1:
-            raise ValueError(f"tune.trials={self.trials} must be >= 1")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"tune.timeout={self.timeout} must be > 0 seconds (or null)")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"tune.epochs={self.epochs} must be >= 1 (or null)")
-        if self.startup_trials < 0:
-            raise ValueError(f"tune.startup_trials={self.startup_trials} must be >= 0")
-        for objective, space in self.space.items():
-            parse_space(space, f"tune.space.{objective}")
-
-    def check_objectives(self, objectives: Sequence[str]) -> None:
-        """Every searched objective must be one of the experiment's ``objectives``."""
-        for objective in self.space:
-            if objective not in objectives:
-                raise ValueError(
-                    f"tune.space.{objective}: not an objective of this experiment "
-                    f"({', '.join(objectives)}); remove it or add it under objectives"
-                )
-
-    def params(self, objective: str) -> list[Param]:
-        """The searched settings of ``objective`` (its ``space`` entry or the default)."""
-        if objective in self.space:
-            return parse_space(self.space[objective], f"tune.space.{objective}")
-        return parse_space(
-            DEFAULT_SPACES[objective], f"seqtwins.tune.DEFAULT_SPACES[{objective!r}]"
-        )
-
-
-# --- running a search ---------------------------------------------------------------------
 
 
 @dataclass
@@ -361,7 +125,8 @@ def _history(study: optuna.Study, params: list[Param], budget: dict[str, Any]) -
     return {
         "objective": study.user_attrs.get("objective"),
         "direction": "maximize",
-        "score": "favorite_category probe accuracy, 5-fold CV on valid users (summary.best_score)",
+        "score": "favorite_category probe accuracy on valid users, 5 rotated folds "
+        "(summary.best_score)",
         **budget,
         "best": best,
         "trials": trials,
@@ -449,6 +214,8 @@ def tune_experiment(
         _check_endpoints(cfg, obj, params, key)
 
     root = Path(out) / cfg.name
+    preset = Path(write_preset) if write_preset else root / "tune" / "tuned.yaml"
+    _check_preset(preset)  # before hours of search, not after
     root.mkdir(parents=True, exist_ok=True)
     data_dir = build_data(cfg, root / "data", say)
     ds = SequenceDataset.open(data_dir)
@@ -467,7 +234,6 @@ def tune_experiment(
                                            n_wanted, budget_s, budget, progress, say)  # fmt: skip
     finally:
         optuna.logging.set_verbosity(verbosity)
-    preset = Path(write_preset) if write_preset else root / "tune" / "tuned.yaml"
     write_tuned_preset(cfg, results, preset, source=source, budget=budget)
     return results
 
@@ -586,6 +352,8 @@ def _run_trial(
     import optuna
     from optuna.trial import TrialState
 
+    from seqtwins.evaluate.proxy import category_proxy
+
     run_dir = folder / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
     values = {p.path: p.suggest(trial) for p in params}
@@ -609,7 +377,7 @@ def _run_trial(
             return TrialState.FAIL, None
         try:
             summary = pretrain(data_dir, run_dir, pcfg, progress=False, overwrite=True,
-                               on_epoch=on_epoch)  # fmt: skip
+                               on_epoch=on_epoch, proxy=category_proxy)  # fmt: skip
         except optuna.TrialPruned:
             return TrialState.PRUNED, None
         except SeqtwinsError as e:  # e.g. the loss diverged at a high learning rate
@@ -626,12 +394,28 @@ def _run_trial(
         raise
     finally:
         if not cfg.tune.keep_runs:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            Run(run_dir).remove_checkpoints()
 
 
 # --- the preset ---------------------------------------------------------------------------
 
 _HEADER_LINE = re.compile(r"^#   (\S+): best ")
+_HEADER_FIRST = "# Written by `seqtwins tune`"
+
+
+def is_tuned_preset(path: Path) -> bool:
+    """True for a preset written by :func:`write_tuned_preset` (its first line says so)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.readline().startswith(_HEADER_FIRST)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _check_preset(path: Path) -> None:
+    if path.is_dir():
+        raise SeqtwinsError(f"--write-preset {path} is a folder; give the path of a .yaml file")
+    check_replaceable(path, "--write-preset", owned=is_tuned_preset)
 
 
 def write_tuned_preset(
@@ -648,6 +432,7 @@ def write_tuned_preset(
     from seqtwins.experiment import load_experiment
 
     path = Path(path)
+    _check_preset(path)
     data = to_dict(cfg)  # a copy: writing into it leaves cfg alone
     kept_lines: dict[str, str] = {}
     if path.is_file():
@@ -675,7 +460,7 @@ def write_tuned_preset(
             f"epochs {budget.get('epochs') or 'as the experiment'}; {date}"
         )
     header = [
-        f"# Written by `seqtwins tune` from {source or 'an experiment'} (experiment {cfg.name}).",
+        f"{_HEADER_FIRST} from {source or 'an experiment'} (experiment {cfg.name}).",
         "# Best values per objective (validation proxy: favorite_category probe accuracy on",
         "# valid users), merged into objectives: below:",
         *[lines[obj] for obj in data["objectives"] if obj in lines],

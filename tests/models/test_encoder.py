@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -232,3 +233,57 @@ def test_bf16_autocast_is_close_to_fp32() -> None:
         low = enc.embed(items)
     assert torch.isfinite(low).all()
     torch.testing.assert_close(low.float(), ref, atol=0.1, rtol=0.05)
+
+
+# --- building, loading and using an encoder ---------------------------------------------------
+
+
+def _tiny_ds(tmp_path):  # type: ignore[no-untyped-def]
+    from seqtwins.data.dataset import SequenceDataset
+    from tests.helpers import tiny_dataset
+
+    return SequenceDataset.open(tiny_dataset(tmp_path / "ds", users=40))
+
+
+def test_embed_users_equals_embedding_each_history(tmp_path):
+    from seqtwins.data.batching import histories, pad_right
+    from seqtwins.models.encoder import build_encoder, embed_item_lists, embed_users
+
+    ds = _tiny_ds(tmp_path)
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(dim=16, heads=2, ff_dim=32, max_len=8), ds).train()
+    users = np.array([3, 0, 7])
+    got = embed_users(enc, ds, users, batch_size=2)
+    assert enc.training  # the mode is restored
+    enc.eval()
+    with torch.no_grad():
+        want = enc.embed(pad_right(histories(ds.sequences, users, 8))).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    lists = embed_item_lists(enc, histories(ds.sequences, users, 8), batch_size=2)
+    np.testing.assert_allclose(lists, want, rtol=1e-5, atol=1e-6)
+
+
+def test_build_encoder_reads_the_category_table(tmp_path):
+    from seqtwins.models.encoder import build_encoder
+
+    ds = _tiny_ds(tmp_path)
+    enc = build_encoder(EncoderConfig(dim=16, heads=2, ff_dim=32, use_categories=True), ds)
+    codes = torch.from_numpy(ds.item_categories()[0]) + 1
+    assert torch.equal(enc.item_cat_codes, codes)
+
+
+def test_load_encoder_tensors_is_strict_and_refuses_non_finite(tmp_path):
+    from seqtwins.errors import SeqtwinsError
+    from seqtwins.models.encoder import load_encoder_tensors
+
+    cfg = EncoderConfig(dim=16, heads=2, ff_dim=32)
+    saved = {f"encoder.{k}": v.clone() for k, v in SequenceEncoder(cfg, 10).state_dict().items()}
+    enc = load_encoder_tensors(SequenceEncoder(cfg, 10), saved, "ckpt")
+    assert not enc.training
+    torch.testing.assert_close(enc.item_emb.weight, saved["encoder.item_emb.weight"])
+    missing = {k: v for k, v in saved.items() if "ln_f" not in k}
+    with pytest.raises(SeqtwinsError, match=r"missing keys \['ln_f.bias', 'ln_f.weight'\]"):
+        load_encoder_tensors(SequenceEncoder(cfg, 10), missing, "ckpt")
+    saved["encoder.ln_f.weight"][0] = float("inf")
+    with pytest.raises(SeqtwinsError, match=r"ckpt holds NaN or infinite weights \(ln_f.weight"):
+        load_encoder_tensors(SequenceEncoder(cfg, 10), saved, "ckpt")

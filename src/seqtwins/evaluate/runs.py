@@ -11,6 +11,7 @@ frozen-embedding methods are probed linearly and every run is also fine-tuned en
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,49 @@ import torch
 from seqtwins.data.batching import histories, pad_right
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.protocol import evaluate_embeddings, save_results
+from seqtwins.evaluate.protocol import RESULTS_SCHEMA, evaluate_embeddings, save_results
 from seqtwins.evaluate.tasks import Task
-from seqtwins.models.encoder import SequenceEncoder
-from seqtwins.train import embed_users, load_encoder
+from seqtwins.files import (
+    atomic_dir,
+    check_replaceable,
+    clean_stale,
+    file_lock,
+    write_marker,
+)
+from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
+from seqtwins.run import Run
 
 BASELINES = ("majority", "random-init", "tfidf-svd")
 PROTOCOLS = ("linear", "mlp", "finetune")
+ARTIFACTS_KIND = "eval-artifacts"
+
+
+def is_eval_json(path: Path) -> bool:
+    """True for a results file written by ``seqtwins evaluate`` (its ``schema`` key)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("schema") == RESULTS_SCHEMA
+
+
+def artifacts_folder(out: Path) -> Path:
+    """The folder of arrays beside an eval.json: ``<stem>_artifacts``."""
+    return out.parent / f"{out.stem}_artifacts"
+
+
+def _legacy_artifacts(folder: Path) -> bool:
+    """An artifacts folder written before ownership markers: .npy files only."""
+    return folder.is_dir() and all(p.suffix == ".npy" and p.is_file() for p in folder.iterdir())
+
+
+def check_outputs(out: Path) -> None:
+    """Refuse an ``out`` (or its artifacts folder) that seqtwins did not write."""
+    if out.is_dir():
+        raise SeqtwinsError(f"--out {out} is a folder; give the path of a .json file")
+    check_replaceable(out, "--out", owned=is_eval_json)
+    check_replaceable(artifacts_folder(out), "the artifacts folder", owned=_legacy_artifacts,
+                      kinds=(ARTIFACTS_KIND,))  # fmt: skip
 
 
 def method_names(run_dirs: Sequence[Path], objectives: Sequence[str]) -> list[str]:
@@ -60,13 +97,33 @@ def evaluate_runs(
     if unknown:
         raise SeqtwinsError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
     out = Path(out)
+    check_outputs(out)
     ds = SequenceDataset.open(data_dir)
-    encoders: list[SequenceEncoder] = []
-    objectives: list[str] = []
-    for run in run_dirs:
-        encoder, cfg = load_encoder(run, ds)
-        encoders.append(encoder)
-        objectives.append(cfg.objective)
+    runs = [Run.open(r) for r in run_dirs]
+    encoders = [run.encoder("best", ds) for run in runs]
+    objectives = [run.config.objective for run in runs]
+    with file_lock(out):
+        check_outputs(out)  # again, now that no other seqtwins process writes it
+        results = _evaluate(runs, encoders, objectives, ds, out, tasks, fractions, seeds,
+                            protocol, baselines, progress, finetune_fractions)  # fmt: skip
+    return results
+
+
+def _evaluate(
+    runs: list[Run],
+    encoders: list[SequenceEncoder],
+    objectives: list[str],
+    ds: SequenceDataset,
+    out: Path,
+    tasks: Sequence[str] | None,
+    fractions: Sequence[float],
+    seeds: int,
+    protocol: str,
+    baselines: Sequence[str],
+    progress: bool,
+    finetune_fractions: Sequence[float] | None,
+) -> dict[str, Any]:
+    run_dirs = [run.path for run in runs]
     names = method_names([Path(r) for r in run_dirs], objectives)
     say: Callable[[str], None] = print if progress else (lambda _m: None)
 
@@ -80,9 +137,7 @@ def evaluate_runs(
         if not encoders:
             raise SeqtwinsError("the random-init floor needs a run to copy its encoder config")
         torch.manual_seed(0)
-        random_encoder = SequenceEncoder(
-            encoders[0].cfg, vocab_size=ds.vocab_size, item_categories=_categories(encoders[0])
-        )
+        random_encoder = build_encoder(encoders[0].cfg, ds)
         methods["random-init"] = embed_users(random_encoder, ds, all_users)
     if "tfidf-svd" in baselines:
         from seqtwins.evaluate.baselines import tfidf_svd_embeddings
@@ -108,35 +163,35 @@ def evaluate_runs(
         results["methods"].extend(ft["methods"])
         results["seconds"].update({k: v for k, v in ft["seconds"].items() if k != "total"})
     results["runs"] = {n: str(Path(r)) for n, r in zip(names, run_dirs, strict=True)}
-    results["artifacts"] = _artifacts(ds, out, run_dirs, names, objectives, methods)
+    clean_stale(out)
+    clean_stale(artifacts_folder(out))
+    with atomic_dir(artifacts_folder(out), overwrite=True) as folder:
+        write_marker(folder, ARTIFACTS_KIND)
+        results["artifacts"] = _artifacts(ds, out, folder, runs, names, objectives, methods)
     save_results(results, out)
     return results
-
-
-def _categories(encoder: SequenceEncoder) -> torch.Tensor | None:
-    cats = getattr(encoder, "item_categories", None)
-    return cats.clone() if isinstance(cats, torch.Tensor) and encoder.cfg.use_categories else None
 
 
 def _artifacts(
     ds: SequenceDataset,
     out: Path,
-    run_dirs: Sequence[Path | str],
+    folder: Path,
+    runs: Sequence[Run],
     names: list[str],
     objectives: list[str],
     methods: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """Arrays the report plots, saved beside eval.json (paths relative to its folder): the
     cross-correlation matrix of the first Barlow run on valid users, and test users'
-    embeddings with their favourite category for a 2-D map."""
-    folder = out.parent / f"{out.stem}_artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
-    rel = lambda file: str((folder / file).relative_to(out.parent))  # noqa: E731
+    embeddings with their favourite category for a 2-D map. ``folder`` is where they are
+    written now (it becomes :func:`artifacts_folder`)."""
+    final = artifacts_folder(out)
+    rel = lambda file: str((final / file).relative_to(out.parent))  # noqa: E731
     arts: dict[str, Any] = {}
     barlow = [i for i, o in enumerate(objectives) if o in ("barlow", "barlow+next")]
     if barlow:
         i = barlow[0]
-        np.save(folder / "cross_correlation.npy", valid_cross_correlation(ds, Path(run_dirs[i])))
+        np.save(folder / "cross_correlation.npy", valid_cross_correlation(ds, runs[i]))
         arts["cross_correlation"] = {"method": names[i], "path": rel("cross_correlation.npy")}
     if ds.has_categories:
         from seqtwins.evaluate.tasks import build_task
@@ -159,21 +214,17 @@ def _artifacts(
 
 @torch.no_grad()
 def valid_cross_correlation(
-    ds: SequenceDataset, run_dir: Path, max_users: int = 2048
+    ds: SequenceDataset, run: Run | Path | str, max_users: int = 2048
 ) -> np.ndarray:
     """(K, K) cross-correlation of the two augmented views' projections on valid users,
     from the run's best checkpoint (projector included), in eval mode with fixed views."""
     from seqtwins.augment import TwoViewTransform
-    from seqtwins.checkpoint import load_checkpoint
     from seqtwins.data.batching import collate
-    from seqtwins.objectives import build_objective
     from seqtwins.objectives.barlow import BarlowObjective
-    from seqtwins.train import BEST, build_encoder, load_run_config
 
-    cfg = load_run_config(run_dir)
-    model = build_objective(cfg.objective, build_encoder(cfg, ds), cfg.barlow, cfg.dual, cfg.next)
-    load_checkpoint(run_dir / BEST, model)
-    model.eval()
+    run = run if isinstance(run, Run) else Run.open(run)
+    cfg = run.config
+    model = run.objective("best", ds)
     barlow = model if isinstance(model, BarlowObjective) else model.barlow
     assert isinstance(barlow, BarlowObjective)
     train = ds.split_users("train")

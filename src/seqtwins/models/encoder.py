@@ -25,11 +25,22 @@ Speed notes (measured in ``benchmarks/bench_train.py``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from seqtwins.checkpoint import load_state_dict_strict, non_finite
+from seqtwins.data.batching import iter_history_batches, pad_right
+from seqtwins.errors import SeqtwinsError
+
+if TYPE_CHECKING:
+    from seqtwins.data.dataset import SequenceDataset
 
 PAD = 0
 POOLINGS = ("mean", "last", "cls")
@@ -415,3 +426,87 @@ class SequenceEncoder(nn.Module):
         t = max(x.shape[1] for x in batches)
         stacked = torch.cat([F.pad(x, (0, t - x.shape[1]), value=PAD) for x in batches])
         return list(self.embed(stacked).split([x.shape[0] for x in batches]))
+
+
+# --- building, loading and using an encoder --------------------------------------------------
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on ``device``, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def build_encoder(
+    cfg: EncoderConfig, ds: SequenceDataset, vocab_size: int | None = None
+) -> SequenceEncoder:
+    """A freshly initialised encoder for dataset ``ds`` (its item category table when
+    ``cfg.use_categories``); ``vocab_size`` defaults to the dataset's."""
+    categories = None
+    if cfg.use_categories:
+        if not ds.has_categories:
+            raise SeqtwinsError(f"encoder.use_categories=true but {ds.path} has no item categories")
+        categories = torch.from_numpy(ds.item_categories()[0])
+    return SequenceEncoder(cfg, vocab_size=vocab_size or ds.vocab_size, item_categories=categories)
+
+
+def load_encoder_tensors(
+    encoder: SequenceEncoder, tensors: Mapping[str, Tensor], what: str, prefix: str = "encoder."
+) -> SequenceEncoder:
+    """Load the ``prefix``-ed entries of a saved objective state dict into ``encoder``,
+    strictly (the exact missing and unexpected keys are named), and refuse NaN or infinite
+    weights; returns the encoder in eval mode."""
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    bad = non_finite(state)
+    if bad:
+        raise SeqtwinsError(
+            f"{what} holds NaN or infinite weights ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); it cannot be used, retrain the run"
+        )
+    load_state_dict_strict(encoder, state, what)
+    return encoder.eval()
+
+
+@torch.no_grad()
+def embed_users(
+    encoder: SequenceEncoder,
+    ds: SequenceDataset,
+    users: np.ndarray,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """User embeddings ``(len(users), D)`` float32 from each user's most recent history
+    items (at most ``encoder.cfg.max_len``), in eval mode (the mode is restored after)."""
+    device = device or next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    out = np.zeros((len(users), encoder.cfg.dim), dtype=np.float32)
+    pos = 0
+    for chunk, items in iter_history_batches(ds.sequences, users, encoder.cfg.max_len, batch_size):
+        with autocast(device, dtype):
+            emb = encoder.embed(items.to(device))  # (B, D)
+        out[pos : pos + len(chunk)] = emb.float().cpu().numpy()
+        pos += len(chunk)
+    encoder.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def embed_item_lists(
+    encoder: SequenceEncoder, sequences: list[np.ndarray], batch_size: int = 1024
+) -> np.ndarray:
+    """Embeddings ``(len(sequences), D)`` of item-index sequences (each its most recent
+    ``encoder.cfg.max_len`` items are used), in eval mode."""
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    out = np.zeros((len(sequences), encoder.cfg.dim), dtype=np.float32)
+    max_len = encoder.cfg.max_len
+    for start in range(0, len(sequences), batch_size):
+        rows = sequences[start : start + batch_size]
+        items = pad_right([np.asarray(s[-max_len:], dtype=np.int64) for s in rows]).to(device)
+        out[start : start + len(rows)] = encoder.embed(items).float().cpu().numpy()  # (B, D)
+    encoder.train(was_training)
+    return out

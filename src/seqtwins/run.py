@@ -1,0 +1,393 @@
+"""A training run on disk: the one module that knows a run folder's layout.
+
+::
+
+    .seqtwins.json       ownership marker, kind "run"
+    .lock                exists while a process trains into the folder (it holds a flock on it)
+    config.yaml          the resolved PretrainConfig
+    dataset.json         lineage: the dataset's path, content hash, vocabulary, seqtwins version
+    metrics.jsonl        one JSON line per logged step, per validation, and the final summary
+    checkpoints/last/    the latest checkpoint (model, optimizer, RNG, TrainState)
+    checkpoints/best/    the checkpoint with the best validation score (selected on valid users)
+    summary.json         written when training ends
+
+Everything else asks :class:`Run`: training creates and locks it, ``embed`` /
+``evaluate`` / ``run`` / ``tune`` open it and ask for its config, checkpoints and encoder.
+From Python::
+
+    from seqtwins.run import Run
+
+    run = Run.open("out/run")
+    vectors = run.embed([["i1", "i7", "i3"], ["i2"]])  # (2, D) float32, original item ids
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import yaml
+from torch import nn
+
+from seqtwins import __version__
+from seqtwins.checkpoint import TrainState, load_checkpoint, load_model_tensors, non_finite
+from seqtwins.config import PretrainConfig, build, load_yaml, to_dict
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.errors import SeqtwinsError
+from seqtwins.files import (
+    MARKER,
+    Lock,
+    atomic_write,
+    check_replaceable,
+    clean_stale,
+    marker_kind,
+    write_json,
+    write_marker,
+)
+from seqtwins.models.encoder import (
+    SequenceEncoder,
+    build_encoder,
+    embed_item_lists,
+    load_encoder_tensors,
+)
+
+KIND = "run"
+CONFIG = "config.yaml"
+DATASET = "dataset.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+LOCK = ".lock"
+CHECKPOINTS = {"last": "checkpoints/last", "best": "checkpoints/best"}
+_OWNED = (CONFIG, DATASET, METRICS, SUMMARY, "checkpoints", "tensorboard")
+"""What a new run replaces in a folder it may reuse (nothing else is touched)."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Which dataset a run was trained on (``dataset.json``)."""
+
+    path: str
+    content_hash: str
+    num_items: int
+    vocab_size: int
+    train_users: int
+    seqtwins_version: str | None = None
+    """None for runs written before seqtwins recorded its version."""
+
+    @classmethod
+    def from_json(cls, data: Any, where: Path) -> Lineage:
+        if not isinstance(data, dict):
+            raise SeqtwinsError(f"{where} is not a JSON object; retrain the run")
+        try:
+            lineage = cls(
+                path=str(data["path"]), content_hash=str(data["content_hash"]),
+                num_items=int(data["num_items"]), vocab_size=int(data["vocab_size"]),
+                train_users=int(data["train_users"]),
+                seqtwins_version=data.get("seqtwins_version"),
+            )  # fmt: skip
+        except KeyError as e:
+            raise SeqtwinsError(f"{where} lacks {e.args[0]!r}; retrain the run") from None
+        except (TypeError, ValueError) as e:
+            raise SeqtwinsError(f"{where} has a bad value ({e}); retrain the run") from None
+        if lineage.vocab_size < 3:
+            raise SeqtwinsError(f"{where}: vocab_size={lineage.vocab_size} is too small")
+        return lineage
+
+
+def is_legacy_run(path: Path) -> bool:
+    """A run folder written before ownership markers: config.yaml and dataset.json."""
+    return (path / CONFIG).is_file() and (path / DATASET).is_file()
+
+
+def _only_lock(path: Path) -> bool:
+    return path.is_dir() and {p.name for p in path.iterdir()} <= {LOCK, MARKER}
+
+
+def _read_json(file: Path, what: str) -> Any:
+    if not file.is_file():
+        raise SeqtwinsError(f"{file.parent} has no {file.name}; {what}")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SeqtwinsError(f"{file} is not valid JSON ({e.__class__.__name__}); {what}") from None
+
+
+def item_index(ds: SequenceDataset) -> dict[str, int]:
+    """Original item id (as text) -> item index of ``ds``."""
+    ids = ds.items["item_id"].cast(pl.String).to_list()
+    return dict(zip(ids, ds.items["item_idx"].to_list(), strict=True))
+
+
+def map_items(
+    lookup: dict[str, int], sequences: Sequence[Sequence[Any]]
+) -> tuple[list[np.ndarray], int]:
+    """Original item ids -> index arrays (ids unknown to the dataset dropped) and the
+    number dropped."""
+    mapped = [
+        np.array([lookup[str(x)] for x in s if str(x) in lookup], np.int64) for s in sequences
+    ]
+    unknown = sum(len(s) for s in sequences) - sum(len(m) for m in mapped)
+    return mapped, unknown
+
+
+class Run:
+    """A run folder. :meth:`create` starts one, :meth:`open` reads one."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._config: PretrainConfig | None = None
+        self._lineage: Lineage | None = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # -- creating and opening --
+
+    @staticmethod
+    def check_new(path: Path | str, overwrite: bool = False) -> None:
+        """Raise unless a new run may be written to ``path``: absent or empty, a seqtwins
+        run that stopped before its first checkpoint, or (with ``overwrite``) any folder
+        that seqtwins wrote as a run."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise SeqtwinsError(f"--out {path} is a file; a run is a folder")
+        if not path.exists() or _only_lock(path):
+            return
+        run = Run(path)
+        no_checkpoint = not any(run.has_checkpoint(w) for w in CHECKPOINTS)
+        if not overwrite and run.is_ours() and not run.finished and no_checkpoint:
+            return  # stopped before its first checkpoint: nothing to lose, start again
+        if not overwrite:
+            raise SeqtwinsError(
+                f"{path} exists and is not empty; use --resume to continue it, "
+                "another --out, or --overwrite"
+            )
+        owned = lambda p: is_legacy_run(p) or _only_lock(p)  # noqa: E731
+        check_replaceable(path, "--out", owned=owned, kinds=(KIND,))
+
+    @classmethod
+    def create(
+        cls,
+        path: Path | str,
+        cfg: PretrainConfig,
+        ds: SequenceDataset,
+        train_users: int,
+        overwrite: bool = False,
+    ) -> Run:
+        """Start a run in ``path``: write its marker, dataset.json and config.yaml.
+
+        A non-empty ``path`` is refused unless ``overwrite`` and it is a seqtwins run (its
+        previous config, metrics, summary and checkpoints are then removed; nothing else
+        in the folder is touched). Hold :meth:`locked` while calling this."""
+        run = cls(path)
+        path = run.path
+        cls.check_new(path, overwrite)
+        for name in _OWNED:
+            target = path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        write_marker(path, KIND)
+        lineage = Lineage(str(ds.path), ds.content_hash, ds.num_items, ds.vocab_size,
+                          int(train_users), __version__)  # fmt: skip
+        # dataset.json first: a folder with config.yaml always has its lineage too
+        write_json(path / DATASET, asdict(lineage))
+        atomic_write(path / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        run._config, run._lineage = cfg, lineage
+        return run
+
+    @classmethod
+    def open(cls, path: Path | str) -> Run:
+        """An existing run; its config.yaml and dataset.json are read and checked now."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise SeqtwinsError(f"{run.path} is not a seqtwins run (no such folder)")
+        _ = run.config, run.lineage
+        return run
+
+    # -- what is in it --
+
+    @property
+    def config(self) -> PretrainConfig:
+        """The run's resolved PretrainConfig (config.yaml)."""
+        if self._config is None:
+            file = self.path / CONFIG
+            if not file.is_file():
+                raise SeqtwinsError(f"{self.path} is not a seqtwins run (no {CONFIG})")
+            try:
+                self._config = build(PretrainConfig, load_yaml(file))
+            except UnicodeDecodeError:
+                raise SeqtwinsError(f"{file} is not UTF-8 text; retrain the run") from None
+        return self._config
+
+    @property
+    def lineage(self) -> Lineage:
+        """Which dataset the run was trained on (dataset.json)."""
+        if self._lineage is None:
+            file = self.path / DATASET
+            data = _read_json(file, "it is not a complete seqtwins run; retrain it")
+            self._lineage = Lineage.from_json(data, file)
+        return self._lineage
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def finished(self) -> bool:
+        """True when training ended (summary.json was written)."""
+        return self.summary_file.is_file()
+
+    def summary(self) -> dict[str, Any]:
+        """The summary.json of a finished run."""
+        data = _read_json(self.summary_file, "the run has not finished")
+        if not isinstance(data, dict):
+            raise SeqtwinsError(f"{self.summary_file} is not a JSON object")
+        return data
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_file, summary)
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """The folder of checkpoint ``which`` (``best`` or ``last``); it may not exist."""
+        if which not in CHECKPOINTS:
+            raise SeqtwinsError(f"checkpoint {which!r} must be best or last")
+        return self.path / CHECKPOINTS[which]
+
+    def has_checkpoint(self, which: str = "last") -> bool:
+        return (self.checkpoint(which) / "state.json").is_file()
+
+    def state(self, which: str = "last") -> TrainState:
+        """The :class:`TrainState` of checkpoint ``which``."""
+        return TrainState.read(self.checkpoint(which) / "state.json")
+
+    def remove_checkpoints(self) -> None:
+        """Delete the checkpoints (keeping config, lineage, metrics and summary)."""
+        shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+
+    def lock(self) -> Lock:
+        """The lock of this run folder (acquire it, or use it as a context manager): a
+        second process that trains into the same folder fails with one line."""
+        if self.path.exists() and not self.path.is_dir():
+            raise SeqtwinsError(f"--out {self.path} is a file; a run is a folder")
+        return Lock(self.path / LOCK, f"run {self.path}", remove=True)
+
+    @contextmanager
+    def locked(self) -> Iterator[Run]:
+        """Hold :meth:`lock`; a folder that taking the lock created and that is still
+        empty apart from the lock file (setup failed) is removed again on exit."""
+        created = not self.path.exists()
+        clean_stale(self.path)
+        lock = self.lock().acquire()
+        try:
+            yield self
+        finally:
+            empty = created and {p.name for p in self.path.iterdir()} <= {LOCK}
+            lock.release()  # removes the lock file
+            if empty:
+                with suppress(OSError):
+                    self.path.rmdir()
+
+    def is_ours(self) -> bool:
+        return marker_kind(self.path) == KIND or is_legacy_run(self.path)
+
+    # -- datasets and models --
+
+    def check_dataset(self, ds: SequenceDataset) -> None:
+        """Refuse a dataset other than the one the run was trained on."""
+        info = self.lineage
+        if info.content_hash != ds.content_hash:
+            raise SeqtwinsError(
+                f"{self.path} was trained on dataset {info.path} (hash {info.content_hash[:12]}), "
+                f"not on {ds.path} (hash {ds.content_hash[:12]}); item vocabularies differ"
+            )
+
+    def dataset(self, verify: bool = True) -> SequenceDataset:
+        """The dataset recorded in dataset.json (it must still be at that path)."""
+        ds = SequenceDataset.open(self.lineage.path, verify=verify)
+        self.check_dataset(ds)
+        return ds
+
+    def _new_encoder(self, ds: SequenceDataset | None) -> SequenceEncoder:
+        cfg = self.config
+        if ds is not None:
+            self.check_dataset(ds)
+        elif cfg.encoder.use_categories:
+            ds = self.dataset()
+        if ds is None:
+            return SequenceEncoder(cfg.encoder, vocab_size=self.lineage.vocab_size)
+        return build_encoder(cfg.encoder, ds, vocab_size=self.lineage.vocab_size)
+
+    def _model_file(self, which: str) -> Path:
+        file = self.checkpoint(which) / "model.safetensors"
+        if not file.is_file():
+            raise SeqtwinsError(
+                f"{self.path} has no {which} checkpoint; train it with seqtwins pretrain"
+            )
+        return file
+
+    def encoder(self, which: str = "best", ds: SequenceDataset | None = None) -> SequenceEncoder:
+        """The trained encoder (checkpoint ``which``), strictly loaded, in eval mode.
+
+        ``ds`` (when given) must be the run's dataset; a run trained with
+        ``encoder.use_categories`` reads its category table from ``ds`` or, without it,
+        from the recorded dataset. NaN or infinite weights are refused."""
+        file = self._model_file(which)
+        encoder = self._new_encoder(ds)
+        return load_encoder_tensors(encoder, load_model_tensors(file), str(file))
+
+    def objective(self, which: str = "best", ds: SequenceDataset | None = None) -> nn.Module:
+        """The whole trained objective (encoder and heads), strictly loaded, in eval mode."""
+        from seqtwins.objectives import build_objective
+
+        file = self._model_file(which)
+        cfg = self.config
+        model = build_objective(cfg.objective, self._new_encoder(ds), cfg.barlow, cfg.dual,
+                                cfg.next)  # fmt: skip
+        load_checkpoint(self.checkpoint(which), model)
+        bad = non_finite(dict(model.state_dict()))
+        if bad:
+            raise SeqtwinsError(f"{file} holds NaN or infinite weights; retrain the run")
+        return model.eval()
+
+    def embed(
+        self,
+        sequences: Sequence[Sequence[Any]],
+        ds: SequenceDataset | None = None,
+        which: str = "best",
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """Embeddings ``(len(sequences), D)`` float32 of item sequences given as lists of
+        original item ids (oldest first), mapped through the run's dataset (default: the
+        recorded one). Unknown ids are dropped with a warning; a sequence with no known
+        item is an error."""
+        if isinstance(sequences, str | bytes) or not all(
+            isinstance(s, Sequence) and not isinstance(s, str | bytes) for s in sequences
+        ):
+            raise SeqtwinsError("sequences must be a list of lists of item ids")
+        ds = ds if ds is not None else self.dataset()
+        encoder = self.encoder(which, ds)
+        mapped, unknown = map_items(item_index(ds), sequences)
+        empty = [i for i, m in enumerate(mapped) if not len(m)]
+        if empty:
+            raise SeqtwinsError(
+                f"sequence {empty[0]} has no item known to the run's dataset {ds.path} "
+                f"({len(empty)} such sequences); remove them or add known items"
+            )
+        if unknown:
+            warnings.warn(f"dropped {unknown} unknown item ids", stacklevel=2)
+        return embed_item_lists(encoder, mapped, batch_size)
