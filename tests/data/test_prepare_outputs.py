@@ -49,9 +49,14 @@ def _one_line_exit_2(r) -> str:  # type: ignore[no-untyped-def]
 # --- the process is left as it was found -----------------------------------------------------
 
 
-def test_prepare_leaves_gc_enabled(tmp_path):
+def test_prepare_leaves_gc_enabled(tmp_path, monkeypatch):
+    def not_here() -> None:
+        raise AssertionError("the library tuned malloc for the whole process")
+
     assert gc.isenabled()
-    prepare(_log(tmp_path), tmp_path / "ds")
+    with monkeypatch.context() as m:
+        m.setattr(memory, "_tune_malloc", not_here)
+        prepare(_log(tmp_path), tmp_path / "ds")
     assert gc.isenabled()
     with memory.tuned_process():  # the entry points' helper: off inside, restored after
         assert not gc.isenabled()
