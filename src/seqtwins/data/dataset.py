@@ -338,6 +338,8 @@ _HOW = "create one with `seqtwins prepare` or `seqtwins synth`"
 def _read_meta(path: Path) -> dict[str, Any]:
     """``meta.json`` of the dataset ``path``, checked for what :meth:`SequenceDataset.open`
     and its users read (sections, their types)."""
+    if path.exists() and not path.is_dir():
+        raise SeqtwinsError(f"{path} is a file, not a dataset directory; {_HOW}")
     if not path.is_dir():
         raise SeqtwinsError(f"dataset directory {path} does not exist; {_HOW}")
     meta_file = path / "meta.json"
