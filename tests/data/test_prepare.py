@@ -297,6 +297,7 @@ def test_options_are_validated_with_the_setting_named(kwargs, message):
     [
         ({"format": "excel"}, "format='excel' is unknown"),
         ({"on_bad_rows": "ignore"}, "on_bad_rows='ignore' must be"),
+        ({"reader": 5}, "reader must be a mapping of settings"),
     ],
 )
 def test_reader_options_name_the_setting(data, message):
