@@ -239,3 +239,21 @@ def test_bad_settings_name_the_key(tmp_path, args, message):
     r = runner.invoke(app, ["prepare", str(_log(tmp_path)), "--out", str(tmp_path / "ds"), *args])
     assert message in _one_line_exit_2(r)
     assert not (tmp_path / "ds").exists()
+
+
+def test_full_disk_out_of_core_leaves_nothing(tmp_path, monkeypatch):
+    """The bucket files fill the disk (``ndarray.tofile`` names no file): one line, and
+    neither the work folder nor a partial dataset is left."""
+    from seqtwins.data import outofcore
+
+    def full(self, bucket, records):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prep, "BYTES_PER_ROW", 10**9)  # out of core
+    monkeypatch.setattr(outofcore._Buckets, "append", full)
+    work = tmp_path / "work"
+    opts = PrepareOptions(memory_budget=10**9, work_dir=work)
+    with pytest.raises(SeqtwinsError, match="cannot write --work-dir .*No space left on device"):
+        prepare(_log(tmp_path), tmp_path / "ds", opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "work"]
+    assert list(work.iterdir()) == []

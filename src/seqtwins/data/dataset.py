@@ -21,6 +21,7 @@ seqtwins dataset (:func:`is_dataset`). A reader refuses one whose files do not m
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -216,6 +217,9 @@ def _write_tables(tmp: Path, items: pl.DataFrame, users: pl.DataFrame, meta: dic
     write_marker(tmp, DATASET)
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
 @contextmanager
 def write_errors(path: Path, what: str = "--out", under: Path | None = None) -> Iterator[None]:
     """Turn an OS error while writing ``path`` (a read-only or full disk, a file where a
@@ -225,7 +229,8 @@ def write_errors(path: Path, what: str = "--out", under: Path | None = None) -> 
         yield
     except OSError as e:
         name = e.filename
-        if under is not None and not (name and Path(str(name)).is_relative_to(under)):
+        full_disk = name is None and e.errno in _WRITE_ERRNOS  # tofile() names no file
+        if under is not None and not full_disk and not (name and Path(name).is_relative_to(under)):
             raise
         detail = e.strerror or str(e)
         at = f" ({name})" if name and str(name) != str(path) else ""
