@@ -26,7 +26,7 @@ from seqtwins.data.options import PrepareOptions
 from seqtwins.data.prepare import prepare
 from seqtwins.data.synth import SynthConfig, synthesize
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import MARKER, marker_kind
+from seqtwins.files import MARKER, file_lock, marker_kind
 from tests.data.test_prepare_cli import GOOD
 
 runner = CliRunner()
@@ -257,3 +257,24 @@ def test_full_disk_out_of_core_leaves_nothing(tmp_path, monkeypatch):
         prepare(_log(tmp_path), tmp_path / "ds", opts)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "work"]
     assert list(work.iterdir()) == []
+
+
+def test_a_second_writer_into_the_same_out_is_refused(tmp_path):
+    src = _log(tmp_path)
+    with file_lock(tmp_path / "ds"):  # as a running prepare / synth holds it
+        r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "ds")])
+        assert "is in use by another seqtwins process" in _one_line_exit_2(r)
+        r = runner.invoke(app, ["synth", "--out", str(tmp_path / "ds"), "--users", "40"])
+        assert "is in use by another seqtwins process" in _one_line_exit_2(r)
+    assert not (tmp_path / "ds").exists()
+    prepare(src, tmp_path / "ds")  # released: it works, and no lock file stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "log.csv"]
+
+
+def test_a_failed_run_leaves_no_folder_it_made(tmp_path):
+    (tmp_path / "in").mkdir()
+    bad = tmp_path / "in" / "log.csv"
+    bad.write_text("user_id,item_id\nu1,\n")
+    r = runner.invoke(app, ["prepare", str(bad), "--out", str(tmp_path / "a" / "b" / "ds")])
+    assert "column 'item_id' is empty" in _one_line_exit_2(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

@@ -37,7 +37,14 @@ import numpy as np
 import polars as pl
 
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import atomic_dir, check_replaceable, clean_stale, marker_kind, write_marker
+from seqtwins.files import (
+    atomic_dir,
+    check_replaceable,
+    clean_stale,
+    file_lock,
+    marker_kind,
+    write_marker,
+)
 
 SCHEMA_VERSION = 1
 DATASET = "dataset"
@@ -237,6 +244,26 @@ def write_errors(path: Path, what: str = "--out", under: Path | None = None) -> 
         raise SeqtwinsError(
             f"cannot write {what} {path}: {detail}{at}; choose a writable location"
         ) from e
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold the lock of the dataset folder ``out`` (a hidden sibling lock file) while it is
+    made: a second ``prepare`` / ``synth`` into it is refused in one line. Folders created
+    for the lock are removed again when the work fails (nothing is left behind)."""
+    out = Path(out).absolute()
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
+    with write_errors(out):
+        lock = file_lock(out).acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+        for folder in made:
+            try:
+                folder.rmdir()  # only if empty: a successful write filled the first one
+            except OSError:
+                break
 
 
 def is_dataset(path: Path) -> bool:

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import Sequences, check_out
+from seqtwins.data.dataset import Sequences, check_out, output_lock
 from seqtwins.data.finish import Prepared, finish
 from seqtwins.data.formats import (
     STREAM_BATCH_ROWS,
@@ -107,6 +107,12 @@ def prepare(
     options = options or PrepareOptions()
     input, out = Path(input), Path(out)
     check_output(input, out, options)
+    with output_lock(out):  # a second prepare / synth into the same --out is refused
+        check_output(input, out, options)  # again: another run may have written it meanwhile
+        return _prepare(input, out, options)
+
+
+def _prepare(input: Path, out: Path, options: PrepareOptions) -> PrepareSummary:
     if options.memory_budget is not None and needs_out_of_core(
         input, options.reader, options.memory_budget
     ):

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import Sequences, check_out, write_dataset
+from seqtwins.data.dataset import Sequences, check_out, output_lock, write_dataset
 from seqtwins.data.steps import assign_splits  # one split rule for prepare and synth
 
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
@@ -521,13 +521,14 @@ def synthesize(out: Path | str, cfg: SynthConfig | None = None, *, overwrite: bo
     """
     cfg = cfg or SynthConfig()
     check_out(Path(out), overwrite)  # before the work: a folder it may not replace, stale temps
-    data = generate(cfg)
-    return write_dataset(
-        out,
-        sequences=data.sequences,
-        items=data.items,
-        users=data.users,
-        source="synth",
-        params=dataclasses.asdict(cfg),
-        overwrite=overwrite,
-    )
+    with output_lock(Path(out)):  # a second prepare / synth into the same --out is refused
+        data = generate(cfg)
+        return write_dataset(
+            out,
+            sequences=data.sequences,
+            items=data.items,
+            users=data.users,
+            source="synth",
+            params=dataclasses.asdict(cfg),
+            overwrite=overwrite,
+        )
