@@ -93,6 +93,33 @@ def test_overwrite_never_deletes_the_input(tmp_path):
     assert (folder / "log.csv").read_text() == GOOD
 
 
+def test_overwrite_never_deletes_a_side_table_or_the_input_inside_out(tmp_path):
+    src = _log(tmp_path)
+    prepare(src, tmp_path / "ds")
+    items = tmp_path / "ds" / "items.csv"
+    items.write_text("item_id,categories\ni1,a\n")
+    inner = tmp_path / "ds" / "log.csv"
+    inner.write_text(GOOD)
+    for args in (["--items", str(items)], ["--users", str(items)]):
+        r = runner.invoke(app, ["prepare", str(src), *args, "--out", str(tmp_path / "ds"),
+                                "--overwrite"])  # fmt: skip
+        assert "would overwrite the --" in _one_line_exit_2(r) and "items.csv" in r.output
+    r = runner.invoke(app, ["prepare", str(inner), "--out", str(tmp_path / "ds"), "--overwrite"])
+    assert "would overwrite the input" in _one_line_exit_2(r)
+    assert items.is_file() and inner.read_text() == GOOD
+
+
+def test_a_control_character_in_a_path_keeps_the_message_on_one_line(tmp_path):
+    out = tmp_path / "a\nb"
+    out.mkdir()
+    (out / "x").write_text("foreign")
+    for extra in ([], ["--overwrite"]):
+        r = runner.invoke(app, ["prepare", str(_log(tmp_path)), "--out", str(out), *extra])
+        assert "a\\nb" in _one_line_exit_2(r)
+    r = runner.invoke(app, ["inspect", str(out)])
+    assert "a\\nb" in _one_line_exit_2(r)
+
+
 def test_overwrite_never_replaces_a_foreign_folder_or_file(tmp_path):
     src = _log(tmp_path)
     foreign = tmp_path / "photos"

@@ -240,9 +240,9 @@ def write_errors(path: Path, what: str = "--out", under: Path | None = None) -> 
         if under is not None and not full_disk and not (name and Path(name).is_relative_to(under)):
             raise
         detail = e.strerror or str(e)
-        at = f" ({name})" if name and str(name) != str(path) else ""
+        at = f" ({shown(name)})" if name and str(name) != str(path) else ""
         raise SeqtwinsError(
-            f"cannot write {what} {path}: {detail}{at}; choose a writable location"
+            f"cannot write {what} {shown(path)}: {detail}{at}; choose a writable location"
         ) from e
 
 
@@ -279,32 +279,43 @@ def is_dataset(path: Path) -> bool:
     return isinstance(meta, dict) and "schema_version" in meta and "content_hash" in meta
 
 
+def shown(path: Path | str) -> str:
+    """``path`` for a one-line message: as is, or quoted when it holds a control character
+    (a newline in a folder name must not break the line)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def check_out(out: Path, overwrite: bool, what: str = "--out") -> None:
     """The gate before writing the dataset folder ``out`` (call it before any long work):
     ``out`` is absent, or a seqtwins dataset and ``overwrite`` is set; its nearest existing
     ancestor is a writable folder. Then the temporary folders a killed writer left beside
     ``out`` are removed (:func:`seqtwins.files.clean_stale`)."""
     out = Path(out)
+    name = shown(out)
     try:
         here = Path.cwd().resolve()
     except OSError:  # the current folder was deleted: out cannot be it
         here = Path("/nonexistent-seqtwins-cwd")
     if out.resolve() in (here, *here.parents):
         raise SeqtwinsError(
-            f"{what} {out} is the current folder or holds it; name a folder to write, "
-            f"e.g. {out / 'dataset'}"
+            f"{what} {name} is the current folder or holds it; name a folder to write, "
+            f"e.g. {shown(out / 'dataset')}"
         )
     if out.exists() and not overwrite:
-        raise SeqtwinsError(f"{out} already exists; choose another {what} or pass --overwrite")
-    check_replaceable(out, what, owned=is_dataset, kinds=(DATASET,))
+        raise SeqtwinsError(f"{name} already exists; choose another {what} or pass --overwrite")
+    try:
+        check_replaceable(out, what, owned=is_dataset, kinds=(DATASET,))
+    except SeqtwinsError as e:
+        raise SeqtwinsError(str(e).replace(str(out), name)) from None
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise SeqtwinsError(f"cannot write {what} {out}: {parent} is a file, not a folder")
+        raise SeqtwinsError(f"cannot write {what} {name}: {shown(parent)} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SeqtwinsError(
-            f"cannot write {what} {out}: folder {parent} is not writable; choose another"
+            f"cannot write {what} {name}: folder {shown(parent)} is not writable; choose another"
         )
     clean_stale(out)
 
@@ -501,6 +512,15 @@ class SequenceDataset:
         without its sections, an item index out of range) is one
         :class:`~seqtwins.errors.SeqtwinsError` naming the file."""
         path = Path(path)
+        try:
+            return cls._open(path, mmap, verify)
+        except SeqtwinsError as e:
+            if str(path).isprintable():
+                raise
+            raise SeqtwinsError(str(e).replace(str(path), shown(path))) from None
+
+    @classmethod
+    def _open(cls, path: Path, mmap: bool, verify: bool) -> SequenceDataset:
         meta = _read_meta(path)
         fields, counts = meta["fields"], meta["counts"]
         arrays: dict[str, np.ndarray | None] = {}

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import Sequences, check_out, output_lock
+from seqtwins.data.dataset import Sequences, check_out, output_lock, shown
 from seqtwins.data.finish import Prepared, finish
 from seqtwins.data.formats import (
     STREAM_BATCH_ROWS,
@@ -139,11 +139,15 @@ def check_output(input: Path, out: Path, options: PrepareOptions) -> None:
                 f"--salt-file {options.salt_file} lies inside --out {out}; keep the key apart "
                 "from the data it protects"
             )
-    src, dst = input.resolve(), out.resolve()
-    if src.is_relative_to(dst):
-        raise SeqtwinsError(
-            f"--out {out} would overwrite the input {input}; write the dataset elsewhere"
-        )
+    dst = out.resolve()
+    reader = options.reader
+    for what, path in (("the input", input), ("the --items file", reader.items_file),
+                       ("the --users file", reader.users_file)):  # fmt: skip
+        if path is not None and Path(path).resolve().is_relative_to(dst):
+            raise SeqtwinsError(
+                f"--out {shown(out)} would overwrite {what} {shown(path)}; write the dataset "
+                "elsewhere"
+            )
     check_out(out, options.overwrite)
     if options.work_dir is not None:
         clean_stale(Path(options.work_dir) / out.name)
