@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ import polars as pl
 import yaml
 from torch import nn
 
-from seqtwins import __version__
 from seqtwins.checkpoint import TrainState, load_checkpoint, load_model_tensors, non_finite
 from seqtwins.config import PretrainConfig, build, load_yaml, to_dict
 from seqtwins.data.dataset import SequenceDataset
@@ -100,6 +100,14 @@ class Lineage:
         if lineage.vocab_size < 3:
             raise SeqtwinsError(f"{where}: vocab_size={lineage.vocab_size} is too small")
         return lineage
+
+
+def seqtwins_version() -> str | None:
+    """The installed seqtwins version (None when running from an uninstalled source tree)."""
+    try:
+        return version("seqtwins")
+    except PackageNotFoundError:
+        return None
 
 
 def is_legacy_run(path: Path) -> bool:
@@ -199,7 +207,7 @@ class Run:
         path.mkdir(parents=True, exist_ok=True)
         write_marker(path, KIND)
         lineage = Lineage(str(ds.path), ds.content_hash, ds.num_items, ds.vocab_size,
-                          int(train_users), __version__)  # fmt: skip
+                          int(train_users), seqtwins_version())  # fmt: skip
         # dataset.json first: a folder with config.yaml always has its lineage too
         write_json(path / DATASET, asdict(lineage))
         atomic_write(path / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
