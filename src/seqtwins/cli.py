@@ -141,7 +141,10 @@ def pretrain(
     console.print(
         f"trained {summary.epochs_done} epochs ({summary.steps} steps, {summary.seconds:.0f}s)"
         f"{' - stopped early' if summary.stopped_early else ''}; best validation score "
-        f"{best} at epoch {summary.best_epoch}; run in {summary.run_dir}"
+        f"{best} at epoch {summary.best_epoch}; run in {summary.run_dir}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -176,7 +179,10 @@ def embed(
     print_warnings(caught)
     of = f" (shard {part[0]}/{part[1]})" if shard is not None else ""
     console.print(
-        f"wrote {summary.rows} embeddings of dimension {summary.dim}{of} to {summary.out}"
+        f"wrote {summary.rows} embeddings of dimension {summary.dim}{of} to {summary.out}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -358,7 +364,10 @@ def evaluate(
     )  # fmt: skip
     console.print(
         f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; "
-        f"wrote {out}"
+        f"wrote {out}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 
