@@ -33,7 +33,7 @@ import yaml
 
 from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_yaml, to_dict
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import check_replaceable
+from seqtwins.files import atomic_write, check_replaceable, write_json
 from seqtwins.run import CONFIG, Run
 from seqtwins.tune_space import TuneSpec
 
@@ -169,7 +169,7 @@ def build_data(cfg: ExperimentConfig, data_dir: Path, say: Any = print) -> Path:
         opts = build(PrepareOptions, {**options, "reader": reader, "overwrite": True})
         summary = prepare(source, data_dir, opts)
         say("\n".join(summary.lines()))
-    marker.write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(marker, spec)
     return data_dir
 
 
@@ -206,7 +206,7 @@ def run_experiment(
 
     root = Path(out) / cfg.name
     root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write(root / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     data_dir = build_data(cfg, root / "data", say)
     runs = {
         obj: pretrain_run(cfg.pretrain_config(obj), data_dir, root / "runs" / obj, progress, say)

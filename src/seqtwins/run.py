@@ -153,6 +153,7 @@ class Run:
         self.path = Path(path)
         self._config: PretrainConfig | None = None
         self._lineage: Lineage | None = None
+        self._embedders: dict[str, tuple[SequenceDataset, SequenceEncoder]] = {}
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -387,8 +388,12 @@ class Run:
             isinstance(s, Sequence) and not isinstance(s, str | bytes) for s in sequences
         ):
             raise SeqtwinsError("sequences must be a list of lists of item ids")
-        ds = ds if ds is not None else self.dataset()
-        encoder = self.encoder(which, ds)
+        if ds is None and which in self._embedders:  # repeated calls: opened once
+            ds, encoder = self._embedders[which]
+        else:
+            ds = ds if ds is not None else self.dataset()
+            encoder = self.encoder(which, ds)
+            self._embedders[which] = (ds, encoder)
         mapped, unknown = map_items(item_index(ds), sequences)
         empty = [i for i, m in enumerate(mapped) if not len(m)]
         if empty:
