@@ -117,10 +117,9 @@ def pretrain(
     Data-parallel on several processes or machines: torchrun --nproc_per_node N -m seqtwins
     pretrain ... (rank 0 writes the run; see docs/distributed.md).
     """
+    from seqtwins.api import pretrain as run_pretrain
     from seqtwins.config import PretrainConfig, build, load_yaml
     from seqtwins.distributed import is_main_process
-    from seqtwins.evaluate.proxy import category_proxy
-    from seqtwins.train import pretrain as run_pretrain
 
     if resume and backend is not None:
         raise SeqtwinsError("--resume continues with the run's saved train.backend; drop --backend")
@@ -133,7 +132,7 @@ def pretrain(
         cfg = build(PretrainConfig, *layers, overrides=[*(overrides or []), *extra])
     with collected_warnings() as caught:
         summary = run_pretrain(data, out, cfg, resume=resume, progress=progress,
-                               overwrite=overwrite, proxy=category_proxy)  # fmt: skip
+                               overwrite=overwrite)  # fmt: skip
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
     print_warnings(caught)
@@ -356,7 +355,8 @@ def evaluate(
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
 ) -> None:
     """Evaluate runs and the floors with few labels, on identical labelled subsets."""
-    from seqtwins.evaluate.runs import BASELINES, evaluate_runs
+    from seqtwins.api import evaluate as evaluate_runs
+    from seqtwins.evaluate.runs import BASELINES
 
     results = evaluate_runs(
         runs, data, out, tasks=tasks, fractions=fractions or (0.01, 0.05, 0.1, 0.25, 1.0),
