@@ -367,3 +367,29 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_without_overwrite(
     assert Run.open(run).config.train.lr == 0.001 and Run.open(run).finished
     result = runner.invoke(app, _args(data, run, "train.epochs=1"))  # now it has checkpoints
     _one_line_error(result, "exists and is not empty")
+
+
+def test_out_inside_a_file_is_one_line(data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = runner.invoke(app, _args(data, afile / "run"))
+    _one_line_error(result, "cannot write the run folder", "choose another --out")
+    assert afile.read_text() == "x"
+
+
+def test_resume_cleans_the_temp_folder_of_a_killed_checkpoint_write(data, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    import subprocess
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "_after_step", _kill_at(7))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(data, run, _cfg("train.epochs=2"), progress=False)
+    monkeypatch.setattr(train_mod, "_after_step", lambda step: None)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = run / "checkpoints" / f".last.tmp-{dead.pid}-x"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    pretrain(data, run, None, resume=True, progress=False)
+    assert not stale.exists() and Run.open(run).finished

@@ -303,6 +303,8 @@ class Run:
         clean_stale(self.path)
         lock = self.lock().acquire()
         try:
+            for which in CHECKPOINTS:  # temp folders of a checkpoint write that was killed
+                clean_stale(self.checkpoint(which))
             yield self
         finally:
             empty = created and {p.name for p in self.path.iterdir()} <= {LOCK}

@@ -304,7 +304,13 @@ def _pretrain(
 
 
 def _claim(held: ExitStack, run: Run, resume: bool, overwrite: bool) -> None:
-    held.enter_context(run.locked())
+    """Lock the run folder and check it may be written (rank 0)."""
+    try:
+        held.enter_context(run.locked())
+    except OSError as e:  # as a SeqtwinsError it reaches every rank (World.on_main)
+        raise SeqtwinsError(
+            f"cannot write the run folder {run.path}: {e.strerror or e}; choose another --out"
+        ) from None
     if not resume:
         Run.check_new(run.path, overwrite)
 
