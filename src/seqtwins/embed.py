@@ -196,6 +196,8 @@ def _export_new(
     shard: tuple[int, int] = (0, 1),
 ) -> EmbedSummary:
     ids, raw = read_sequences_file(path)
+    if not raw:
+        raise SeqtwinsError(f"--sequences {path} holds no sequences; nothing to embed")
     first, stop = shard_range(len(raw), *shard)
     ids, raw = ids[first:stop], raw[first:stop]
     if not raw:  # more shards than rows: this one is empty

@@ -33,6 +33,7 @@ import yaml
 
 from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_yaml, to_dict
 from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.runs import BASELINES, PROTOCOLS
 from seqtwins.files import atomic_write, check_replaceable, write_json
 from seqtwins.run import CONFIG, Run
 from seqtwins.tune_space import TuneSpec
@@ -70,6 +71,24 @@ class EvalSpec:
     baselines: list[str] = field(default_factory=lambda: ["majority", "random-init", "tfidf-svd"])
     """Floors evaluated identically beside the trained runs."""
 
+    def validate(self) -> None:
+        """Checked up front, not after hours of pretraining (task names need the data:
+        :func:`run_experiment` checks them once the dataset exists)."""
+        bad = [f for f in self.fractions if not 0.0 < f <= 1.0]  # NaN fails too
+        if bad or not self.fractions:
+            raise ValueError(f"evaluate.fractions={self.fractions} must be label shares in (0, 1]")
+        if self.seeds < 1:
+            raise ValueError(f"evaluate.seeds={self.seeds} must be >= 1")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"evaluate.protocol={self.protocol!r} must be one of {', '.join(PROTOCOLS)}"
+            )
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(
+                f"evaluate.baselines: unknown {unknown}; choose from {', '.join(BASELINES)}"
+            )
+
 
 @dataclass
 class ExperimentConfig:
@@ -90,6 +109,7 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         self.data.validate()
+        self.evaluate.validate()
         for name in self.objectives:
             if name not in OBJECTIVES:
                 raise ValueError(f"objectives.{name} is not one of {', '.join(OBJECTIVES)}")
@@ -197,6 +217,22 @@ def pretrain_run(
     return run_dir
 
 
+def _check_tasks(cfg: ExperimentConfig, data_dir: Path) -> None:
+    """Unknown evaluation tasks are refused before any pretraining."""
+    from seqtwins.data.dataset import SequenceDataset
+    from seqtwins.evaluate.tasks import available_tasks
+
+    if cfg.evaluate.tasks is None:
+        return
+    known = available_tasks(SequenceDataset.open(data_dir, verify=False))
+    unknown = [t for t in cfg.evaluate.tasks if t not in known]
+    if unknown:
+        raise SeqtwinsError(
+            f"evaluate.tasks: {', '.join(unknown)} not available for {data_dir}; "
+            f"its tasks are: {', '.join(known)}"
+        )
+
+
 def run_experiment(
     cfg: ExperimentConfig, out: Path | str = "out", progress: bool = True, say: Any = print
 ) -> ExperimentResult:
@@ -208,6 +244,7 @@ def run_experiment(
     root.mkdir(parents=True, exist_ok=True)
     atomic_write(root / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     data_dir = build_data(cfg, root / "data", say)
+    _check_tasks(cfg, data_dir)
     runs = {
         obj: pretrain_run(cfg.pretrain_config(obj), data_dir, root / "runs" / obj, progress, say)
         for obj in cfg.objectives
