@@ -393,3 +393,22 @@ def test_resume_cleans_the_temp_folder_of_a_killed_checkpoint_write(data, tmp_pa
     (stale / "model.safetensors").write_bytes(b"half")
     pretrain(data, run, None, resume=True, progress=False)
     assert not stale.exists() and Run.open(run).finished
+
+
+def test_no_verify_skips_the_content_hash_check(data, trained, tmp_path):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(data, ds)
+    items = np.load(ds / "items.npy")
+    items[0] = items[0] % 40 + 1  # another valid item: only the hash can tell
+    np.save(ds / "items.npy", items)
+    run = tmp_path / "run"
+    result = runner.invoke(app, _args(ds, run, "train.epochs=1"))
+    _one_line_error(result, "content hash mismatch", "--no-verify")
+    result = runner.invoke(app, [*_args(ds, run, "train.epochs=1"), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "e.parquet"
+    args = ["embed", str(run), "--data", str(ds), "--out", str(out)]
+    _one_line_error(runner.invoke(app, args), "content hash mismatch")
+    assert runner.invoke(app, [*args, "--no-verify"]).exit_code == 0

@@ -38,9 +38,11 @@ def pretrain(
     overwrite: bool = False,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    verify: bool = True,
 ) -> RunSummary:
     """Pretrain an encoder on ``data_dir`` into the run folder ``run_dir``, selecting the
     best epoch on valid users as ``seqtwins pretrain`` does. ``cfg`` defaults to
     ``PretrainConfig()``; see :func:`seqtwins.train.pretrain` for the other arguments."""
     return _train(data_dir, run_dir, cfg, resume=resume, progress=progress,
-                  overwrite=overwrite, on_epoch=on_epoch, proxy=category_proxy)  # fmt: skip
+                  overwrite=overwrite, on_epoch=on_epoch, proxy=category_proxy,
+                  verify=verify)  # fmt: skip

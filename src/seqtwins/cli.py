@@ -111,6 +111,13 @@ def pretrain(
             "(= --set train.backend=...)."
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Recompute the dataset's content hash (--no-verify skips this pass over "
+            "the arrays, for very large data you trust)."
+        ),
+    ] = True,
 ) -> None:
     """Pretrain a user encoder with Barlow Twins, the dual encoder, or both combined.
 
@@ -132,7 +139,7 @@ def pretrain(
         cfg = build(PretrainConfig, *layers, overrides=[*(overrides or []), *extra])
     with collected_warnings() as caught:
         summary = run_pretrain(data, out, cfg, resume=resume, progress=progress,
-                               overwrite=overwrite)  # fmt: skip
+                               overwrite=overwrite, verify=verify)  # fmt: skip
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
     print_warnings(caught)
@@ -164,6 +171,13 @@ def embed(
             "n processes split the work; the n files in order = the unsharded file."
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Recompute the dataset's content hash (--no-verify skips this pass over "
+            "the arrays, for very large data you trust)."
+        ),
+    ] = True,
 ) -> None:
     """Export user embeddings (the encoder's pooled output) to Parquet."""
     from seqtwins.distributed import parse_shard
@@ -174,7 +188,7 @@ def embed(
     part = parse_shard(shard) if shard is not None else (0, 1)
     with collected_warnings() as caught:
         summary = export_embeddings(run, data, out, sequences_file=sequences, which=which,
-                                    shard=part)  # fmt: skip
+                                    shard=part, verify=verify)  # fmt: skip
     print_warnings(caught)
     of = f" (shard {part[0]}/{part[1]})" if shard is not None else ""
     console.print(
@@ -353,6 +367,13 @@ def evaluate(
         typer.Option("--baselines", help="Floors: majority, random-init, tfidf-svd."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Recompute the dataset's content hash (--no-verify skips this pass over "
+            "the arrays, for very large data you trust)."
+        ),
+    ] = True,
 ) -> None:
     """Evaluate runs and the floors with few labels, on identical labelled subsets."""
     from seqtwins.api import evaluate as evaluate_runs
@@ -361,6 +382,7 @@ def evaluate(
     results = evaluate_runs(
         runs, data, out, tasks=tasks, fractions=fractions or (0.01, 0.05, 0.1, 0.25, 1.0),
         seeds=seeds, protocol=protocol, baselines=baselines or BASELINES, progress=progress,
+        verify=verify,
     )  # fmt: skip
     console.print(
         f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; "

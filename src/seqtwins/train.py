@@ -229,6 +229,7 @@ def pretrain(
     overwrite: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     proxy: ProxyFactory | None = None,
+    verify: bool = True,
 ) -> RunSummary:
     """Pretrain an encoder on a dataset directory's training users and write a run folder.
 
@@ -250,11 +251,14 @@ def pretrain(
     ``on_epoch`` is called with each epoch's validation record (``epoch``, ``loss``,
     ``proxy``, ``score``) after that epoch's checkpoints are written; an exception it
     raises stops training there (``seqtwins tune`` prunes unpromising trials this way).
+
+    ``verify=False`` skips recomputing the dataset's content hash (``--no-verify``).
     """
     run = Run(run_dir)
     cfg = _saved_config(run, cfg) if resume else (cfg or build(PretrainConfig))
     with session(cfg.train.backend, resolve_device(cfg.train.device)) as world:
-        return _pretrain(data_dir, run, cfg, resume, progress, overwrite, world, on_epoch, proxy)
+        return _pretrain(data_dir, run, cfg, resume, progress, overwrite, world, on_epoch, proxy,
+                         verify)  # fmt: skip
 
 
 def _saved_config(run: Run, cfg: PretrainConfig | None) -> PretrainConfig:
@@ -276,9 +280,10 @@ def _pretrain(
     world: World,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     proxy: ProxyFactory | None = None,
+    verify: bool = True,
 ) -> RunSummary:
     """:func:`pretrain` in this process's place of the (possibly one-process) world."""
-    ds = SequenceDataset.open(data_dir)
+    ds = SequenceDataset.open(data_dir, verify=verify)
     if resume:
         run.check_dataset(ds)
         if not run.has_checkpoint("last"):
