@@ -412,3 +412,13 @@ def test_no_verify_skips_the_content_hash_check(data, trained, tmp_path):
     args = ["embed", str(run), "--data", str(ds), "--out", str(out)]
     _one_line_error(runner.invoke(app, args), "content hash mismatch")
     assert runner.invoke(app, [*args, "--no-verify"]).exit_code == 0
+
+
+def test_a_non_finite_validation_score_stops_training(data, tmp_path):
+    def nan_proxy(ds, users, seed):  # type: ignore[no-untyped-def]
+        return lambda emb: float("nan")
+
+    run = tmp_path / "run"
+    with pytest.raises(SeqtwinsError, match="validation score became nan at epoch 0; no check"):
+        pretrain(data, run, _cfg(), progress=False, proxy=nan_proxy)
+    assert not Run(run).has_checkpoint("best") and not Run(run).has_checkpoint("last")
