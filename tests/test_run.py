@@ -422,3 +422,39 @@ def test_a_non_finite_validation_score_stops_training(data, tmp_path):
     with pytest.raises(SeqtwinsError, match="validation score became nan at epoch 0; no check"):
         pretrain(data, run, _cfg(), progress=False, proxy=nan_proxy)
     assert not Run(run).has_checkpoint("best") and not Run(run).has_checkpoint("last")
+
+
+def test_kill_9_then_resume_is_byte_identical(data, tmp_path):
+    """A real SIGKILL mid-run (the lock dies with the process), then --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    extra = ["train.epochs=12", "train.checkpoint_every=3", "train.threads=1", "train.patience=0"]
+    full = tmp_path / "full"
+    pretrain(data, full, _cfg(*extra), progress=False, proxy=category_proxy)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "seqtwins", *_args(data, killed, *extra)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not Run(killed).has_checkpoint("last") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not Run(killed).finished, "the run ended before it was killed"
+    result = runner.invoke(app, ["pretrain", str(data), "--out", str(killed), "--resume",
+                                 "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for which in ("last", "best"):
+        a = load_model_tensors(full / f"checkpoints/{which}/model.safetensors")
+        b = load_model_tensors(killed / f"checkpoints/{which}/model.safetensors")
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+    lines = [json.loads(x) for x in Run(killed).metrics_file.read_text().splitlines()]
+    ref = [json.loads(x) for x in Run(full).metrics_file.read_text().splitlines()]
+    assert [x.get("loss") for x in lines] == [x.get("loss") for x in ref]
