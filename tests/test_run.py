@@ -458,3 +458,18 @@ def test_kill_9_then_resume_is_byte_identical(data, tmp_path):
     lines = [json.loads(x) for x in Run(killed).metrics_file.read_text().splitlines()]
     ref = [json.loads(x) for x in Run(full).metrics_file.read_text().splitlines()]
     assert [x.get("loss") for x in lines] == [x.get("loss") for x in ref]
+
+
+def test_create_writes_marker_lineage_and_config(data, tmp_path):
+    ds = SequenceDataset.open(data)
+    run = Run.create(tmp_path / "r", _cfg(), ds)
+    assert marker_kind(run.path) == "run" and run.lineage.train_users == 168
+    again = Run.open(run.path)
+    assert again.config == run.config and again.lineage == run.lineage
+    assert not again.finished and not again.has_checkpoint("last")
+    Run.check_new(run.path)  # no checkpoint yet: may start again
+    (run.path / "checkpoints/last").mkdir(parents=True)
+    (run.path / "checkpoints/last/state.json").write_text("{}")
+    with pytest.raises(SeqtwinsError, match="exists and is not empty"):
+        Run.check_new(run.path)
+    Run.check_new(run.path, overwrite=True)

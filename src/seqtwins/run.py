@@ -188,14 +188,15 @@ class Run:
         path: Path | str,
         cfg: PretrainConfig,
         ds: SequenceDataset,
-        train_users: int,
+        train_users: int | None = None,
         overwrite: bool = False,
     ) -> Run:
         """Start a run in ``path``: write its marker, dataset.json and config.yaml.
 
         A non-empty ``path`` is refused unless ``overwrite`` and it is a seqtwins run (its
         previous config, metrics, summary and checkpoints are then removed; nothing else
-        in the folder is touched). Hold :meth:`locked` while calling this."""
+        in the folder is touched). ``train_users`` (recorded in dataset.json) defaults to
+        the dataset's training split. Hold :meth:`locked` while calling this."""
         run = cls(path)
         path = run.path
         cls.check_new(path, overwrite)
@@ -207,8 +208,9 @@ class Run:
                 target.unlink(missing_ok=True)
         path.mkdir(parents=True, exist_ok=True)
         write_marker(path, KIND)
+        users = len(ds.split_users("train")) if train_users is None else int(train_users)
         lineage = Lineage(str(ds.path), ds.content_hash, ds.num_items, ds.vocab_size,
-                          int(train_users), seqtwins_version())  # fmt: skip
+                          users, seqtwins_version())  # fmt: skip
         # dataset.json first: a folder with config.yaml always has its lineage too
         write_json(path / DATASET, asdict(lineage))
         atomic_write(path / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
