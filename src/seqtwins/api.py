@@ -24,7 +24,7 @@ from seqtwins.evaluate.proxy import category_proxy
 from seqtwins.evaluate.runs import evaluate_runs as evaluate
 from seqtwins.run import Run
 from seqtwins.train import RunSummary
-from seqtwins.train import pretrain as _train
+from seqtwins.train import pretrain as train_pretrain
 
 __all__ = ["Run", "RunSummary", "evaluate", "pretrain"]
 
@@ -43,6 +43,6 @@ def pretrain(
     """Pretrain an encoder on ``data_dir`` into the run folder ``run_dir``, selecting the
     best epoch on valid users as ``seqtwins pretrain`` does. ``cfg`` defaults to
     ``PretrainConfig()``; see :func:`seqtwins.train.pretrain` for the other arguments."""
-    return _train(data_dir, run_dir, cfg, resume=resume, progress=progress,
-                  overwrite=overwrite, on_epoch=on_epoch, proxy=category_proxy,
-                  verify=verify)  # fmt: skip
+    return train_pretrain(data_dir, run_dir, cfg, resume=resume, progress=progress,
+                          overwrite=overwrite, on_epoch=on_epoch, proxy=category_proxy,
+                          verify=verify)  # fmt: skip
