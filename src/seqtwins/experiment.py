@@ -35,7 +35,7 @@ from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.runs import BASELINES, PROTOCOLS
 from seqtwins.files import atomic_write, check_replaceable, write_json
-from seqtwins.run import CONFIG, Run
+from seqtwins.run import Run
 from seqtwins.tune_space import TuneSpec
 
 
@@ -204,8 +204,8 @@ def pretrain_run(
 
     run = Run(run_dir)
     try:
-        same = (run_dir / CONFIG).is_file() and to_dict(run.config) == to_dict(cfg)
-    except SeqtwinsError:  # a damaged config.yaml: that run is retrained
+        same = to_dict(run.config) == to_dict(cfg)
+    except SeqtwinsError:  # no run there yet, or a damaged config.yaml: (re)train
         same = False
     if same and run.finished:
         say(f"pretrain {cfg.objective}: done already ({run_dir})")
