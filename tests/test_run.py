@@ -473,3 +473,29 @@ def test_create_writes_marker_lineage_and_config(data, tmp_path):
     with pytest.raises(SeqtwinsError, match="exists and is not empty"):
         Run.check_new(run.path)
     Run.check_new(run.path, overwrite=True)
+
+
+def test_out_of_range_item_ids_are_one_line_even_without_verify(data, trained, tmp_path):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(data, ds)
+    items = np.load(ds / "items.npy")
+    items[3] = 999  # no such item
+    np.save(ds / "items.npy", items)
+    result = runner.invoke(app, [*_args(ds, tmp_path / "run"), "--no-verify"])
+    _one_line_error(result, "items.npy holds item ids outside 1..40")
+    assert not (tmp_path / "run").exists()
+    out = tmp_path / "e.parquet"
+    result = runner.invoke(app, ["embed", str(trained), "--data", str(ds), "--out", str(out),
+                                 "--no-verify"])  # fmt: skip
+    _one_line_error(result, "items.npy holds item ids outside")
+
+
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_run_and_tune_out_that_is_a_file(tmp_path, command):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = runner.invoke(app, [command, "--out", str(afile), "--no-progress"])
+    _one_line_error(result, "is a file; give a folder")
+    assert afile.read_text() == "x"

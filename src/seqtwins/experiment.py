@@ -35,7 +35,7 @@ from seqtwins.config import OBJECTIVES, PretrainConfig, build, deep_merge, load_
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.runs import BASELINES, PROTOCOLS
 from seqtwins.files import atomic_write, check_replaceable, write_json
-from seqtwins.run import Run
+from seqtwins.run import Run, out_folder
 from seqtwins.tune_space import TuneSpec
 
 
@@ -240,7 +240,7 @@ def run_experiment(
     from seqtwins.evaluate.report import write_report
     from seqtwins.evaluate.runs import evaluate_runs
 
-    root = Path(out) / cfg.name
+    root = out_folder(out) / cfg.name
     root.mkdir(parents=True, exist_ok=True)
     atomic_write(root / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     data_dir = build_data(cfg, root / "data", say)
