@@ -538,7 +538,7 @@ def _diverged(t: Trainer, what: str, epoch: int, step: int = 0) -> str:
         saved = t.run.state("last").step
         kept = f"the last finite checkpoint is {t.run.checkpoint('last')} (step {saved})"
     else:
-        kept = "no checkpoint was written before it"
+        kept = "no checkpoint was written before it (nothing to go back to)"
     return (f"{what} {at}; {kept}. Try a lower train.lr, train.precision=fp32 or a smaller "
             "encoder")  # fmt: skip
 
