@@ -31,7 +31,7 @@ from seqtwins.distributed import shard_range
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import atomic_file, check_replaceable, clean_stale, file_lock
 from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_users
-from seqtwins.run import Run, item_index, map_items
+from seqtwins.run import Run, check_item_ids, item_index, map_items
 
 METADATA = {b"seqtwins": b"embeddings"}
 """Parquet schema metadata that marks a file written by :func:`export_embeddings`."""
@@ -90,6 +90,7 @@ def export_embeddings(
     chunk_users: int = 8192,
     which: str = "best",
     shard: tuple[int, int] = (0, 1),
+    verify: bool = True,
 ) -> EmbedSummary:
     """Embed every user of the dataset (or the sequences of ``sequences_file``) to Parquet.
 
@@ -103,7 +104,8 @@ def export_embeddings(
         raise SeqtwinsError(f"shard {index}/{count} must satisfy 0 <= i < n")
     out = Path(out)
     _check_out(out)
-    ds = SequenceDataset.open(data_dir)
+    ds = SequenceDataset.open(data_dir, verify=verify)
+    check_item_ids(ds)
     encoder = Run.open(run_dir).encoder(which, ds)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device)
@@ -196,6 +198,8 @@ def _export_new(
     shard: tuple[int, int] = (0, 1),
 ) -> EmbedSummary:
     ids, raw = read_sequences_file(path)
+    if not raw:
+        raise SeqtwinsError(f"--sequences {path} holds no sequences; nothing to embed")
     first, stop = shard_range(len(raw), *shard)
     ids, raw = ids[first:stop], raw[first:stop]
     if not raw:  # more shards than rows: this one is empty
