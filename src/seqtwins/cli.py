@@ -157,21 +157,17 @@ def pretrain(
     pretrain ... (rank 0 writes the run; see docs/distributed.md).
     """
     from seqtwins.api import pretrain as run_pretrain
-    from seqtwins.config import PretrainConfig, build, load_yaml
     from seqtwins.distributed import is_main_process
 
     if resume and backend is not None:
         raise SeqtwinsError("--resume continues with the run's saved train.backend; drop --backend")
-    cfg = None
-    if not resume or config or overrides or objective:
-        layers = [load_yaml(p) for p in config or []]
-        if objective is not None:
-            layers.append({"objective": objective})
-        extra = [f"train.backend={backend}"] if backend is not None else []
-        cfg = build(PretrainConfig, *layers, overrides=[*(overrides or []), *extra])
+    extra = [f"train.backend={backend}"] if backend is not None else []
     with collected_warnings() as caught:
-        summary = run_pretrain(data, out, cfg, resume=resume, progress=progress,
-                               overwrite=overwrite, verify=verify)  # fmt: skip
+        summary = run_pretrain(
+            data, out, objective=objective, config=config or [],
+            overrides=[*(overrides or []), *extra], resume=resume, progress=progress,
+            overwrite=overwrite, verify=verify,
+        )  # fmt: skip
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
     print_warnings(caught)
@@ -477,8 +473,7 @@ def evaluate(
         verify=verify,
     )  # fmt: skip
     console.print(
-        f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; "
-        f"wrote {out}",
+        f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; wrote {out}",
         markup=False,
         highlight=False,
         soft_wrap=True,

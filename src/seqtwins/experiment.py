@@ -21,7 +21,6 @@ An experiment file (YAML)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -182,17 +181,16 @@ def build_data(cfg: ExperimentConfig, data_dir: Path, say: Any = print) -> Path:
     if cfg.data.synth is not None:
         from seqtwins.data.synth import SynthConfig, synthesize
 
-        synthesize(data_dir, build(SynthConfig, cfg.data.synth), overwrite=True)
+        synthesize(data_dir, build(SynthConfig, cfg.data.synth, prefix="data.synth"),
+                   overwrite=True)  # fmt: skip
         say(f"data: synthesised {data_dir}")
     else:
-        from seqtwins.data.formats import ReaderOptions
-        from seqtwins.data.prepare import PrepareOptions, prepare
+        from seqtwins.data.options import build_options
+        from seqtwins.data.prepare import prepare
 
         options = dict(cfg.data.prepare or {})
         source = _expand(str(options.pop("input")))
-        reader_keys = {f.name for f in dataclasses.fields(ReaderOptions)}
-        reader = {k: options.pop(k) for k in list(options) if k in reader_keys}
-        opts = build(PrepareOptions, {**options, "reader": reader, "overwrite": True})
+        opts = build_options(options, {"overwrite": True}, prefix="data.prepare")
         summary = prepare(source, data_dir, opts)
         say("\n".join(summary.lines()))
     write_json(marker, spec)

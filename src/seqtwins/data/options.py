@@ -174,10 +174,13 @@ def options_data(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_options(*layers: Mapping[str, Any], overrides: Iterable[str] = ()) -> PrepareOptions:
+def build_options(
+    *layers: Mapping[str, Any], overrides: Iterable[str] = (), prefix: str = ""
+) -> PrepareOptions:
     """:class:`PrepareOptions` from flat mappings (YAML files, flags), applied in order, then
     ``key=value`` overrides (``--set min_user_count=5``), through
-    :func:`seqtwins.settings.build`: a bad value is a one-line error naming its key."""
+    :func:`seqtwins.settings.build`: a bad value is a one-line error naming its key
+    (spelt from ``prefix``, e.g. ``data.prepare.min_user_count``, when given)."""
     from seqtwins.settings import build, deep_merge, nest, parse_override
 
     data: dict[str, Any] = {}
@@ -186,4 +189,4 @@ def build_options(*layers: Mapping[str, Any], overrides: Iterable[str] = ()) -> 
     for text in overrides:
         key, value = parse_override(text)
         data = deep_merge(data, options_data(nest(key, value)))
-    return build(PrepareOptions, data)
+    return build(PrepareOptions, data, prefix=prefix)
