@@ -228,9 +228,24 @@ def test_failed_setup_leaves_no_folder(tmp_path, data):
 # --- NaN / Inf -----------------------------------------------------------------------------
 
 
-def test_infinite_lr_stops_and_never_saves_a_non_finite_model(data, tmp_path):
+def test_divergent_lr_stops_and_never_saves_a_non_finite_model(data, tmp_path):
+    run = tmp_path / "run"  # (train.lr=.inf itself is refused by the config)
+    result = runner.invoke(app, _args(data, run, "train.lr=1e30", "train.warmup_frac=0"))
+    _one_line_error(result, "became", "no checkpoint was written")
+    assert not Run(run).has_checkpoint("last") and not Run(run).has_checkpoint("best")
+
+
+def test_non_finite_weights_stop_training(data, tmp_path, monkeypatch):
+    real = torch.optim.AdamW.step
+
+    def poisoned(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(self, *args, **kwargs)
+        self.param_groups[0]["params"][0].data.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
     run = tmp_path / "run"
-    result = runner.invoke(app, _args(data, run, "train.lr=.inf"))
+    result = runner.invoke(app, _args(data, run))
     _one_line_error(result, "weights became NaN or infinite", "no checkpoint was written")
     assert not Run(run).has_checkpoint("last") and not Run(run).has_checkpoint("best")
 
@@ -484,12 +499,12 @@ def test_out_of_range_item_ids_are_one_line_even_without_verify(data, trained, t
     items[3] = 999  # no such item
     np.save(ds / "items.npy", items)
     result = runner.invoke(app, [*_args(ds, tmp_path / "run"), "--no-verify"])
-    _one_line_error(result, "items.npy holds item ids outside 1..40")
+    _one_line_error(result, "items.npy holds item index 999, outside 1..40")
     assert not (tmp_path / "run").exists()
     out = tmp_path / "e.parquet"
     result = runner.invoke(app, ["embed", str(trained), "--data", str(ds), "--out", str(out),
                                  "--no-verify"])  # fmt: skip
-    _one_line_error(result, "items.npy holds item ids outside")
+    _one_line_error(result, "items.npy holds item index 999")
 
 
 @pytest.mark.parametrize("command", ["run", "tune"])

@@ -31,7 +31,7 @@ from seqtwins.distributed import shard_range
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import atomic_file, check_replaceable, clean_stale, file_lock
 from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_users
-from seqtwins.run import Run, check_item_ids, item_index, map_items
+from seqtwins.run import Run, item_index, map_items
 
 METADATA = {b"seqtwins": b"embeddings"}
 """Parquet schema metadata that marks a file written by :func:`export_embeddings`."""
@@ -105,7 +105,6 @@ def export_embeddings(
     out = Path(out)
     _check_out(out)
     ds = SequenceDataset.open(data_dir, verify=verify)
-    check_item_ids(ds)
     encoder = Run.open(run_dir).encoder(which, ds)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device)

@@ -128,17 +128,6 @@ def _read_json(file: Path, what: str) -> Any:
         raise SeqtwinsError(f"{file} is not valid JSON ({e.__class__.__name__}); {what}") from None
 
 
-def check_item_ids(ds: SequenceDataset) -> None:
-    """Refuse a dataset whose sequences hold item ids outside ``1..num_items`` (damaged;
-    the content hash catches it unless it was skipped with ``--no-verify``)."""
-    items = ds.sequences.items
-    if len(items) and (int(items.min()) < 1 or int(items.max()) > ds.num_items):
-        raise SeqtwinsError(
-            f"{ds.path}: items.npy holds item ids outside 1..{ds.num_items}; the dataset is "
-            "damaged, recreate it (without --no-verify its content hash would have said so)"
-        )
-
-
 def out_folder(out: Path | str) -> Path:
     """``--out`` of a command that writes a folder tree (run, tune): not an existing file."""
     out = Path(out)
@@ -352,7 +341,6 @@ class Run:
         """The dataset recorded in dataset.json (it must still be at that path)."""
         ds = SequenceDataset.open(self.lineage.path, verify=verify)
         self.check_dataset(ds)
-        check_item_ids(ds)
         return ds
 
     def _new_encoder(self, ds: SequenceDataset | None) -> SequenceEncoder:

@@ -37,7 +37,7 @@ from seqtwins.distributed import World, session
 from seqtwins.errors import SeqtwinsError
 from seqtwins.models.encoder import SequenceEncoder, autocast, build_encoder, embed_users
 from seqtwins.objectives import build_objective
-from seqtwins.run import Run, check_item_ids
+from seqtwins.run import Run
 
 VALID_EPOCH = 0xFFFF_FFFF  # seeds the fixed validation batches, apart from any real epoch
 
@@ -284,7 +284,6 @@ def _pretrain(
 ) -> RunSummary:
     """:func:`pretrain` in this process's place of the (possibly one-process) world."""
     ds = SequenceDataset.open(data_dir, verify=verify)
-    check_item_ids(ds)
     if resume:
         run.check_dataset(ds)
         if not run.has_checkpoint("last"):
