@@ -514,3 +514,10 @@ def test_run_and_tune_out_that_is_a_file(tmp_path, command):
     result = runner.invoke(app, [command, "--out", str(afile), "--no-progress"])
     _one_line_error(result, "is a file; give a folder")
     assert afile.read_text() == "x"
+
+
+def test_pretrain_leaves_the_thread_count_as_it_found_it(data, tmp_path):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    pretrain(data, tmp_path / "run", _cfg(f"train.threads={wanted}"), progress=False)
+    assert torch.get_num_threads() == before

@@ -256,9 +256,13 @@ def pretrain(
     """
     run = Run(run_dir)
     cfg = _saved_config(run, cfg) if resume else (cfg or build(PretrainConfig))
-    with session(cfg.train.backend, resolve_device(cfg.train.device)) as world:
-        return _pretrain(data_dir, run, cfg, resume, progress, overwrite, world, on_epoch, proxy,
-                         verify)  # fmt: skip
+    threads = torch.get_num_threads()  # train.threads applies to this call only
+    try:
+        with session(cfg.train.backend, resolve_device(cfg.train.device)) as world:
+            return _pretrain(data_dir, run, cfg, resume, progress, overwrite, world, on_epoch,
+                             proxy, verify)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _saved_config(run: Run, cfg: PretrainConfig | None) -> PretrainConfig:
