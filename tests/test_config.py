@@ -88,9 +88,7 @@ def test_nested_post_init_validation_is_one_line():
 def test_to_dict_copies_nested_mappings():
     from seqtwins.experiment import DataSpec, ExperimentConfig
 
-    cfg = ExperimentConfig(
-        data=DataSpec(synth={}), objectives={"barlow": {"train": {"lr": 0.1}}}
-    )
+    cfg = ExperimentConfig(data=DataSpec(synth={}), objectives={"barlow": {"train": {"lr": 0.1}}})
     out = to_dict(cfg)
     out["objectives"]["barlow"]["train"]["lr"] = 9.0
     assert cfg.objectives["barlow"]["train"]["lr"] == 0.1

@@ -239,3 +239,22 @@ def test_evaluate_out_and_artifacts_never_replace_foreign_files(trained, tmp_pat
 
     assert marker_kind(tmp_path / "eval_artifacts") == "eval-artifacts"
     assert (tmp_path / "eval_artifacts" / "cross_correlation.npy").is_file()
+
+
+def test_embed_empty_sequences_file_and_edited_config_are_one_line(trained, tmp_path):
+    import shutil
+
+    data, run = trained
+    seqs = tmp_path / "empty.jsonl"
+    seqs.write_text("\n")
+    out = tmp_path / "e.parquet"
+    result = runner.invoke(app, ["embed", str(run), "--data", str(data), "--out", str(out),
+                                 "--sequences", str(seqs)])  # fmt: skip
+    assert result.exit_code == 2 and "holds no sequences" in result.output
+    edited = tmp_path / "run"
+    shutil.copytree(run, edited)
+    config = edited / "config.yaml"
+    config.write_text(config.read_text().replace("dim: 16", "dim: 32", 1))
+    result = runner.invoke(app, ["embed", str(edited), "--data", str(data), "--out", str(out)])
+    assert result.exit_code == 2 and "does not match the model" in result.output, result.output
+    assert "Traceback" not in result.output and not out.exists()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,26 @@ def test_run_never_replaces_a_data_folder_seqtwins_did_not_write(tmp_path):
     assert build_data(cfg, data, say=lambda *a: None) == data
     cfg2 = load_experiment(None, ["data.synth.users=310"])  # another spec: rebuilt in place
     assert build_data(cfg2, data, say=lambda *a: None) == data
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("evaluate.fractions=[2.0]", "evaluate.fractions=[2.0] must be label shares in (0, 1]"),
+        ("evaluate.seeds=0", "evaluate.seeds=0 must be >= 1"),
+        ("evaluate.protocol=knn", "evaluate.protocol='knn' must be one of"),
+        ("evaluate.baselines=[popular]", "evaluate.baselines: unknown ['popular']"),
+    ],
+)
+def test_evaluate_settings_are_checked_up_front(override, message):
+    with pytest.raises(SeqtwinsError, match=re.escape(message)):
+        load_experiment(None, [override])
+
+
+def test_unknown_evaluate_task_is_refused_before_pretraining(tmp_path):
+    from seqtwins.experiment import run_experiment
+
+    cfg = load_experiment(None, ["data.synth.users=300", "evaluate.tasks=[gender]"])
+    with pytest.raises(SeqtwinsError, match="evaluate.tasks: gender not available"):
+        run_experiment(cfg, tmp_path / "out", progress=False, say=lambda *a: None)
+    assert not (tmp_path / "out" / cfg.name / "runs").exists()

@@ -228,9 +228,24 @@ def test_failed_setup_leaves_no_folder(tmp_path, data):
 # --- NaN / Inf -----------------------------------------------------------------------------
 
 
-def test_infinite_lr_stops_and_never_saves_a_non_finite_model(data, tmp_path):
+def test_divergent_lr_stops_and_never_saves_a_non_finite_model(data, tmp_path):
+    run = tmp_path / "run"  # (train.lr=.inf itself is refused by the config)
+    result = runner.invoke(app, _args(data, run, "train.lr=1e30", "train.warmup_frac=0"))
+    _one_line_error(result, "became", "no checkpoint was written")
+    assert not Run(run).has_checkpoint("last") and not Run(run).has_checkpoint("best")
+
+
+def test_non_finite_weights_stop_training(data, tmp_path, monkeypatch):
+    real = torch.optim.AdamW.step
+
+    def poisoned(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(self, *args, **kwargs)
+        self.param_groups[0]["params"][0].data.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
     run = tmp_path / "run"
-    result = runner.invoke(app, _args(data, run, "train.lr=.inf"))
+    result = runner.invoke(app, _args(data, run))
     _one_line_error(result, "weights became NaN or infinite", "no checkpoint was written")
     assert not Run(run).has_checkpoint("last") and not Run(run).has_checkpoint("best")
 
@@ -367,3 +382,142 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_without_overwrite(
     assert Run.open(run).config.train.lr == 0.001 and Run.open(run).finished
     result = runner.invoke(app, _args(data, run, "train.epochs=1"))  # now it has checkpoints
     _one_line_error(result, "exists and is not empty")
+
+
+def test_out_inside_a_file_is_one_line(data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = runner.invoke(app, _args(data, afile / "run"))
+    _one_line_error(result, "cannot write the run folder", "choose another --out")
+    assert afile.read_text() == "x"
+
+
+def test_resume_cleans_the_temp_folder_of_a_killed_checkpoint_write(data, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    import subprocess
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "_after_step", _kill_at(7))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(data, run, _cfg("train.epochs=2"), progress=False)
+    monkeypatch.setattr(train_mod, "_after_step", lambda step: None)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = run / "checkpoints" / f".last.tmp-{dead.pid}-x"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    pretrain(data, run, None, resume=True, progress=False)
+    assert not stale.exists() and Run.open(run).finished
+
+
+def test_no_verify_skips_the_content_hash_check(data, trained, tmp_path):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(data, ds)
+    items = np.load(ds / "items.npy")
+    items[0] = items[0] % 40 + 1  # another valid item: only the hash can tell
+    np.save(ds / "items.npy", items)
+    run = tmp_path / "run"
+    result = runner.invoke(app, _args(ds, run, "train.epochs=1"))
+    _one_line_error(result, "content hash mismatch", "--no-verify")
+    result = runner.invoke(app, [*_args(ds, run, "train.epochs=1"), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "e.parquet"
+    args = ["embed", str(run), "--data", str(ds), "--out", str(out)]
+    _one_line_error(runner.invoke(app, args), "content hash mismatch")
+    assert runner.invoke(app, [*args, "--no-verify"]).exit_code == 0
+
+
+def test_a_non_finite_validation_score_stops_training(data, tmp_path):
+    def nan_proxy(ds, users, seed):  # type: ignore[no-untyped-def]
+        return lambda emb: float("nan")
+
+    run = tmp_path / "run"
+    with pytest.raises(SeqtwinsError, match="validation score became nan at epoch 0; no check"):
+        pretrain(data, run, _cfg(), progress=False, proxy=nan_proxy)
+    assert not Run(run).has_checkpoint("best") and not Run(run).has_checkpoint("last")
+
+
+def test_kill_9_then_resume_is_byte_identical(data, tmp_path):
+    """A real SIGKILL mid-run (the lock dies with the process), then --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    extra = ["train.epochs=12", "train.checkpoint_every=3", "train.threads=1", "train.patience=0"]
+    full = tmp_path / "full"
+    pretrain(data, full, _cfg(*extra), progress=False, proxy=category_proxy)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "seqtwins", *_args(data, killed, *extra)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not Run(killed).has_checkpoint("last") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not Run(killed).finished, "the run ended before it was killed"
+    result = runner.invoke(app, ["pretrain", str(data), "--out", str(killed), "--resume",
+                                 "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for which in ("last", "best"):
+        a = load_model_tensors(full / f"checkpoints/{which}/model.safetensors")
+        b = load_model_tensors(killed / f"checkpoints/{which}/model.safetensors")
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+    lines = [json.loads(x) for x in Run(killed).metrics_file.read_text().splitlines()]
+    ref = [json.loads(x) for x in Run(full).metrics_file.read_text().splitlines()]
+    assert [x.get("loss") for x in lines] == [x.get("loss") for x in ref]
+
+
+def test_create_writes_marker_lineage_and_config(data, tmp_path):
+    ds = SequenceDataset.open(data)
+    run = Run.create(tmp_path / "r", _cfg(), ds)
+    assert marker_kind(run.path) == "run" and run.lineage.train_users == 168
+    again = Run.open(run.path)
+    assert again.config == run.config and again.lineage == run.lineage
+    assert not again.finished and not again.has_checkpoint("last")
+    Run.check_new(run.path)  # no checkpoint yet: may start again
+    (run.path / "checkpoints/last").mkdir(parents=True)
+    (run.path / "checkpoints/last/state.json").write_text("{}")
+    with pytest.raises(SeqtwinsError, match="exists and is not empty"):
+        Run.check_new(run.path)
+    Run.check_new(run.path, overwrite=True)
+
+
+def test_out_of_range_item_ids_are_one_line_even_without_verify(data, trained, tmp_path):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(data, ds)
+    items = np.load(ds / "items.npy")
+    items[3] = 999  # no such item
+    np.save(ds / "items.npy", items)
+    result = runner.invoke(app, [*_args(ds, tmp_path / "run"), "--no-verify"])
+    _one_line_error(result, "items.npy holds item index 999, outside 1..40")
+    assert not (tmp_path / "run").exists()
+    out = tmp_path / "e.parquet"
+    result = runner.invoke(app, ["embed", str(trained), "--data", str(ds), "--out", str(out),
+                                 "--no-verify"])  # fmt: skip
+    _one_line_error(result, "items.npy holds item index 999")
+
+
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_run_and_tune_out_that_is_a_file(tmp_path, command):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = runner.invoke(app, [command, "--out", str(afile), "--no-progress"])
+    _one_line_error(result, "is a file; give a folder")
+    assert afile.read_text() == "x"
+
+
+def test_pretrain_leaves_the_thread_count_as_it_found_it(data, tmp_path):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    pretrain(data, tmp_path / "run", _cfg(f"train.threads={wanted}"), progress=False)
+    assert torch.get_num_threads() == before

@@ -178,7 +178,15 @@ def load_model_tensors(file: Path) -> dict[str, torch.Tensor]:
 def load_state_dict_strict(
     module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str
 ) -> None:
-    """``load_state_dict`` that names exactly which keys are missing or unexpected."""
+    """``load_state_dict`` that names exactly which keys are missing or unexpected, or the
+    first tensor whose shape differs (e.g. config.yaml edited after training)."""
+    own = module.state_dict()
+    for key, value in state_dict.items():
+        if key in own and own[key].shape != value.shape:
+            raise SeqtwinsError(
+                f"{what} does not match the model: {key} has shape {tuple(value.shape)}, the "
+                f"model (from config.yaml) expects {tuple(own[key].shape)}"
+            )
     result = module.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise SeqtwinsError(

@@ -143,29 +143,31 @@ def pretrain(
             "(= --set train.backend=...)."
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Recompute the dataset's content hash (--no-verify skips this pass over "
+            "the arrays, for very large data you trust)."
+        ),
+    ] = True,
 ) -> None:
     """Pretrain a user encoder with Barlow Twins, the dual encoder, or both combined.
 
     Data-parallel on several processes or machines: torchrun --nproc_per_node N -m seqtwins
     pretrain ... (rank 0 writes the run; see docs/distributed.md).
     """
-    from seqtwins.config import PretrainConfig, build, load_yaml
+    from seqtwins.api import pretrain as run_pretrain
     from seqtwins.distributed import is_main_process
-    from seqtwins.evaluate.proxy import category_proxy
-    from seqtwins.train import pretrain as run_pretrain
 
     if resume and backend is not None:
         raise SeqtwinsError("--resume continues with the run's saved train.backend; drop --backend")
-    cfg = None
-    if not resume or config or overrides or objective:
-        layers = [load_yaml(p) for p in config or []]
-        if objective is not None:
-            layers.append({"objective": objective})
-        extra = [f"train.backend={backend}"] if backend is not None else []
-        cfg = build(PretrainConfig, *layers, overrides=[*(overrides or []), *extra])
+    extra = [f"train.backend={backend}"] if backend is not None else []
     with collected_warnings() as caught:
-        summary = run_pretrain(data, out, cfg, resume=resume, progress=progress,
-                               overwrite=overwrite, proxy=category_proxy)  # fmt: skip
+        summary = run_pretrain(
+            data, out, objective=objective, config=config or [],
+            overrides=[*(overrides or []), *extra], resume=resume, progress=progress,
+            overwrite=overwrite, verify=verify,
+        )  # fmt: skip
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
     print_warnings(caught)
@@ -173,7 +175,10 @@ def pretrain(
     console.print(
         f"trained {summary.epochs_done} epochs ({summary.steps} steps, {summary.seconds:.0f}s)"
         f"{' - stopped early' if summary.stopped_early else ''}; best validation score "
-        f"{best} at epoch {summary.best_epoch}; run in {summary.run_dir}"
+        f"{best} at epoch {summary.best_epoch}; run in {summary.run_dir}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -194,6 +199,13 @@ def embed(
             "n processes split the work; the n files in order = the unsharded file."
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Recompute the dataset's content hash (--no-verify skips this pass over "
+            "the arrays, for very large data you trust)."
+        ),
+    ] = True,
 ) -> None:
     """Export user embeddings (the encoder's pooled output) to Parquet."""
     from seqtwins.distributed import parse_shard
@@ -204,11 +216,14 @@ def embed(
     part = parse_shard(shard) if shard is not None else (0, 1)
     with collected_warnings() as caught:
         summary = export_embeddings(run, data, out, sequences_file=sequences, which=which,
-                                    shard=part)  # fmt: skip
+                                    shard=part, verify=verify)  # fmt: skip
     print_warnings(caught)
     of = f" (shard {part[0]}/{part[1]})" if shard is not None else ""
     console.print(
-        f"wrote {summary.rows} embeddings of dimension {summary.dim}{of} to {summary.out}"
+        f"wrote {summary.rows} embeddings of dimension {summary.dim}{of} to {summary.out}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -440,16 +455,28 @@ def evaluate(
         typer.Option("--baselines", help="Floors: majority, random-init, tfidf-svd."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Recompute the dataset's content hash (--no-verify skips this pass over "
+            "the arrays, for very large data you trust)."
+        ),
+    ] = True,
 ) -> None:
     """Evaluate runs and the floors with few labels, on identical labelled subsets."""
-    from seqtwins.evaluate.runs import BASELINES, evaluate_runs
+    from seqtwins.api import evaluate as evaluate_runs
+    from seqtwins.evaluate.runs import BASELINES
 
     results = evaluate_runs(
         runs, data, out, tasks=tasks, fractions=fractions or (0.01, 0.05, 0.1, 0.25, 1.0),
         seeds=seeds, protocol=protocol, baselines=baselines or BASELINES, progress=progress,
+        verify=verify,
     )  # fmt: skip
     console.print(
-        f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; wrote {out}"
+        f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; wrote {out}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -90,6 +90,7 @@ def export_embeddings(
     chunk_users: int = 8192,
     which: str = "best",
     shard: tuple[int, int] = (0, 1),
+    verify: bool = True,
 ) -> EmbedSummary:
     """Embed every user of the dataset (or the sequences of ``sequences_file``) to Parquet.
 
@@ -103,7 +104,7 @@ def export_embeddings(
         raise SeqtwinsError(f"shard {index}/{count} must satisfy 0 <= i < n")
     out = Path(out)
     _check_out(out)
-    ds = SequenceDataset.open(data_dir)
+    ds = SequenceDataset.open(data_dir, verify=verify)
     encoder = Run.open(run_dir).encoder(which, ds)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device)
@@ -196,6 +197,8 @@ def _export_new(
     shard: tuple[int, int] = (0, 1),
 ) -> EmbedSummary:
     ids, raw = read_sequences_file(path)
+    if not raw:
+        raise SeqtwinsError(f"--sequences {path} holds no sequences; nothing to embed")
     first, stop = shard_range(len(raw), *shard)
     ids, raw = ids[first:stop], raw[first:stop]
     if not raw:  # more shards than rows: this one is empty

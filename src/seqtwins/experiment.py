@@ -21,7 +21,6 @@ An experiment file (YAML)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -41,8 +40,9 @@ from seqtwins.config import (
     to_dict,
 )
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import check_replaceable
-from seqtwins.run import CONFIG, Run
+from seqtwins.evaluate.runs import BASELINES, PROTOCOLS
+from seqtwins.files import atomic_write, check_replaceable, write_json
+from seqtwins.run import Run, out_folder
 from seqtwins.tune_space import TuneSpec
 
 
@@ -77,6 +77,24 @@ class EvalSpec:
     end-to-end fine-tuning of each run at the smallest fraction)."""
     baselines: list[str] = field(default_factory=lambda: ["majority", "random-init", "tfidf-svd"])
     """Floors evaluated identically beside the trained runs."""
+
+    def __post_init__(self) -> None:
+        """Checked up front, not after hours of pretraining (task names need the data:
+        :func:`run_experiment` checks them once the dataset exists)."""
+        bad = [f for f in self.fractions if not 0.0 < f <= 1.0]  # NaN fails too
+        if bad or not self.fractions:
+            raise ValueError(f"evaluate.fractions={self.fractions} must be label shares in (0, 1]")
+        if self.seeds < 1:
+            raise ValueError(f"evaluate.seeds={self.seeds} must be >= 1")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"evaluate.protocol={self.protocol!r} must be one of {', '.join(PROTOCOLS)}"
+            )
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(
+                f"evaluate.baselines: unknown {unknown}; choose from {', '.join(BASELINES)}"
+            )
 
 
 @dataclass
@@ -163,20 +181,19 @@ def build_data(cfg: ExperimentConfig, data_dir: Path, say: Any = print) -> Path:
     if cfg.data.synth is not None:
         from seqtwins.data.synth import SynthConfig, synthesize
 
-        synthesize(data_dir, build(SynthConfig, cfg.data.synth), overwrite=True)
+        synthesize(data_dir, build(SynthConfig, cfg.data.synth, prefix="data.synth"),
+                   overwrite=True)  # fmt: skip
         say(f"data: synthesised {data_dir}")
     else:
-        from seqtwins.data.formats import ReaderOptions
-        from seqtwins.data.prepare import PrepareOptions, prepare
+        from seqtwins.data.options import build_options
+        from seqtwins.data.prepare import prepare
 
         options = dict(cfg.data.prepare or {})
         source = _expand(str(options.pop("input")))
-        reader_keys = {f.name for f in dataclasses.fields(ReaderOptions)}
-        reader = {k: options.pop(k) for k in list(options) if k in reader_keys}
-        opts = build(PrepareOptions, {**options, "reader": reader, "overwrite": True})
+        opts = build_options(options, {"overwrite": True}, prefix="data.prepare")
         summary = prepare(source, data_dir, opts)
         say("\n".join(summary.lines()))
-    marker.write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(marker, spec)
     return data_dir
 
 
@@ -191,8 +208,8 @@ def pretrain_run(
 
     run = Run(run_dir)
     try:
-        same = (run_dir / CONFIG).is_file() and to_dict(run.config) == to_dict(cfg)
-    except SeqtwinsError:  # a damaged config.yaml: that run is retrained
+        same = to_dict(run.config) == to_dict(cfg)
+    except SeqtwinsError:  # no run there yet, or a damaged config.yaml: (re)train
         same = False
     if same and run.finished:
         say(f"pretrain {cfg.objective}: done already ({run_dir})")
@@ -204,6 +221,22 @@ def pretrain_run(
     return run_dir
 
 
+def _check_tasks(cfg: ExperimentConfig, data_dir: Path) -> None:
+    """Unknown evaluation tasks are refused before any pretraining."""
+    from seqtwins.data.dataset import SequenceDataset
+    from seqtwins.evaluate.tasks import available_tasks
+
+    if cfg.evaluate.tasks is None:
+        return
+    known = available_tasks(SequenceDataset.open(data_dir, verify=False))
+    unknown = [t for t in cfg.evaluate.tasks if t not in known]
+    if unknown:
+        raise SeqtwinsError(
+            f"evaluate.tasks: {', '.join(unknown)} not available for {data_dir}; "
+            f"its tasks are: {', '.join(known)}"
+        )
+
+
 def run_experiment(
     cfg: ExperimentConfig, out: Path | str = "out", progress: bool = True, say: Any = print
 ) -> ExperimentResult:
@@ -211,10 +244,11 @@ def run_experiment(
     from seqtwins.evaluate.report import write_report
     from seqtwins.evaluate.runs import evaluate_runs
 
-    root = Path(out) / cfg.name
+    root = out_folder(out) / cfg.name
     root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write(root / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     data_dir = build_data(cfg, root / "data", say)
+    _check_tasks(cfg, data_dir)
     runs = {
         obj: pretrain_run(cfg.pretrain_config(obj), data_dir, root / "runs" / obj, progress, say)
         for obj in cfg.objectives

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ import polars as pl
 import yaml
 from torch import nn
 
-from seqtwins import __version__
 from seqtwins.checkpoint import TrainState, load_checkpoint, load_model_tensors, non_finite
 from seqtwins.config import PretrainConfig, build, load_yaml, to_dict
 from seqtwins.data.dataset import SequenceDataset
@@ -102,6 +102,14 @@ class Lineage:
         return lineage
 
 
+def seqtwins_version() -> str | None:
+    """The installed seqtwins version (None when running from an uninstalled source tree)."""
+    try:
+        return version("seqtwins")
+    except PackageNotFoundError:
+        return None
+
+
 def is_legacy_run(path: Path) -> bool:
     """A run folder written before ownership markers: config.yaml and dataset.json."""
     return (path / CONFIG).is_file() and (path / DATASET).is_file()
@@ -118,6 +126,14 @@ def _read_json(file: Path, what: str) -> Any:
         return json.loads(file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise SeqtwinsError(f"{file} is not valid JSON ({e.__class__.__name__}); {what}") from None
+
+
+def out_folder(out: Path | str) -> Path:
+    """``--out`` of a command that writes a folder tree (run, tune): not an existing file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SeqtwinsError(f"--out {out} is a file; give a folder")
+    return out
 
 
 def item_index(ds: SequenceDataset) -> dict[str, int]:
@@ -145,6 +161,7 @@ class Run:
         self.path = Path(path)
         self._config: PretrainConfig | None = None
         self._lineage: Lineage | None = None
+        self._embedders: dict[str, tuple[SequenceDataset, SequenceEncoder]] = {}
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -179,14 +196,15 @@ class Run:
         path: Path | str,
         cfg: PretrainConfig,
         ds: SequenceDataset,
-        train_users: int,
+        train_users: int | None = None,
         overwrite: bool = False,
     ) -> Run:
         """Start a run in ``path``: write its marker, dataset.json and config.yaml.
 
         A non-empty ``path`` is refused unless ``overwrite`` and it is a seqtwins run (its
         previous config, metrics, summary and checkpoints are then removed; nothing else
-        in the folder is touched). Hold :meth:`locked` while calling this."""
+        in the folder is touched). ``train_users`` (recorded in dataset.json) defaults to
+        the dataset's training split. Hold :meth:`locked` while calling this."""
         run = cls(path)
         path = run.path
         cls.check_new(path, overwrite)
@@ -198,8 +216,9 @@ class Run:
                 target.unlink(missing_ok=True)
         path.mkdir(parents=True, exist_ok=True)
         write_marker(path, KIND)
+        users = len(ds.split_users("train")) if train_users is None else int(train_users)
         lineage = Lineage(str(ds.path), ds.content_hash, ds.num_items, ds.vocab_size,
-                          int(train_users), __version__)  # fmt: skip
+                          users, seqtwins_version())  # fmt: skip
         # dataset.json first: a folder with config.yaml always has its lineage too
         write_json(path / DATASET, asdict(lineage))
         atomic_write(path / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -294,6 +313,8 @@ class Run:
         clean_stale(self.path)
         lock = self.lock().acquire()
         try:
+            for which in CHECKPOINTS:  # temp folders of a checkpoint write that was killed
+                clean_stale(self.checkpoint(which))
             yield self
         finally:
             empty = created and {p.name for p in self.path.iterdir()} <= {LOCK}
@@ -379,8 +400,12 @@ class Run:
             isinstance(s, Sequence) and not isinstance(s, str | bytes) for s in sequences
         ):
             raise SeqtwinsError("sequences must be a list of lists of item ids")
-        ds = ds if ds is not None else self.dataset()
-        encoder = self.encoder(which, ds)
+        if ds is None and which in self._embedders:  # repeated calls: opened once
+            ds, encoder = self._embedders[which]
+        else:
+            ds = ds if ds is not None else self.dataset()
+            encoder = self.encoder(which, ds)
+            self._embedders[which] = (ds, encoder)
         mapped, unknown = map_items(item_index(ds), sequences)
         empty = [i for i, m in enumerate(mapped) if not len(m)]
         if empty:

@@ -229,6 +229,7 @@ def pretrain(
     overwrite: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     proxy: ProxyFactory | None = None,
+    verify: bool = True,
 ) -> RunSummary:
     """Pretrain an encoder on a dataset directory's training users and write a run folder.
 
@@ -250,11 +251,18 @@ def pretrain(
     ``on_epoch`` is called with each epoch's validation record (``epoch``, ``loss``,
     ``proxy``, ``score``) after that epoch's checkpoints are written; an exception it
     raises stops training there (``seqtwins tune`` prunes unpromising trials this way).
+
+    ``verify=False`` skips recomputing the dataset's content hash (``--no-verify``).
     """
     run = Run(run_dir)
     cfg = _saved_config(run, cfg) if resume else (cfg or build(PretrainConfig))
-    with session(cfg.train.backend, resolve_device(cfg.train.device)) as world:
-        return _pretrain(data_dir, run, cfg, resume, progress, overwrite, world, on_epoch, proxy)
+    threads = torch.get_num_threads()  # train.threads applies to this call only
+    try:
+        with session(cfg.train.backend, resolve_device(cfg.train.device)) as world:
+            return _pretrain(data_dir, run, cfg, resume, progress, overwrite, world, on_epoch,
+                             proxy, verify)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _saved_config(run: Run, cfg: PretrainConfig | None) -> PretrainConfig:
@@ -276,9 +284,10 @@ def _pretrain(
     world: World,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     proxy: ProxyFactory | None = None,
+    verify: bool = True,
 ) -> RunSummary:
     """:func:`pretrain` in this process's place of the (possibly one-process) world."""
-    ds = SequenceDataset.open(data_dir)
+    ds = SequenceDataset.open(data_dir, verify=verify)
     if resume:
         run.check_dataset(ds)
         if not run.has_checkpoint("last"):
@@ -304,7 +313,13 @@ def _pretrain(
 
 
 def _claim(held: ExitStack, run: Run, resume: bool, overwrite: bool) -> None:
-    held.enter_context(run.locked())
+    """Lock the run folder and check it may be written (rank 0)."""
+    try:
+        held.enter_context(run.locked())
+    except OSError as e:  # as a SeqtwinsError it reaches every rank (World.on_main)
+        raise SeqtwinsError(
+            f"cannot write the run folder {run.path}: {e.strerror or e}; choose another --out"
+        ) from None
     if not resume:
         Run.check_new(run.path, overwrite)
 
@@ -526,7 +541,7 @@ def _diverged(t: Trainer, what: str, epoch: int, step: int = 0) -> str:
         saved = t.run.state("last").step
         kept = f"the last finite checkpoint is {t.run.checkpoint('last')} (step {saved})"
     else:
-        kept = "no checkpoint was written before it"
+        kept = "no checkpoint was written before it (nothing to go back to)"
     return (f"{what} {at}; {kept}. Try a lower train.lr, train.precision=fp32 or a smaller "
             "encoder")  # fmt: skip
 

@@ -51,7 +51,7 @@ import yaml
 from seqtwins.config import PretrainConfig, deep_merge, nest, to_dict
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import atomic_file, atomic_write, check_replaceable
-from seqtwins.run import Run
+from seqtwins.run import Run, out_folder
 from seqtwins.tune_space import (  # noqa: F401  (TuneSpec, DEFAULT_SPACES: re-exported)
     DEFAULT_SPACES,
     FIXED_PATHS,
@@ -213,7 +213,7 @@ def tune_experiment(
         key = f"tune.space.{obj}" if obj in spec.space else f"default space of {obj}"
         _check_endpoints(cfg, obj, params, key)
 
-    root = Path(out) / cfg.name
+    root = out_folder(out) / cfg.name
     preset = Path(write_preset) if write_preset else root / "tune" / "tuned.yaml"
     _check_preset(preset)  # before hours of search, not after
     root.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,8 @@ def test_undefined_without_two_common_classes():
     unlabelled = np.full(60, -1)
     assert probe_score(x, unlabelled, "accuracy", 0) is None
     assert probe_score(x[: FOLDS - 1], y[: FOLDS - 1], "accuracy", 0) is None
+    x[3, 2] = np.inf
+    assert np.isnan(probe_score(x, y, "accuracy", 0))  # type: ignore[arg-type]
 
 
 def test_category_proxy_uses_valid_users_labels(tmp_path):

@@ -1,4 +1,4 @@
-"""Downstream evaluation with few labels (DESIGN.md "Downstream evaluation").
+"""Downstream evaluation with few labels (docs/evaluation.md).
 
 - :mod:`~seqtwins.evaluate.tasks` — labels from the held-out future window and user
   attributes (``next_item``, ``next_category``, ``favorite_category``, attributes,
@@ -9,7 +9,15 @@
 - :mod:`~seqtwins.evaluate.protocol` — methods x tasks x label fractions x seeds on fixed,
   shared labelled subsets; eval.json and JSON-lines output;
 - :mod:`~seqtwins.evaluate.report` — report.md and plots (imported on demand: matplotlib).
+
+The package itself is callable: ``seqtwins.evaluate(runs, data, out, ...)`` is
+:func:`seqtwins.evaluate.runs.evaluate_runs` (the public API names the function after the
+package, and Python binds a subpackage to its parent's attribute once it is imported).
 """
+
+import sys
+import types
+from typing import Any
 
 from seqtwins.evaluate.baselines import tfidf_svd_embeddings
 from seqtwins.evaluate.probe import Prediction, ProbeConfig, fit_probe, score
@@ -40,3 +48,13 @@ __all__ = [
     "tfidf_svd_embeddings",
     "write_metrics_jsonl",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from seqtwins.evaluate.runs import evaluate_runs
+
+        return evaluate_runs(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -39,7 +39,10 @@ better), or None when it cannot be computed."""
 
 def probe_score(emb: np.ndarray, labels: np.ndarray, metric: str, seed: int) -> float | None:
     """Rotated-fold probe score of embeddings ``emb`` (n, D) for class codes ``labels``
-    (n,; -1 = unlabelled), or None when fewer than two classes have enough users."""
+    (n,; -1 = unlabelled), or None when fewer than two classes have enough users. NaN
+    when an embedding is not finite (training stops on it)."""
+    if not np.isfinite(emb).all():
+        return float("nan")
     keep = labels >= 0
     x, y = emb[keep], labels[keep]
     classes, counts = np.unique(y, return_counts=True)

@@ -88,9 +88,11 @@ def evaluate_runs(
     baselines: Sequence[str] = BASELINES,
     progress: bool = True,
     finetune_fractions: Sequence[float] | None = None,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Evaluate runs and floors on ``data_dir``; write ``out`` (eval.json) and its
-    artifacts (``<out stem>_artifacts/*.npy``) and return the results."""
+    artifacts (``<out stem>_artifacts/*.npy``) and return the results. ``verify=False``
+    skips recomputing the dataset's content hash (``--no-verify``)."""
     if protocol not in PROTOCOLS:
         raise SeqtwinsError(f"--protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -98,7 +100,7 @@ def evaluate_runs(
         raise SeqtwinsError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
     out = Path(out)
     check_outputs(out)
-    ds = SequenceDataset.open(data_dir)
+    ds = SequenceDataset.open(data_dir, verify=verify)
     runs = [Run.open(r) for r in run_dirs]
     encoders = [run.encoder("best", ds) for run in runs]
     objectives = [run.config.objective for run in runs]
