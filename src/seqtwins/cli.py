@@ -397,7 +397,10 @@ def synth(
     from seqtwins.data.synth import SynthConfig, synthesize
     from seqtwins.settings import build
 
-    cfg = build(SynthConfig, {"users": users, "items": items, "seed": seed})
+    try:
+        cfg = build(SynthConfig, {"users": users, "items": items, "seed": seed})
+    except SeqtwinsError as e:  # named as the flag typed: --users=0 must be >= 1
+        raise SeqtwinsError(_as_flag(str(e), {"users", "items", "seed"}, [])) from None
     path = synthesize(out, cfg, overwrite=overwrite)
     console.print(
         f"wrote synthetic dataset to {path}; look at it with `seqtwins inspect {path}`",
