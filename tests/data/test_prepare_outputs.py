@@ -120,6 +120,20 @@ def test_a_control_character_in_a_path_keeps_the_message_on_one_line(tmp_path):
     assert "a\\nb" in _one_line_exit_2(r)
 
 
+def test_overwrite_never_deletes_a_note_inside_the_dataset(tmp_path):
+    src = _log(tmp_path)
+    prepare(src, tmp_path / "ds")
+    note = tmp_path / "ds" / "NOTES.md"
+    note.write_text("where this data came from\n")
+    for args in (["prepare", str(src)], ["synth", "--users", "40"]):
+        r = runner.invoke(app, [*args, "--out", str(tmp_path / "ds"), "--overwrite"])
+        assert "holds files seqtwins did not write (NOTES.md)" in _one_line_exit_2(r)
+    assert note.read_text() == "where this data came from\n"
+    note.unlink()
+    r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "ds"), "--overwrite"])
+    assert r.exit_code == 0, r.output
+
+
 def test_overwrite_never_replaces_a_foreign_folder_or_file(tmp_path):
     src = _log(tmp_path)
     foreign = tmp_path / "photos"

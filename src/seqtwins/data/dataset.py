@@ -38,6 +38,7 @@ import polars as pl
 
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import (
+    MARKER,
     atomic_dir,
     check_replaceable,
     clean_stale,
@@ -52,6 +53,10 @@ DATASET = "dataset"
 SPLITS = ("train", "valid", "test")
 PAD = 0
 _ARRAYS = ("offsets", "items", "times", "ratings", "history_end")
+DATASET_FILES = frozenset(
+    {"meta.json", "items.parquet", "users.parquet", MARKER, *(f"{n}.npy" for n in _ARRAYS)}
+)
+"""The files of a dataset folder (what ``--overwrite`` may delete with it)."""
 _DTYPES = {
     "offsets": np.int64,
     "items": np.int32,
@@ -308,6 +313,14 @@ def check_out(out: Path, overwrite: bool, what: str = "--out") -> None:
         check_replaceable(out, what, owned=is_dataset, kinds=(DATASET,))
     except SeqtwinsError as e:
         raise SeqtwinsError(str(e).replace(str(out), name)) from None
+    if out.is_dir() and not out.is_symlink():
+        extra = sorted(p.name for p in out.iterdir() if p.name not in DATASET_FILES)
+        if extra:  # a user's note inside the dataset: replacing the folder would delete it
+            raise SeqtwinsError(
+                f"{what} {name} holds files seqtwins did not write ({', '.join(extra[:3])}"
+                f"{', ...' if len(extra) > 3 else ''}); --overwrite would delete them: move "
+                "them out first or choose another folder"
+            )
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
