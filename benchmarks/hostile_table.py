@@ -1,0 +1,182 @@
+"""Run tests/test_hostile.py and write its outcome as the table of docs/reliability.md.
+
+    python benchmarks/hostile_table.py [--doc docs/reliability.md] [--findings FILE]
+        [--junit FILE]
+
+Each case is ``ok`` (the promise held), ``weak`` (exit 2 and no traceback, but the message
+does not name the file/setting, is not one line, or comes late) or ``defect`` (a
+traceback, a wrong exit code, something lost or left behind). The table replaces the
+lines between the two ``hostile-table`` markers of the document; ``--findings`` also
+writes the failing cases grouped by area (data / run / cli/config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- hostile-table:start -->", "<!-- hostile-table:end -->"
+AREAS = ("data", "run", "cli/config")
+_DATA = ("test_prepare", "test_synth", "test_inspect", "test_tampered", "test_out_of_range",
+         "test_no_verify", "test_download", "test_disk_full_while_writing_dataset",
+         "test_ctrl_c_while_writing_dataset", "test_out_is_the_current_folder")  # fmt: skip
+_CLI = ("test_bad_set", "test_bad_config", "test_config_is", "test_objective_option",
+        "test_backend_option", "test_device_cuda", "test_max_len", "test_resume_with",
+        "test_usage_error", "test_unknown_command", "test_run_bad_experiment",
+        "test_run_set_unknown", "test_run_experiment_missing", "test_tune_bad",
+        "test_scientific_notation")  # fmt: skip
+_TMP = re.compile(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/[^/\s'\"]+")
+
+
+@dataclass
+class Case:
+    name: str
+    command: str
+    expected: str
+    outcome: str  # ok / weak / defect / skipped
+    symptom: str
+
+    @property
+    def area(self) -> str:
+        param = self.name.partition("[")[2].rstrip("]")
+        if self.name.startswith("test_os_error"):
+            return "data" if param in ("prepare", "synth") else "run"
+        if self.name.startswith(_DATA):
+            return "data"
+        if self.name.startswith(_CLI):
+            return "cli/config"
+        return "run"
+
+    @property
+    def title(self) -> str:
+        base, _, param = self.name.partition("[")
+        text = base.removeprefix("test_").replace("_", " ")
+        return f"{text}: {param.rstrip(']')}" if param else text
+
+
+def _shorten(text: str, limit: int = 220) -> str:
+    text = _TMP.sub("$TMP", " ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _collapse(command: str) -> str:
+    """Replace the tiny-run settings every pretrain case passes by ``$TINY``."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from tests.test_hostile import EVAL_FAST, SETS
+    finally:
+        sys.path.pop(0)
+    return command.replace(" ".join(SETS), "$TINY").replace(" ".join(EVAL_FAST), "$FAST")
+
+
+def _pairs(props: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(command, expected) pairs in the order the test checked them."""
+    out, command = [], ""
+    for key, value in props:
+        if key == "command":
+            command = value
+        elif key == "expected":
+            out.append((command, value))
+    return out or [(command, "")]
+
+
+def parse(junit: Path) -> list[Case]:
+    cases = []
+    for tc in ET.parse(junit).iter("testcase"):
+        props = [(p.get("name", ""), p.get("value", "")) for p in tc.iter("property")]
+        pairs = _pairs(props)
+        fail = next((tc.find(t) for t in ("failure", "error") if tc.find(t) is not None), None)
+        if tc.find("skipped") is not None:
+            outcome, symptom = "skipped", tc.find("skipped").get("message", "")  # type: ignore[union-attr]
+        elif fail is not None:
+            message = (fail.get("message") or "").removeprefix("Failed: ")
+            message = message.removeprefix("AssertionError: ").split("\n")[0]
+            outcome = "weak" if message.startswith("weak: ") else "defect"
+            symptom = message.removeprefix("weak: ")
+        else:
+            outcome, symptom = "ok", ""
+        if fail is not None:
+            command, expected = pairs[-1]
+        else:  # the first refusal the case checked, else its last command
+            command, expected = next((p for p in pairs if not p[1].startswith("exit 0")), pairs[-1])
+        cases.append(Case(tc.get("name", ""), _collapse(command), expected, outcome, symptom))
+    return cases
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(cases: list[Case]) -> str:
+    counts = Counter(c.outcome for c in cases)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"{len(cases)} cases, run {when}: {counts['ok']} ok, {counts['weak']} weak, "
+        f"{counts['defect']} defects"
+        + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
+        + ". `$TMP` is the test's temporary folder, `$TINY` the tiny-run `--set`s, `$FAST` the "
+        "one-task evaluation options (see tests/test_hostile.py).",
+        "",
+        "| # | area | case | command | expected | outcome |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, c in enumerate(sorted(cases, key=lambda c: AREAS.index(c.area)), 1):
+        outcome = c.outcome if not c.symptom else f"**{c.outcome}**: {_shorten(c.symptom)}"
+        lines.append(
+            f"| {i} | {c.area} | {_cell(c.title)} | `{_cell(_shorten(c.command, 160))}` | "
+            f"{_cell(_shorten(c.expected, 80))} | {_cell(outcome)} |"
+        )
+    return "\n".join(lines)
+
+
+def findings(cases: list[Case]) -> str:
+    bad = [c for c in cases if c.outcome in ("weak", "defect")]
+    out = [f"# hostile findings ({len(bad)} of {len(cases)} cases fail; "
+           f"{datetime.now(UTC).strftime('%H:%M UTC')})", "",
+           "From `python benchmarks/hostile_table.py` on branch hostile (tests/test_hostile.py). "
+           "One line per failing case: test id | command | symptom.", ""]  # fmt: skip
+    for area in AREAS:
+        group = [c for c in bad if c.area == area]
+        out += [f"## {area} ({len(group)})", ""]
+        out += [f"- [{c.outcome}] `{c.name}` | `{_shorten(c.command, 200)}` | "
+                f"{_shorten(c.symptom, 260)}" for c in group]  # fmt: skip
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
+    ap.add_argument("--findings", type=Path, default=None)
+    ap.add_argument("--junit", type=Path, default=None, help="Reuse this JUnit XML (no run).")
+    args = ap.parse_args()
+    junit = args.junit
+    if junit is None:
+        junit = Path(tempfile.mkdtemp()) / "hostile.xml"
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
+             "junit_family=xunit1", f"--junitxml={junit}", "tests/test_hostile.py"],
+            cwd=ROOT, check=False,
+        )  # fmt: skip
+    cases = parse(junit)
+    doc = args.doc.read_text()
+    head, _, rest = doc.partition(START)
+    _, _, tail = rest.partition(END)
+    args.doc.write_text(f"{head}{START}\n{table(cases)}\n{END}{tail}")
+    if args.findings is not None:
+        args.findings.write_text(findings(cases))
+    counts = Counter(c.outcome for c in cases)
+    print(f"{len(cases)} cases: {dict(counts)}; wrote {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
