@@ -110,7 +110,7 @@ def refused(result: Result, *names: object, code: int = 2) -> str:
             f"weak: {len(lines)} stderr lines, not one 'error:' line: {shown}", pytrace=False
         )
     for name in names:
-        if str(name) not in lines[0]:
+        if str(name).lower() not in lines[0].lower():
             pytest.fail(
                 f"weak: the line does not name {_shown(name)!r}: {lines[0][:300]}", pytrace=False
             )
@@ -684,6 +684,7 @@ def _edit_meta(ds: Path, edit: Callable[[dict[str, Any]], object]) -> None:
 
 
 DATASET_DAMAGE: dict[str, tuple[Callable[[Path], object], str]] = {
+    "empty folder": (lambda d: [f.unlink() for f in d.iterdir()], "ds"),
     "meta.json missing": (lambda d: (d / "meta.json").unlink(), "meta.json"),
     "meta.json junk": (lambda d: (d / "meta.json").write_text("{not json"), "meta.json"),
     "meta.json empty": (lambda d: (d / "meta.json").write_text(""), "meta.json"),
@@ -820,6 +821,16 @@ def _all_checkpoints_finite(run_dir: Path) -> None:
                 pytest.fail(f"{_shown(f)} holds NaN/Inf in {name}", pytrace=False)
 
 
+def _names_an_existing_checkpoint(line: str) -> None:
+    """The stop message names the last finite checkpoint: it must exist."""
+    m = re.search(r"(\S*checkpoints/\w+)", line)
+    if m is None:
+        pytest.fail(f"weak: the line names no checkpoint to go back to: {line[:200]}",
+                    pytrace=False)  # fmt: skip
+    if not Path(m[1]).is_dir():
+        pytest.fail(f"weak: the line names {_shown(m[1])}, which does not exist", pytrace=False)
+
+
 def test_lr_inf_never_saves_nan(ds: Path, tmp_path: Path) -> None:
     """issue 10: lr=.inf trained NaN weights, saved them as "best" and exited 0."""
     out = tmp_path / "r"
@@ -836,11 +847,22 @@ def test_nan_weights_stop_training(ds: Path, tmp_path: Path) -> None:
     r = cli("pretrain", ds, "--out", out, "--no-progress", *sets)
     _all_checkpoints_finite(out)
     if r.exit_code != 0:
-        refused(r, "NaN")
+        _names_an_existing_checkpoint(refused(r, "NaN"))
     else:  # it survived: then every metric it wrote is finite
         succeeded(r)
         summary = json.loads((out / "summary.json").read_text())
         assert summary.get("best_score") is None or np.isfinite(summary["best_score"])
+
+
+def test_nan_after_a_checkpoint(ds: Path, tmp_path: Path) -> None:
+    """Diverging after a checkpoint: stop, name that (finite) checkpoint."""
+    out = tmp_path / "r"
+    sets = [*SETS, "--set", "train.lr=1.0e+30", "--set", "train.grad_clip=0",
+            "--set", "train.warmup_frac=0.9", "--set", "train.epochs=3",
+            "--set", "train.checkpoint_every=1"]  # fmt: skip
+    r = cli("pretrain", ds, "--out", out, "--no-progress", *sets)
+    _all_checkpoints_finite(out)
+    _names_an_existing_checkpoint(refused(r, "NaN"))
 
 
 def _poison(run_dir: Path) -> None:
@@ -1199,6 +1221,17 @@ def test_evaluate_locked_output(run: Path, ds: Path, tmp_path: Path) -> None:
     with files.file_lock(out):
         refused(cli("evaluate", run, "--data", ds, "--out", out, *EVAL_FAST), "in use")
     assert not out.exists()
+
+
+def test_evaluate_same_run_twice(run: Path, ds: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    refused(cli("evaluate", run, run, "--data", ds, "--out", out, *EVAL_FAST), "run")
+    assert not out.exists()
+
+
+def test_config_is_a_dataset_meta_json(ds: Path, tmp_path: Path) -> None:
+    refused(cli("pretrain", ds, "--out", tmp_path / "r", "--config", ds / "meta.json", *SETS),
+            "unknown setting")  # fmt: skip
 
 
 def test_evaluate_run_is_a_file(ds: Path, tmp_path: Path) -> None:
