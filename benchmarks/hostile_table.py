@@ -138,12 +138,26 @@ def table(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
+NOTES = """\
+Run one case: `PYTHONPATH=src pytest tests/test_hostile.py -k 'ID'` (ID as below, e.g.
+`test_embed_locked_output`). A refusal passes when: exit 2, no traceback, stderr is exactly
+one line starting `error:` that contains the listed word (case-insensitive), inputs and
+foreign files byte-identical, no `.NAME.tmp-*`/`.old-`/`.work-`/`.lock` sibling left.
+Choices the cases make (the coordinator may overrule): `--no-verify` is tried on `pretrain`
+only; the embed/evaluate lock cases hold `files.file_lock(out)`, the pretrain one runs a
+real second process; a NaN stop must name a checkpoint folder that exists; duplicate YAML
+keys, an empty JSON-lines `--sequences` file and `report --out` onto a foreign report.md
+are refused; `train.lr=3e-3` must parse as a number (PyYAML reads it as a string); error
+text with [brackets] must print verbatim (rich markup eats `[red]` in cli.fail).
+"""
+
+
 def findings(cases: list[Case]) -> str:
     bad = [c for c in cases if c.outcome in ("weak", "defect")]
     out = [f"# hostile findings ({len(bad)} of {len(cases)} cases fail; "
            f"{datetime.now(UTC).strftime('%H:%M UTC')})", "",
            "From `python benchmarks/hostile_table.py` on branch hostile (tests/test_hostile.py). "
-           "One line per failing case: test id | command | symptom.", ""]  # fmt: skip
+           "One line per failing case: test id | command | symptom.", "", NOTES]  # fmt: skip
     for area in AREAS:
         group = [c for c in bad if c.area == area]
         out += [f"## {area} ({len(group)})", ""]
@@ -159,15 +173,17 @@ def main() -> None:
     ap.add_argument("--findings", type=Path, default=None)
     ap.add_argument("--junit", type=Path, default=None, help="Reuse this JUnit XML (no run).")
     args = ap.parse_args()
-    junit = args.junit
-    if junit is None:
-        junit = Path(tempfile.mkdtemp()) / "hostile.xml"
-        subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
-             "junit_family=xunit1", f"--junitxml={junit}", "tests/test_hostile.py"],
-            cwd=ROOT, check=False,
-        )  # fmt: skip
-    cases = parse(junit)
+    if args.junit is not None:
+        cases = parse(args.junit)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            junit = Path(tmp) / "hostile.xml"
+            subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
+                 "junit_family=xunit1", f"--junitxml={junit}", "tests/test_hostile.py"],
+                cwd=ROOT, check=False,
+            )  # fmt: skip
+            cases = parse(junit)
     doc = args.doc.read_text()
     head, _, rest = doc.partition(START)
     _, _, tail = rest.partition(END)
