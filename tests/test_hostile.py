@@ -326,6 +326,12 @@ BAD_SETS = {
     "barlow.lambda_ nan": ("barlow.lambda_=.nan", "barlow.lambda_"),
     "barlow.projector empty": ("barlow.projector=[]", "barlow.projector"),
     "objective unknown": ("objective=simclr", "simclr"),
+    "encoder.heads 0": ("encoder.heads=0", "encoder.heads"),
+    "next.alpha negative": ("next.alpha=-1", "next.alpha"),
+    "next.alpha inf": ("next.alpha=.inf", "next.alpha"),
+    "dual.temperature inf": ("dual.temperature=.inf", "dual.temperature"),
+    "augment.mask_rate nan": ("augment.mask_rate=.nan", "augment.mask_rate"),
+    "augment.ops unknown": ("augment.ops=[shuffle]", "shuffle"),
 }
 
 
@@ -488,6 +494,7 @@ BAD_PREPARE_OPTIONS = {
     "pseudonymize without salt": (["--pseudonymize"], "--salt-file"),
     "items file missing": (["--items", "/nonexistent/items.csv"], "items.csv"),
     "users file missing": (["--users", "/nonexistent/users.csv"], "users.csv"),
+    "split-seed negative": (["--split-seed", "-1"], "--split-seed"),
 }
 
 
@@ -620,6 +627,14 @@ def test_prepare_crlf_and_bom(tmp_path: Path) -> None:
     assert meta["counts"]["users"] == 30 and meta["fields"]["times"]
 
 
+def test_prepare_times_before_1970(tmp_path: Path) -> None:
+    """Negative epoch seconds are times too (a log of old events)."""
+    text = GOOD_LOG.replace(",1600", ",-1600")
+    out = tmp_path / "out"
+    succeeded(cli("prepare", _write(tmp_path / "log.csv", text), "--out", out))
+    assert json.loads((out / "meta.json").read_text())["counts"]["users"] == 30
+
+
 def test_prepare_unicode_ids(tmp_path: Path) -> None:
     text = GOOD_LOG.replace("u", "ü😀").replace("ü😀ser_id", "user_id")
     out = tmp_path / "out"
@@ -632,6 +647,7 @@ def test_prepare_unicode_ids(tmp_path: Path) -> None:
 # ============================================================================================
 
 BAD_SYNTH = {
+    "seed negative": (["--seed", "-1"], "seed"),
     "users 0": (["--users", "0"], "users"),
     "users negative": (["--users", "-5"], "users"),
     "items 0": (["--items", "0"], "items"),
@@ -1125,6 +1141,23 @@ def test_resume_on_other_dataset(run_copy: Path, tmp_path: Path) -> None:
     unchanged(before, run_copy)
 
 
+def test_resume_a_finished_run(run_copy: Path, ds: Path) -> None:
+    """--resume on a run that is done: nothing to do, the best checkpoint kept as it is."""
+    best = run_copy / "checkpoints" / "best"
+    before = snapshot(best)
+    succeeded(cli("pretrain", ds, "--out", run_copy, "--resume", "--no-progress"))
+    unchanged(before, best)
+
+
+def test_shortest_sequences(ds: Path, tmp_path: Path) -> None:
+    """encoder.max_len=1 (and augment.max_len=1): degenerate but valid."""
+    sets = [a for s in TINY if "max_len" not in s for a in ("--set", s)]
+    out = tmp_path / "r"
+    succeeded(cli("pretrain", ds, "--out", out, "--no-progress", *sets,
+                  "--set", "encoder.max_len=1", "--set", "augment.max_len=1"))  # fmt: skip
+    _all_checkpoints_finite(out)
+
+
 def _killed_before_first_checkpoint(run_copy: Path) -> Path:
     shutil.rmtree(run_copy / "checkpoints")
     for f in ("summary.json", "metrics.jsonl"):
@@ -1355,6 +1388,15 @@ def test_tune_bad_option(tmp_path: Path, extra: list[str], word: str) -> None:
     assert not list(out.glob("*/tune/*.yaml"))
 
 
+def test_tune_write_preset_onto_foreign_file(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path, GOOD_EXP)
+    preset = _write(tmp_path / "my.yaml", "# my own notes\n")
+    before = snapshot(preset)
+    refused(cli("tune", exp, "--out", tmp_path / "o", "--trials", "1", "--no-progress",
+                "--write-preset", preset), "my.yaml")  # fmt: skip
+    unchanged(before, preset)
+
+
 def test_download_unknown_name(tmp_path: Path) -> None:
     refused(cli("download", "ml-5b", "--dir", tmp_path), "ml-5b")
 
@@ -1506,11 +1548,12 @@ def _command(kind: str, out: Path, ctx: dict[str, Path]) -> list[object]:
                              *EVAL_FAST],
         "report": lambda: ["report", ctx["eval"], "--out", out],
         "run": lambda: ["run", ctx["exp"], "--out", out, "--no-progress"],
+        "tune": lambda: ["tune", ctx["exp"], "--out", out, "--trials", "1", "--no-progress"],
     }[kind]()  # fmt: skip
 
 
 FILE_OUTPUTS = ("embed", "evaluate")
-COMMANDS = ("prepare", "synth", "pretrain", "embed", "evaluate", "report", "run")
+COMMANDS = ("prepare", "synth", "pretrain", "embed", "evaluate", "report", "run", "tune")
 
 
 @pytest.fixture
