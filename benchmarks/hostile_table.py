@@ -126,6 +126,15 @@ def table(cases: list[Case]) -> str:
         + ". `$TMP` is the test's temporary folder, `$TINY` the tiny-run `--set`s, `$FAST` the "
         "one-task evaluation options (see tests/test_hostile.py).",
         "",
+        *(
+            f"- {area}: "
+            + ", ".join(
+                f"{n} {o}"
+                for o, n in sorted(Counter(c.outcome for c in cases if c.area == area).items())
+            )
+            for area in AREAS
+        ),
+        "",
         "| # | area | case | command | expected | outcome |",
         "|---|---|---|---|---|---|",
     ]
