@@ -819,6 +819,11 @@ def test_no_verify_escape_hatch_pretrain(ds_copy: Path, tmp_path: Path) -> None:
     assert (out / "config.yaml").is_file()
 
 
+def test_no_verify_escape_hatch_inspect(ds_copy: Path) -> None:
+    _change_item(ds_copy)
+    succeeded(cli("inspect", ds_copy, "--no-verify"))
+
+
 def test_run_on_other_dataset_embed(run: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     succeeded(cli("synth", "--out", other, "--users", "200", "--items", "60", "--seed", "7"))
@@ -1397,7 +1402,9 @@ def test_tune_bad_option(tmp_path: Path, extra: list[str], word: str) -> None:
 
 
 def test_tune_write_preset_onto_foreign_file(tmp_path: Path) -> None:
-    exp = _experiment(tmp_path, GOOD_EXP)
+    few_categories = "{synth: {users: 200, items: 60, categories: 4, cluster_core: 2}}"
+    exp = _experiment(tmp_path, GOOD_EXP.replace("{synth: {users: 200, items: 60}}",
+                                                 few_categories))  # fmt: skip
     preset = _write(tmp_path / "my.yaml", "# my own notes\n")
     before = snapshot(preset)
     refused(cli("tune", exp, "--out", tmp_path / "o", "--trials", "1", "--no-progress",
