@@ -1548,6 +1548,65 @@ def test_disk_full_keeps_the_previous_embeddings(
     no_temp(tmp_path)
 
 
+def test_prepare_set_bad_value(tmp_path: Path, log: Path) -> None:
+    """issue 10: prepare takes --config/--set like pretrain."""
+    _prepare_refused(tmp_path, log, ["--set", "holdout=-1"], "holdout")
+
+
+def test_prepare_set_unknown_key(tmp_path: Path, log: Path) -> None:
+    _prepare_refused(tmp_path, log, ["--set", "hold_out=3"], "hold_out")
+
+
+def test_prepare_config_bad_yaml(tmp_path: Path, log: Path) -> None:
+    cfg = _write(tmp_path / "prep.yaml", "holdout: [1\n")
+    _prepare_refused(tmp_path, log, ["--config", str(cfg)], "prep.yaml")
+
+
+def test_resume_cleans_stale_checkpoint_temp(run_copy: Path, ds: Path) -> None:
+    """A pretrain killed while writing a checkpoint leaves a hidden temp folder beside it."""
+    stale = _write(run_copy / "checkpoints" / f".last.tmp-{dead_pid()}-ab" / "model.safetensors",
+                   b"\0" * 1000).parent  # fmt: skip
+    succeeded(cli("pretrain", ds, "--out", run_copy, "--resume", "--no-progress"))
+    assert not stale.exists(), "the stale checkpoint temp of a dead pretrain is still there"
+
+
+def test_evaluate_cleans_stale_temp(run: Path, ds: Path, tmp_path: Path) -> None:
+    stale = _write(tmp_path / f".eval.json.tmp-{dead_pid()}-qq", "{half")
+    succeeded(cli("evaluate", run, "--data", ds, "--out", tmp_path / "eval.json", *EVAL_FAST))
+    assert not stale.exists(), "the stale temp file of a dead evaluate is still there"
+
+
+def test_outputs_in_new_nested_folders(run: Path, ds: Path, tmp_path: Path, log: Path) -> None:
+    """Missing parent folders of --out are created."""
+    succeeded(cli("prepare", log, "--out", tmp_path / "a" / "b" / "ds"))
+    out = tmp_path / "c" / "d" / "e.parquet"
+    succeeded(cli("embed", run, "--data", ds, "--out", out))
+    _finite_embeddings(out, rows=200)
+
+
+@pytest.mark.parametrize("kind", ["prepare", "synth", "pretrain", "embed", "evaluate"])
+def test_out_name_too_long(kind: str, tmp_path: Path, ctx: dict[str, Path]) -> None:
+    """A file name over the file system's limit (255 bytes): an OS error like any other."""
+    name = "x" * 300 + (".parquet" if kind == "embed" else ".json" if kind == "evaluate" else "")
+    refused(cli(*_command(kind, tmp_path / name, ctx)), "xxxxxxxx")
+    no_temp(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["prepare", "embed"])
+def test_out_name_at_the_limit(kind: str, tmp_path: Path, ctx: dict[str, Path]) -> None:
+    """A legal 250-byte name, whose hidden temporary sibling name would be too long:
+    written, or one line (never a traceback)."""
+    name = "y" * (250 - len(".parquet")) + ".parquet" if kind == "embed" else "y" * 250
+    out = tmp_path / name
+    r = cli(*_command(kind, out, ctx))
+    if r.exit_code == 0:
+        succeeded(r)
+        assert out.exists()
+    else:
+        refused(r, "yyyyyyyy")
+    no_temp(tmp_path)
+
+
 # ============================================================================================
 # OS errors on output paths, for every command that writes
 # ============================================================================================
