@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- hostile-table:start -->", "<!-- hostile-table:end -->"
 AREAS = ("data", "run", "cli/config")
+OUTCOMES = ("ok", "weak", "defect", "skipped")
 _DATA = ("test_prepare", "test_synth", "test_inspect", "test_tampered", "test_out_of_range",
          "test_no_verify", "test_download", "test_disk_full_while_writing_dataset",
          "test_ctrl_c_while_writing_dataset", "test_out_is_the_current_folder")  # fmt: skip
@@ -116,6 +117,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _counts(cases: list[Case]) -> str:
+    n = Counter(c.outcome for c in cases)
+    return ", ".join(f"{n[o]} {o}" for o in OUTCOMES if n[o])
+
+
 def table(cases: list[Case]) -> str:
     counts = Counter(c.outcome for c in cases)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -126,14 +132,7 @@ def table(cases: list[Case]) -> str:
         + ". `$TMP` is the test's temporary folder, `$TINY` the tiny-run `--set`s, `$FAST` the "
         "one-task evaluation options (see tests/test_hostile.py).",
         "",
-        *(
-            f"- {area}: "
-            + ", ".join(
-                f"{n} {o}"
-                for o, n in sorted(Counter(c.outcome for c in cases if c.area == area).items())
-            )
-            for area in AREAS
-        ),
+        *(f"- {area}: {_counts([c for c in cases if c.area == area])}" for area in AREAS),
         "",
         "| # | area | case | command | expected | outcome |",
         "|---|---|---|---|---|---|",

@@ -101,7 +101,8 @@ def _no_traceback(result: Result) -> None:
 def refused(result: Result, *names: object, code: int = 2) -> str:
     """Exit ``code``, no traceback, exactly one ``error:`` line on stderr naming each of
     ``names`` (case-insensitive; a tuple names alternatives)."""
-    _note("expected", f"exit {code}, one line naming {', '.join(map(_shown, names)) or '-'}")
+    shown = [" or ".join(map(_shown, n)) if isinstance(n, tuple) else _shown(n) for n in names]
+    _note("expected", f"exit {code}, one line naming {', '.join(shown) or '-'}")
     _no_traceback(result)
     if result.exit_code != code:
         pytest.fail(f"exit {result.exit_code} (expected {code}): {_tail(result)}", pytrace=False)
