@@ -108,9 +108,9 @@ def refused(result: Result, *names: object, code: int = 2) -> str:
         pytest.fail(f"exit {result.exit_code} (expected {code}): {_tail(result)}", pytrace=False)
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     if len(lines) != 1 or not lines[0].startswith("error:"):
-        shown = " / ".join(lines)[:300]
+        text = " / ".join(lines)[:300]
         pytest.fail(
-            f"weak: {len(lines)} stderr lines, not one 'error:' line: {shown}", pytrace=False
+            f"weak: {len(lines)} stderr lines, not one 'error:' line: {text}", pytrace=False
         )
     for name in names:  # a tuple: any one of its words will do
         words = name if isinstance(name, tuple) else (name,)
@@ -697,6 +697,11 @@ def test_synth_cleans_stale_temp(tmp_path: Path) -> None:
     assert not stale.exists(), "the stale temp folder of a dead synth is still there"
 
 
+def _empty(folder: Path) -> None:
+    for f in list(folder.iterdir()):
+        f.unlink()
+
+
 def _edit_meta(ds: Path, edit: Callable[[dict[str, Any]], object]) -> None:
     meta = json.loads((ds / "meta.json").read_text())
     edit(meta)
@@ -704,7 +709,7 @@ def _edit_meta(ds: Path, edit: Callable[[dict[str, Any]], object]) -> None:
 
 
 DATASET_DAMAGE: dict[str, tuple[Callable[[Path], object], str]] = {
-    "empty folder": (lambda d: [f.unlink() for f in d.iterdir()], "ds"),
+    "empty folder": (lambda d: _empty(d), "ds"),
     "meta.json missing": (lambda d: (d / "meta.json").unlink(), "meta.json"),
     "meta.json junk": (lambda d: (d / "meta.json").write_text("{not json"), "meta.json"),
     "meta.json empty": (lambda d: (d / "meta.json").write_text(""), "meta.json"),
@@ -1205,12 +1210,14 @@ def test_two_pretrains_one_out(ds: Path, tmp_path: Path) -> None:
     sets = [a for s in TINY if not s.startswith("train.epochs") for a in ("--set", s)]
     cmd = [sys.executable, "-m", "seqtwins", "pretrain", str(ds), "--out", str(out),
            "--no-progress", *sets, "--set", "train.epochs=500"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = tmp_path / "first.err"
+    with err.open("wb") as fh:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=fh)
     try:
         deadline = time.monotonic() + 60
         while not (out / "metrics.jsonl").is_file():
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the first pretrain did not start: {proc.stderr.read()[-300:]!r}")
+                pytest.fail(f"the first pretrain did not start: {err.read_text()[-300:]!r}")
             time.sleep(0.1)
         r = cli("pretrain", ds, "--out", out, "--overwrite", "--no-progress", *SETS)
         if proc.poll() is not None:
@@ -1219,7 +1226,6 @@ def test_two_pretrains_one_out(ds: Path, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        proc.stderr.close()  # type: ignore[union-attr]
     succeeded(cli("pretrain", ds, "--out", out, "--overwrite", "--no-progress", *SETS))
 
 
