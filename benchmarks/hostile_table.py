@@ -13,6 +13,7 @@ writes the failing cases grouped by area (data / run / cli/config).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -22,9 +23,11 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- hostile-table:start -->", "<!-- hostile-table:end -->"
+BEFORE = ROOT / "benchmarks" / "results" / "hostile_main.json"
 AREAS = ("data", "run", "cli/config")
 OUTCOMES = ("ok", "weak", "defect", "skipped")
 _DATA = ("test_prepare", "test_synth", "test_inspect", "test_tampered", "test_out_of_range",
@@ -118,30 +121,43 @@ def _cell(text: str) -> str:
 
 
 def _counts(cases: list[Case]) -> str:
-    n = Counter(c.outcome for c in cases)
+    return _counts_text(Counter(c.outcome for c in cases))
+
+
+def _counts_text(n: Counter[str]) -> str:
     return ", ".join(f"{n[o]} {o}" for o in OUTCOMES if n[o])
 
 
-def table(cases: list[Case]) -> str:
+def table(cases: list[Case], before: dict[str, Any] | None = None) -> str:
+    """The Markdown table; ``before`` (a file written by ``--save``) adds a column with each
+    case's outcome on an earlier commit."""
     counts = Counter(c.outcome for c in cases)
+    old = before["cases"] if before else {}
+    if before:
+        was = Counter(v["outcome"] for v in old.values())
+        head = (f"\n\nColumn *before*: the same cases on {before['label']} "
+                f"({_counts_text(was)}).")  # fmt: skip
+    else:
+        head = ""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"{len(cases)} cases, run {when}: {counts['ok']} ok, {counts['weak']} weak, "
         f"{counts['defect']} defects"
         + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
         + ". `$TMP` is the test's temporary folder, `$TINY` the tiny-run `--set`s, `$FAST` the "
-        "one-task evaluation options (see tests/test_hostile.py).",
+        "one-task evaluation options (see tests/test_hostile.py)." + head,
         "",
         *(f"- {area}: {_counts([c for c in cases if c.area == area])}" for area in AREAS),
         "",
-        "| # | area | case | command | expected | outcome |",
-        "|---|---|---|---|---|---|",
+        "| # | area | case | command | expected | outcome |" + (" before |" if old else ""),
+        "|---|---|---|---|---|---|" + ("---|" if old else ""),
     ]
     for i, c in enumerate(sorted(cases, key=lambda c: AREAS.index(c.area)), 1):
         outcome = c.outcome if not c.symptom else f"**{c.outcome}**: {_shorten(c.symptom)}"
         lines.append(
             f"| {i} | {c.area} | {_cell(c.title)} | `{_cell(_shorten(c.command, 160))}` | "
             f"{_cell(_shorten(c.expected, 80))} | {_cell(outcome)} |"
+            + (f" {old.get(c.name, {}).get('outcome', 'new')} |" if old else "")
         )
     return "\n".join(lines)
 
@@ -180,6 +196,14 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
     ap.add_argument("--findings", type=Path, default=None)
     ap.add_argument("--junit", type=Path, default=None, help="Reuse this JUnit XML (no run).")
+    ap.add_argument("--save", type=Path, default=None, help="Write the outcomes as JSON.")
+    ap.add_argument("--label", default=None, help="What --save ran on (default: git HEAD).")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        default=BEFORE if BEFORE.is_file() else None,
+        help=f"Outcomes saved earlier, shown as a column (default: {BEFORE.name}).",
+    )
     args = ap.parse_args()
     if args.junit is not None:
         cases = parse(args.junit)
@@ -195,7 +219,19 @@ def main() -> None:
     doc = args.doc.read_text()
     head, _, rest = doc.partition(START)
     _, _, tail = rest.partition(END)
-    args.doc.write_text(f"{head}{START}\n{table(cases)}\n{END}{tail}")
+    use = args.before is not None and args.before.name != "none"
+    before = json.loads(args.before.read_text()) if use else None
+    args.doc.write_text(f"{head}{START}\n{table(cases, before)}\n{END}{tail}")
+    if args.save is not None:
+        label = (
+            args.label
+            or "commit "
+            + subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
+        )
+        saved = {c.name: {"outcome": c.outcome, "symptom": _shorten(c.symptom)} for c in cases}
+        args.save.write_text(json.dumps({"label": label, "cases": saved}, indent=1) + "\n")
     if args.findings is not None:
         args.findings.write_text(findings(cases))
     counts = Counter(c.outcome for c in cases)
