@@ -1615,6 +1615,62 @@ def test_out_name_at_the_limit(kind: str, tmp_path: Path, ctx: dict[str, Path]) 
 
 
 # ============================================================================================
+# the public Python API (issue 10: seqtwins.Run.open(path).embed([[item ids], ...]))
+# ============================================================================================
+
+
+def _api(code: str, **names: object) -> Any:
+    """Evaluate ``code`` with ``seqtwins`` and ``names`` in scope; a missing API or an error
+    that is not a one-line SeqtwinsError is reported like a traceback on the CLI."""
+    _note("command", "python: " + code)
+    try:
+        return eval(code, {"seqtwins": seqtwins, **names})  # noqa: S307 - our own literals
+    except seqtwins.SeqtwinsError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        pytest.fail(f"traceback: {type(e).__name__}: {first}", pytrace=False)
+
+
+def api_refused(code: str, word: str, **names: object) -> None:
+    _note("expected", f"SeqtwinsError, one line naming {_shown(word)}")
+    try:
+        _api(code, **names)
+    except seqtwins.SeqtwinsError as e:
+        text = str(e)
+        if "\n" in text or word.lower() not in text.lower():
+            pytest.fail(f"weak: {_shown(text)[:200]}", pytrace=False)
+        return
+    pytest.fail("no error raised", pytrace=False)
+
+
+def test_api_open_missing_run(tmp_path: Path) -> None:
+    api_refused("seqtwins.Run.open(p)", "nope", p=tmp_path / "nope")
+
+
+def test_api_open_a_dataset_as_run(ds: Path) -> None:
+    api_refused("seqtwins.Run.open(p)", "config.yaml", p=ds)
+
+
+def test_api_embed_a_string(run: Path) -> None:
+    api_refused("seqtwins.Run.open(p).embed('it1 it2')", "list", p=run)
+
+
+def test_api_embed_unknown_items(run: Path) -> None:
+    api_refused("seqtwins.Run.open(p).embed([['nope', 'never']])", "known", p=run)
+
+
+def test_api_embed_sane(run: Path, ds: Path) -> None:
+    ids = pl.read_parquet(ds / "items.parquet")["item_id"].to_list()
+    _note("expected", "a finite (2, 16) float array")
+    emb = _api("seqtwins.Run.open(p).embed(seqs)", p=run, seqs=[ids[:5], ids[5:8]])
+    emb = np.asarray(emb)
+    if emb.shape != (2, 16) or not np.isfinite(emb).all():
+        pytest.fail(f"embeddings of shape {emb.shape}, finite: {np.isfinite(emb).all()}",
+                    pytrace=False)  # fmt: skip
+
+
+# ============================================================================================
 # OS errors on output paths, for every command that writes
 # ============================================================================================
 
