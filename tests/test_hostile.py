@@ -1660,6 +1660,10 @@ def test_api_embed_unknown_items(run: Path) -> None:
     api_refused("seqtwins.Run.open(p).embed([['nope', 'never']])", "known", p=run)
 
 
+def test_api_prepare_missing_input(tmp_path: Path) -> None:
+    api_refused("seqtwins.prepare(p, o)", "nope.csv", p=tmp_path / "nope.csv", o=tmp_path / "o")
+
+
 def test_api_embed_sane(run: Path, ds: Path) -> None:
     ids = pl.read_parquet(ds / "items.parquet")["item_id"].to_list()
     _note("expected", "a finite (2, 16) float array")
