@@ -6,9 +6,14 @@ and files seqtwins did not write are byte-identical afterwards); no half-written
 and no hidden temporary file is left behind; and what must succeed gives a sane result.
 
 Every case runs ``seqtwins`` in-process (``typer.testing.CliRunner``) on one tiny
-synthetic dataset and one tiny trained run, built once for the module.
-``benchmarks/hostile_table.py`` runs this file and writes the table of
-docs/reliability.md from its outcome.
+synthetic dataset and one tiny trained run, built once for the module (a few cases call the
+public Python API instead). A failure message starts with ``weak:`` when the promise held
+but the line was not good enough (it does not name the file/setting, is not one line, or
+comes only after the work was done); anything else is a defect. Cases are grouped by what
+they attack: --set/--config, prepare, synth/inspect, dataset tampering, NaN, embed,
+pretrain/resume/locks, evaluate/report/run/tune, faults (disk full, Ctrl-C), the API, and
+OS errors on every output path. ``benchmarks/hostile_table.py`` runs this file and writes
+the table of docs/reliability.md from its outcome.
 """
 
 from __future__ import annotations
