@@ -1228,6 +1228,7 @@ def test_two_pretrains_one_out(ds: Path, tmp_path: Path) -> None:
         if proc.poll() is not None:
             pytest.fail("the second pretrain broke the first one", pytrace=False)
         refused(r, "in use")
+        refused(cli("pretrain", ds, "--out", out, "--resume", "--no-progress"), "in use")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -1617,6 +1618,81 @@ def test_out_name_at_the_limit(kind: str, tmp_path: Path, ctx: dict[str, Path]) 
     else:
         refused(r, "yyyyyyyy")
     no_temp(tmp_path)
+
+
+# ============================================================================================
+# ownership between seqtwins' own outputs: replace only an output of the same kind
+# ============================================================================================
+
+
+def test_prepare_overwrite_a_run(tmp_path: Path, log: Path, run_copy: Path) -> None:
+    before = snapshot(run_copy)
+    refused(cli("prepare", log, "--out", run_copy, "--overwrite"), run_copy)
+    unchanged(before, run_copy)
+
+
+def test_pretrain_overwrite_a_report(ds: Path, evaljson: Path, tmp_path: Path) -> None:
+    rep = tmp_path / "rep"
+    succeeded(cli("report", evaljson, "--out", rep))
+    before = snapshot(rep)
+    refused(cli("pretrain", ds, "--out", rep, "--overwrite", *SETS), rep)
+    unchanged(before, rep)
+
+
+def test_report_into_a_dataset(ds_copy: Path, evaljson: Path) -> None:
+    before = snapshot(ds_copy)
+    refused(cli("report", evaljson, "--out", ds_copy), ds_copy)
+    unchanged(before, ds_copy)
+
+
+def test_report_replaces_own_report(evaljson: Path, tmp_path: Path) -> None:
+    rep = tmp_path / "rep"
+    succeeded(cli("report", evaljson, "--out", rep))
+    succeeded(cli("report", evaljson, "--out", rep))
+    assert (rep / "report.md").read_text().startswith("#")
+
+
+def test_embed_onto_eval_json(run: Path, ds: Path, evaljson: Path, tmp_path: Path) -> None:
+    ev = Path(shutil.copytree(evaljson.parent, tmp_path / "ev")) / "eval.json"
+    before = snapshot(ev)
+    refused(cli("embed", run, "--data", ds, "--out", ev), "eval.json")
+    unchanged(before, ev)
+
+
+def test_embed_onto_run_config(run_copy: Path, ds: Path) -> None:
+    before = snapshot(run_copy)
+    refused(cli("embed", run_copy, "--data", ds, "--out", run_copy / "config.yaml"), "config.yaml")
+    unchanged(before, run_copy)
+
+
+def test_evaluate_onto_embeddings(run: Path, ds: Path, tmp_path: Path) -> None:
+    emb = tmp_path / "e.parquet"
+    succeeded(cli("embed", run, "--data", ds, "--out", emb))
+    before = snapshot(emb)
+    refused(cli("evaluate", run, "--data", ds, "--out", emb, *EVAL_FAST), "e.parquet")
+    unchanged(before, emb)
+
+
+def test_evaluate_replaces_own_eval_json(run: Path, ds: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    succeeded(cli("evaluate", run, "--data", ds, "--out", out, *EVAL_FAST))
+    succeeded(cli("evaluate", run, "--data", ds, "--out", out, *EVAL_FAST))
+    assert json.loads(out.read_text())["methods"]
+    no_temp(tmp_path)
+
+
+def test_prepare_input_inside_the_dataset_it_replaces(ds_copy: Path) -> None:
+    """A log kept inside the dataset folder it would replace: --overwrite must not take it."""
+    f = _write(ds_copy / "log.csv", GOOD_LOG)
+    before = snapshot(ds_copy)
+    refused(cli("prepare", f, "--out", ds_copy, "--overwrite"), "log.csv")
+    unchanged(before, ds_copy)
+
+
+def test_inspect_dataset_with_extra_files(ds_copy: Path) -> None:
+    """A README dropped into a dataset folder does not make it unreadable."""
+    _write(ds_copy / "README.txt", "notes\n")
+    succeeded(cli("inspect", ds_copy))
 
 
 # ============================================================================================
