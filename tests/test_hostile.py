@@ -1689,6 +1689,42 @@ def test_prepare_input_inside_the_dataset_it_replaces(ds_copy: Path) -> None:
     unchanged(before, ds_copy)
 
 
+def test_pretrain_overwrite_legacy_run(run_copy: Path, ds: Path) -> None:
+    """A run written before the marker existed is still recognised (config.yaml +
+    dataset.json) and may be replaced."""
+    (run_copy / files.MARKER).unlink(missing_ok=True)
+    succeeded(cli("pretrain", ds, "--out", run_copy, "--overwrite", "--no-progress", *SETS))
+
+
+@pytest.mark.parametrize("flag", ["--overwrite", "--no-overwrite"])
+def test_pretrain_into_lookalike_folder(ds: Path, tmp_path: Path, flag: str) -> None:
+    """Another tool's project that also has a config.yaml and a dataset.json is not a run:
+    its files are not replaced, with or without --overwrite."""
+    out = _foreign_folder(tmp_path / "project")
+    _write(out / "config.yaml", "name: my-project\nlr: 3\n")
+    _write(out / "dataset.json", '{"source": "survey 2019"}\n')
+    before = snapshot(out)
+    refused(cli("pretrain", ds, "--out", out, flag, "--no-progress", *SETS), out)
+    unchanged(before, out)
+
+
+def test_prepare_overwrite_lookalike_folder(tmp_path: Path, log: Path) -> None:
+    """A folder with somebody else's meta.json is not a dataset."""
+    out = _foreign_folder(tmp_path / "project")
+    _write(out / "meta.json", '{"author": "me", "version": 1}\n')
+    before = snapshot(out)
+    refused(cli("prepare", log, "--out", out, "--overwrite"), out)
+    unchanged(before, out)
+
+
+def test_synth_overwrite_folder_with_junk_marker(tmp_path: Path) -> None:
+    out = _foreign_folder(tmp_path / "s")
+    _write(out / files.MARKER, "not json\n")
+    before = snapshot(out)
+    refused(cli("synth", "--out", out, "--users", "50", "--items", "30", "--overwrite"), out)
+    unchanged(before, out)
+
+
 def test_inspect_dataset_with_extra_files(ds_copy: Path) -> None:
     """A README dropped into a dataset folder does not make it unreadable."""
     _write(ds_copy / "README.txt", "notes\n")
