@@ -1182,6 +1182,30 @@ def test_shortest_sequences(ds: Path, tmp_path: Path) -> None:
     _all_checkpoints_finite(out)
 
 
+def test_resume_corrupt_model(run_copy: Path, ds: Path) -> None:
+    (run_copy / "checkpoints/last/model.safetensors").write_bytes(b"\0" * 100)
+    refused(cli("pretrain", ds, "--out", run_copy, "--resume", "--no-progress"),
+            "model.safetensors")  # fmt: skip
+
+
+def test_resume_missing_rng(run_copy: Path, ds: Path) -> None:
+    (run_copy / "checkpoints/last/rng.safetensors").unlink()
+    refused(cli("pretrain", ds, "--out", run_copy, "--resume", "--no-progress"), "rng")
+
+
+def test_resume_state_epoch_beyond_the_end(run_copy: Path, ds: Path) -> None:
+    """A state.json that claims epoch 999 of 1: nothing to do, or one line; no traceback."""
+    state = run_copy / "checkpoints/last/state.json"
+    data = json.loads(state.read_text())
+    data["epoch"] = 999
+    state.write_text(json.dumps(data))
+    r = cli("pretrain", ds, "--out", run_copy, "--resume", "--no-progress")
+    if r.exit_code == 0:
+        succeeded(r)
+    else:
+        refused(r, "state.json")
+
+
 def _killed_before_first_checkpoint(run_copy: Path) -> Path:
     shutil.rmtree(run_copy / "checkpoints")
     for f in ("summary.json", "metrics.jsonl"):
@@ -1723,6 +1747,22 @@ def test_synth_overwrite_folder_with_junk_marker(tmp_path: Path) -> None:
     before = snapshot(out)
     refused(cli("synth", "--out", out, "--users", "50", "--items", "30", "--overwrite"), out)
     unchanged(before, out)
+
+
+def test_prepare_input_symlink_into_the_dataset_it_replaces(ds_copy: Path, tmp_path: Path) -> None:
+    f = _write(ds_copy / "log.csv", GOOD_LOG)
+    link = tmp_path / "link.csv"
+    link.symlink_to(f)
+    before = snapshot(ds_copy)
+    refused(cli("prepare", link, "--out", ds_copy, "--overwrite"), ("log.csv", "link.csv"))
+    unchanged(before, ds_copy)
+
+
+def test_prepare_items_table_inside_the_dataset_it_replaces(ds_copy: Path, log: Path) -> None:
+    items = _write(ds_copy / "items.csv", "item_id,categories\ni1,a\ni2,b\n")
+    before = snapshot(ds_copy)
+    refused(cli("prepare", log, "--items", items, "--out", ds_copy, "--overwrite"), "items.csv")
+    unchanged(before, ds_copy)
 
 
 def test_inspect_dataset_with_extra_files(ds_copy: Path) -> None:
