@@ -1765,6 +1765,27 @@ def test_prepare_items_table_inside_the_dataset_it_replaces(ds_copy: Path, log: 
     unchanged(before, ds_copy)
 
 
+def test_evaluate_beside_a_foreign_artifacts_folder(run: Path, ds: Path, tmp_path: Path) -> None:
+    """evaluate also writes <stem>_artifacts/; a folder of that name that is not its own
+    stays as it is."""
+    arts = _foreign_folder(tmp_path / "eval_artifacts")
+    before = snapshot(arts)
+    r = cli("evaluate", run, "--data", ds, "--out", tmp_path / "eval.json", *EVAL_FAST)
+    unchanged(before, arts)
+    refused(r, "eval_artifacts")
+
+
+def test_run_into_a_foreign_experiment_folder(tmp_path: Path) -> None:
+    """`run` writes <out>/<name>/experiment.yaml; somebody's own folder there is not its."""
+    exp = _experiment(tmp_path / "cfg", GOOD_EXP)
+    root = _foreign_folder(tmp_path / "o" / "tiny")
+    _write(root / "experiment.yaml", "# my lab notebook\n")
+    before = snapshot(root)
+    r = cli("run", exp, "--out", tmp_path / "o", "--no-progress")
+    unchanged(before, root)
+    refused(r, "tiny")
+
+
 def test_inspect_dataset_with_extra_files(ds_copy: Path) -> None:
     """A README dropped into a dataset folder does not make it unreadable."""
     _write(ds_copy / "README.txt", "notes\n")
