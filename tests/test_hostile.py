@@ -1669,6 +1669,14 @@ def test_report_into_a_dataset(ds_copy: Path, evaljson: Path) -> None:
     unchanged(before, ds_copy)
 
 
+def test_report_into_a_folder_of_foreign_plots(evaljson: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    _write(out / "next_item.png", b"\x89PNG my own plot")
+    before = snapshot(out)
+    refused(cli("report", evaljson, "--out", out), out)
+    unchanged(before, out)
+
+
 def test_report_replaces_own_report(evaljson: Path, tmp_path: Path) -> None:
     rep = tmp_path / "rep"
     succeeded(cli("report", evaljson, "--out", rep))
