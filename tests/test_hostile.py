@@ -1808,7 +1808,6 @@ def test_inspect_dataset_with_extra_files(ds_copy: Path) -> None:
 def _api(code: str, **names: object) -> Any:
     """Evaluate ``code`` with ``seqtwins`` and ``names`` in scope; a missing API or an error
     that is not a one-line SeqtwinsError is reported like a traceback on the CLI."""
-    _note("command", "python: " + code)
     try:
         return eval(code, {"seqtwins": seqtwins, **names})  # noqa: S307 - our own literals
     except seqtwins.SeqtwinsError:
@@ -1819,6 +1818,7 @@ def _api(code: str, **names: object) -> Any:
 
 
 def api_refused(code: str, word: str, **names: object) -> None:
+    _note("command", "python: " + code)
     _note("expected", f"SeqtwinsError, one line naming {_shown(word)}")
     try:
         _api(code, **names)
@@ -1852,6 +1852,7 @@ def test_api_prepare_missing_input(tmp_path: Path) -> None:
 
 def test_api_embed_sane(run: Path, ds: Path) -> None:
     ids = pl.read_parquet(ds / "items.parquet")["item_id"].to_list()
+    _note("command", "python: seqtwins.Run.open(p).embed(seqs)")
     _note("expected", "a finite (2, 16) float array")
     emb = _api("seqtwins.Run.open(p).embed(seqs)", p=run, seqs=[ids[:5], ids[5:8]])
     emb = np.asarray(emb)
