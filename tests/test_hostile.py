@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -253,12 +254,10 @@ def _writable(folder: Path) -> bool:
     return True
 
 
-@pytest.fixture
-def readonly(tmp_path: Path) -> Iterator[Path]:
-    """A folder nobody may write into (chmod; ``chattr +i`` when running as root)."""
-    d = tmp_path / "ro"
-    d.mkdir()
-    (d / "keep.txt").write_text("mine\n")
+@contextmanager
+def frozen(d: Path) -> Iterator[Path]:
+    """``d`` made read-only (chmod; ``chattr +i`` when running as root) for the block."""
+    mode = d.stat().st_mode & 0o777
     d.chmod(0o555)
     immutable = False
     if _writable(d) and shutil.which("chattr"):
@@ -270,7 +269,17 @@ def readonly(tmp_path: Path) -> Iterator[Path]:
     finally:
         if immutable:
             subprocess.run(["chattr", "-i", str(d)], check=False)
-        d.chmod(0o755)
+        d.chmod(mode)
+
+
+@pytest.fixture
+def readonly(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody may write into, holding a file of the user's."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    (d / "keep.txt").write_text("mine\n")
+    with frozen(d):
+        yield d
 
 
 def _write(path: Path, content: str | bytes) -> Path:
@@ -1792,6 +1801,23 @@ def test_run_into_a_foreign_experiment_folder(tmp_path: Path) -> None:
     r = cli("run", exp, "--out", tmp_path / "o", "--no-progress")
     unchanged(before, root)
     refused(r, "tiny")
+
+
+def test_read_only_inputs_are_usable(ds_copy: Path, run_copy: Path, tmp_path: Path) -> None:
+    """A dataset and a run on a read-only share can be inspected, embedded and evaluated:
+    reading takes no lock file and cleans nothing inside them."""
+    with frozen(ds_copy), frozen(run_copy):
+        succeeded(cli("inspect", ds_copy))
+        out = tmp_path / "e.parquet"
+        succeeded(cli("embed", run_copy, "--data", ds_copy, "--out", out))
+        _finite_embeddings(out, rows=200)
+        succeeded(cli("evaluate", run_copy, "--data", ds_copy, "--out", tmp_path / "ev.json",
+                      *EVAL_FAST))  # fmt: skip
+
+
+def test_pretrain_from_a_read_only_dataset(ds_copy: Path, tmp_path: Path) -> None:
+    with frozen(ds_copy):
+        succeeded(cli("pretrain", ds_copy, "--out", tmp_path / "r", "--no-progress", *SETS))
 
 
 def test_inspect_dataset_with_extra_files(ds_copy: Path) -> None:
