@@ -620,6 +620,12 @@ def test_prepare_out_with_brackets_named_verbatim(tmp_path: Path, log: Path) -> 
     refused(cli("prepare", log, "--out", out), "a[red]b")
 
 
+def test_prepare_out_with_a_newline_in_its_name(tmp_path: Path, log: Path) -> None:
+    """A control character in a path must not break the one line."""
+    out = _foreign_folder(tmp_path / "a\nb")
+    refused(cli("prepare", log, "--out", out), "a")
+
+
 def test_prepare_cleans_stale_temp(tmp_path: Path, log: Path) -> None:
     """issue 10: a killed prepare's hidden temp folder is removed by the next prepare."""
     out = tmp_path / "out"
