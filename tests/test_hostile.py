@@ -485,6 +485,14 @@ BAD_LOGS = {
     ),
     "--min-rating without ratings": ("log.csv", GOOD_LOG, ["--min-rating", "3"], "rating"),
     "everything filtered": ("log.csv", GOOD_LOG, ["--min-user-count", "1000"], "log.csv"),
+    "duplicate header": (
+        "log.csv",
+        "user_id,item_id,timestamp,user_id\n"
+        + "".join(r + ",x\n" for r in GOOD_LOG.splitlines()[1:]),
+        [],
+        "user_id",
+    ),
+    "semicolons": ("log.csv", GOOD_LOG.replace(",", ";"), [], "log.csv"),
     "time column is text": ("log.csv", GOOD_LOG, ["--time-col", "item_id"], "item_id"),
 }
 
@@ -640,6 +648,15 @@ def test_prepare_keeps_live_temp(tmp_path: Path, log: Path) -> None:
     live = _write(tmp_path / f".out.tmp-{os.getpid()}-x1y2" / "items.npy", b"\0")
     succeeded(cli("prepare", log, "--out", tmp_path / "out"))
     assert live.exists()
+
+
+def test_prepare_empty_parquet(tmp_path: Path) -> None:
+    f = tmp_path / "in" / "log.parquet"
+    f.parent.mkdir()
+    pl.DataFrame(
+        {"user_id": [], "item_id": []}, schema={"user_id": pl.String, "item_id": pl.String}
+    ).write_parquet(f)
+    _prepare_refused(tmp_path, f, [], "log.parquet")
 
 
 def test_prepare_crlf_and_bom(tmp_path: Path) -> None:
@@ -1221,6 +1238,18 @@ def test_resume_state_epoch_beyond_the_end(run_copy: Path, ds: Path) -> None:
         refused(r, "state.json")
 
 
+@pytest.mark.parametrize("setting", ["train.batch_size=1", "train.valid_users=2"])
+def test_degenerate_but_legal_settings(ds: Path, tmp_path: Path, setting: str) -> None:
+    """Legal values at the edge: trained with finite weights, or refused in one line."""
+    out = tmp_path / "r"
+    r = cli("pretrain", ds, "--out", out, "--no-progress", *SETS, "--set", setting)
+    _all_checkpoints_finite(out)
+    if r.exit_code == 0:
+        succeeded(r)
+    else:
+        refused(r, setting.split("=")[0])
+
+
 def _killed_before_first_checkpoint(run_copy: Path) -> Path:
     shutil.rmtree(run_copy / "checkpoints")
     for f in ("summary.json", "metrics.jsonl"):
@@ -1295,6 +1324,19 @@ def test_evaluate_bad_option(run: Path, ds: Path, tmp_path: Path, extra: list[st
     out = tmp_path / "eval.json"
     refused(cli("evaluate", run, "--data", ds, "--out", out, "--no-progress", *extra), word)
     assert not out.exists()
+
+
+def test_evaluate_fraction_with_no_labelled_user(run: Path, ds: Path, tmp_path: Path) -> None:
+    """A label budget so small that no user is labelled: skipped or one line."""
+    out = tmp_path / "eval.json"
+    args = ["--tasks", "favorite_category", "--fractions", "0.0001", "--seeds", "1",
+            "--baselines", "majority", "--no-progress"]  # fmt: skip
+    r = cli("evaluate", run, "--data", ds, "--out", out, *args)
+    if r.exit_code == 0:
+        succeeded(r)
+        json.loads(out.read_text())
+    else:
+        refused(r, "0.0001")
 
 
 def test_evaluate_run_trained_with_categories(ds: Path, tmp_path: Path) -> None:
