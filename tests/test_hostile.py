@@ -1238,7 +1238,11 @@ def test_resume_state_epoch_beyond_the_end(run_copy: Path, ds: Path) -> None:
         refused(r, "state.json")
 
 
-@pytest.mark.parametrize("setting", ["train.batch_size=1", "train.valid_users=2"])
+@pytest.mark.parametrize(
+    "setting",
+    ["train.batch_size=1", "train.valid_users=2", "barlow.projector=[1]", "augment.ops=[]",
+     "augment.crop_keep=0.000001", "augment.mask_rate=1"],
+)  # fmt: skip
 def test_degenerate_but_legal_settings(ds: Path, tmp_path: Path, setting: str) -> None:
     """Legal values at the edge: trained with finite weights, or refused in one line."""
     out = tmp_path / "r"
