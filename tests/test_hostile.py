@@ -687,6 +687,20 @@ def test_prepare_unicode_ids(tmp_path: Path) -> None:
 # data: synth and inspect
 # ============================================================================================
 
+
+@pytest.mark.parametrize("users,items", [(1, 30), (3, 3), (10, 1)])
+def test_synth_tiny(tmp_path: Path, users: int, items: int) -> None:
+    """The smallest sizes: a dataset, or one line naming the setting."""
+    out = tmp_path / "s"
+    r = cli("synth", "--out", out, "--users", users, "--items", items)
+    if r.exit_code == 0:
+        succeeded(r)
+        succeeded(cli("inspect", out))
+    else:
+        refused(r, ("users", "items", "categories"))
+        assert not out.exists()
+
+
 BAD_SYNTH = {
     "seed negative": (["--seed", "-1"], "seed"),
     "users 0": (["--users", "0"], "users"),
@@ -1252,6 +1266,30 @@ def test_degenerate_but_legal_settings(ds: Path, tmp_path: Path, setting: str) -
         succeeded(r)
     else:
         refused(r, setting.split("=")[0])
+
+
+def test_resume_after_a_half_written_metrics_line(run_copy: Path, ds: Path) -> None:
+    """kill -9 in the middle of a metrics line: resume, and every line parses afterwards."""
+    metrics = run_copy / "metrics.jsonl"
+    with metrics.open("a") as fh:
+        fh.write('{"step": 99, "lo')
+    r = cli("pretrain", ds, "--out", run_copy, "--resume", "--no-progress")
+    succeeded(r)
+    for n, line in enumerate(metrics.read_text().splitlines(), 1):
+        try:
+            json.loads(line)
+        except ValueError:
+            pytest.fail(f"metrics.jsonl line {n} does not parse: {line[:80]!r}", pytrace=False)
+
+
+def test_evaluate_run_with_junk_summary(run_copy: Path, ds: Path, tmp_path: Path) -> None:
+    """summary.json is a report, not needed to evaluate: junk there is not fatal."""
+    (run_copy / "summary.json").write_text("{oops")
+    r = cli("evaluate", run_copy, "--data", ds, "--out", tmp_path / "ev.json", *EVAL_FAST)
+    if r.exit_code == 0:
+        succeeded(r)
+    else:
+        refused(r, "summary.json")
 
 
 def _killed_before_first_checkpoint(run_copy: Path) -> Path:
