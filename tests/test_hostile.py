@@ -1966,6 +1966,24 @@ def test_api_prepare_missing_input(tmp_path: Path) -> None:
     api_refused("seqtwins.prepare(p, o)", "nope.csv", p=tmp_path / "nope.csv", o=tmp_path / "o")
 
 
+def test_api_pretrain_nan_setting(ds: Path, tmp_path: Path) -> None:
+    api_refused("seqtwins.pretrain(d, o, overrides=['train.lr=.nan'])", "train.lr", d=ds,
+                o=tmp_path / "r")  # fmt: skip
+
+
+def test_api_synth_zero_users(tmp_path: Path) -> None:
+    api_refused("seqtwins.synth(o, users=0)", "users", o=tmp_path / "s")
+
+
+def test_api_evaluate_bad_fraction(run: Path, ds: Path, tmp_path: Path) -> None:
+    api_refused("seqtwins.evaluate([r], d, o, fractions=[2.0])", "fraction", r=run, d=ds,
+                o=tmp_path / "e.json")  # fmt: skip
+
+
+def test_api_embed_an_empty_sequence(run: Path) -> None:
+    api_refused("seqtwins.Run.open(p).embed([[]])", "sequence", p=run)
+
+
 def test_api_embed_sane(run: Path, ds: Path) -> None:
     ids = pl.read_parquet(ds / "items.parquet")["item_id"].to_list()
     _note("command", "python: seqtwins.Run.open(p).embed(seqs)")
