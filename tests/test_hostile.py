@@ -634,6 +634,16 @@ def test_prepare_out_with_a_newline_in_its_name(tmp_path: Path, log: Path) -> No
     refused(cli("prepare", log, "--out", out), "a")
 
 
+@pytest.mark.parametrize("kind", ["prepare", "synth"])
+def test_two_writers_one_dataset(kind: str, tmp_path: Path, log: Path) -> None:
+    """A second prepare/synth into an --out being written (its lock held) is refused."""
+    out = tmp_path / "out"
+    args = ["prepare", log] if kind == "prepare" else ["synth", "--users", "50", "--items", "30"]
+    with files.file_lock(out):
+        refused(cli(*args, "--out", out), "in use")
+    assert not out.exists()
+
+
 def test_prepare_cleans_stale_temp(tmp_path: Path, log: Path) -> None:
     """issue 10: a killed prepare's hidden temp folder is removed by the next prepare."""
     out = tmp_path / "out"
