@@ -128,7 +128,7 @@ def _counts_text(n: Counter[str]) -> str:
     return ", ".join(f"{n[o]} {o}" for o in OUTCOMES if n[o])
 
 
-def table(cases: list[Case], before: dict[str, Any] | None = None) -> str:
+def table(cases: list[Case], label: str, before: dict[str, Any] | None = None) -> str:
     """The Markdown table; ``before`` (a file written by ``--save``) adds a column with each
     case's outcome on an earlier commit."""
     counts = Counter(c.outcome for c in cases)
@@ -141,7 +141,7 @@ def table(cases: list[Case], before: dict[str, Any] | None = None) -> str:
         head = ""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"{len(cases)} cases, run {when}: {counts['ok']} ok, {counts['weak']} weak, "
+        f"{len(cases)} cases on {label}, run {when}: {counts['ok']} ok, {counts['weak']} weak, "
         f"{counts['defect']} defects"
         + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
         + ". `$TMP` is the test's temporary folder, `$TINY` the tiny-run `--set`s, `$FAST` the "
@@ -191,19 +191,22 @@ def findings(cases: list[Case]) -> str:
     return "\n".join(out)
 
 
+def _head_label() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    return f"commit {head}" if head else "this checkout"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
     ap.add_argument("--findings", type=Path, default=None)
     ap.add_argument("--junit", type=Path, default=None, help="Reuse this JUnit XML (no run).")
     ap.add_argument("--save", type=Path, default=None, help="Write the outcomes as JSON.")
-    ap.add_argument("--label", default=None, help="What --save ran on (default: git HEAD).")
-    ap.add_argument(
-        "--before",
-        type=Path,
-        default=BEFORE if BEFORE.is_file() else None,
-        help=f"Outcomes saved earlier, shown as a column (default: {BEFORE.name}).",
-    )
+    ap.add_argument("--label", default=None, help="The code tested (default: git HEAD).")
+    ap.add_argument("--before", type=Path, default=BEFORE if BEFORE.is_file() else None,
+                    help=f"Outcomes saved earlier, shown as a column (default: {BEFORE.name}; "
+                    "none: no column).")  # fmt: skip
     args = ap.parse_args()
     if args.junit is not None:
         cases = parse(args.junit)
@@ -216,20 +219,14 @@ def main() -> None:
                 cwd=ROOT, check=False,
             )  # fmt: skip
             cases = parse(junit)
+    label = args.label or _head_label()
+    use = args.before is not None and args.before.name != "none"
+    before = json.loads(args.before.read_text()) if use else None
     doc = args.doc.read_text()
     head, _, rest = doc.partition(START)
     _, _, tail = rest.partition(END)
-    use = args.before is not None and args.before.name != "none"
-    before = json.loads(args.before.read_text()) if use else None
-    args.doc.write_text(f"{head}{START}\n{table(cases, before)}\n{END}{tail}")
+    args.doc.write_text(f"{head}{START}\n{table(cases, label, before)}\n{END}{tail}")
     if args.save is not None:
-        label = (
-            args.label
-            or "commit "
-            + subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-            ).stdout.strip()
-        )
         saved = {c.name: {"outcome": c.outcome, "symptom": _shorten(c.symptom)} for c in cases}
         args.save.write_text(json.dumps({"label": label, "cases": saved}, indent=1) + "\n")
     if args.findings is not None:
