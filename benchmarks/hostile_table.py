@@ -52,7 +52,7 @@ class Case:
     @property
     def area(self) -> str:
         param = self.name.partition("[")[2].rstrip("]")
-        if self.name.startswith("test_os_error"):
+        if self.name.startswith(("test_os_error", "test_out_name", "test_two_writers")):
             return "data" if param in ("prepare", "synth") else "run"
         if self.name.startswith(_DATA):
             return "data"
