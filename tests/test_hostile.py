@@ -548,6 +548,27 @@ def test_prepare_salt_file_is_a_folder(tmp_path: Path) -> None:
                      ["--pseudonymize", "--salt-file", str(salt)], "saltdir")  # fmt: skip
 
 
+def test_prepare_movielens_folder_without_ratings_file(tmp_path: Path) -> None:
+    folder = _write(tmp_path / "ml" / "README", "MovieLens\n").parent
+    _prepare_refused(tmp_path, folder, ["--format", "movielens"], "ml")
+
+
+def test_prepare_s3rec_with_words(tmp_path: Path) -> None:
+    f = _write(tmp_path / "in" / "Toy.txt", "alice likes bob\ncarol 2 3\n")
+    _prepare_refused(tmp_path, f, ["--format", "s3rec"], "Toy.txt")
+
+
+def test_prepare_holdout_longer_than_every_sequence(tmp_path: Path, log: Path) -> None:
+    """--holdout 1000000: history is kept (--min-history), or one line; never a crash."""
+    out = tmp_path / "out"
+    r = cli("prepare", log, "--out", out, "--holdout", "1000000")
+    if r.exit_code == 0:
+        succeeded(r)
+        succeeded(cli("inspect", out))
+    else:
+        refused(r, "holdout")
+
+
 def test_prepare_input_missing(tmp_path: Path) -> None:
     refused(cli("prepare", tmp_path / "nope.csv", "--out", tmp_path / "o"), "nope.csv")
 
@@ -1454,6 +1475,14 @@ def test_report_eval_json_missing_artifacts(evaljson: Path, tmp_path: Path) -> N
     ev = Path(shutil.copytree(evaljson.parent, tmp_path / "ev")) / "eval.json"
     shutil.rmtree(ev.parent / "eval_artifacts")
     refused(cli("report", ev, "--out", tmp_path / "rep"), "eval_artifacts")
+
+
+def test_report_same_eval_twice(evaljson: Path, tmp_path: Path) -> None:
+    r = cli("report", evaljson, evaljson, "--out", tmp_path / "rep")
+    if r.exit_code == 0:
+        succeeded(r)
+    else:
+        refused(r, "eval.json")
 
 
 def test_report_onto_foreign_report(evaljson: Path, tmp_path: Path) -> None:
