@@ -2023,6 +2023,14 @@ def test_api_embed_an_empty_sequence(run: Path) -> None:
     api_refused("seqtwins.Run.open(p).embed([[]])", "sequence", p=run)
 
 
+def test_api_embed_when_the_dataset_moved(run_copy: Path, tmp_path: Path) -> None:
+    """Run.embed opens the recorded dataset; gone from there, it says where it looked."""
+    info = json.loads((run_copy / "dataset.json").read_text())
+    info["path"] = str(tmp_path / "moved-away")
+    (run_copy / "dataset.json").write_text(json.dumps(info))
+    api_refused("seqtwins.Run.open(p).embed([['x']])", "moved-away", p=run_copy)
+
+
 def test_api_embed_sane(run: Path, ds: Path) -> None:
     ids = pl.read_parquet(ds / "items.parquet")["item_id"].to_list()
     _note("command", "python: seqtwins.Run.open(p).embed(seqs)")
