@@ -4,8 +4,9 @@
         [--junit FILE]
 
 Each case is ``ok`` (the promise held), ``weak`` (exit 2 and no traceback, but the message
-does not name the file/setting, is not one line, or comes late) or ``defect`` (a
-traceback, a wrong exit code, something lost or left behind). The table replaces the
+does not name the file/setting, is not one line, or comes late), ``defect`` (a
+traceback, a wrong exit code, something lost or left behind) or ``xfail`` (a behaviour
+left for a decision; the reason says which). The table replaces the
 lines between the two ``hostile-table`` markers of the document; ``--findings`` also
 writes the failing cases grouped by area (data / run / cli/config).
 """
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- hostile-table:start -->", "<!-- hostile-table:end -->"
 BEFORE = ROOT / "benchmarks" / "results" / "hostile_main.json"
 AREAS = ("data", "run", "cli/config")
-OUTCOMES = ("ok", "weak", "defect", "skipped")
+OUTCOMES = ("ok", "weak", "defect", "xfail", "skipped")
 _DATA = ("test_prepare", "test_synth", "test_inspect", "test_tampered", "test_out_of_range",
          "test_no_verify", "test_download", "test_disk_full_while_writing_dataset",
          "test_ctrl_c_while_writing_dataset", "test_out_is_the_current_folder")  # fmt: skip
@@ -46,7 +47,7 @@ class Case:
     name: str
     command: str
     expected: str
-    outcome: str  # ok / weak / defect / skipped
+    outcome: str  # ok / weak / defect / xfail / skipped
     symptom: str
 
     @property
@@ -99,8 +100,11 @@ def parse(junit: Path) -> list[Case]:
         props = [(p.get("name", ""), p.get("value", "")) for p in tc.iter("property")]
         pairs = _pairs(props)
         fail = next((tc.find(t) for t in ("failure", "error") if tc.find(t) is not None), None)
-        if tc.find("skipped") is not None:
-            outcome, symptom = "skipped", tc.find("skipped").get("message", "")  # type: ignore[union-attr]
+        skipped = tc.find("skipped")
+        if skipped is not None:
+            xfail = skipped.get("type") == "pytest.xfail"
+            outcome = "xfail" if xfail else "skipped"
+            symptom = skipped.get("message", "").removeprefix("reason: ")
         elif fail is not None:
             message = (fail.get("message") or "").removeprefix("Failed: ")
             message = message.removeprefix("AssertionError: ").split("\n")[0]
@@ -141,9 +145,7 @@ def table(cases: list[Case], label: str, before: dict[str, Any] | None = None) -
         head = ""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"{len(cases)} cases on {label}, run {when}: {counts['ok']} ok, {counts['weak']} weak, "
-        f"{counts['defect']} defects"
-        + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
+        f"{len(cases)} cases on {label}, run {when}: {_counts_text(counts)}"
         + ". `$TMP` is the test's temporary folder, `$TINY` the tiny-run `--set`s, `$FAST` the "
         "one-task evaluation options (see tests/test_hostile.py)." + head,
         "",
