@@ -58,6 +58,8 @@ def test_refuses_other_schema_and_corruption(tmp_path):
         SequenceDataset.open(out)
     with pytest.raises(SeqtwinsError, match="does not exist"):
         SequenceDataset.open(tmp_path / "nope")
+    with pytest.raises(SeqtwinsError, match="is a file, not a dataset directory"):
+        SequenceDataset.open(out / "meta.json")
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):

@@ -265,25 +265,25 @@ def prepare(
     ] = None,
     min_rating: Annotated[float | None, typer.Option(help="Keep rating >= this.")] = None,
     min_user_count: Annotated[
-        int | None, typer.Option(help="k-core: interactions per user [default: 1].")
+        int | None, typer.Option(help="k-core: interactions per user (default 1).")
     ] = None,
     min_item_count: Annotated[
-        int | None, typer.Option(help="k-core: interactions per item [default: 1].")
+        int | None, typer.Option(help="k-core: interactions per item (default 1).")
     ] = None,
     max_len: Annotated[
         int | None, typer.Option(help="Keep each user's most recent N interactions.")
     ] = None,
     holdout: Annotated[
-        int | None, typer.Option(help="Size of the held-out future window [default: 5].")
+        int | None, typer.Option(help="Size of the held-out future window (default 5).")
     ] = None,
     min_history: Annotated[
-        int | None, typer.Option(help="Items kept as history at least [default: 3].")
+        int | None, typer.Option(help="Items kept as history at least (default 3).")
     ] = None,
     split: Annotated[
-        str | None, typer.Option(help="train,valid,test user fractions [default: 0.8,0.1,0.1].")
+        str | None, typer.Option(help="train,valid,test user fractions (default 0.8,0.1,0.1).")
     ] = None,
     split_seed: Annotated[
-        int | None, typer.Option(help="Seed of the user split [default: 0].")
+        int | None, typer.Option(help="Seed of the user split (default 0).")
     ] = None,
     pseudonymize: Annotated[
         bool | None,
@@ -298,7 +298,7 @@ def prepare(
     on_bad_rows: Annotated[
         str | None,
         typer.Option(
-            help="error (name the first bad rows) or skip (drop and count) [default: error]."
+            help="error (default: name the first bad rows) or skip (drop and count them)."
         ),
     ] = None,
     overwrite: Annotated[
@@ -397,7 +397,10 @@ def synth(
     from seqtwins.data.synth import SynthConfig, synthesize
     from seqtwins.settings import build
 
-    cfg = build(SynthConfig, {"users": users, "items": items, "seed": seed})
+    try:
+        cfg = build(SynthConfig, {"users": users, "items": items, "seed": seed})
+    except SeqtwinsError as e:  # named as the flag typed: --users=0 must be >= 1
+        raise SeqtwinsError(_as_flag(str(e), {"users", "items", "seed"}, [])) from None
     path = synthesize(out, cfg, overwrite=overwrite)
     console.print(
         f"wrote synthetic dataset to {path}; look at it with `seqtwins inspect {path}`",

@@ -270,3 +270,20 @@ def test_unsafe_archive_is_not_unpacked(server, tmp_path):  # type: ignore[no-un
         download(NAME, cache, server.base)
     assert not (tmp_path / "evil.txt").exists() and not (cache / NAME).exists()
     assert _leftovers(cache) == []
+
+
+def test_a_killed_downloads_partial_files_are_cleaned(server, tmp_path):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    partial = tmp_path / f".{NAME}.zip.tmp-{dead}-abc"
+    partial.write_bytes(b"\0" * 1000)
+    unpacking = tmp_path / f".{NAME}.work-{dead}-xyz"
+    (unpacking / NAME).mkdir(parents=True)
+    server.serve()
+    result = download(NAME, tmp_path, server.base)
+    assert (result.folder / "u.data").is_file()
+    assert not partial.exists() and not unpacking.exists()
+    assert _leftovers(tmp_path) == []

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from seqtwins.config import build
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.data.formats import ReaderOptions
-from seqtwins.data.options import options_data
+from seqtwins.data.options import build_options, options_data
 from seqtwins.data.prepare import PrepareOptions, prepare
 from seqtwins.errors import SeqtwinsError
 from tests.conftest import shared_data_dir
@@ -297,11 +297,17 @@ def test_options_are_validated_with_the_setting_named(kwargs, message):
     [
         ({"format": "excel"}, "format='excel' is unknown"),
         ({"on_bad_rows": "ignore"}, "on_bad_rows='ignore' must be"),
+        ({"reader": 5}, "reader must be a mapping of settings"),
     ],
 )
 def test_reader_options_name_the_setting(data, message):
     with pytest.raises(SeqtwinsError, match=re.escape(message)):
         build(PrepareOptions, options_data(data))
+
+
+def test_a_prefix_spells_the_key_as_in_an_experiment_file():
+    with pytest.raises(SeqtwinsError, match=r"^data\.prepare\.min_user_count=0 must be >= 1"):
+        build_options({"min_user_count": 0}, prefix="data.prepare")
 
 
 def test_flat_settings_nest_reader_keys_and_read_sizes():

@@ -134,6 +134,8 @@ BAD = {
                             "no users left after filtering"),
     "bad split": (_write("log.csv", GOOD), ["--split", "0.9,0.9"], "--split"),
     "pseudonymize without salt": (_write("log.csv", GOOD), ["--pseudonymize"], "--salt-file"),
+    "duplicate header": (_write("log.csv", "user_id,item_id,user_id\nu1,i1,x\n"), [],
+                         "the header names column 'user_id' more than once"),
     "bad row policy": (_write("log.csv", GOOD), ["--on-bad-rows", "ignore"],
                        "--on-bad-rows='ignore' must be 'error' or 'skip'"),
 }  # fmt: skip

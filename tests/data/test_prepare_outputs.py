@@ -26,7 +26,7 @@ from seqtwins.data.options import PrepareOptions
 from seqtwins.data.prepare import prepare
 from seqtwins.data.synth import SynthConfig, synthesize
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import MARKER, marker_kind
+from seqtwins.files import MARKER, file_lock, marker_kind
 from tests.data.test_prepare_cli import GOOD
 
 runner = CliRunner()
@@ -49,9 +49,14 @@ def _one_line_exit_2(r) -> str:  # type: ignore[no-untyped-def]
 # --- the process is left as it was found -----------------------------------------------------
 
 
-def test_prepare_leaves_gc_enabled(tmp_path):
+def test_prepare_leaves_gc_enabled(tmp_path, monkeypatch):
+    def not_here() -> None:
+        raise AssertionError("the library tuned malloc for the whole process")
+
     assert gc.isenabled()
-    prepare(_log(tmp_path), tmp_path / "ds")
+    with monkeypatch.context() as m:
+        m.setattr(memory, "_tune_malloc", not_here)
+        prepare(_log(tmp_path), tmp_path / "ds")
     assert gc.isenabled()
     with memory.tuned_process():  # the entry points' helper: off inside, restored after
         assert not gc.isenabled()
@@ -86,6 +91,33 @@ def test_overwrite_never_deletes_the_input(tmp_path):
                                 "--overwrite"])  # fmt: skip
         assert "would overwrite the input" in _one_line_exit_2(r)
     assert (folder / "log.csv").read_text() == GOOD
+
+
+def test_overwrite_never_deletes_a_side_table_or_the_input_inside_out(tmp_path):
+    src = _log(tmp_path)
+    prepare(src, tmp_path / "ds")
+    items = tmp_path / "ds" / "items.csv"
+    items.write_text("item_id,categories\ni1,a\n")
+    inner = tmp_path / "ds" / "log.csv"
+    inner.write_text(GOOD)
+    for args in (["--items", str(items)], ["--users", str(items)]):
+        r = runner.invoke(app, ["prepare", str(src), *args, "--out", str(tmp_path / "ds"),
+                                "--overwrite"])  # fmt: skip
+        assert "would overwrite the --" in _one_line_exit_2(r) and "items.csv" in r.output
+    r = runner.invoke(app, ["prepare", str(inner), "--out", str(tmp_path / "ds"), "--overwrite"])
+    assert "would overwrite the input" in _one_line_exit_2(r)
+    assert items.is_file() and inner.read_text() == GOOD
+
+
+def test_a_control_character_in_a_path_keeps_the_message_on_one_line(tmp_path):
+    out = tmp_path / "a\nb"
+    out.mkdir()
+    (out / "x").write_text("foreign")
+    for extra in ([], ["--overwrite"]):
+        r = runner.invoke(app, ["prepare", str(_log(tmp_path)), "--out", str(out), *extra])
+        assert "a\\nb" in _one_line_exit_2(r)
+    r = runner.invoke(app, ["inspect", str(out)])
+    assert "a\\nb" in _one_line_exit_2(r)
 
 
 def test_overwrite_never_replaces_a_foreign_folder_or_file(tmp_path):
@@ -234,3 +266,42 @@ def test_bad_settings_name_the_key(tmp_path, args, message):
     r = runner.invoke(app, ["prepare", str(_log(tmp_path)), "--out", str(tmp_path / "ds"), *args])
     assert message in _one_line_exit_2(r)
     assert not (tmp_path / "ds").exists()
+
+
+def test_full_disk_out_of_core_leaves_nothing(tmp_path, monkeypatch):
+    """The bucket files fill the disk (``ndarray.tofile`` names no file): one line, and
+    neither the work folder nor a partial dataset is left."""
+    from seqtwins.data import outofcore
+
+    def full(self, bucket, records):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prep, "BYTES_PER_ROW", 10**9)  # out of core
+    monkeypatch.setattr(outofcore._Buckets, "append", full)
+    work = tmp_path / "work"
+    opts = PrepareOptions(memory_budget=10**9, work_dir=work)
+    with pytest.raises(SeqtwinsError, match="cannot write --work-dir .*No space left on device"):
+        prepare(_log(tmp_path), tmp_path / "ds", opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "work"]
+    assert list(work.iterdir()) == []
+
+
+def test_a_second_writer_into_the_same_out_is_refused(tmp_path):
+    src = _log(tmp_path)
+    with file_lock(tmp_path / "ds"):  # as a running prepare / synth holds it
+        r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "ds")])
+        assert "is in use by another seqtwins process" in _one_line_exit_2(r)
+        r = runner.invoke(app, ["synth", "--out", str(tmp_path / "ds"), "--users", "40"])
+        assert "is in use by another seqtwins process" in _one_line_exit_2(r)
+    assert not (tmp_path / "ds").exists()
+    prepare(src, tmp_path / "ds")  # released: it works, and no lock file stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "log.csv"]
+
+
+def test_a_failed_run_leaves_no_folder_it_made(tmp_path):
+    (tmp_path / "in").mkdir()
+    bad = tmp_path / "in" / "log.csv"
+    bad.write_text("user_id,item_id\nu1,\n")
+    r = runner.invoke(app, ["prepare", str(bad), "--out", str(tmp_path / "a" / "b" / "ds")])
+    assert "column 'item_id' is empty" in _one_line_exit_2(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

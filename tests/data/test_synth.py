@@ -210,12 +210,12 @@ def test_ratings_follow_affinity(data):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"users": 0}, "synth.users=0 must be >= 1"),
-        ({"items": 5}, "synth.items=5 must be >= synth.categories=20"),
-        ({"drift": 1.5}, "synth.drift=1.5 must be in [0, 1]"),
-        ({"min_length": 3}, "synth.min_length=3 must be >= synth.min_history + 1"),
+        ({"users": 0}, "users=0 must be >= 1"),
+        ({"items": 5}, "items=5 must be >= categories=20"),
+        ({"drift": 1.5}, "drift=1.5 must be in [0, 1]"),
+        ({"min_length": 3}, "min_length=3 must be >= min_history + 1"),
         ({"valid_frac": 0.5, "test_frac": 0.5}, "must be < 1"),
-        ({"seed": -1}, "synth.seed=-1 must be >= 0"),
+        ({"seed": -1}, "seed=-1 must be >= 0"),
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path, change, message):  # type: ignore[no-untyped-def]
@@ -224,8 +224,11 @@ def test_bad_settings_name_the_setting(tmp_path, change, message):  # type: igno
         dataclasses.replace(DEFAULT, **change)
     with pytest.raises(SeqtwinsError, match=pattern):  # build() makes it a user error
         build(SynthConfig, {**dataclasses.asdict(DEFAULT), **change})
+    # spelt as written: in an experiment file, and as the flag on the command line
+    with pytest.raises(SeqtwinsError, match=r"^data\.synth\.users=0 must be >= 1"):
+        build(SynthConfig, {"users": 0}, prefix="data.synth")
     r = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "ds"), "--users", "0"])
-    assert r.exit_code == 2 and "synth.users=0 must be >= 1" in r.output
+    assert r.exit_code == 2 and "error: --users=0 must be >= 1" in r.output
     assert not (tmp_path / "ds").exists()
 
 
@@ -246,5 +249,5 @@ def test_cli_synth(tmp_path):  # type: ignore[no-untyped-def]
 
     bad = runner.invoke(app, ["synth", "--out", str(tmp_path / "bad"), "--users", "0"])
     assert bad.exit_code == 2
-    assert bad.output.strip().count("\n") == 0 and "synth.users=0" in bad.output
+    assert bad.output.strip().count("\n") == 0 and "--users=0" in bad.output
     assert not (tmp_path / "bad").exists()

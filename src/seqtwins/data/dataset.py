@@ -21,6 +21,7 @@ seqtwins dataset (:func:`is_dataset`). A reader refuses one whose files do not m
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,7 +37,14 @@ import numpy as np
 import polars as pl
 
 from seqtwins.errors import SeqtwinsError
-from seqtwins.files import atomic_dir, check_replaceable, clean_stale, marker_kind, write_marker
+from seqtwins.files import (
+    atomic_dir,
+    check_replaceable,
+    clean_stale,
+    file_lock,
+    marker_kind,
+    write_marker,
+)
 
 SCHEMA_VERSION = 1
 DATASET = "dataset"
@@ -216,6 +224,9 @@ def _write_tables(tmp: Path, items: pl.DataFrame, users: pl.DataFrame, meta: dic
     write_marker(tmp, DATASET)
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
 @contextmanager
 def write_errors(path: Path, what: str = "--out", under: Path | None = None) -> Iterator[None]:
     """Turn an OS error while writing ``path`` (a read-only or full disk, a file where a
@@ -225,13 +236,34 @@ def write_errors(path: Path, what: str = "--out", under: Path | None = None) -> 
         yield
     except OSError as e:
         name = e.filename
-        if under is not None and not (name and Path(str(name)).is_relative_to(under)):
+        full_disk = name is None and e.errno in _WRITE_ERRNOS  # tofile() names no file
+        if under is not None and not full_disk and not (name and Path(name).is_relative_to(under)):
             raise
         detail = e.strerror or str(e)
-        at = f" ({name})" if name and str(name) != str(path) else ""
+        at = f" ({shown(name)})" if name and str(name) != str(path) else ""
         raise SeqtwinsError(
-            f"cannot write {what} {path}: {detail}{at}; choose a writable location"
+            f"cannot write {what} {shown(path)}: {detail}{at}; choose a writable location"
         ) from e
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold the lock of the dataset folder ``out`` (a hidden sibling lock file) while it is
+    made: a second ``prepare`` / ``synth`` into it is refused in one line. Folders created
+    for the lock are removed again when the work fails (nothing is left behind)."""
+    out = Path(out).absolute()
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
+    with write_errors(out):
+        lock = file_lock(out).acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+        for folder in made:
+            try:
+                folder.rmdir()  # only if empty: a successful write filled the first one
+            except OSError:
+                break
 
 
 def is_dataset(path: Path) -> bool:
@@ -247,29 +279,43 @@ def is_dataset(path: Path) -> bool:
     return isinstance(meta, dict) and "schema_version" in meta and "content_hash" in meta
 
 
+def shown(path: Path | str) -> str:
+    """``path`` for a one-line message: as is, or quoted when it holds a control character
+    (a newline in a folder name must not break the line)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def check_out(out: Path, overwrite: bool, what: str = "--out") -> None:
     """The gate before writing the dataset folder ``out`` (call it before any long work):
     ``out`` is absent, or a seqtwins dataset and ``overwrite`` is set; its nearest existing
     ancestor is a writable folder. Then the temporary folders a killed writer left beside
     ``out`` are removed (:func:`seqtwins.files.clean_stale`)."""
     out = Path(out)
-    here = Path.cwd().resolve()
+    name = shown(out)
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the current folder was deleted: out cannot be it
+        here = Path("/nonexistent-seqtwins-cwd")
     if out.resolve() in (here, *here.parents):
         raise SeqtwinsError(
-            f"{what} {out} is the current folder or holds it; name a folder to write, "
-            f"e.g. {out / 'dataset'}"
+            f"{what} {name} is the current folder or holds it; name a folder to write, "
+            f"e.g. {shown(out / 'dataset')}"
         )
     if out.exists() and not overwrite:
-        raise SeqtwinsError(f"{out} already exists; choose another {what} or pass --overwrite")
-    check_replaceable(out, what, owned=is_dataset, kinds=(DATASET,))
+        raise SeqtwinsError(f"{name} already exists; choose another {what} or pass --overwrite")
+    try:
+        check_replaceable(out, what, owned=is_dataset, kinds=(DATASET,))
+    except SeqtwinsError as e:
+        raise SeqtwinsError(str(e).replace(str(out), name)) from None
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise SeqtwinsError(f"cannot write {what} {out}: {parent} is a file, not a folder")
+        raise SeqtwinsError(f"cannot write {what} {name}: {shown(parent)} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SeqtwinsError(
-            f"cannot write {what} {out}: folder {parent} is not writable; choose another"
+            f"cannot write {what} {name}: folder {shown(parent)} is not writable; choose another"
         )
     clean_stale(out)
 
@@ -335,6 +381,8 @@ _HOW = "create one with `seqtwins prepare` or `seqtwins synth`"
 def _read_meta(path: Path) -> dict[str, Any]:
     """``meta.json`` of the dataset ``path``, checked for what :meth:`SequenceDataset.open`
     and its users read (sections, their types)."""
+    if path.exists() and not path.is_dir():
+        raise SeqtwinsError(f"{path} is a file, not a dataset directory; {_HOW}")
     if not path.is_dir():
         raise SeqtwinsError(f"dataset directory {path} does not exist; {_HOW}")
     meta_file = path / "meta.json"
@@ -464,6 +512,15 @@ class SequenceDataset:
         without its sections, an item index out of range) is one
         :class:`~seqtwins.errors.SeqtwinsError` naming the file."""
         path = Path(path)
+        try:
+            return cls._open(path, mmap, verify)
+        except SeqtwinsError as e:
+            if str(path).isprintable():
+                raise
+            raise SeqtwinsError(str(e).replace(str(path), shown(path))) from None
+
+    @classmethod
+    def _open(cls, path: Path, mmap: bool, verify: bool) -> SequenceDataset:
         meta = _read_meta(path)
         fields, counts = meta["fields"], meta["counts"]
         arrays: dict[str, np.ndarray | None] = {}

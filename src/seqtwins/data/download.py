@@ -6,7 +6,8 @@ The archives come from GroupLens (``https://files.grouplens.org/datasets/moviele
 the frozen releases, the MD5 pinned in :data:`KNOWN_MD5` as well. The base URL can point
 to a mirror (``--base-url`` or ``$SEQTWINS_DOWNLOAD_BASE``).
 
-The archive is streamed to a temporary file in the cache folder and renamed only once its
+The archive is streamed to a temporary file in the cache folder (``.NAME.tmp-PID-...``;
+the next run removes those of a killed one) and renamed only once its
 size and checksum are right, so an interrupted or corrupted download never leaves a
 partial archive; unpacking goes through a temporary folder renamed at the end as well.
 """
@@ -19,7 +20,6 @@ import os
 import re
 import shlex
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from seqtwins.errors import SeqtwinsError
+from seqtwins.files import atomic_file, clean_stale, temp_dir
 
 DATASETS = ("ml-100k", "ml-1m", "ml-20m", "ml-latest-small")
 """Archives ``seqtwins download`` knows (their names on files.grouplens.org)."""
@@ -176,63 +177,65 @@ def _fetch_archive(
     url: str, dest: Path, expected_md5: str, timeout: float, console: Any = None
 ) -> str:
     """Stream ``url`` into ``dest`` via a temporary sibling; rename once size and MD5 match."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
-    tmp = Path(tmp_name)
+    with atomic_file(dest) as tmp:  # PID-tagged: clean_stale removes it if we are killed
+        return _stream(url, tmp, dest.name, expected_md5, timeout, console)
+
+
+def _stream(
+    url: str, tmp: Path, shown: str, expected_md5: str, timeout: float, console: Any
+) -> str:
+    """Write ``url`` to ``tmp``; raise unless its size and MD5 are as published."""
     h = hashlib.md5(usedforsecurity=False)
     received = 0
     total: int | None = None
-    try:
-        with os.fdopen(fd, "wb") as out, _progress(console, f"{dest.name}") as bar:
-            try:
-                response = _open(url, timeout)
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-                raise _network_error(url, e) from None
-            with response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                task: Callable[[int], None] | None = None
-                if bar is not None:
-                    task_id = bar.add_task("download", total=total)
+    with tmp.open("wb") as out, _progress(console, shown) as bar:
+        try:
+            response = _open(url, timeout)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise _network_error(url, e) from None
+        with response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            task: Callable[[int], None] | None = None
+            if bar is not None:
+                task_id = bar.add_task("download", total=total)
 
-                    def task(n: int) -> None:
-                        bar.update(task_id, advance=n)
+                def task(n: int) -> None:
+                    bar.update(task_id, advance=n)
 
-                while True:
-                    try:
-                        block = response.read(CHUNK)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise SeqtwinsError(
-                            f"download of {url} was interrupted after {received:,} bytes "
-                            f"({e.__class__.__name__}); run the command again"
-                        ) from None
-                    if not block:
-                        break
-                    out.write(block)
-                    h.update(block)
-                    received += len(block)
-                    if task is not None:
-                        task(len(block))
-        if total is not None and received != total:
-            raise SeqtwinsError(
-                f"download of {url} was interrupted after {received:,} of {total:,} bytes; "
-                "run the command again"
-            )
-        got = h.hexdigest()
-        if got != expected_md5:
-            raise SeqtwinsError(
-                f"{url}: checksum mismatch (MD5 {got}, published {expected_md5}); the download "
-                "is corrupt or the archive changed, so it was discarded; try again"
-            )
-        os.replace(tmp, dest)
-        return got
-    finally:
-        tmp.unlink(missing_ok=True)
+            while True:
+                try:
+                    block = response.read(CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise SeqtwinsError(
+                        f"download of {url} was interrupted after {received:,} bytes "
+                        f"({e.__class__.__name__}); run the command again"
+                    ) from None
+                if not block:
+                    break
+                out.write(block)
+                h.update(block)
+                received += len(block)
+                if task is not None:
+                    task(len(block))
+    if total is not None and received != total:
+        raise SeqtwinsError(
+            f"download of {url} was interrupted after {received:,} of {total:,} bytes; "
+            "run the command again"
+        )
+    got = h.hexdigest()
+    if got != expected_md5:
+        raise SeqtwinsError(
+            f"{url}: checksum mismatch (MD5 {got}, published {expected_md5}); the download "
+            "is corrupt or the archive changed, so it was discarded; try again"
+        )
+    return got
 
 
 def _unpack(archive: Path, folder: Path) -> None:
     """Extract ``archive`` into ``folder`` (atomically; its single top-level folder, if it
     has one, becomes ``folder``)."""
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.unpack-", dir=folder.parent))
+    work = temp_dir(folder, "work")  # PID-tagged: clean_stale removes it if we are killed
     try:
         try:
             with zipfile.ZipFile(archive) as zf:
@@ -254,7 +257,7 @@ def _unpack(archive: Path, folder: Path) -> None:
         entries = [p for p in work.iterdir() if p.name != "__MACOSX"]
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else work
         if folder.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            trash = temp_dir(folder, "old")
             os.replace(folder, trash / "old")
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(root, folder)
@@ -288,6 +291,8 @@ def download(
     except OSError as e:
         raise SeqtwinsError(f"cannot create the download folder {cache} ({e.strerror})") from e
     folder, archive = cache / name, cache / f"{name}.zip"
+    for path in (folder, archive):  # what a killed download left (partial archive, unpack)
+        clean_stale(path)
     if folder.is_dir() and not force:
         return DownloadResult(name, folder, archive, None, downloaded=False)
 

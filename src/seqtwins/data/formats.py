@@ -291,12 +291,23 @@ def _polars_msg(e: Exception) -> str:
 def _csv_columns(src: Path | bytes, sep: str, label: str) -> list[str]:
     try:
         if isinstance(src, Path):
-            return pl.scan_csv(src, separator=sep, infer_schema=False).collect_schema().names()
-        return pl.read_csv(io.BytesIO(src), separator=sep, n_rows=1, infer_schema=False).columns
+            names = pl.scan_csv(src, separator=sep, infer_schema=False).collect_schema().names()
+        else:
+            names = pl.read_csv(
+                io.BytesIO(src), separator=sep, n_rows=1, infer_schema=False
+            ).columns
     except pl.exceptions.NoDataError as e:
         raise SeqtwinsError(f"{label} is empty; point at a file with interactions") from e
     except pl.exceptions.PolarsError as e:
         raise _text_error(label, src, e) from e
+    for name in names:  # polars renames a repeated header name to NAME_duplicated_K
+        base, dup, k = name.rpartition("_duplicated_")
+        if dup and k.isdigit() and base in names:
+            raise SeqtwinsError(
+                f"{label}: the header names column {base!r} more than once; give each "
+                "column its own name"
+            )
+    return names
 
 
 def _text_error(label: str, src: Path | bytes, e: Exception) -> SeqtwinsError:

@@ -15,6 +15,7 @@ from typing import Any
 from seqtwins.data.dataset import SPLITS
 from seqtwins.data.formats import ReaderOptions
 from seqtwins.data.memory import MIN_BUDGET, format_size, parse_size
+from seqtwins.settings import build, deep_merge, nest, parse_override
 
 
 @dataclass(frozen=True)
@@ -164,10 +165,10 @@ def options_data(data: Mapping[str, Any]) -> dict[str, Any]:
     the nested shape of :class:`PrepareOptions`: reader settings move under ``reader``,
     and a ``memory_budget`` written as text (``4GB``) becomes bytes."""
     out = {k: v for k, v in data.items() if k not in READER_KEYS}
-    reader = dict(out.pop("reader", None) or {})
-    reader.update({k: v for k, v in data.items() if k in READER_KEYS})
-    if reader:
-        out["reader"] = reader
+    flat = {k: v for k, v in data.items() if k in READER_KEYS}
+    nested = out.get("reader")
+    if flat or isinstance(nested, Mapping):  # else build() names a bad `reader` value
+        out["reader"] = {**(nested if isinstance(nested, Mapping) else {}), **flat}
     budget = out.get("memory_budget")
     if isinstance(budget, str):
         out["memory_budget"] = parse_size(budget, "memory_budget")
@@ -180,9 +181,7 @@ def build_options(
     """:class:`PrepareOptions` from flat mappings (YAML files, flags), applied in order, then
     ``key=value`` overrides (``--set min_user_count=5``), through
     :func:`seqtwins.settings.build`: a bad value is a one-line error naming its key
-    (spelt from ``prefix``, e.g. ``data.prepare.min_user_count``, when given)."""
-    from seqtwins.settings import build, deep_merge, nest, parse_override
-
+    (after ``prefix``, where the mapping sits in a larger file: ``data.prepare``)."""
     data: dict[str, Any] = {}
     for layer in layers:
         data = deep_merge(data, options_data(layer))

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import Sequences, check_out
+from seqtwins.data.dataset import Sequences, check_out, output_lock, shown
 from seqtwins.data.finish import Prepared, finish
 from seqtwins.data.formats import (
     STREAM_BATCH_ROWS,
@@ -102,11 +102,17 @@ def prepare(
 
     Raises :class:`SeqtwinsError` (and leaves no ``out``) on bad input or settings. The
     process is left as it was found: for the last bit of speed on very large logs, an
-    entry point may call :func:`seqtwins.data.memory.tune_process` first (the CLI does).
+    entry point may run it inside :func:`seqtwins.data.memory.tuned_process` (the CLI does).
     """
     options = options or PrepareOptions()
     input, out = Path(input), Path(out)
     check_output(input, out, options)
+    with output_lock(out):  # a second prepare / synth into the same --out is refused
+        check_output(input, out, options)  # again: another run may have written it meanwhile
+        return _prepare(input, out, options)
+
+
+def _prepare(input: Path, out: Path, options: PrepareOptions) -> PrepareSummary:
     if options.memory_budget is not None and needs_out_of_core(
         input, options.reader, options.memory_budget
     ):
@@ -133,11 +139,15 @@ def check_output(input: Path, out: Path, options: PrepareOptions) -> None:
                 f"--salt-file {options.salt_file} lies inside --out {out}; keep the key apart "
                 "from the data it protects"
             )
-    src, dst = input.resolve(), out.resolve()
-    if src.is_relative_to(dst):
-        raise SeqtwinsError(
-            f"--out {out} would overwrite the input {input}; write the dataset elsewhere"
-        )
+    dst = out.resolve()
+    reader = options.reader
+    for what, path in (("the input", input), ("the --items file", reader.items_file),
+                       ("the --users file", reader.users_file)):  # fmt: skip
+        if path is not None and Path(path).resolve().is_relative_to(dst):
+            raise SeqtwinsError(
+                f"--out {shown(out)} would overwrite {what} {shown(path)}; write the dataset "
+                "elsewhere"
+            )
     check_out(out, options.overwrite)
     if options.work_dir is not None:
         clean_stale(Path(options.work_dir) / out.name)

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import Sequences, check_out, write_dataset
+from seqtwins.data.dataset import Sequences, check_out, output_lock, write_dataset
 from seqtwins.data.steps import assign_splits  # one split rule for prepare and synth
 
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
@@ -152,17 +152,14 @@ class SynthConfig:
             "min_length",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"synth.{name}={getattr(self, name)} must be >= 1")
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.items < self.categories:
-            raise ValueError(
-                f"synth.items={self.items} must be >= synth.categories={self.categories}"
-            )
+            raise ValueError(f"items={self.items} must be >= categories={self.categories}")
         if self.categories < 2 and self.secondary_category_prob > 0:
-            raise ValueError("synth.secondary_category_prob must be 0 when synth.categories=1")
+            raise ValueError("secondary_category_prob must be 0 when categories=1")
         if self.cluster_core > self.categories:
             raise ValueError(
-                f"synth.cluster_core={self.cluster_core} must be <= synth.categories="
-                f"{self.categories}"
+                f"cluster_core={self.cluster_core} must be <= categories={self.categories}"
             )
         for name in (
             "secondary_category_prob",
@@ -176,10 +173,10 @@ class SynthConfig:
         ):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"synth.{name}={v} must be in [0, 1]")
+                raise ValueError(f"{name}={v} must be in [0, 1]")
         if self.valid_frac + self.test_frac >= 1.0:
             raise ValueError(
-                f"synth.valid_frac + synth.test_frac = {self.valid_frac + self.test_frac} "
+                f"valid_frac + test_frac = {self.valid_frac + self.test_frac} "
                 "must be < 1 (train needs users)"
             )
         for name in (
@@ -191,7 +188,7 @@ class SynthConfig:
             "gap_median_hours",
         ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"synth.{name}={getattr(self, name)} must be > 0")
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
         for name in (
             "zipf_exponent",
             "length_sigma",
@@ -201,22 +198,22 @@ class SynthConfig:
             "start_time",
         ):
             if getattr(self, name) < 0:
-                raise ValueError(f"synth.{name}={getattr(self, name)} must be >= 0")
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.holdout < 0:
-            raise ValueError(f"synth.holdout={self.holdout} must be >= 0")
+            raise ValueError(f"holdout={self.holdout} must be >= 0")
         for name in ("seed", "split_seed"):
             if (getattr(self, name) or 0) < 0:
-                raise ValueError(f"synth.{name}={getattr(self, name)} must be >= 0")
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.min_history < 1:
-            raise ValueError(f"synth.min_history={self.min_history} must be >= 1")
+            raise ValueError(f"min_history={self.min_history} must be >= 1")
         if self.min_length < self.min_history + 1:
             raise ValueError(
-                f"synth.min_length={self.min_length} must be >= synth.min_history + 1 = "
+                f"min_length={self.min_length} must be >= min_history + 1 = "
                 f"{self.min_history + 1} (every user needs a history and a future item)"
             )
         if self.max_length < self.min_length:
             raise ValueError(
-                f"synth.max_length={self.max_length} must be >= synth.min_length={self.min_length}"
+                f"max_length={self.max_length} must be >= min_length={self.min_length}"
             )
 
 
@@ -521,13 +518,14 @@ def synthesize(out: Path | str, cfg: SynthConfig | None = None, *, overwrite: bo
     """
     cfg = cfg or SynthConfig()
     check_out(Path(out), overwrite)  # before the work: a folder it may not replace, stale temps
-    data = generate(cfg)
-    return write_dataset(
-        out,
-        sequences=data.sequences,
-        items=data.items,
-        users=data.users,
-        source="synth",
-        params=dataclasses.asdict(cfg),
-        overwrite=overwrite,
-    )
+    with output_lock(Path(out)):  # a second prepare / synth into the same --out is refused
+        data = generate(cfg)
+        return write_dataset(
+            out,
+            sequences=data.sequences,
+            items=data.items,
+            users=data.users,
+            source="synth",
+            params=dataclasses.asdict(cfg),
+            overwrite=overwrite,
+        )
