@@ -143,7 +143,7 @@ class PretrainConfig:
     """Everything ``seqtwins pretrain`` needs; each part owns its defaults.
 
     All objectives share one encoder architecture and training budget, so that their
-    comparison is fair (DESIGN.md, "Objectives").
+    comparison is fair (docs/evidence.md, "Fairness rules").
     """
 
     objective: str = "barlow"
