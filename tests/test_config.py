@@ -147,3 +147,8 @@ def test_prefix_names_the_key_where_the_user_wrote_it():
         build(TrainConfig, {"lr": -1}, prefix="train")
     with pytest.raises(SeqtwinsError, match=r"^pretrain\.train\.epochs=0 must be >= 1$"):
         build(TrainConfig, {"epochs": 0}, prefix="pretrain")
+
+
+def test_a_batch_holds_two_users_at_least():
+    with pytest.raises(SeqtwinsError, match=r"train\.batch_size=1 must be >= 2"):
+        build(TrainConfig, {"batch_size": 1}, prefix="train")

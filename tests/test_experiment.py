@@ -116,3 +116,17 @@ def test_unknown_evaluate_task_is_refused_before_pretraining(tmp_path):
     with pytest.raises(SeqtwinsError, match="evaluate.tasks: gender not available"):
         run_experiment(cfg, tmp_path / "out", progress=False, say=lambda *a: None)
     assert not (tmp_path / "out" / cfg.name / "runs").exists()
+
+
+def test_run_never_writes_into_a_foreign_experiment_folder(tmp_path):
+    from seqtwins.experiment import load_experiment, run_experiment
+
+    root = tmp_path / "o" / "foreign"
+    root.mkdir(parents=True)
+    (root / "experiment.yaml").write_text("# my lab notebook\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: foreign\ndata: {synth: {users: 60, items: 30}}\n")
+    with pytest.raises(SeqtwinsError, match="seqtwins did not write"):
+        run_experiment(load_experiment(exp), tmp_path / "o", progress=False)
+    assert [p.name for p in root.iterdir()] == ["experiment.yaml"]
+    assert (root / "experiment.yaml").read_text() == "# my lab notebook\n"

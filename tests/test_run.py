@@ -521,3 +521,14 @@ def test_pretrain_leaves_the_thread_count_as_it_found_it(data, tmp_path):
     wanted = 1 if before != 1 else 2
     pretrain(data, tmp_path / "run", _cfg(f"train.threads={wanted}"), progress=False)
     assert torch.get_num_threads() == before
+
+
+def test_a_lookalike_folder_is_not_a_run(data, tmp_path):
+    """config.yaml and dataset.json of another tool do not make a folder a seqtwins run."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.yaml").write_text("name: my-project\nlr: 3\n")
+    (out / "dataset.json").write_text('{"source": "survey 2019"}\n')
+    result = runner.invoke(app, [*_args(data, out), "--overwrite"])
+    _one_line_error(result, "seqtwins did not write")
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "dataset.json"]

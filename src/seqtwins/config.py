@@ -105,9 +105,14 @@ class TrainConfig:
     (``docs/distributed.md``)."""
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "log_every"):
+        for name in ("epochs", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.batch_size < 2:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} must be >= 2: Barlow Twins standardises "
+                "over the batch and the dual encoder's negatives are the other users"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"train.lr={self.lr} must be a finite number > 0")
         if not 0 <= self.warmup_frac < 1:
@@ -138,7 +143,7 @@ class PretrainConfig:
     """Everything ``seqtwins pretrain`` needs; each part owns its defaults.
 
     All objectives share one encoder architecture and training budget, so that their
-    comparison is fair (DESIGN.md, "Objectives").
+    comparison is fair (docs/evidence.md, "Fairness rules").
     """
 
     objective: str = "barlow"

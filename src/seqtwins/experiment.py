@@ -41,7 +41,7 @@ from seqtwins.config import (
 )
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.runs import BASELINES, PROTOCOLS
-from seqtwins.files import atomic_write, check_replaceable, write_json
+from seqtwins.files import atomic_write, check_replaceable, write_json, write_marker
 from seqtwins.run import Run, out_folder
 from seqtwins.tune_space import TuneSpec
 
@@ -237,6 +237,19 @@ def _check_tasks(cfg: ExperimentConfig, data_dir: Path) -> None:
         )
 
 
+EXPERIMENT_KIND = "experiment"
+
+
+def _legacy_experiment(root: Path) -> bool:
+    """An experiment folder written before ownership markers: its experiment.yaml is an
+    experiment (a mapping with a name and a data section)."""
+    try:
+        data = read_yaml((root / "experiment.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and {"name", "data"} <= set(data)
+
+
 def run_experiment(
     cfg: ExperimentConfig, out: Path | str = "out", progress: bool = True, say: Any = print
 ) -> ExperimentResult:
@@ -245,7 +258,10 @@ def run_experiment(
     from seqtwins.evaluate.runs import evaluate_runs
 
     root = out_folder(out) / cfg.name
+    check_replaceable(root, "the experiment folder", owned=_legacy_experiment,
+                      kinds=(EXPERIMENT_KIND,))  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
+    write_marker(root, EXPERIMENT_KIND)
     atomic_write(root / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     data_dir = build_data(cfg, root / "data", say)
     _check_tasks(cfg, data_dir)

@@ -111,8 +111,20 @@ def seqtwins_version() -> str | None:
 
 
 def is_legacy_run(path: Path) -> bool:
-    """A run folder written before ownership markers: config.yaml and dataset.json."""
-    return (path / CONFIG).is_file() and (path / DATASET).is_file()
+    """A run folder written before ownership markers: a config.yaml that is a pretraining
+    config and a dataset.json that records a content hash (another tool's project with
+    files of those names is not a run)."""
+    try:
+        cfg = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+        info = json.loads((path / DATASET).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return (
+        isinstance(cfg, dict)
+        and {"objective", "encoder", "train"} <= set(cfg)
+        and isinstance(info, dict)
+        and "content_hash" in info
+    )
 
 
 def _only_lock(path: Path) -> bool:

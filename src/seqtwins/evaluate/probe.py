@@ -1,6 +1,6 @@
 """Probes on frozen user embeddings, and the metrics they are scored with.
 
-Two probe kinds (DESIGN.md "Downstream evaluation"):
+Two probe kinds (docs/evaluation.md, "Probes on frozen embeddings"):
 
 - ``linear`` — a linear classifier on standardised embeddings, with three solvers:
 
@@ -196,9 +196,9 @@ class ProbeConfig:
     """``linear`` or ``mlp``."""
     solver: str = "auto"
     """Linear probe solver: ``ridge`` (closed form), ``logistic`` (multinomial logistic
-    regression: softmax + L2, Adam) or ``auto`` (the default): logistic regression, as
-    DESIGN.md specifies, except where it would crawl (``next_item`` over thousands of items,
-    see ``auto_logistic_max``), which takes ridge. On the demo dataset ``auto`` evaluates
+    regression: softmax + L2, Adam) or ``auto`` (the default): logistic regression,
+    except where it would crawl (``next_item`` over thousands of items, see
+    ``auto_logistic_max``), which takes ridge. On the demo dataset ``auto`` evaluates
     2 runs + floors in ~53 s."""
     auto_logistic_max: float = 3e5
     """``auto`` uses ``logistic`` when (labelled train users x classes) <= this, else ``ridge``.

@@ -1,8 +1,8 @@
 """Downstream tasks: per-user labels from the held-out future window and user attributes.
 
 Every label comes from data that pretraining never sees: the future window
-(``items[history_end[u]:offsets[u+1]]``, DESIGN.md "Canonical dataset directory") or the
-user attribute columns of ``users.parquet``. Which tasks exist depends on the fields a
+(``items[history_end[u]:offsets[u+1]]``, the last ``--holdout`` items, docs/prepare.md)
+or the user attribute columns of ``users.parquet``. Which tasks exist depends on the fields a
 dataset has (:func:`available_tasks`):
 
 ===================== ======================================== ===========================
@@ -18,7 +18,7 @@ task                  label                                    metrics
 ``next_rating_high``  rating of the next item >= 4             accuracy, AUC
 ===================== ======================================== ===========================
 
-Documented choices (DESIGN.md leaves them open):
+Documented choices (see docs/evaluation.md, "Tasks"):
 
 - **Multi-category items** count under their *first-listed* category
   (:meth:`SequenceDataset.item_categories`): the data sources list the main genre /
