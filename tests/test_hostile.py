@@ -1949,11 +1949,6 @@ def test_pretrain_from_a_read_only_dataset(ds_copy: Path, tmp_path: Path) -> Non
         succeeded(cli("pretrain", ds_copy, "--out", tmp_path / "r", "--no-progress", *SETS))
 
 
-@pytest.mark.xfail(
-    reason="for the coordinator to decide: prepare --overwrite replaces the whole dataset "
-    "folder, so a file the user added inside it is deleted (a run folder keeps such files)",
-    strict=False,
-)
 def test_prepare_overwrite_keeps_a_note_in_the_dataset(tmp_path: Path, log: Path) -> None:
     """--overwrite replaces seqtwins' dataset; a note the user put in its folder is not
     seqtwins' to delete: kept, or the replacement refused in one line."""

@@ -1,6 +1,6 @@
 """The canonical dataset directory: CSR sequence arrays, item and user tables, meta.json.
 
-Layout (see DESIGN.md, "Canonical dataset directory")::
+Layout (how it is written and guarded: docs/prepare.md, "The output folder")::
 
     meta.json        schema version, source, counts, fields, parameters, content hash
     items.parquet    item_idx (1..N; 0 = padding, N+1 = MASK), item_id, [categories], [title]
@@ -618,9 +618,8 @@ class SequenceDataset:
     def item_categories(self) -> tuple[np.ndarray, list[str]]:
         """Primary category code of each item index (``-1`` for padding / none) and names.
 
-        The primary category is the first-listed one; DESIGN.md leaves the multi-category
-        rule to us and the first-listed category is the data source's own main genre /
-        category for MovieLens and the S3-Rec files.
+        The primary category is the first-listed one: the data source's own main genre /
+        category for MovieLens and the S3-Rec files (docs/evaluation.md).
         """
         if not self.has_categories:
             raise SeqtwinsError(f"{self.path} has no item categories")

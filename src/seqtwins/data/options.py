@@ -35,7 +35,7 @@ class PrepareOptions:
     max_len: int | None = None
     """Keep each user's most recent ``max_len`` interactions; ``None`` keeps all."""
     holdout: int = 5
-    """Size of the held-out future window (the last items of each user; DESIGN.md: k=5)."""
+    """Size of the held-out future window (the last items of each user; 5 by default)."""
     min_history: int = 3
     """The future window is shortened so that at least this many items remain as history;
     users with fewer than ``min_history + 1`` interactions are dropped and counted."""

@@ -19,7 +19,7 @@ checked against the source):
    id, or of pseudonym with ``pseudonymize`` (so that row order does not reveal raw ids);
 8. split users train / valid / test by a seeded permutation (sizes ``round(frac * U)`` for
    valid and test, the rest train) and mark the held-out future: the last ``holdout`` items,
-   shortened so that at least ``min_history`` remain as history (DESIGN.md);
+   shortened so that at least ``min_history`` remain as history;
 9. write atomically (:func:`seqtwins.data.finish.finish`); ``meta.json`` holds the options
    (``params``) and what each step dropped (``prepare``).
 
