@@ -258,3 +258,20 @@ def test_embed_empty_sequences_file_and_edited_config_are_one_line(trained, tmp_
     result = runner.invoke(app, ["embed", str(edited), "--data", str(data), "--out", str(out)])
     assert result.exit_code == 2 and "does not match the model" in result.output, result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_only_seqtwins_embeddings_files_are_replaced(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seqtwins.embed import is_embeddings_file
+
+    emb = pa.FixedSizeListArray.from_arrays(pa.array([0.5, 1.5], pa.float32()), 2)
+    legacy = tmp_path / "legacy.parquet"  # written by seqtwins before the schema marker
+    pq.write_table(pa.table({"user_id": ["u1"], "split": ["train"], "embedding": emb}), legacy)
+    assert is_embeddings_file(legacy)
+    mine = tmp_path / "mine.parquet"  # a user's own table that happens to share two names
+    pq.write_table(pa.table({"user_id": ["u1"], "embedding": emb, "model": ["v2"]}), mine)
+    assert not is_embeddings_file(mine)
+    (tmp_path / "notes.parquet").write_text("not parquet")
+    assert not is_embeddings_file(tmp_path / "notes.parquet")

@@ -532,3 +532,17 @@ def test_a_lookalike_folder_is_not_a_run(data, tmp_path):
     result = runner.invoke(app, [*_args(data, out), "--overwrite"])
     _one_line_error(result, "seqtwins did not write")
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "dataset.json"]
+
+
+def test_resume_without_last_but_with_best_keeps_the_run(trained, data, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / "checkpoints" / "last")
+    before = (run / "metrics.jsonl").read_bytes()
+    result = runner.invoke(app, ["pretrain", str(data), "--out", str(run), "--resume",
+                                 "--no-progress"])  # fmt: skip
+    _one_line_error(result, "checkpoints/last is missing")
+    assert Run(run).has_checkpoint("best")
+    assert (run / "metrics.jsonl").read_bytes() == before

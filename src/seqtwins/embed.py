@@ -56,14 +56,18 @@ def _writer(out: Path, dim: int, with_split: bool) -> pq.ParquetWriter:
 
 def is_embeddings_file(path: Path) -> bool:
     """True for a Parquet file written by :func:`export_embeddings` (marked in its schema
-    metadata, or, before the marker, with its ``user_id`` and ``embedding`` columns)."""
+    metadata, or, before the marker, with exactly the columns it writes: ``user_id``,
+    [``split``,] ``embedding`` as a fixed-size list of float32)."""
     try:
         schema = pq.read_schema(path)
     except Exception:  # not Parquet at all (pyarrow raises several error types)
         return False
     if (schema.metadata or {}).get(b"seqtwins") == b"embeddings":
         return True
-    return {"user_id", "embedding"} <= set(schema.names)
+    if schema.names not in (["user_id", "embedding"], ["user_id", "split", "embedding"]):
+        return False
+    kind = schema.field("embedding").type
+    return pa.types.is_fixed_size_list(kind) and kind.value_type == pa.float32()
 
 
 def _check_out(out: Path) -> None:

@@ -2,8 +2,10 @@
 
 - :func:`atomic_file` / :func:`atomic_write` / :func:`atomic_dir`: an output appears whole
   or not at all (a temporary sibling, then ``os.replace``). Temporary names carry the
-  writer's pid, so two writers never share one, and :func:`clean_stale` removes those
-  whose process is gone (a killed ``prepare`` or ``embed``).
+  writer's pid and a tag of its host (``.NAME.tmp-PID.HOST-xxxx``), so two writers never
+  share one, and :func:`clean_stale` removes those whose process is gone (a killed
+  ``prepare`` or ``embed``) -- only its own host's: on a shared filesystem another host's
+  pid means nothing here.
 - Ownership: seqtwins never replaces or deletes a file or folder it did not write.
   A folder it wrote holds a marker file :data:`MARKER` (``{"kind": ...}``); callers pass
   an ``owned`` predicate for outputs identified by their content instead (a dataset's
@@ -17,9 +19,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +36,8 @@ from seqtwins.errors import SeqtwinsError
 MARKER = ".seqtwins.json"
 """Marker file inside every folder seqtwins writes: ``{"kind": "dataset" | "run" | ...}``."""
 _TEMP_TAGS = ("tmp", "old", "work")
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+"""Tag of this host in temporary names."""
 
 
 # --- ownership ------------------------------------------------------------------------------
@@ -83,7 +90,7 @@ def check_replaceable(
 
 
 def _temp_prefix(path: Path, tag: str) -> str:
-    return f".{path.name}.{tag}-{os.getpid()}-"
+    return f".{path.name}.{tag}-{os.getpid()}.{_HOST}-"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -105,9 +112,11 @@ def clean_stale(path: Path) -> list[Path]:
     if not parent.is_dir():
         return removed
     for tag in _TEMP_TAGS:
-        for entry in parent.glob(f".{path.name}.{tag}-*"):
-            pid_text = entry.name[len(f".{path.name}.{tag}-") :].split("-", 1)[0]
-            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+        start = f".{path.name}.{tag}-"
+        for entry in parent.glob(glob.escape(start) + "*"):
+            # PID.HOST (PID alone: a name from before host tags, taken as this host's)
+            pid_text, _, host = entry.name[len(start) :].split("-", 1)[0].partition(".")
+            if (host and host != _HOST) or not pid_text.isdigit() or _pid_alive(int(pid_text)):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)

@@ -290,6 +290,11 @@ def _pretrain(
     ds = SequenceDataset.open(data_dir, verify=verify)
     if resume:
         run.check_dataset(ds)
+        if run.has_checkpoint("best") and not run.has_checkpoint("last"):
+            raise SeqtwinsError(
+                f"cannot resume {run.path}: checkpoints/best exists but checkpoints/last is "
+                "missing; restore it, or start again with --overwrite"
+            )
         if not run.has_checkpoint("last"):
             warnings.warn(
                 f"{run.path} has no checkpoint yet (stopped before its first one): "
