@@ -39,6 +39,7 @@ from seqtwins.config import (
     read_yaml,
     to_dict,
 )
+from seqtwins.data.dataset import is_dataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.runs import BASELINES, PROTOCOLS
 from seqtwins.files import atomic_write, check_replaceable, write_json, write_marker
@@ -175,9 +176,8 @@ def build_data(cfg: ExperimentConfig, data_dir: Path, say: Any = print) -> Path:
     if (data_dir / "meta.json").is_file() and _marker_matches(marker, spec):
         say(f"data: reusing {data_dir}")
         return data_dir
-    # replaced below: only when it is a dataset seqtwins wrote
-    check_replaceable(data_dir, "the experiment's data folder", kinds=("dataset",),
-                      owned=lambda p: (p / "meta.json").is_file())  # fmt: skip
+    # replaced below: only when it is a dataset seqtwins wrote (named as the user knows it)
+    check_replaceable(data_dir, "the experiment's data folder", owned=is_dataset)
     if cfg.data.synth is not None:
         from seqtwins.data.synth import SynthConfig, synthesize
 

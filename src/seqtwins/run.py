@@ -141,7 +141,8 @@ def _read_json(file: Path, what: str) -> Any:
 
 
 def out_folder(out: Path | str) -> Path:
-    """``--out`` of a command that writes a folder tree (run, tune): not an existing file."""
+    """``--out`` of a command that writes a folder tree (a run, run, tune): not an existing
+    file."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SeqtwinsError(f"--out {out} is a file; give a folder")
@@ -185,9 +186,7 @@ class Run:
         """Raise unless a new run may be written to ``path``: absent or empty, a seqtwins
         run that stopped before its first checkpoint, or (with ``overwrite``) any folder
         that seqtwins wrote as a run."""
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise SeqtwinsError(f"--out {path} is a file; a run is a folder")
+        path = out_folder(path)
         if not path.exists() or _only_lock(path):
             return
         run = Run(path)
@@ -313,16 +312,13 @@ class Run:
     def lock(self) -> Lock:
         """The lock of this run folder (acquire it, or use it as a context manager): a
         second process that trains into the same folder fails with one line."""
-        if self.path.exists() and not self.path.is_dir():
-            raise SeqtwinsError(f"--out {self.path} is a file; a run is a folder")
-        return Lock(self.path / LOCK, f"run {self.path}", remove=True)
+        return Lock(out_folder(self.path) / LOCK, f"run {self.path}", remove=True)
 
     @contextmanager
     def locked(self) -> Iterator[Run]:
         """Hold :meth:`lock`; a folder that taking the lock created and that is still
         empty apart from the lock file (setup failed) is removed again on exit."""
         created = not self.path.exists()
-        clean_stale(self.path)
         lock = self.lock().acquire()
         try:
             for which in CHECKPOINTS:  # temp folders of a checkpoint write that was killed
@@ -403,11 +399,12 @@ class Run:
         ds: SequenceDataset | None = None,
         which: str = "best",
         batch_size: int = 1024,
+        verify: bool = True,
     ) -> np.ndarray:
         """Embeddings ``(len(sequences), D)`` float32 of item sequences given as lists of
         original item ids (oldest first), mapped through the run's dataset (default: the
-        recorded one). Unknown ids are dropped with a warning; a sequence with no known
-        item is an error."""
+        recorded one, its content hash checked unless ``verify=False``). Unknown ids are
+        dropped with a warning; a sequence with no known item is an error."""
         if isinstance(sequences, str | bytes) or not all(
             isinstance(s, Sequence) and not isinstance(s, str | bytes) for s in sequences
         ):
@@ -415,7 +412,7 @@ class Run:
         if ds is None and which in self._embedders:  # repeated calls: opened once
             ds, encoder = self._embedders[which]
         else:
-            ds = ds if ds is not None else self.dataset()
+            ds = ds if ds is not None else self.dataset(verify)
             encoder = self.encoder(which, ds)
             self._embedders[which] = (ds, encoder)
         mapped, unknown = map_items(item_index(ds), sequences)

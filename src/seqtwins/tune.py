@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from seqtwins.config import PretrainConfig, deep_merge, nest, to_dict
+from seqtwins.config import PretrainConfig, deep_merge, load_yaml, nest, to_dict
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import atomic_file, atomic_write, check_replaceable
 from seqtwins.run import Run, out_folder
@@ -436,8 +436,10 @@ def write_tuned_preset(
     data = to_dict(cfg)  # a copy: writing into it leaves cfg alone
     kept_lines: dict[str, str] = {}
     if path.is_file():
-        old = yaml.safe_load(path.read_text()) or {}
-        for obj, layer in (old.get("objectives") or {}).items():
+        kept = load_yaml(path).get("objectives") or {}
+        if not isinstance(kept, dict):
+            raise SeqtwinsError(f"{path}: objectives must be a mapping; fix or remove the file")
+        for obj, layer in kept.items():
             if obj in data["objectives"] and obj not in results:
                 data["objectives"][obj] = layer
         for line in path.read_text().splitlines():
