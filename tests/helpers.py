@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +48,23 @@ def tiny_dataset(
         ),
         source="tests.helpers.tiny_dataset",
     )
+
+
+def spawn_ranks(worker: Callable[..., None], nprocs: int, *args: object) -> None:
+    """``torch.multiprocessing.spawn`` of ``worker(rank, *args)`` on ``nprocs`` processes.
+
+    A rank that returns leaves with ``os._exit(0)``, skipping interpreter teardown: there,
+    gloo's threads occasionally abort the process ("terminate called without an active
+    exception", SIGABRT) after the work and ``destroy_process_group`` are done, which
+    failed the test once in a few runs on a loaded 2-core machine. A rank that raises
+    still reports its error as usual."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_exit_after, args=(worker, args), nprocs=nprocs, join=True)
+
+
+def _exit_after(rank: int, worker: Callable[..., None], args: tuple[object, ...]) -> None:
+    worker(rank, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -29,7 +29,6 @@ import polars as pl
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
 import seqtwins.train as train_mod
@@ -52,7 +51,7 @@ from seqtwins.models.encoder import build_encoder
 from seqtwins.objectives import build_objective
 from seqtwins.run import Run
 from seqtwins.train import load_encoder, pretrain
-from tests.helpers import tiny_dataset
+from tests.helpers import spawn_ranks, tiny_dataset
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -138,7 +137,7 @@ def _one_step_worker(rank: int, init_file: str, data: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def one_step(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("one_step")
-    mp.spawn(_one_step_worker, args=(str(out / "init"), str(data), str(out)), nprocs=WORLD)
+    spawn_ranks(_one_step_worker, WORLD, str(out / "init"), str(data), str(out))
     return out
 
 
@@ -212,7 +211,7 @@ def _loop_worker(rank: int, init_file: str, data: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def loop_runs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("loop")
-    mp.spawn(_loop_worker, args=(str(out / "init"), str(data), str(out)), nprocs=WORLD)
+    spawn_ranks(_loop_worker, WORLD, str(out / "init"), str(data), str(out))
     return out
 
 

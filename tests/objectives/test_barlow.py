@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from seqtwins.models import EncoderConfig, SequenceEncoder
 from seqtwins.objectives import (
@@ -18,6 +17,7 @@ from seqtwins.objectives import (
     build_objective,
     cross_correlation,
 )
+from tests.helpers import spawn_ranks
 
 EPS = 1e-5
 
@@ -177,7 +177,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def test_distributed_loss_equals_global_batch_loss(tmp_path: Path) -> None:
     """Each rank's loss is the global-batch loss; its gradient is WORLD x the global one
     (DDP's gradient averaging divides it back)."""
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_ranks(_worker, WORLD, str(tmp_path / "init"), str(tmp_path))
     z_a, z_b = _inputs()
     a, b = z_a.clone().requires_grad_(), z_b.clone().requires_grad_()
     full = BarlowTwinsLoss(lambda_=0.2)(a, b)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from seqtwins.models import EncoderConfig, SequenceEncoder
@@ -26,6 +25,7 @@ from seqtwins.objectives import (
     build_objective,
     sampled_softmax_loss,
 )
+from tests.helpers import spawn_ranks
 
 NUM_ITEMS = 30
 VOCAB = NUM_ITEMS + 2
@@ -277,7 +277,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def test_distributed_negatives_equal_global_batch(tmp_path: Path) -> None:
     """Labels of all ranks are negatives: the mean of the rank losses is the global-batch
     loss, and averaged gradients (as DDP does) are the global-batch gradients."""
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_ranks(_worker, WORLD, str(tmp_path / "init"), str(tmp_path))
     obj = DualEncoderObjective(encoder(), DualConfig(), popularity())
     batch = dual_batch(WORLD * PER_RANK, 5, seed=7)
     emb = obj.encoder.embed(batch["context"]).detach().requires_grad_()
