@@ -90,3 +90,12 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     assert not (tmp_path / ".e.parquet.lock").exists()  # removed on release
     with files.file_lock(target):
         pass
+
+
+def test_a_lock_removes_the_folders_it_made_when_they_stay_empty(tmp_path: Path) -> None:
+    with files.file_lock(tmp_path / "new" / "deeper" / "e.parquet"):
+        assert (tmp_path / "new" / "deeper").is_dir()
+    assert not (tmp_path / "new").exists()  # the work failed before writing: nothing left
+    with files.file_lock(tmp_path / "kept" / "e.parquet"):
+        (tmp_path / "kept" / "e.parquet").write_text("written")
+    assert (tmp_path / "kept" / "e.parquet").read_text() == "written"

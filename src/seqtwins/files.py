@@ -211,13 +211,18 @@ class Lock:
     :meth:`release` or process exit. ``what`` names the locked thing in the error.
 
     With ``remove=True`` the lock file is deleted on release (for sibling lock files of an
-    output file); acquiring re-checks that the locked file is still the one on disk."""
+    output file); acquiring re-checks that the locked file is still the one on disk.
+    Folders made to hold the lock file are removed again on release when they are empty
+    (the locked work failed before writing anything: nothing is left behind)."""
 
     def __init__(self, file: Path | str, what: str, remove: bool = False) -> None:
         self.file, self.what, self.remove = Path(file), what, remove
         self._fh: IO[str] | None = None
+        self._made: list[Path] = []
 
     def acquire(self) -> Lock:
+        parent = self.file.absolute().parent
+        self._made = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
         while True:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             fh = self.file.open("a+")
@@ -247,6 +252,11 @@ class Lock:
             self.file.unlink(missing_ok=True)
         self._fh.close()  # closing the file releases the flock
         self._fh = None
+        for folder in self._made:
+            try:
+                folder.rmdir()  # only an empty one: the work filled the folders it used
+            except OSError:
+                break
 
     def __enter__(self) -> Lock:
         return self.acquire()

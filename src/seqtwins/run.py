@@ -27,7 +27,7 @@ import json
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -316,20 +316,12 @@ class Run:
 
     @contextmanager
     def locked(self) -> Iterator[Run]:
-        """Hold :meth:`lock`; a folder that taking the lock created and that is still
-        empty apart from the lock file (setup failed) is removed again on exit."""
-        created = not self.path.exists()
-        lock = self.lock().acquire()
-        try:
+        """Hold :meth:`lock` (released on exit; a run folder that taking it created and
+        that stayed empty, because setup failed, is removed again)."""
+        with self.lock():
             for which in CHECKPOINTS:  # temp folders of a checkpoint write that was killed
                 clean_stale(self.checkpoint(which))
             yield self
-        finally:
-            empty = created and {p.name for p in self.path.iterdir()} <= {LOCK}
-            lock.release()  # removes the lock file
-            if empty:
-                with suppress(OSError):
-                    self.path.rmdir()
 
     def is_ours(self) -> bool:
         return marker_kind(self.path) == KIND or is_legacy_run(self.path)

@@ -257,18 +257,12 @@ def output_lock(out: Path) -> Iterator[None]:
     made: a second ``prepare`` / ``synth`` into it is refused in one line. Folders created
     for the lock are removed again when the work fails (nothing is left behind)."""
     out = Path(out).absolute()
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     with write_errors(out):
         lock = file_lock(out).acquire()
     try:
         yield
     finally:
         lock.release()
-        for folder in made:
-            try:
-                folder.rmdir()  # only if empty: a successful write filled the first one
-            except OSError:
-                break
 
 
 def is_dataset(path: Path) -> bool:
