@@ -54,8 +54,12 @@ def artifacts_folder(out: Path) -> Path:
 
 
 def _legacy_artifacts(folder: Path) -> bool:
-    """An artifacts folder written before ownership markers: .npy files only."""
-    return folder.is_dir() and all(p.suffix == ".npy" and p.is_file() for p in folder.iterdir())
+    """An artifacts folder written before ownership markers: only the arrays evaluate
+    writes (``cross_correlation.npy``, ``map_*.npy``)."""
+    return folder.is_dir() and all(
+        p.is_file() and (p.name == "cross_correlation.npy" or p.match("map_*.npy"))
+        for p in folder.iterdir()
+    )
 
 
 def check_outputs(out: Path) -> None:
