@@ -24,6 +24,7 @@ def test_user_errors_become_one_line():
     with pytest.raises(pl.exceptions.PolarsError) as caught:
         pl.DataFrame({"a": ["x"]}).select(pl.col("a").cast(pl.Int64, strict=True))
     assert str(user_error(caught.value)).startswith("cannot read the data: ")
+    assert str(user_error(MemoryError())).startswith("out of memory")
     # a bug keeps its traceback
     assert user_error(KeyError("x")) is None
     assert user_error(TypeError("x")) is None

@@ -51,6 +51,11 @@ def user_error(e: BaseException) -> str | None:
         also = f" -> {e.filename2}" if e.filename2 is not None else ""
         reason = e.strerror or e.__class__.__name__
         return f"{where}{reason}{also}; check the path and its permissions"
+    if isinstance(e, MemoryError):
+        return (
+            "out of memory; use a smaller input or settings (prepare: --memory-budget, "
+            "pretrain: a smaller train.batch_size or encoder)"
+        )
     if isinstance(e, UnicodeError):
         return f"a file is not valid UTF-8 text ({e}); convert it to UTF-8"
     module = type(e).__module__.split(".")[0]

@@ -251,3 +251,12 @@ def test_cli_synth(tmp_path):  # type: ignore[no-untyped-def]
     assert bad.exit_code == 2
     assert bad.output.strip().count("\n") == 0 and "--users=0" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_sizes_beyond_memory_are_refused_by_name():
+    from seqtwins.data.synth import MAX_USERS
+    from seqtwins.errors import SeqtwinsError
+    from seqtwins.settings import build
+
+    with pytest.raises(SeqtwinsError, match=rf"users={MAX_USERS + 1} must be <= "):
+        build(SynthConfig, {"users": MAX_USERS + 1})

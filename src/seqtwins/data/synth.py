@@ -52,6 +52,11 @@ import polars as pl
 from seqtwins.data.dataset import Sequences, check_out, output_lock, write_dataset
 from seqtwins.data.steps import assign_splits  # one split rule for prepare and synth
 
+MAX_USERS = 50_000_000
+"""Largest ``users``: the generator holds the whole dataset in memory (a larger log is a
+job for ``prepare --memory-budget``)."""
+MAX_ITEMS = 10_000_000
+"""Largest ``items``."""
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
 """Values of the ``age_group`` user attribute."""
 SEGMENTS = ("A", "B", "C", "D")
@@ -138,10 +143,7 @@ class SynthConfig:
     """Seed of the user split; ``None`` uses ``seed``."""
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid setting (called when built)."""
+        """Raise ``ValueError`` naming the first invalid setting."""
         for name in (
             "users",
             "items",
@@ -153,6 +155,12 @@ class SynthConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name, most in (("users", MAX_USERS), ("items", MAX_ITEMS)):
+            if getattr(self, name) > most:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be <= {most:,} (the generator holds "
+                    "the whole dataset in memory)"
+                )
         if self.items < self.categories:
             raise ValueError(f"items={self.items} must be >= categories={self.categories}")
         if self.categories < 2 and self.secondary_category_prob > 0:
