@@ -25,6 +25,9 @@ def test_user_errors_become_one_line():
         pl.DataFrame({"a": ["x"]}).select(pl.col("a").cast(pl.Int64, strict=True))
     assert str(user_error(caught.value)).startswith("cannot read the data: ")
     assert str(user_error(MemoryError())).startswith("out of memory")
+    torch_oom = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to ...")
+    assert str(user_error(torch_oom)).startswith("out of memory")
+    assert user_error(RuntimeError("shape mismatch")) is None
     # a bug keeps its traceback
     assert user_error(KeyError("x")) is None
     assert user_error(TypeError("x")) is None

@@ -51,7 +51,9 @@ def user_error(e: BaseException) -> str | None:
         also = f" -> {e.filename2}" if e.filename2 is not None else ""
         reason = e.strerror or e.__class__.__name__
         return f"{where}{reason}{also}; check the path and its permissions"
-    if isinstance(e, MemoryError):
+    # torch reports a failed CPU allocation as a RuntimeError (CUDA: OutOfMemoryError)
+    oom = isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    if isinstance(e, MemoryError) or oom or type(e).__name__ == "OutOfMemoryError":
         return (
             "out of memory; use a smaller input or settings (prepare: --memory-budget, "
             "pretrain: a smaller train.batch_size or encoder)"

@@ -500,6 +500,16 @@ def _read_jsonl(data: bytes, label: str, columns: Sequence[str]) -> _Table:
 # --- column roles and normalisation ---------------------------------------------------------
 
 
+def column_list(names: Sequence[str], most: int = 12, width: int = 30) -> str:
+    """Column names for a one-line message: at most ``most``, each cut to ``width``
+    characters, unprintable characters shown as ``?`` (a binary file read as CSV has a
+    header of junk)."""
+    shown = [n if len(n) <= width else n[: width - 3] + "..." for n in list(names)[:most]]
+    shown = ["".join(c if c.isprintable() and c != "\ufffd" else "?" for c in n) for n in shown]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(shown) + more
+
+
 def _resolve(
     available: Sequence[str], role: str, given: str | None, label: str, required: bool
 ) -> str | None:
@@ -511,7 +521,7 @@ def _resolve(
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SeqtwinsError(
             f"{label} has no column {given!r} for {_ROLE_FLAG[role]}{hint}; its columns are: "
-            f"{', '.join(available)}"
+            f"{column_list(available)}"
         )
     for cand in COLUMN_CANDIDATES[role]:
         if cand in available:
@@ -519,7 +529,7 @@ def _resolve(
     if required:
         raise SeqtwinsError(
             f"{label} has no {role} column (tried {', '.join(COLUMN_CANDIDATES[role])}); name it "
-            f"with {_ROLE_FLAG[role]}; its columns are: {', '.join(available)}"
+            f"with {_ROLE_FLAG[role]}; its columns are: {column_list(available)}"
         )
     return None
 
@@ -819,7 +829,7 @@ def _item_table(path: Path, options: ReaderOptions, item_col: str) -> pl.DataFra
     if id_col not in df.columns:
         raise SeqtwinsError(
             f"{label} has no column {id_col!r} for --items-id-col; its columns are: "
-            f"{', '.join(df.columns)}"
+            f"{column_list(df.columns)}"
         )
     cat_col = options.categories_col
     if cat_col is None:
@@ -827,7 +837,7 @@ def _item_table(path: Path, options: ReaderOptions, item_col: str) -> pl.DataFra
     elif cat_col not in df.columns:
         raise SeqtwinsError(
             f"{label} has no column {cat_col!r} for --categories-col; its columns are: "
-            f"{', '.join(df.columns)}"
+            f"{column_list(df.columns)}"
         )
     title_col = next((c for c in TITLE_CANDIDATES if c in df.columns and c != id_col), None)
     if cat_col is None and title_col is None:
@@ -853,7 +863,7 @@ def _user_table(path: Path, options: ReaderOptions, user_col: str) -> pl.DataFra
     if id_col not in df.columns:
         raise SeqtwinsError(
             f"{label} has no column {id_col!r} for --users-id-col; its columns are: "
-            f"{', '.join(df.columns)}"
+            f"{column_list(df.columns)}"
         )
     if df.height == 0:
         raise SeqtwinsError(f"{label} is empty; give a user table with rows or drop --users")

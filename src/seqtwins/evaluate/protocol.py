@@ -415,6 +415,8 @@ def save_results(results: Mapping[str, Any], path: Path | str) -> Path:
 def load_results(path: Path | str) -> dict[str, Any]:
     """Read an eval.json written by :func:`save_results`; SeqtwinsError if it is not one."""
     path = Path(path)
+    if path.is_dir():
+        raise SeqtwinsError(f"{path} is a folder; give an eval.json written by `seqtwins evaluate`")
     if not path.is_file():
         raise SeqtwinsError(f"{path} does not exist; create it with `seqtwins evaluate`")
     try:
