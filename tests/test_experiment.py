@@ -130,3 +130,18 @@ def test_run_never_writes_into_a_foreign_experiment_folder(tmp_path):
         run_experiment(load_experiment(exp), tmp_path / "o", progress=False)
     assert [p.name for p in root.iterdir()] == ["experiment.yaml"]
     assert (root / "experiment.yaml").read_text() == "# my lab notebook\n"
+
+
+def test_a_damaged_data_spec_rebuilds_the_data(tmp_path):
+    from seqtwins.experiment import build_data, load_experiment
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: spec\ndata: {synth: {users: 60, items: 30}}\n")
+    cfg = load_experiment(exp)
+    data_dir = tmp_path / "o" / "data"
+    build_data(cfg, data_dir, say=lambda _m: None)
+    (tmp_path / "o" / "data.spec.json").write_text("{not json")
+    said: list[str] = []
+    build_data(cfg, data_dir, say=said.append)
+    assert said and said[0].startswith("data: synthesised")
+    assert json.loads((tmp_path / "o" / "data.spec.json").read_text())["synth"]["users"] == 60

@@ -157,7 +157,10 @@ def _expand(value: str) -> str:
 
 
 def _marker_matches(marker: Path, spec: dict[str, Any]) -> bool:
-    return marker.is_file() and json.loads(marker.read_text()) == spec
+    try:
+        return bool(json.loads(marker.read_text(encoding="utf-8")) == spec)
+    except (OSError, ValueError):  # absent or damaged: the data is built again
+        return False
 
 
 @dataclass

@@ -39,7 +39,7 @@ import yaml
 from torch import nn
 
 from seqtwins.checkpoint import TrainState, load_checkpoint, load_model_tensors, non_finite
-from seqtwins.config import PretrainConfig, build, load_yaml, to_dict
+from seqtwins.config import PretrainConfig, build, load_yaml, read_yaml, to_dict
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import (
@@ -115,7 +115,7 @@ def is_legacy_run(path: Path) -> bool:
     config and a dataset.json that records a content hash (another tool's project with
     files of those names is not a run)."""
     try:
-        cfg = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+        cfg = read_yaml((path / CONFIG).read_text(encoding="utf-8"))
         info = json.loads((path / DATASET).read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
         return False
@@ -254,10 +254,7 @@ class Run:
             file = self.path / CONFIG
             if not file.is_file():
                 raise SeqtwinsError(f"{self.path} is not a seqtwins run (no {CONFIG})")
-            try:
-                self._config = build(PretrainConfig, load_yaml(file))
-            except UnicodeDecodeError:
-                raise SeqtwinsError(f"{file} is not UTF-8 text; retrain the run") from None
+            self._config = build(PretrainConfig, load_yaml(file))
         return self._config
 
     @property
