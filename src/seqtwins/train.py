@@ -443,8 +443,14 @@ def fit(
     started = time.perf_counter() - state.seconds
     while state.epoch < tc.epochs and not state.stopped_early:
         epoch = state.epoch
-        _train_epoch(t, state, log, bar, started)
+        t0 = time.perf_counter()
+        users = _train_epoch(t, state, log, bar, started)
+        t1 = time.perf_counter()
         record = validate(t, epoch)
+        # end-to-end cost of the epoch: how much of it validation took (issue: <= 10 %)
+        t2 = time.perf_counter()
+        record.update(train_seconds=round(t1 - t0, 3), valid_seconds=round(t2 - t1, 3),
+                      users_per_s=round(users / max(t2 - t0, 1e-9), 1))  # fmt: skip
         log.write(record)
         score = record["score"]
         if not math.isfinite(score):
@@ -469,8 +475,9 @@ def fit(
 
 def _train_epoch(
     t: Trainer, state: TrainState, log: MetricsLog, bar: Progress, started: float
-) -> None:
-    """The rest of epoch ``state.epoch`` from batch ``state.batch`` on."""
+) -> int:
+    """The rest of epoch ``state.epoch`` from batch ``state.batch`` on; returns the number
+    of users it trained on (the global batch, all ranks)."""
     tc, world, epoch = t.cfg.train, t.world, state.epoch
     hist_len = t.ds.sequences.history_lengths()
     plan = batch_plan(t.train_users, hist_len, tc.batch_size, tc.seed, epoch,
@@ -486,7 +493,7 @@ def _train_epoch(
     )  # fmt: skip
     t.model.train()
     params = [p for p in t.model.parameters() if p.requires_grad]
-    t_last, users_since = time.perf_counter(), 0
+    t_last, users_since, users_total = time.perf_counter(), 0, 0
     for batch in loader:
         batch = {k: v.to(t.device, non_blocking=True) for k, v in batch.items()}
         world.seed_step(tc.seed, epoch, state.batch)
@@ -503,6 +510,7 @@ def _train_epoch(
         state.batch += 1
         n_users = len(batch[next(iter(batch))]) * world.size  # the global batch
         users_since += n_users
+        users_total += n_users
         if state.step % tc.log_every == 0:
             now = time.perf_counter()
             rate = users_since / max(now - t_last, 1e-9)
@@ -517,6 +525,7 @@ def _train_epoch(
             state.seconds = time.perf_counter() - started
             _save(t, state, log, "last")
         _after_step(state.step)
+    return users_total
 
 
 def _check_finite(
@@ -574,7 +583,9 @@ def validate(t: Trainer, epoch: int) -> dict[str, Any]:
     the same record, so all take the same early-stopping decision.
     """
     world, users, cfg = t.world, t.valid_users, t.cfg
-    record: dict[str, Any] = {"event": "valid", "epoch": epoch}
+    sampled = len(t.ds.split_users("valid")) > cfg.train.valid_users
+    record: dict[str, Any] = {"event": "valid", "epoch": epoch, "users": int(len(users)),
+                              "sampled": sampled}  # fmt: skip
     if len(users) < max(2, world.size):
         record.update(loss=None, proxy=None, score=-float(epoch))
         return record
@@ -600,7 +611,9 @@ def validate(t: Trainer, epoch: int) -> dict[str, Any]:
             emb = embed_users(t.encoder, t.ds, users, device=t.device, dtype=t.amp_dtype)
             return scorer(emb)
 
+        t0 = time.perf_counter()
         proxy = world.on_main(probe)
+        record["proxy_seconds"] = round(time.perf_counter() - t0, 3)
     record["proxy"] = proxy
     record["score"] = proxy if proxy is not None else -record["loss"]
     t.model.train()
