@@ -21,7 +21,7 @@ from seqtwins.cli import app
 from seqtwins.config import PretrainConfig, build
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.proxy import category_proxy
+from seqtwins.evaluate.proxy import headline_proxy
 from seqtwins.experiment import pretrain_run
 from seqtwins.files import MARKER, marker_kind
 from seqtwins.run import Run
@@ -58,7 +58,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "run"
-    pretrain(data, run, _cfg("train.epochs=2"), progress=False, proxy=category_proxy)
+    pretrain(data, run, _cfg("train.epochs=2"), progress=False, proxy=headline_proxy)
     return run
 
 
@@ -309,7 +309,7 @@ def test_resume_before_the_first_checkpoint_starts_from_scratch(data, trained, t
     run = tmp_path / "run"
     monkeypatch.setattr(train_mod, "_after_step", _kill_at(2))
     with pytest.raises(KeyboardInterrupt):
-        pretrain(data, run, _cfg("train.epochs=2"), progress=False, proxy=category_proxy)
+        pretrain(data, run, _cfg("train.epochs=2"), progress=False, proxy=headline_proxy)
     monkeypatch.setattr(train_mod, "_after_step", lambda step: None)
     assert (run / "config.yaml").is_file() and not Run(run).has_checkpoint("last")
     result = runner.invoke(app, ["pretrain", str(data), "--out", str(run), "--resume",
@@ -449,7 +449,7 @@ def test_kill_9_then_resume_is_byte_identical(data, tmp_path):
 
     extra = ["train.epochs=12", "train.checkpoint_every=3", "train.threads=1", "train.patience=0"]
     full = tmp_path / "full"
-    pretrain(data, full, _cfg(*extra), progress=False, proxy=category_proxy)
+    pretrain(data, full, _cfg(*extra), progress=False, proxy=headline_proxy)
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "seqtwins", *_args(data, killed, *extra)]

@@ -9,8 +9,8 @@ wrappers over the same functions.
     results = seqtwins.evaluate(["runs/barlow"], "data/demo", "eval.json")
 
 :func:`pretrain` is :func:`seqtwins.train.pretrain` with the validation proxy the CLI uses
-(:func:`seqtwins.evaluate.proxy.category_proxy`: the favourite-category probe on valid
-users, or minus the validation loss on a dataset without item categories).
+(:func:`seqtwins.evaluate.proxy.headline_proxy`: probes of the headline tasks on valid
+users, relative to the popularity floor; minus the validation loss where none applies).
 
 Every function raises :class:`~seqtwins.errors.SeqtwinsError` with one line on bad input
 and leaves nothing half-written. Settings are named as on the command line: ``--set``
@@ -28,7 +28,7 @@ from seqtwins.config import PretrainConfig, build, load_yaml
 from seqtwins.data.options import PrepareSummary
 from seqtwins.embed import EmbedSummary
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.proxy import category_proxy
+from seqtwins.evaluate.proxy import headline_proxy
 from seqtwins.evaluate.runs import evaluate_runs as evaluate
 from seqtwins.run import Run
 from seqtwins.train import RunSummary
@@ -115,7 +115,7 @@ def pretrain(
     if cfg is None and (not resume or config or overrides or objective):
         cfg = pretrain_config(config, overrides, objective)
     return train_pretrain(data_dir, run_dir, cfg, resume=resume, progress=progress,
-                          overwrite=overwrite, on_epoch=on_epoch, proxy=category_proxy,
+                          overwrite=overwrite, on_epoch=on_epoch, proxy=headline_proxy,
                           verify=verify)  # fmt: skip
 
 

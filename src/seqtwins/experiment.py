@@ -206,7 +206,7 @@ def pretrain_run(
     """Train one objective; skip a finished run, resume an interrupted one with the same
     config (from scratch when it stopped before its first checkpoint), retrain when the
     config changed."""
-    from seqtwins.evaluate.proxy import category_proxy
+    from seqtwins.evaluate.proxy import headline_proxy
     from seqtwins.train import pretrain
 
     run = Run(run_dir)
@@ -220,7 +220,7 @@ def pretrain_run(
     resume = same and run.has_checkpoint("last")
     say(f"pretrain {cfg.objective}: {'resuming' if resume else 'training'} -> {run_dir}")
     pretrain(data_dir, run_dir, None if resume else cfg, resume=resume, progress=progress,
-             overwrite=True, proxy=category_proxy)  # fmt: skip
+             overwrite=True, proxy=headline_proxy)  # fmt: skip
     return run_dir
 
 

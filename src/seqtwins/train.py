@@ -7,7 +7,7 @@ is also the checkpoint's ``state.json``. The run folder itself (layout, lock, li
 belongs to :class:`seqtwins.run.Run`.
 
 The validation proxy (embedding quality on valid users) is passed in as a factory
-(``proxy``; the CLI passes :func:`seqtwins.evaluate.proxy.category_proxy`); without
+(``proxy``; the CLI passes :func:`seqtwins.evaluate.proxy.headline_proxy`); without
 one, the best epoch is the one with the lowest validation loss.
 """
 
@@ -239,7 +239,7 @@ def pretrain(
     warning). ``overwrite`` replaces an earlier seqtwins run in ``run_dir``.
 
     ``proxy`` builds the validation proxy that selects the best epoch
-    (:func:`seqtwins.evaluate.proxy.category_proxy`, what the CLI uses); without one, or
+    (:func:`seqtwins.evaluate.proxy.headline_proxy`, what the CLI uses); without one, or
     when it returns None, the score is minus the validation loss.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) or in an initialised process group it trains

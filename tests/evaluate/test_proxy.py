@@ -1,4 +1,4 @@
-"""The validation proxy: the evaluate probes on valid users' favourite category."""
+"""The validation proxy: headline-task probes on valid users, relative to popularity."""
 
 from __future__ import annotations
 
@@ -6,57 +6,61 @@ import numpy as np
 import polars as pl
 
 from seqtwins.data.dataset import SequenceDataset, write_dataset
-from seqtwins.evaluate.proxy import FOLDS, category_proxy, probe_score
-from seqtwins.evaluate.tasks import build_task
+from seqtwins.evaluate.proxy import MIN_USERS, headline_proxy
 from tests.helpers import tiny_dataset
 
 
-def _blobs(n: int, classes: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    centres = rng.normal(size=(classes, 8)) * 3
-    return (centres[y] + noise * rng.normal(size=(n, 8))).astype(np.float32), y
+def _taste(ds: SequenceDataset, users: np.ndarray) -> np.ndarray:
+    """Embeddings that hold the answer: each user's category counts in the whole sequence."""
+    codes, _ = ds.item_categories()
+    seqs = ds.sequences
+    out = np.zeros((len(users), 4), dtype=np.float32)
+    for i, u in enumerate(users):
+        items = np.asarray(seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]])
+        np.add.at(out[i], codes[items], 1.0)
+    return out
 
 
-def test_separable_embeddings_score_high_and_noise_near_chance():
-    x, y = _blobs(300, 4, noise=0.3)
-    assert probe_score(x, y, "accuracy", seed=0) > 0.95
-    noise = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
-    assert probe_score(noise, y, "accuracy", seed=0) < 0.45  # chance is ~0.25
+def _ds(tmp_path, users: int = 900) -> SequenceDataset:
+    return SequenceDataset.open(tiny_dataset(tmp_path / "ds", users=users))
 
 
-def test_deterministic_and_invariant_to_feature_scale():
-    x, y = _blobs(200, 3, noise=2.0)
-    a = probe_score(x, y, "accuracy", seed=3)
-    assert a == probe_score(x, y, "accuracy", seed=3)
-    # the probe standardises its inputs: per-dimension rescaling changes nothing
-    scaled = x * np.linspace(0.1, 10, 8, dtype=np.float32)
-    assert abs(probe_score(scaled, y, "accuracy", seed=3) - a) < 1e-6
-
-
-def test_undefined_without_two_common_classes():
-    x, y = _blobs(60, 2, noise=0.3)
-    assert probe_score(x, np.zeros(60, dtype=np.int64), "accuracy", 0) is None
-    rare = np.where(np.arange(60) < 4, 1, 0)  # class 1 has fewer than 5 users: dropped
-    assert probe_score(x, rare, "accuracy", 0) is None
-    unlabelled = np.full(60, -1)
-    assert probe_score(x, unlabelled, "accuracy", 0) is None
-    assert probe_score(x[: FOLDS - 1], y[: FOLDS - 1], "accuracy", 0) is None
-    x[3, 2] = np.inf
-    assert np.isnan(probe_score(x, y, "accuracy", 0))  # type: ignore[arg-type]
-
-
-def test_category_proxy_uses_valid_users_labels(tmp_path):
-    ds = SequenceDataset.open(tiny_dataset(tmp_path / "ds"))
+def test_informative_embeddings_beat_popularity_and_noise_does_not(tmp_path):
+    ds = _ds(tmp_path)
     users = ds.split_users("valid")
-    proxy = category_proxy(ds, users, seed=0)
+    proxy = headline_proxy(ds, users, seed=0)
     assert proxy is not None
-    labels = build_task(ds, "favorite_category").labels[users]
-    onehot = np.eye(4, dtype=np.float32)[np.maximum(labels, 0)]  # embeddings = the answer
-    assert proxy(onehot) == 1.0
+    good = proxy(_taste(ds, users))
+    noise = proxy(np.random.default_rng(1).normal(size=(len(users), 8)).astype(np.float32))
+    assert good is not None and noise is not None
+    assert good > 1.3  # well above the popularity floor (1.0)
+    assert noise < 1.1 and good > noise
+
+
+def test_deterministic_invariant_to_feature_scale_and_stops_on_nan(tmp_path):
+    ds = _ds(tmp_path)
+    users = ds.split_users("valid")
+    proxy = headline_proxy(ds, users, seed=3)
+    assert proxy is not None
+    x = _taste(ds, users) + np.random.default_rng(0).normal(size=(len(users), 4)).astype("f4")
+    a = proxy(x)
+    assert a is not None and a == proxy(x)
+    # the probe standardises its inputs: per-dimension rescaling changes nothing
+    assert abs(proxy(x * np.array([0.1, 1, 3, 10], dtype=np.float32)) - a) < 1e-6  # type: ignore[operator]
+    x[3, 2] = np.nan
+    assert np.isnan(proxy(x))  # type: ignore[arg-type]
+
+
+def test_without_categories_future_items_alone_and_none_when_too_few(tmp_path):
+    ds = _ds(tmp_path)
+    users = ds.split_users("valid")
     nocat = write_dataset(
         tmp_path / "nocat", sequences=ds.sequences, items=ds.items.select("item_id"),
         users=pl.DataFrame({"user_id": ds.users["user_id"], "split": ds.users["split"]}),
         source="test",
     )  # fmt: skip
-    assert category_proxy(SequenceDataset.open(nocat), users, seed=0) is None
+    plain = SequenceDataset.open(nocat)
+    proxy = headline_proxy(plain, users, seed=0)
+    assert proxy is not None  # future_items needs no categories
+    assert proxy(_taste(ds, users)) is not None
+    assert headline_proxy(ds, users[: MIN_USERS - 1], seed=0) is None
