@@ -106,3 +106,26 @@ def test_only_objectives_with_an_item_tower_are_scored(trained) -> None:
     assert sorted(scorers) == ["barlow+next:native", "dual:native"]
     with pytest.raises(SeqtwinsError, match="width"):
         native_scorer(runs["dual"].objective("best", ds), methods["dual"][:, :3])
+
+
+def test_evaluate_passes_native_scorers_once_the_protocol_takes_them(
+    trained, tmp_path, monkeypatch
+) -> None:
+    """Until ``evaluate_embeddings`` has a ``scorers`` parameter nothing is passed; with
+    one, every run with an item tower arrives as ``<name>:native``."""
+    import seqtwins.evaluate.runs as runs_mod
+
+    ds, runs = trained
+    real = runs_mod.evaluate_embeddings
+    seen: dict[str, object] = {}
+
+    def with_scorers(ds_, methods, *, scorers=None, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(scorers or {})
+        return real(ds_, methods, **kwargs)
+
+    monkeypatch.setattr(runs_mod, "evaluate_embeddings", with_scorers)
+    paths = [runs[o].path for o in ("barlow", "dual")]
+    runs_mod.evaluate_runs(paths, ds.path, tmp_path / "eval.json", tasks=["next_item"],
+                           fractions=[1.0], seeds=1, baselines=["majority"], progress=False,
+                           checkpoint="last")  # fmt: skip
+    assert sorted(seen) == ["dual:native"]

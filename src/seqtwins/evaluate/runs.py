@@ -6,9 +6,9 @@ A run whose objective has an item tower (``dual``, ``barlow+next``) is also scor
 on item rankings, as ``<name>:native`` (:mod:`seqtwins.evaluate.native`). Floors beside
 them: the majority class, an encoder of the same configuration with untrained weights
 (``random-init``) and TF-IDF + truncated SVD to the same dimension, on the whole history
-(``tfidf-svd``) and on the encoder's window (``tfidf-svd-window``). With ``protocol="finetune"`` the
-frozen-embedding methods are probed linearly and every run is also fine-tuned end to end
-(encoder + linear head, early stopping on valid users).
+(``tfidf-svd``) and on the encoder's window (``tfidf-svd-window``). With
+``protocol="finetune"`` the frozen-embedding methods are probed linearly and every run is
+also fine-tuned end to end (encoder + linear head, early stopping on valid users).
 """
 
 from __future__ import annotations
