@@ -53,7 +53,6 @@ from seqtwins.train import pretrain
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OBJECTIVE = "barlow"
-BATCH = 256
 
 
 def train_tokens(ds: SequenceDataset, cfg: PretrainConfig, batches: int = 8) -> dict[str, float]:
@@ -62,7 +61,8 @@ def train_tokens(ds: SequenceDataset, cfg: PretrainConfig, batches: int = 8) -> 
     train = ds.split_users("train")
     transform = TwoViewTransform.from_sequences(cfg.augment, ds.sequences, train, ds.num_items)
     lengths = ds.sequences.history_lengths()
-    plan = batch_plan(train, lengths, BATCH, cfg.train.seed, 0, cfg.train.bucket_by_length)
+    plan = batch_plan(train, lengths, cfg.train.batch_size, cfg.train.seed, 0,
+                      cfg.train.bucket_by_length)  # fmt: skip
     data = PretrainBatches(ds.sequences, plan[:batches], OBJECTIVE, cfg.encoder.max_len,
                            cfg.train.seed, 0, transform)  # fmt: skip
     users = real = grid = square = 0
@@ -93,14 +93,15 @@ def train_speed(data: Path, cfg: PretrainConfig, work: Path) -> dict[str, Any]:
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "step" in x and "users_per_s" in x]
     later = [x for x in steps if x["epoch"] > 0] or steps
-    # log_every=1: each line times one step of BATCH users, so the mean rate over steps
+    # log_every=1: each line times one step of `batch` users, so the mean rate over steps
     # is users / time summed over those steps
-    step_s = sum(BATCH / x["users_per_s"] for x in later)
+    batch = cfg.train.batch_size
+    step_s = sum(batch / x["users_per_s"] for x in later)
     return {
         "steps": len(steps),
         "epochs": cfg.train.epochs,
-        "step_users_per_s": len(later) * BATCH / step_s,
-        "end_to_end_users_per_s": len(steps) * BATCH / wall,
+        "step_users_per_s": len(later) * batch / step_s,
+        "end_to_end_users_per_s": len(steps) * batch / wall,
         "wall_s": wall,
         "run": run_dir,
     }
@@ -124,13 +125,16 @@ def embed_speed(ds: SequenceDataset, run_dir: Path, repeats: int) -> dict[str, f
 
 def measure(args: argparse.Namespace, ds: SequenceDataset, work: Path) -> list[dict[str, Any]]:
     lengths = ds.sequences.history_lengths()
-    epochs = max(2, -(-args.steps // (len(ds.split_users("train")) // BATCH)))
+    per_epoch = len(ds.split_users("train")) // args.batch
+    if per_epoch < 1:
+        raise SystemExit(f"--batch {args.batch} is larger than the {args.data} train users")
+    epochs = max(2, -(-args.steps // per_epoch))
     rows = []
     for max_len in args.max_lens:
         cfg = build(PretrainConfig, {"objective": OBJECTIVE}, overrides=[
             f"encoder.max_len={max_len}", f"train.threads={args.threads}",
             f"train.epochs={epochs}", "train.log_every=1", "train.patience=0",
-            f"train.batch_size={BATCH}",
+            f"train.batch_size={args.batch}",
         ])  # fmt: skip
         row: dict[str, Any] = {"max_len": max_len}
         window = np.minimum(lengths, max_len).astype(np.float64)
@@ -162,13 +166,19 @@ def markdown(res: dict[str, Any]) -> str:
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gb']} GiB; Python "
         f"{m['python']}, torch {m['torch']}, numpy {m['numpy']}; train.threads="
         f"{res['threads']}. **Shared machine**: 1-minute load average {res['load_before']} "
-        f"before, {res['load_after']} after.",
+        f"before, {res['load_after']} after"
+        + (
+            " (other jobs ran meanwhile: absolute rates are low and noisy; the ratios between "
+            "the two lengths, measured back to back, are the finding)."
+            if res["load_after"] > m["nproc"]
+            else "."
+        ),
         "",
         f"Data: {res['data']['path']} ({res['data']['users']:,} users, "
         f"{res['data']['train_users']:,} train; history length mean "
         f"{res['data']['history_mean']:.1f}, median {res['data']['history_median']:.0f}, "
         f"max {res['data']['history_max']:,}). Objective `{OBJECTIVE}`, default encoder "
-        f"(dim 64, 2 layers), batch {BATCH}, length-bucketed batches.",
+        f"(dim 64, 2 layers), batch {res['batch']}, length-bucketed batches.",
         "",
         "| max_len | window tokens/user | view tokens/user | batch padding | collate ms/batch "
         "| steps | train users/s (steps) | train users/s (end to end) | µs/token (steps) | "
@@ -208,7 +218,22 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
         f"(per real token x{b['embed_us_per_token_packed'] / a['embed_us_per_token_packed']:.2f}"
         f"); the packed path is x{b['embed_users_per_s_packed'] / b['embed_users_per_s_dense']:.2f}"
         f" the speed of the dense one at max_len {b['max_len']}.",
+        verdict(b["train_us_per_token_step"] / a["train_us_per_token_step"]),
     ]
+
+
+def verdict(per_token: float) -> str:
+    """Whether training time follows the real tokens (within 25 %) or grows faster."""
+    if per_token <= 1.25:
+        return (
+            f"Training time per real token changed x{per_token:.2f}: the cost follows the real "
+            "tokens (length-bucketed batches, packed token-wise layers), not max_len; nothing "
+            "in the encoder or batching wastes compute on the longer window."
+        )
+    return (
+        f"Training time per real token grew x{per_token:.2f}: more than the tokens explain; "
+        "look for padding or work that scales with max_len."
+    )
 
 
 def main() -> None:
@@ -217,10 +242,18 @@ def main() -> None:
     ap.add_argument("--max-lens", type=int, nargs="+", default=[50, 200])
     ap.add_argument("--steps", type=int, default=36, help="training steps per max_len (about)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256, help="train.batch_size")
     ap.add_argument("--repeats", type=int, default=3, help="embedding passes (best kept)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 18 steps, 1 repeat")
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = ap.parse_args()
+    if args.render:
+        res = json.loads((args.results / "long_history.json").read_text())
+        res["findings"] = findings(res["rows"])
+        (args.results / "long_history.json").write_text(json.dumps(res, indent=2) + "\n")
+        (args.results / "long_history.md").write_text(markdown(res))
+        return
     if args.quick:
         args.steps, args.repeats = 18, 1
     torch.set_num_threads(args.threads)  # the embedding passes; pretrain sets its own
@@ -239,6 +272,7 @@ def main() -> None:
         "total_s": time.perf_counter() - t0,
         "machine": machine_info("torch", "numpy"),
         "threads": args.threads,
+        "batch": args.batch,
         "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
         "data": {
