@@ -462,8 +462,17 @@ def evaluate(
     protocol: Annotated[str, typer.Option(help="linear, mlp or finetune.")] = "linear",
     baselines: Annotated[
         list[str] | None,
-        typer.Option("--baselines", help="Floors: majority, random-init, tfidf-svd."),
+        typer.Option(
+            "--baselines",
+            help="Floors: majority, random-init, tfidf-svd, tfidf-svd-window (default: all).",
+        ),
     ] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="Checkpoint of every run: best (selected on valid users) or last (fixed epochs)."
+        ),
+    ] = "best",
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
     verify: Annotated[
         bool,
@@ -480,10 +489,11 @@ def evaluate(
     results = evaluate_runs(
         runs, data, out, tasks=tasks, fractions=fractions or (0.01, 0.05, 0.1, 0.25, 1.0),
         seeds=seeds, protocol=protocol, baselines=baselines or BASELINES, progress=progress,
-        verify=verify,
+        verify=verify, checkpoint=checkpoint,
     )  # fmt: skip
     console.print(
-        f"evaluated {', '.join(results['methods'])} on {', '.join(results['tasks'])}; wrote {out}",
+        f"evaluated {', '.join(results['methods'])} ({checkpoint} checkpoints) on "
+        f"{', '.join(results['tasks'])}; wrote {out}",
         markup=False,
         highlight=False,
         soft_wrap=True,

@@ -48,3 +48,24 @@ def test_tfidf_svd_refuses_a_bad_dimension(ds: SequenceDataset) -> None:
         tfidf_svd_embeddings(ds, dim=ds.num_items)
     with pytest.raises(SeqtwinsError, match="dim=0"):
         tfidf_svd_embeddings(ds, dim=0)
+
+
+def test_window_counts_only_the_most_recent_history_items(ds: SequenceDataset) -> None:
+    full = history_count_matrix(ds).toarray()
+    window = history_count_matrix(ds, max_len=4).toarray()
+    for u in range(ds.num_users):
+        hist = ds.sequences.history(u)
+        expected = np.bincount(hist[-4:] - 1, minlength=ds.num_items)
+        np.testing.assert_array_equal(window[u], expected)
+    assert window.sum() < full.sum()
+    long = max(len(ds.sequences.history(u)) for u in range(ds.num_users))
+    np.testing.assert_array_equal(history_count_matrix(ds, max_len=long).toarray(), full)
+    with pytest.raises(SeqtwinsError, match="max_len=0"):
+        history_count_matrix(ds, max_len=0)
+
+
+def test_window_floor_differs_from_the_full_history_floor(ds: SequenceDataset) -> None:
+    full = tfidf_svd_embeddings(ds, dim=6)
+    window = tfidf_svd_embeddings(ds, dim=6, max_len=3)
+    assert window.shape == full.shape and not np.allclose(window, full)
+    np.testing.assert_array_equal(tfidf_svd_embeddings(ds, dim=6, max_len=10_000), full)

@@ -51,7 +51,7 @@ DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
 SUBSET_SALT = 0x5EB7
 """First word of every subset RNG seed, so subset orders differ from other seeded streams."""
 MAJORITY = "majority"
-FLOOR_METHODS = (MAJORITY, "random-init", "tfidf-svd")
+FLOOR_METHODS = (MAJORITY, "random-init", "tfidf-svd", "tfidf-svd-window")
 """Method names the report shows as floors beside every table."""
 RESULTS_SCHEMA = "seqtwins.eval/1"
 PROTOCOLS = ("linear", "mlp")

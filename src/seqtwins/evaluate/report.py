@@ -185,7 +185,7 @@ def _method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
         styles[m] = {"linestyle": "-", "marker": "o", "color": palette[i % len(palette)]}
     for m in methods:
         if m in FLOOR_METHODS:
-            styles[m] = {"linestyle": "--", "marker": "x", "color": FLOOR_COLOURS[m]}
+            styles[m] = {"linestyle": "--", "marker": "x", "color": FLOOR_COLOURS.get(m, "#777")}
     return styles
 
 

@@ -1,18 +1,22 @@
 """``seqtwins evaluate``: trained runs and the floors, evaluated on identical subsets.
 
 Each run contributes its encoder's embedding of every user (the ``best`` checkpoint,
-selected on valid users during pretraining). Floors beside them: the majority class, an
-encoder of the same configuration with untrained weights (``random-init``) and TF-IDF +
-truncated SVD to the same dimension (``tfidf-svd``). With ``protocol="finetune"`` the
-frozen-embedding methods are probed linearly and every run is also fine-tuned end to end
-(encoder + linear head, early stopping on valid users).
+selected on valid users during pretraining, or with ``checkpoint="last"`` the last one).
+A run whose objective has an item tower (``dual``, ``barlow+next``) is also scored natively
+on item rankings, as ``<name>:native`` (:mod:`seqtwins.evaluate.native`). Floors beside
+them: the majority class, an encoder of the same configuration with untrained weights
+(``random-init``) and TF-IDF + truncated SVD to the same dimension, on the whole history
+(``tfidf-svd``) and on the encoder's window (``tfidf-svd-window``). With
+``protocol="finetune"`` the frozen-embedding methods are probed linearly and every run is
+also fine-tuned end to end (encoder + linear head, early stopping on valid users).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ import torch
 from seqtwins.data.batching import histories, pad_right
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.native import Scorer
 from seqtwins.evaluate.protocol import RESULTS_SCHEMA, evaluate_embeddings, save_results
 from seqtwins.evaluate.tasks import Task
 from seqtwins.files import (
@@ -34,8 +39,9 @@ from seqtwins.files import (
 from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
 from seqtwins.run import Run
 
-BASELINES = ("majority", "random-init", "tfidf-svd")
+BASELINES = ("majority", "random-init", "tfidf-svd", "tfidf-svd-window")
 PROTOCOLS = ("linear", "mlp", "finetune")
+CHECKPOINTS = ("best", "last")
 ARTIFACTS_KIND = "eval-artifacts"
 
 
@@ -93,12 +99,17 @@ def evaluate_runs(
     progress: bool = True,
     finetune_fractions: Sequence[float] | None = None,
     verify: bool = True,
+    checkpoint: str = "best",
 ) -> dict[str, Any]:
     """Evaluate runs and floors on ``data_dir``; write ``out`` (eval.json) and its
     artifacts (``<out stem>_artifacts/*.npy``) and return the results. ``verify=False``
-    skips recomputing the dataset's content hash (``--no-verify``)."""
+    skips recomputing the dataset's content hash (``--no-verify``); ``checkpoint`` is
+    the checkpoint of every run that is evaluated (``best`` or ``last``, recorded in the
+    results)."""
     if protocol not in PROTOCOLS:
         raise SeqtwinsError(f"--protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
+    if checkpoint not in CHECKPOINTS:
+        raise SeqtwinsError(f"--checkpoint {checkpoint!r} must be one of {', '.join(CHECKPOINTS)}")
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise SeqtwinsError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
@@ -106,12 +117,19 @@ def evaluate_runs(
     check_outputs(out)
     ds = SequenceDataset.open(data_dir, verify=verify)
     runs = [Run.open(r) for r in run_dirs]
-    encoders = [run.encoder("best", ds) for run in runs]
+    for run in runs:
+        if not run.has_checkpoint(checkpoint):
+            raise SeqtwinsError(
+                f"--checkpoint {checkpoint}: {run.path} has no {checkpoint} checkpoint "
+                f"(checkpoints/{checkpoint}); train it with seqtwins pretrain"
+            )
+    encoders = [run.encoder(checkpoint, ds) for run in runs]
     objectives = [run.config.objective for run in runs]
     with file_lock(out):
         check_outputs(out)  # again, now that no other seqtwins process writes it
         results = _evaluate(runs, encoders, objectives, ds, out, tasks, fractions, seeds,
-                            protocol, baselines, progress, finetune_fractions)  # fmt: skip
+                            protocol, baselines, progress, finetune_fractions,
+                            checkpoint)  # fmt: skip
     return results
 
 
@@ -128,6 +146,7 @@ def _evaluate(
     baselines: Sequence[str],
     progress: bool,
     finetune_fractions: Sequence[float] | None,
+    checkpoint: str = "best",
 ) -> dict[str, Any]:
     run_dirs = [run.path for run in runs]
     names = method_names([Path(r) for r in run_dirs], objectives)
@@ -145,15 +164,13 @@ def _evaluate(
         torch.manual_seed(0)
         random_encoder = build_encoder(encoders[0].cfg, ds)
         methods["random-init"] = embed_users(random_encoder, ds, all_users)
-    if "tfidf-svd" in baselines:
-        from seqtwins.evaluate.baselines import tfidf_svd_embeddings
-
-        methods["tfidf-svd"] = tfidf_svd_embeddings(ds, dim=min(dim, ds.num_items - 1))
+    _tfidf_floors(ds, encoders, baselines, dim, methods)
 
     probe_protocol = "linear" if protocol == "finetune" else protocol
     results = evaluate_embeddings(
         ds, methods, tasks=tasks, fractions=fractions, seeds=seeds, protocol=probe_protocol,
         include_majority="majority" in baselines, progress=say,
+        **_native_argument(runs, names, ds, methods, checkpoint),
     )  # fmt: skip
     if protocol == "finetune":
         ft_fracs = list(finetune_fractions or [min(fractions)])
@@ -169,13 +186,72 @@ def _evaluate(
         results["methods"].extend(ft["methods"])
         results["seconds"].update({k: v for k, v in ft["seconds"].items() if k != "total"})
     results["runs"] = {n: str(Path(r)) for n, r in zip(names, run_dirs, strict=True)}
+    results["checkpoint"] = checkpoint
     clean_stale(out)
     clean_stale(artifacts_folder(out))
     with atomic_dir(artifacts_folder(out), overwrite=True) as folder:
         write_marker(folder, ARTIFACTS_KIND)
-        results["artifacts"] = _artifacts(ds, out, folder, runs, names, objectives, methods)
+        results["artifacts"] = _artifacts(ds, out, folder, runs, names, objectives, methods,
+                                          checkpoint)  # fmt: skip
     save_results(results, out)
     return results
+
+
+def _tfidf_floors(
+    ds: SequenceDataset,
+    encoders: Sequence[SequenceEncoder],
+    baselines: Sequence[str],
+    dim: int,
+    methods: dict[str, np.ndarray],
+) -> None:
+    """Add the TF-IDF + SVD floors asked for to ``methods``: ``tfidf-svd`` on the whole
+    history, ``tfidf-svd-window`` on the first run's encoder window (``encoder.max_len``)."""
+    from seqtwins.evaluate.baselines import TFIDF_SVD, TFIDF_SVD_WINDOW, tfidf_svd_embeddings
+
+    dim = min(dim, ds.num_items - 1)
+    if TFIDF_SVD in baselines:
+        methods[TFIDF_SVD] = tfidf_svd_embeddings(ds, dim=dim)
+    if TFIDF_SVD_WINDOW in baselines:
+        if not encoders:
+            raise SeqtwinsError("the tfidf-svd-window floor needs a run to copy encoder.max_len")
+        methods[TFIDF_SVD_WINDOW] = tfidf_svd_embeddings(
+            ds, dim=dim, max_len=encoders[0].cfg.max_len
+        )
+
+
+def native_scorers(
+    runs: Sequence[Run],
+    names: Sequence[str],
+    ds: SequenceDataset,
+    methods: Mapping[str, np.ndarray],
+    checkpoint: str = "best",
+) -> dict[str, Scorer]:
+    """``{"<name>:native": scorer}`` for every run whose objective has an item tower
+    (``dual``, ``barlow+next``), from checkpoint ``checkpoint``; ``methods[name]`` holds
+    that checkpoint's user embeddings (:func:`seqtwins.evaluate.native.native_scorer`)."""
+    from seqtwins.evaluate.native import NATIVE_SUFFIX, has_item_tower, native_scorer
+
+    scorers: dict[str, Scorer] = {}
+    for run, name in zip(runs, names, strict=True):
+        model = run.objective(checkpoint, ds)
+        if has_item_tower(model):
+            scorers[name + NATIVE_SUFFIX] = native_scorer(model, methods[name])
+    return scorers
+
+
+def _native_argument(
+    runs: Sequence[Run],
+    names: Sequence[str],
+    ds: SequenceDataset,
+    methods: Mapping[str, np.ndarray],
+    checkpoint: str,
+) -> dict[str, Any]:
+    """``{"scorers": native_scorers(...)}`` once :func:`evaluate_embeddings` takes label-free
+    scorers, else nothing. Merge note: when the ``scorers`` parameter is in, this can call
+    :func:`native_scorers` unconditionally."""
+    if "scorers" not in inspect.signature(evaluate_embeddings).parameters:
+        return {}
+    return {"scorers": native_scorers(runs, names, ds, methods, checkpoint)}
 
 
 def _artifacts(
@@ -186,6 +262,7 @@ def _artifacts(
     names: list[str],
     objectives: list[str],
     methods: dict[str, np.ndarray],
+    checkpoint: str = "best",
 ) -> dict[str, Any]:
     """Arrays the report plots, saved beside eval.json (paths relative to its folder): the
     cross-correlation matrix of the first Barlow run on valid users, and test users'
@@ -197,7 +274,8 @@ def _artifacts(
     barlow = [i for i, o in enumerate(objectives) if o in ("barlow", "barlow+next")]
     if barlow:
         i = barlow[0]
-        np.save(folder / "cross_correlation.npy", valid_cross_correlation(ds, runs[i]))
+        matrix = valid_cross_correlation(ds, runs[i], which=checkpoint)
+        np.save(folder / "cross_correlation.npy", matrix)
         arts["cross_correlation"] = {"method": names[i], "path": rel("cross_correlation.npy")}
     if ds.has_categories:
         from seqtwins.evaluate.tasks import build_task
@@ -220,17 +298,18 @@ def _artifacts(
 
 @torch.no_grad()
 def valid_cross_correlation(
-    ds: SequenceDataset, run: Run | Path | str, max_users: int = 2048
+    ds: SequenceDataset, run: Run | Path | str, max_users: int = 2048, which: str = "best"
 ) -> np.ndarray:
     """(K, K) cross-correlation of the two augmented views' projections on valid users,
-    from the run's best checkpoint (projector included), in eval mode with fixed views."""
+    from the run's checkpoint ``which`` (projector included), in eval mode with fixed
+    views."""
     from seqtwins.augment import TwoViewTransform
     from seqtwins.data.batching import collate
     from seqtwins.objectives.barlow import BarlowObjective
 
     run = run if isinstance(run, Run) else Run.open(run)
     cfg = run.config
-    model = run.objective("best", ds)
+    model = run.objective(which, ds)
     barlow = model if isinstance(model, BarlowObjective) else model.barlow
     assert isinstance(barlow, BarlowObjective)
     train = ds.split_users("train")

@@ -1,0 +1,131 @@
+"""Native scoring through an objective's item tower, checked against its own training loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqtwins.config import PretrainConfig, build
+from seqtwins.data.batching import collate, histories
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.native import ItemTower, has_item_tower, native_scorer
+from seqtwins.evaluate.runs import method_names, native_scorers
+from seqtwins.evaluate.tasks import build_task
+from seqtwins.models.encoder import embed_users
+from seqtwins.run import Run
+from seqtwins.train import pretrain
+from tests.helpers import tiny_dataset
+from tests.test_train import TINY
+
+# no logQ so that the loaded objective's forward runs without the item counts; the
+# correction only shifts training logits per candidate, never the scored ranking
+NO_LOGQ = ["train.epochs=1", "dual.logq_correction=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SequenceDataset, dict[str, Run]]:
+    root = tmp_path_factory.mktemp("native")
+    data = tiny_dataset(root / "ds")
+    runs = {}
+    for objective in ("dual", "barlow+next", "barlow"):
+        cfg = build(PretrainConfig, {"objective": objective}, overrides=[*TINY, *NO_LOGQ])
+        folder = root / objective.replace("+", "_")
+        pretrain(data, folder, cfg, progress=False)
+        runs[objective] = Run.open(folder)
+    return SequenceDataset.open(data), runs
+
+
+def _batch(ds: SequenceDataset, objective: str, max_len: int) -> dict[str, torch.Tensor]:
+    """A training batch of train users whose next items are all different (so the loss
+    masks no false negative)."""
+    users = ds.split_users("train")
+    batch = collate(histories(ds.sequences, users), "dual", max_len, np.random.default_rng(0))
+    _, first = np.unique(batch["target"].numpy(), return_index=True)
+    keep = torch.from_numpy(np.sort(first)[:24])
+    return {k: v[keep] for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("objective", ["dual", "barlow+next"])
+def test_native_logits_are_the_training_logits(trained, objective: str) -> None:
+    ds, runs = trained
+    model = runs[objective].objective("best", ds)
+    batch = _batch(ds, objective, model.encoder.cfg.max_len)
+    tower = ItemTower(model)
+    with torch.no_grad():
+        emb = model.encoder.embed(batch["context"])  # (B, D)
+        logits = tower.logits(emb)  # (B, N) over every item
+        in_batch = logits[:, batch["target"] - 1]  # (B, B): the training candidates
+        expected = F.cross_entropy(in_batch, torch.arange(len(in_batch)))
+        if objective == "dual":
+            loss = float(model(batch)[0])
+        else:  # barlow+next logs its next-item term apart
+            batch["view_a"] = batch["view_b"] = batch["context"]
+            loss = model(batch)[1]["next_item"]
+    assert float(expected) == pytest.approx(loss, rel=1e-5)
+    assert tower.items.shape == (ds.num_items, model.encoder.dim)
+
+
+def test_scorer_ranks_every_item_for_test_users_in_chunks(trained) -> None:
+    ds, runs = trained
+    run = runs["dual"]
+    model = run.objective("best", ds)
+    emb = embed_users(run.encoder("best", ds), ds, np.arange(ds.num_users))
+    task = build_task(ds, "next_item")
+    test = task.labelled(ds.split_users("test"))
+    pred = native_scorer(model, emb)(task, test)
+    assert pred is not None
+    np.testing.assert_array_equal(pred.classes, np.arange(ds.num_items))
+    assert pred.scores.shape == (len(test), ds.num_items) and pred.scores.dtype == np.float32
+    with torch.no_grad():
+        direct = ItemTower(model).logits(torch.from_numpy(emb[test])).numpy()
+    np.testing.assert_allclose(pred.scores, direct, rtol=1e-6, atol=1e-6)
+    chunked = native_scorer(model, emb, chunk=7)(task, test)
+    assert chunked is not None
+    np.testing.assert_allclose(chunked.scores, pred.scores, rtol=1e-6, atol=1e-6)
+    # scores are cosines over the temperature
+    assert np.abs(pred.scores).max() <= 1.0 / model.head.cfg.temperature + 1e-4
+    # not an item ranking: no answer
+    assert native_scorer(model, emb)(build_task(ds, "favorite_category"), test) is None
+
+
+def test_only_objectives_with_an_item_tower_are_scored(trained) -> None:
+    ds, runs = trained
+    barlow = runs["barlow"].objective("best", ds)
+    assert not has_item_tower(barlow)
+    assert has_item_tower(runs["dual"].objective("best", ds))
+    with pytest.raises(SeqtwinsError, match="no item tower"):
+        ItemTower(barlow)
+    order = ["barlow", "dual", "barlow+next"]
+    names = method_names([runs[o].path for o in order], order)
+    methods = {n: embed_users(runs[o].encoder("last", ds), ds, np.arange(ds.num_users))
+               for n, o in zip(names, order, strict=True)}  # fmt: skip
+    scorers = native_scorers([runs[o] for o in order], names, ds, methods, checkpoint="last")
+    assert sorted(scorers) == ["barlow+next:native", "dual:native"]
+    with pytest.raises(SeqtwinsError, match="width"):
+        native_scorer(runs["dual"].objective("best", ds), methods["dual"][:, :3])
+
+
+def test_evaluate_passes_native_scorers_once_the_protocol_takes_them(
+    trained, tmp_path, monkeypatch
+) -> None:
+    """Until ``evaluate_embeddings`` has a ``scorers`` parameter nothing is passed; with
+    one, every run with an item tower arrives as ``<name>:native``."""
+    import seqtwins.evaluate.runs as runs_mod
+
+    ds, runs = trained
+    real = runs_mod.evaluate_embeddings
+    seen: dict[str, object] = {}
+
+    def with_scorers(ds_, methods, *, scorers=None, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(scorers or {})
+        return real(ds_, methods, **kwargs)
+
+    monkeypatch.setattr(runs_mod, "evaluate_embeddings", with_scorers)
+    paths = [runs[o].path for o in ("barlow", "dual")]
+    runs_mod.evaluate_runs(paths, ds.path, tmp_path / "eval.json", tasks=["next_item"],
+                           fractions=[1.0], seeds=1, baselines=["majority"], progress=False,
+                           checkpoint="last")  # fmt: skip
+    assert sorted(seen) == ["dual:native"]
