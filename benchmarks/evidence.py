@@ -202,7 +202,8 @@ def significance(
                     continue
                 c = compare(per_user, task, "barlow", other, f, res["seeds"],
                             n_boot=plan.bootstrap, seed=seed)  # fmt: skip
-                rows.append({"task": task, "fraction": f, "against": role, "other": other, **c})
+                rows.append({"task": task, "fraction": f, "against": role, "other": other,
+                             **c.to_dict()})  # fmt: skip
     return rows
 
 
@@ -351,9 +352,10 @@ def gain_target(main: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 b = cell_mean(res, task, "barlow", f)
                 g, s = _rel(b, d), _sig(res, task, f, "dual")
                 sig = bool(s and s["significant"] and s["diff"] > 0)
+                ci = None if s is None else [s["gain_low"], s["gain_high"]]
                 ok = comparable(res, task)
                 rows.append({"dataset": name, "task": task, "fraction": f, "barlow": b,
-                             "dual": d, "dual_method": other, "gain": g, "ci": s and s["rel_ci"],
+                             "dual": d, "dual_method": other, "gain": g, "ci": ci,
                              "significant": sig, "comparable": ok})  # fmt: skip
                 if ok and g is not None:
                     gains.append(g)

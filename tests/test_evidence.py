@@ -34,7 +34,7 @@ def _result(
     ]
     significance = [
         {"task": t, "fraction": f, "against": "dual", "other": "dual", "significant": sig,
-         "diff": 0.05 if sig else 0.0, "rel_ci": [0.01, 0.2] if sig else [-0.1, 0.1]}
+         "diff": 0.05 if sig else 0.0, "gain_low": 0.01 if sig else -0.1, "gain_high": 0.2}
         for (t, m, f) in scores if m == "barlow"
     ]  # fmt: skip
     return {"tasks": tasks, "cells": cells, "fractions": sorted({f for _, _, f in scores}),
