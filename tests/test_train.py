@@ -11,6 +11,7 @@ import seqtwins.train as train_mod
 from seqtwins.checkpoint import load_model_tensors
 from seqtwins.cli import app
 from seqtwins.config import PretrainConfig, build
+from seqtwins.objectives import OBJECTIVES
 from seqtwins.train import load_encoder, pretrain
 from tests.helpers import tiny_dataset
 
@@ -36,7 +37,7 @@ def _losses(run) -> list[float]:
     return [x["loss"] for x in lines if "step" in x and "event" not in x]
 
 
-@pytest.mark.parametrize("objective", ["barlow", "dual", "barlow+next"])
+@pytest.mark.parametrize("objective", OBJECTIVES)
 def test_pretrain_cli_each_objective(data, tmp_path, objective):
     run = tmp_path / "run"
     args = ["pretrain", str(data), "--objective", objective, "--out", str(run), "--no-progress"]
@@ -71,8 +72,9 @@ def test_checkpoint_round_trip(data, tmp_path):
         torch.testing.assert_close(v, saved[f"encoder.{k}"])
 
 
-def test_kill_and_resume_reproduces_uninterrupted_run(data, tmp_path, monkeypatch):
-    cfg = _cfg("barlow+next", "train.epochs=2", "train.checkpoint_every=2")
+@pytest.mark.parametrize("objective", ["barlow+next", "barlow+mask"])
+def test_kill_and_resume_reproduces_uninterrupted_run(data, tmp_path, monkeypatch, objective):
+    cfg = _cfg(objective, "train.epochs=2", "train.checkpoint_every=2")
     full = tmp_path / "full"
     pretrain(data, full, cfg, progress=False)
 
