@@ -246,7 +246,8 @@ def session_bounds(times: np.ndarray, gap: float) -> np.ndarray:
     position whose gap to the previous interaction is at least ``gap`` seconds, and
     ``n``. Session ``s`` is ``[bounds[s], bounds[s + 1])``."""
     n = len(times)
-    starts = np.flatnonzero(np.diff(np.asarray(times, dtype=np.int64)) >= gap) + 1
+    gaps = np.diff(np.asarray(times, dtype=np.float64))  # (n - 1,) seconds
+    starts = np.flatnonzero(gaps >= gap) + 1
     return np.concatenate([[0], starts, [n]]).astype(np.int64)
 
 
@@ -488,7 +489,8 @@ class CooccurrenceTable:
         row = np.repeat(np.arange(n + 1, dtype=np.int64), deg)  # (nnz,)
         keep = (cat[row] < 0) | (cat[row] == cat[self.neighbors])
         kept_deg = np.bincount(row[keep], minlength=n + 1)
-        fb_rows, fb_items = _popular_in_category(cat, pop, np.flatnonzero((cat >= 0) & (kept_deg == 0)), top_k)
+        lonely = np.flatnonzero((cat >= 0) & (kept_deg == 0))  # no neighbour of its category
+        fb_rows, fb_items = _popular_in_category(cat, pop, lonely, top_k)
         rows = np.concatenate([row[keep], fb_rows])
         order = np.argsort(rows, kind="stable")  # a row is all co-occurrence or all fallback
         neighbors = np.concatenate([self.neighbors[keep], fb_items])[order]

@@ -8,12 +8,26 @@ input item embeddings, softmax over all items). The quality of the item vectors 
 what the pooled user embedding can express; the masked-item term trains them directly,
 while Barlow Twins shapes the pooled embedding.
 
-The softmax runs over every item (``full``) or, for large item sets, over the target and
-``mask.negatives`` shared negatives drawn by popularity, with the sampling-bias (logQ)
-correction (``sampled``; Jean et al. 2015, Yi et al. 2019). ``mask.softmax=auto`` picks
-``full`` up to ``mask.full_max_items`` items: measured on this project's 2-core CPU
-(docs/architecture.md, "Objectives"), the full softmax costs little next to the encoder up
-to tens of thousands of items and is the exact loss.
+The softmax runs over every item (``full``) or over the target and ``mask.negatives``
+shared negatives drawn by popularity, with the sampling-bias (logQ) correction
+(``sampled``; Jean et al. 2015, Yi et al. 2019). ``mask.softmax=auto`` picks ``full`` up to
+``mask.full_max_items`` = 4,096 items. Measured (one CPU thread, default encoder, batch 256,
+mask.rate 0.2, ms per training step; ``benchmarks/bench_mask_softmax.py``,
+docs/architecture.md "Objectives"):
+
+==========  =====  ======  ==============  ===================
+mean len    items  barlow  + full softmax  + sampled (2,048)
+==========  =====  ======  ==============  ===================
+9           3.5k   111     155             165
+9           12k    113     276             140
+9           50k    134     863             148
+40          3.5k   343     502             341
+40          50k    478     4,378           545
+==========  =====  ======  ==============  ===================
+
+The full softmax's cost grows with (masked positions x items): at Beauty's 12k items it
+already more than doubles the step, while 2,048 sampled negatives add ~25 %. Up to about
+twice the number of negatives the two cost the same, and there the full softmax is exact.
 """
 
 from __future__ import annotations
@@ -92,9 +106,9 @@ class MaskConfig:
     softmax: str = "auto"
     """``full`` (every item), ``sampled`` (``negatives`` shared negatives with logQ
     correction), or ``auto``: full up to ``full_max_items`` items, else sampled."""
-    full_max_items: int = 50_000
-    """Largest item set that ``auto`` scores with the full softmax (see the module
-    docstring for the measurement behind it). >= 1."""
+    full_max_items: int = 4096
+    """Largest item set that ``auto`` scores with the full softmax: about where it starts
+    to cost more than the sampled one (module docstring: measured step times). >= 1."""
     negatives: int = 2048
     """Shared negatives per batch of the sampled softmax, drawn in proportion to item
     popularity in training histories. >= 1."""
