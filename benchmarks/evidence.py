@@ -405,12 +405,15 @@ def provenance(argv: Sequence[str]) -> dict[str, Any]:
     }
 
 
+TUNED_OBJECTIVES = ("barlow", "dual", "barlow+next", "barlow+mask")
+
+
 def run_tune(
     names: Sequence[str], trials: int, epochs: int, out: Path, results: Path, configs: Path
 ) -> None:
-    """``seqtwins tune`` for ``barlow`` and ``dual`` with the same budget on each dataset;
-    writes the preset ``configs/tuned/<name>.yaml`` and copies each search history to
-    ``<results>/tune/<name>-<objective>.json``."""
+    """``seqtwins tune`` for the experiment's objectives among ``TUNED_OBJECTIVES``, with
+    the same budget, on each dataset; writes the preset ``configs/tuned/<name>.yaml`` and
+    copies each search history to ``<results>/tune/<name>-<objective>.json``."""
     from seqtwins.experiment import load_experiment
     from seqtwins.tune import tune_experiment
 
@@ -422,7 +425,8 @@ def run_tune(
         preset = configs / "tuned" / f"{name}.yaml"
         preset.parent.mkdir(parents=True, exist_ok=True)
         shown = source.relative_to(ROOT) if source.is_relative_to(ROOT) else source
-        found = tune_experiment(cfg, out, objectives=["barlow", "dual"], write_preset=preset,
+        chosen = [o for o in TUNED_OBJECTIVES if o in cfg.objectives]
+        found = tune_experiment(cfg, out, objectives=chosen, write_preset=preset,
                                 progress=True, source=shown)  # fmt: skip
         for obj, r in found.items():
             (results / "tune").mkdir(parents=True, exist_ok=True)
@@ -478,8 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--docs", type=Path, default=None, help=f"default {DOCS}")
     ap.add_argument("--configs", type=Path, default=CONFIGS)
     ap.add_argument("--tune", nargs="+", metavar="DATASET", help="tune these datasets only")
-    ap.add_argument("--trials", type=int, default=8, help="with --tune: trials per objective")
-    ap.add_argument("--tune-epochs", type=int, default=5, help="with --tune: epochs per trial")
+    ap.add_argument("--trials", type=int, default=24,
+                    help="with --tune: complete trials per objective")  # fmt: skip
+    ap.add_argument("--tune-epochs", type=int, default=20, help="with --tune: epochs per trial")
     args = ap.parse_args(argv)
     from evidence_doc import write_doc
 

@@ -11,7 +11,10 @@ arXiv:2108.06479):
 - ``insert``     insert such a co-occurring item right after chosen positions.
 
 ``substitute`` and ``insert`` draw from a :class:`CooccurrenceTable` built once from the
-training users' histories. :class:`TwoViewTransform` turns one history into two independent
+training users' histories (with ``augment.same_category``, restricted to each item's
+first-listed category); with ``augment.session_crop`` and timestamps, ``crop`` keeps whole
+sessions (:func:`session_crop`). :func:`mask_for_prediction` masks view items for
+``barlow+mask``. :class:`TwoViewTransform` turns one history into two independent
 views, either by one randomly drawn operation per view (``mode="random"``) or by all
 enabled operations in a fixed order (``mode="chain"``). Every random choice comes from the
 ``np.random.Generator`` passed in, so views are reproducible from the seed.

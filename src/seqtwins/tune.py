@@ -9,23 +9,29 @@ from the embeddings of **valid** users, over 5 rotated folds
 (:mod:`seqtwins.evaluate.proxy`).
 Test users are never touched.
 
-**Fairness rule: every objective gets the same budget** -- the same number of finished
-trials, the same wall-clock timeout per objective, the same training epochs per trial
-(``tune.epochs``) and the same pruner -- so that a tuned ``barlow`` and a tuned ``dual``
-are compared on equal terms (issue 5). When the timeout ends a search before its trials
-are done, a faster-training objective may get more trials in the same time; each
-``history.json`` records how many trials its objective got. For equal trial counts give a
-timeout that the trials fit in (or none).
+**Fairness rule: every objective gets the same budget** -- the same number of complete
+(finished) trials, the same wall-clock timeout per objective, the same training epochs per
+trial (``tune.epochs``) and the same pruner -- so that tuned objectives are compared on
+equal terms (issues 5 and 11). Pruned and failed trials do not count towards the
+``tune.trials`` complete ones: an objective whose trials are pruned more often runs more
+of them, up to :data:`MAX_ATTEMPTS` x ``tune.trials`` attempts, and one that an earlier call
+left behind catches up, so the complete counts end equal. When the timeout (or the
+attempts cap) stops an objective first, ``summary.json`` and the preset header say so
+("NOT EQUAL: ..."). The pruner (Optuna's MedianPruner) never stops a trial in its first
+``ceil(tune.prune_warmup * epochs)`` epochs (40 % by default).
 
 Outputs, under ``<out>/<name>/tune/<objective>/``::
 
     study.db          the Optuna study (SQLite): a rerun resumes it
-    history.json      every trial: number, state, params, value, seconds, epochs done
+    history.json      every trial: number, state, params, value, seconds, epochs done;
+                      the complete / pruned / failed counts and why the search stopped
     trial-NNNN/       each trial's run dir (config.yaml, summary.json, metrics.jsonl;
                       checkpoints are deleted unless tune.keep_runs)
 
-and a preset, ``<out>/<name>/tune/tuned.yaml`` by default: the experiment with each tuned
-objective's layer in ``objectives:`` merged with its best values, ready for ``seqtwins run``.
+``<out>/<name>/tune/summary.json`` (the counts of every objective, and whether the
+complete counts are equal), and a preset, ``<out>/<name>/tune/tuned.yaml`` by default:
+the experiment with each tuned objective's layer in ``objectives:`` merged with its best
+values, ready for ``seqtwins run``.
 
 The search space (``tune.space`` in the experiment file) maps objective -> dotted
 ``PretrainConfig`` path -> ``{type: float|int|categorical, low, high, log, choices}``; an
