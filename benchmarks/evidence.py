@@ -562,8 +562,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--docs", type=Path, default=None, help=f"default {DOCS}")
     ap.add_argument("--configs", type=Path, default=CONFIGS)
     ap.add_argument("--tune", nargs="+", metavar="DATASET", help="tune these datasets only")
-    ap.add_argument("--trials", type=int, help="with --tune: trials per objective")
-    ap.add_argument("--tune-epochs", type=int, help="with --tune: epochs per trial")
+    ap.add_argument(
+        "--trials",
+        type=int,
+        help="with --tune: complete trials per objective (default: the file's tune.trials)",
+    )
+    ap.add_argument(
+        "--tune-epochs",
+        type=int,
+        help="with --tune: epochs per trial (default: the file's tune.epochs)",
+    )
     args = ap.parse_args(argv)
     from evidence_doc import write_doc
 

@@ -16,9 +16,13 @@ from seqtwins.augment import (
     CooccurrenceTable,
     TwoViewTransform,
     crop,
+    history_counts,
     insert,
     mask,
+    mask_for_prediction,
     reorder,
+    session_bounds,
+    session_crop,
     substitute,
 )
 from seqtwins.data.dataset import Sequences
@@ -88,6 +92,9 @@ def test_default_config_is_valid_and_documented() -> None:
         ({"short_len": -1}, "augment.short_len=-1"),
         ({"cooc_window": 0}, "augment.cooc_window=0"),
         ({"cooc_top_k": 0}, "augment.cooc_top_k=0"),
+        ({"same_category": 1}, "augment.same_category=1"),
+        ({"session_crop": "yes"}, "augment.session_crop='yes'"),
+        ({"session_gap": 0}, "augment.session_gap=0"),
     ],
 )
 def test_bad_config_names_the_setting(kwargs: dict[str, object], needle: str) -> None:
@@ -507,3 +514,159 @@ def test_cooc_on_yelp_histories(shared_data) -> None:  # type: ignore[no-untyped
     for u in rng.choice(seqs.num_users, 200, replace=False):
         a, b = transform(seqs.history(int(u)), rng)
         assert 1 <= len(a) <= 50 and 1 <= len(b) <= 50
+
+
+# --- domain-aware operations: same-category draws, session crops, masking for prediction ---
+CATS = np.r_[-1, np.arange(1, N_ITEMS + 1) % 3, -1]  # item id i -> category i % 3 (0 = pad)
+
+
+def _category_table(cats: np.ndarray = CATS) -> tuple[CooccurrenceTable, CooccurrenceTable]:
+    seqs = Sequences.from_lists(_random_histories(0))
+    plain = CooccurrenceTable.build(seqs, num_items=N_ITEMS, window=2, top_k=5)
+    pop = history_counts(seqs, np.arange(seqs.num_users), N_ITEMS)
+    return plain, plain.within_categories(cats, pop, top_k=5)
+
+
+def test_same_category_table_keeps_only_items_of_the_category() -> None:
+    plain, same = _category_table()
+    assert same.num_items == plain.num_items
+    for item in range(1, N_ITEMS + 1):
+        nbrs, counts = same.neighbours(item)
+        assert len(nbrs) >= 1 and item not in nbrs and (counts > 0).all()
+        assert (CATS[nbrs] == CATS[item]).all()
+        kept = [n for n in plain.neighbours(item)[0] if CATS[n] == CATS[item]]
+        if kept:  # co-occurrence-weighted, in the plain table's order
+            assert nbrs.tolist() == kept
+
+
+def test_same_category_falls_back_to_popular_items_of_the_category() -> None:
+    seqs = Sequences.from_lists([[1, 2], [3, 4], [1, 2], [4]])
+    plain = CooccurrenceTable.build(seqs, num_items=6, window=1, top_k=3)
+    cats = np.r_[-1, [0, 1, 0, 1, 0, 1], -1]  # every co-occurrence crosses categories
+    pop = history_counts(seqs, np.arange(4), 6)  # 1: 2, 2: 2, 3: 1, 4: 2, 5/6: unseen
+    same = plain.within_categories(cats, pop, top_k=2)
+    got = {i: (same.neighbours(i)[0].tolist(), same.neighbours(i)[1].tolist())
+           for i in range(1, 7)}  # fmt: skip
+    assert got[1] == ([3], [1.0])  # itself excluded; unseen 5 never drawn
+    assert got[3] == ([1], [2.0])
+    assert got[2] == ([4], [2.0]) and got[4] == ([2], [2.0])
+    assert got[5] == ([1, 3], [2.0, 1.0])  # most popular first, popularity-weighted
+    assert got[6] == ([2, 4], [2.0, 2.0])  # ties: smaller id first
+
+
+def test_items_without_category_keep_their_neighbours() -> None:
+    cats = CATS.copy()
+    cats[5] = -1
+    plain, same = _category_table(cats)
+    assert same.neighbours(5)[0].tolist() == plain.neighbours(5)[0].tolist()
+    nbrs = same.neighbours(6)[0]
+    assert 5 not in nbrs or CATS[6] == -1  # category -1 is no category, never a match
+
+
+@given(seq=seqs_st, seed=seeds)
+@settings(max_examples=60, deadline=None)
+def test_substitute_and_insert_draw_only_from_the_category(seq: np.ndarray, seed: int) -> None:
+    _, same = _category_table()
+    rng = np.random.default_rng(seed)
+    out = substitute(seq, 0.5, same, rng)
+    changed = out != seq
+    assert (CATS[out[changed]] == CATS[seq[changed]]).all()
+    ins = insert(seq, 0.5, same, rng)
+    p = 0  # greedy alignment of ins with seq: what does not match was inserted
+    for k, x in enumerate(ins):
+        if p < len(seq) and x == seq[p]:
+            p += 1
+        else:  # inserted right after ins[k - 1], and of its category
+            assert k > 0 and CATS[x] == CATS[ins[k - 1]]
+    assert p == len(seq)
+
+
+def test_transform_same_category_and_clean_fallback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seqs = Sequences.from_lists(_random_histories(3))
+    train = np.arange(seqs.num_users)
+    cfg = AugmentConfig(ops=("substitute",), substitute_rate=1.0, same_category=True,
+                        short_len=0)  # fmt: skip
+    t = TwoViewTransform.from_sequences(cfg, seqs, train, N_ITEMS, item_categories=CATS)
+    rng = np.random.default_rng(0)
+    seq = np.arange(1, 21, dtype=np.int32)
+    for _ in range(20):
+        a, b = t(seq, rng)
+        assert (CATS[a] == CATS[seq]).all() and (CATS[b] == CATS[seq]).all()
+    # no categories: the plain co-occurrence table, no error
+    plain = TwoViewTransform.from_sequences(cfg, seqs, train, N_ITEMS)
+    ref = CooccurrenceTable.build(seqs, train, num_items=N_ITEMS, window=3, top_k=20)
+    assert plain.cooc is not None and plain.cooc.nnz == ref.nnz
+
+
+def test_session_bounds() -> None:
+    times = np.array([0, 10, 5000, 5010, 5020, 20000])
+    assert session_bounds(times, 1800).tolist() == [0, 2, 5, 6]
+    assert session_bounds(times, 100000).tolist() == [0, 6]
+    assert session_bounds(np.array([7]), 1).tolist() == [0, 1]
+
+
+@given(
+    sizes=st.lists(st.integers(1, 8), min_size=1, max_size=10),
+    keep=st.floats(0.05, 1.0),
+    seed=seeds,
+)
+@settings(max_examples=150, deadline=None)
+def test_session_crop_keeps_whole_sessions(sizes: list[int], keep: float, seed: int) -> None:
+    gap = 1800
+    times = np.concatenate([s * 10_000 + np.arange(n) for s, n in enumerate(sizes)])
+    seq = np.arange(1, len(times) + 1, dtype=np.int32)  # distinct: positions are recoverable
+    out = session_crop(seq, times, keep, gap, np.random.default_rng(seed))
+    n = len(seq)
+    length = max(1, int(keep * n + 1e-9))
+    start = int(out[0]) - 1
+    assert out.tolist() == seq[start : start + len(out)].tolist()  # contiguous
+    assert 1 <= len(out) <= n
+    bounds = set(session_bounds(times, gap).tolist())
+    if length >= n:
+        assert len(out) == n
+    elif len(sizes) > 1 and min(sizes) <= length:
+        # whole sessions: starts and ends at boundaries, within the crop length
+        assert start in bounds and start + len(out) in bounds
+        assert len(out) <= length
+    else:  # one session, or none fits: the plain crop
+        assert len(out) == length
+
+
+def test_session_crop_reaches_every_fitting_session() -> None:
+    times = np.array([0, 1, 5000, 5001, 9000, 20000, 20001])  # sessions 2, 2, 1, 2
+    seq = np.arange(1, 8)
+    starts = {int(session_crop(seq, times, 0.5, 1800, np.random.default_rng(s))[0])
+              for s in range(200)}  # fmt: skip
+    assert starts == {1, 3, 5, 6}
+
+
+def test_transform_crops_at_sessions_only_with_times() -> None:
+    cfg = AugmentConfig(ops=("crop",), crop_keep=0.5, session_crop=True, short_len=0)
+    t = TwoViewTransform(cfg, MASK)
+    assert t.uses_times
+    assert not TwoViewTransform(AugmentConfig(ops=("crop",)), MASK).uses_times
+    seq = np.arange(1, 13, dtype=np.int32)
+    times = np.repeat([0, 10_000, 20_000, 30_000], 3)  # four sessions of 3
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        a, b = t(seq, rng, times)
+        for v in (a, b):
+            assert len(v) in (3, 6) and (int(v[0]) - 1) % 3 == 0
+    # without times: the plain crop (length floor(0.5 * 12))
+    assert all(len(v) == 6 for v in t(seq, rng))
+
+
+@given(seq=seqs_st, rate=st.floats(0.01, 1.0), seed=seeds)
+@settings(max_examples=80, deadline=None)
+def test_mask_for_prediction(seq: np.ndarray, rate: float, seed: int) -> None:
+    seq = seq.copy()
+    seq[:: max(1, len(seq) // 3)] = MASK  # some MASK tokens already in the view
+    out, targets = mask_for_prediction(seq, rate, MASK, np.random.default_rng(seed))
+    assert out.dtype == seq.dtype and out.shape == targets.shape == seq.shape
+    hit = targets > 0
+    assert (out[hit] == MASK).all() and (targets[hit] == seq[hit]).all()
+    assert (seq[hit] != MASK).all()  # only real items are chosen
+    assert (out[~hit] == seq[~hit]).all()
+    real = int(((seq >= 1) & (seq < MASK)).sum())
+    if real:
+        assert int(((out >= 1) & (out < MASK)).sum()) >= 1  # one real item stays visible

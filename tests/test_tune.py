@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from seqtwins.cli import app
 from seqtwins.errors import SeqtwinsError
 from seqtwins.experiment import ExperimentConfig, load_experiment
+from seqtwins.objectives import OBJECTIVES
 from seqtwins.train import RunSummary
-from seqtwins.tune import DEFAULT_SPACES, TuneSpec, parse_param, tune_experiment
+from seqtwins.tune import DEFAULT_SPACES, TuneSpec, parse_param, prune_warmup, tune_experiment
 
 runner = CliRunner()
 
@@ -22,7 +23,12 @@ BARLOW_SPACE = {
 }
 
 
-def tiny_experiment(tmp_path: Path, **tune: Any) -> Path:
+def tiny_experiment(
+    tmp_path: Path,
+    epochs: int = 1,
+    objectives: dict[str, Any] | None = None,
+    **tune: Any,
+) -> Path:
     exp = tmp_path / "tiny.yaml"
     spec = {
         "name": "tiny",
@@ -33,8 +39,8 @@ def tiny_experiment(tmp_path: Path, **tune: Any) -> Path:
             "barlow": {"projector": [32, 32]},
             "train": {"epochs": 3, "batch_size": 64, "patience": 0},
         },
-        "objectives": {"barlow": {}, "dual": {}},
-        "tune": {"epochs": 1, "startup_trials": 2, **tune},
+        "objectives": objectives or {"barlow": {}, "dual": {}},
+        "tune": {"epochs": epochs, "startup_trials": 2, **tune},
     }
     exp.write_text(yaml.safe_dump(spec, sort_keys=False))
     return exp
@@ -47,9 +53,13 @@ def history(out: Path, objective: str) -> dict[str, Any]:
 
 def test_default_spaces_are_valid_for_every_objective():
     spec = TuneSpec()
+    assert set(DEFAULT_SPACES) == set(OBJECTIVES)
     for objective in DEFAULT_SPACES:
         paths = [p.path for p in spec.params(objective)]
-        assert {"train.lr", "train.weight_decay", "encoder.dropout"} <= set(paths)
+        assert {"train.lr", "train.weight_decay", "encoder.dropout", "encoder.dim"} <= set(paths)
+        if objective != "dual":  # the augmentation policy and the projector are searched
+            assert {"augment.ops", "augment.mask_rate", "augment.same_category",
+                    "augment.session_crop", "barlow.projector"} <= set(paths)  # fmt: skip
     assert "dual.temperature" in [p.path for p in spec.params("dual")]
     assert "barlow.lambda_" not in [p.path for p in spec.params("dual")]
 
@@ -159,35 +169,126 @@ def test_changed_space_refuses_to_resume(tmp_path, monkeypatch):
         tune_experiment(cfg, tmp_path / "out", trials=2, objectives=["barlow"], say=print)
 
 
-def fake_pretrain(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> list[Any]:
-    """Replace training by a stub: trial i reports ``scores[i]`` at each of 3 epochs."""
+def fake_pretrain(
+    monkeypatch: pytest.MonkeyPatch,
+    scores: list[float] | dict[str, list[float]],
+    clock: list[float] | None = None,
+) -> list[Any]:
+    """Replace training by a stub: trial i (of its objective, with a dict) reports
+    ``scores[i]`` at each of its ``train.epochs`` epochs. With ``clock``, each trial moves
+    tune's clock on by 100 s."""
     calls: list[Any] = []
 
     def pretrain(data_dir, run_dir, cfg, progress=True, overwrite=False, on_epoch=None,
                  proxy=None):  # fmt: skip
-        score = scores[len(calls)]
+        if isinstance(scores, dict):
+            mine = scores[cfg.objective]
+            score = mine[sum(c.objective == cfg.objective for c in calls)]
+        else:
+            score = scores[len(calls)]
         calls.append(cfg)
+        if clock is not None:
+            clock[0] += 100.0
         epoch = 0
-        for epoch in range(3):
+        for epoch in range(cfg.train.epochs):
             if on_epoch is not None:
                 on_epoch({"event": "valid", "epoch": epoch, "loss": 1.0, "proxy": score,
                           "score": score})  # fmt: skip
         return RunSummary(Path(run_dir), epoch + 1, 3, 0, score, False, 0.1)
 
     monkeypatch.setattr("seqtwins.train.pretrain", pretrain)
+    if clock is not None:
+        monkeypatch.setattr("seqtwins.tune._clock", lambda: clock[0])
     return calls
 
 
-def test_median_pruner_stops_a_worse_trial(tmp_path, monkeypatch):
-    calls = fake_pretrain(monkeypatch, [0.6, 0.2, 0.7])
-    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}))
+def test_median_pruner_waits_for_40_percent_of_the_epochs(tmp_path, monkeypatch):
+    calls = fake_pretrain(monkeypatch, [0.6, 0.2, 0.7, 0.65])
+    exp = tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}, epochs=5)
+    cfg = load_experiment(exp)
     result = tune_experiment(cfg, tmp_path / "out", trials=3, objectives=["barlow"],
                              say=lambda *a: None)  # fmt: skip
-    trials = history(tmp_path / "out", "barlow")["trials"]
-    assert [t["state"] for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
-    assert trials[1]["epochs_done"] == 2  # pruned after epoch 1 (warm-up: epoch 0)
-    assert result.get("barlow") and result["barlow"].best_value == 0.7
-    assert result["barlow"].n_trials == 3 and len(calls) == 3
+    hist = history(tmp_path / "out", "barlow")
+    trials = hist["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"]
+    # warm-up ceil(0.4 * 5) = 2: epochs 0 and 1 are never pruned, epoch 2 may be
+    assert trials[1]["epochs_done"] == 3
+    assert hist["counts"] == {"complete": 3, "pruned": 1, "failed": 0}
+    r = result["barlow"]
+    assert (r.complete, r.pruned, r.failed, r.stopped) == (3, 1, 0, None)
+    assert r.best_value == 0.7 and r.n_trials == 4 and len(calls) == 4
+
+
+def test_prune_warmup_and_defaults():
+    spec = TuneSpec()
+    assert spec.trials >= 24 and spec.prune_warmup == 0.4
+    assert [prune_warmup(spec, e) for e in (1, 2, 3, 5, 10, 20)] == [1, 1, 2, 2, 4, 8]
+    with pytest.raises(ValueError, match="tune.prune_warmup=1.5"):
+        TuneSpec(prune_warmup=1.5)
+
+
+def test_pruned_trials_are_made_up_so_complete_counts_are_equal(tmp_path, monkeypatch):
+    fake_pretrain(monkeypatch, {"barlow": [0.6, 0.1, 0.7], "dual": [0.5, 0.6]})
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}, epochs=5))
+    out = tmp_path / "out"
+    results = tune_experiment(cfg, out, trials=2, say=lambda *a: None)
+    assert {o: (r.complete, r.pruned) for o, r in results.items()} == {
+        "barlow": (2, 1), "dual": (2, 0)}  # fmt: skip
+    summary = json.loads((out / "tiny/tune/summary.json").read_text())
+    assert summary["equal_complete"] and summary["note"] is None
+    assert summary["objectives"]["barlow"]["pruned"] == 1
+    text = (out / "tiny/tune/tuned.yaml").read_text()
+    assert "barlow: best 0.7000 (trial 2); trials: 2 complete, 1 pruned, 0 failed" in text
+    assert "NOT EQUAL" not in text
+
+
+def test_an_objective_behind_from_an_earlier_call_catches_up(tmp_path, monkeypatch):
+    calls = fake_pretrain(monkeypatch, {"barlow": [0.6, 0.5, 0.7], "dual": [0.5, 0.6, 0.4]})
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}))
+    out = tmp_path / "out"
+    tune_experiment(cfg, out, trials=3, objectives=["barlow"], say=lambda *a: None)
+    lines: list[str] = []
+    results = tune_experiment(cfg, out, trials=2, say=lines.append)
+    assert results["barlow"].complete == results["dual"].complete == 3
+    assert len(calls) == 6 and any("running more to equal it" in x for x in lines)
+
+
+def test_a_timeout_that_leaves_counts_unequal_is_reported(tmp_path, monkeypatch):
+    clock = [0.0]
+    fake_pretrain(monkeypatch, {"barlow": [0.5, 0.1], "dual": [0.5, 0.6]}, clock)
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}, epochs=5))
+    out = tmp_path / "out"
+    results = tune_experiment(cfg, out, trials=2, timeout=150, say=lambda *a: None)
+    assert (results["barlow"].complete, results["barlow"].stopped) == (1, "timeout")
+    assert (results["dual"].complete, results["dual"].stopped) == (2, None)
+    summary = json.loads((out / "tiny/tune/summary.json").read_text())
+    assert not summary["equal_complete"]
+    assert summary["note"] == "complete trial counts differ: barlow 1 (stopped: timeout), dual 2"
+    assert history(out, "barlow")["stopped"] == "timeout"
+    text = (out / "tiny/tune/tuned.yaml").read_text()
+    assert "# NOT EQUAL: complete trial counts differ: barlow 1 (stopped: timeout)" in text
+    assert "barlow: best 0.5000 (trial 0); trials: 1 complete (stopped: timeout), 1 pruned" in text
+
+
+@pytest.mark.slow
+def test_tune_barlow_mask_default_space_on_synth_data(tmp_path):
+    """The new objective and the full default space (augmentation policy, width,
+    projector) on real tiny training: 2 trials of 2 epochs."""
+    exp = tiny_experiment(tmp_path, epochs=2, objectives={"barlow+mask": {}})
+    cfg = load_experiment(exp)
+    results = tune_experiment(cfg, tmp_path / "out", trials=2, say=lambda *a: None)
+    r = results["barlow+mask"]
+    assert r.complete == 2 and r.stopped is None
+    hist = history(tmp_path / "out", "barlow+mask")
+    assert hist["counts"]["complete"] == 2
+    params = hist["trials"][0]["params"]
+    assert {"augment.ops", "augment.same_category", "augment.session_crop", "encoder.dim",
+            "barlow.projector", "mask.alpha", "mask.rate"} <= set(params)  # fmt: skip
+    assert params["encoder.dim"] in (64, 128)
+    tuned = load_experiment(tmp_path / "out/tiny/tune/tuned.yaml")
+    assert tuned.pretrain_config("barlow+mask").mask.alpha == pytest.approx(
+        r.best_params["mask.alpha"]
+    )
 
 
 def test_invalid_sampled_config_fails_the_trial_not_the_search(tmp_path):
@@ -197,7 +298,8 @@ def test_invalid_sampled_config_fails_the_trial_not_the_search(tmp_path):
     with pytest.raises(SeqtwinsError, match="no trial finished.*must be divisible"):
         tune_experiment(cfg, tmp_path / "out", trials=2, objectives=["barlow"], say=print)
     trials = history(tmp_path / "out", "barlow")["trials"]
-    assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
+    # pruned and failed trials do not count: it tried MAX_ATTEMPTS x 2 times, then gave up
+    assert [t["state"] for t in trials] == ["FAIL"] * 6
     assert all("invalid setting" in t["error"] for t in trials)
 
 

@@ -11,7 +11,10 @@ arXiv:2108.06479):
 - ``insert``     insert such a co-occurring item right after chosen positions.
 
 ``substitute`` and ``insert`` draw from a :class:`CooccurrenceTable` built once from the
-training users' histories. :class:`TwoViewTransform` turns one history into two independent
+training users' histories (with ``augment.same_category``, restricted to each item's
+first-listed category); with ``augment.session_crop`` and timestamps, ``crop`` keeps whole
+sessions (:func:`session_crop`). :func:`mask_for_prediction` masks view items for
+``barlow+mask``. :class:`TwoViewTransform` turns one history into two independent
 views, either by one randomly drawn operation per view (``mode="random"``) or by all
 enabled operations in a fixed order (``mode="chain"``). Every random choice comes from the
 ``np.random.Generator`` passed in, so views are reproducible from the seed.
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from seqtwins.data.dataset import Sequences
+    from seqtwins.data.dataset import SequenceDataset, Sequences
 
 OPS = ("mask", "crop", "reorder", "substitute", "insert")
 """Every augmentation name, in the order ``mode="chain"`` applies them."""
@@ -120,6 +123,22 @@ class AugmentConfig:
     """Neighbours kept per item (the most frequent co-occurring items); substitute/insert
     draw among them proportionally to the co-occurrence count. >= 1."""
 
+    same_category: bool = False
+    """``substitute`` / ``insert`` draw only items of the original item's first-listed
+    category: its co-occurring neighbours of that category (co-occurrence-weighted), or,
+    when it has none, the category's ``cooc_top_k`` most popular items
+    (popularity-weighted). Items without a category, and datasets without categories,
+    keep the plain co-occurrence draw."""
+
+    session_crop: bool = False
+    """``crop`` keeps a contiguous range of whole sessions (see ``session_gap``) where the
+    dataset has timestamps and the history has several sessions; otherwise the plain
+    crop."""
+
+    session_gap: float = 1800.0
+    """Seconds: a gap of at least this long between two interactions starts a new session
+    (30 minutes, the usual inactivity timeout of web analytics). > 0."""
+
     def __post_init__(self) -> None:
         # YAML gives lists; store tuples (hashable, and what the type says).
         if isinstance(self.ops, list):
@@ -159,6 +178,12 @@ class AugmentConfig:
         keep = self.crop_keep
         if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0.0 < keep <= 1.0:
             raise ValueError(f"augment.crop_keep={keep!r} must be in (0, 1]")
+        for name in ("same_category", "session_crop"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"augment.{name}={getattr(self, name)!r} must be true or false")
+        gap = self.session_gap
+        if isinstance(gap, bool) or not isinstance(gap, int | float) or not gap > 0:
+            raise ValueError(f"augment.session_gap={gap!r} must be a number of seconds > 0")
         for name, low in (("max_len", 1), ("short_len", 0), ("cooc_window", 1), ("cooc_top_k", 1)):
             value = getattr(self, name)
             if name == "max_len" and value is None:
@@ -217,6 +242,65 @@ def crop(seq: np.ndarray, keep: float, rng: np.random.Generator) -> np.ndarray:
         return seq.copy()
     start = int(rng.random() * (n - length + 1))
     return seq[start : start + length].copy()
+
+
+def session_bounds(times: np.ndarray, gap: float) -> np.ndarray:
+    """Session boundaries ``(S + 1,)`` of a chronological ``times`` array: ``0``, every
+    position whose gap to the previous interaction is at least ``gap`` seconds, and
+    ``n``. Session ``s`` is ``[bounds[s], bounds[s + 1])``."""
+    n = len(times)
+    gaps = np.diff(np.asarray(times, dtype=np.float64))  # (n - 1,) seconds
+    starts = np.flatnonzero(gaps >= gap) + 1
+    return np.concatenate([[0], starts, [n]]).astype(np.int64)
+
+
+def session_crop(
+    seq: np.ndarray, times: np.ndarray, keep: float, gap: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A crop made of whole sessions: a contiguous range of sessions of at most
+    ``max(1, floor(keep * n))`` items in total, starting at a session drawn uniformly
+    among those that fit alone, and extended over the following sessions while they fit.
+
+    Falls back to :func:`crop` when the history is one session or no session fits (each
+    is longer than the crop). ``keep = 1`` is the identity. ``times`` (n,) are the
+    interactions' epoch seconds, aligned with ``seq``.
+    """
+    n = len(seq)
+    if len(times) != n:
+        raise ValueError(f"times has {len(times)} entries for a sequence of {n}")
+    length = max(1, int(keep * n + _EPS))
+    if n == 0 or length >= n:
+        return seq.copy()
+    bounds = session_bounds(times, gap)  # (S + 1,)
+    sizes = np.diff(bounds)  # (S,)
+    fits = np.flatnonzero(sizes <= length)  # sessions that fit alone
+    if len(sizes) < 2 or len(fits) == 0:
+        return crop(seq, keep, rng)
+    first = fits[int(rng.random() * len(fits))]
+    # the last boundary within `length` items of the start (at least the next one)
+    end = bounds[np.searchsorted(bounds, bounds[first] + length, side="right") - 1]
+    return seq[bounds[first] : end].copy()
+
+
+def mask_for_prediction(
+    seq: np.ndarray, rate: float, mask_token: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """BERT4Rec-style masking for masked-item prediction: ``(masked, targets)``.
+
+    About ``rate`` of the real items (ids in ``1..mask_token-1``; MASK tokens already in
+    the view are not chosen) are replaced by ``mask_token``; ``targets`` (n,) holds the
+    replaced item at those positions and 0 elsewhere. The count is stochastically
+    rounded and capped so that at least one real item stays visible.
+    """
+    out = seq.copy()
+    targets = np.zeros_like(seq)
+    real = np.flatnonzero((seq >= 1) & (seq < mask_token))  # (n_real,)
+    k = min(_stochastic_count(rate, len(real), rng), len(real) - 1)
+    if k > 0:
+        pos = real[_positions(len(real), k, rng)]
+        targets[pos] = seq[pos]
+        out[pos] = mask_token
+    return out, targets
 
 
 def reorder(seq: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
@@ -385,6 +469,39 @@ class CooccurrenceTable:
             out[big] = items[big]
         return out
 
+    def within_categories(
+        self, categories: np.ndarray, popularity: np.ndarray, top_k: int
+    ) -> CooccurrenceTable:
+        """The table restricted to each item's own category (``augment.same_category``).
+
+        ``categories`` (>= num_items + 1,) is the first-listed category code of each item
+        id (-1 = none), ``popularity`` (>= num_items + 1,) its count in training histories.
+        An item with a category keeps its co-occurring neighbours of that category (their
+        co-occurrence counts); if none is left it gets the ``top_k`` most popular other
+        items of its category (weighted by popularity). An item without a category keeps
+        its neighbours as they are. Vectorised over all items.
+        """
+        n = self.num_items
+        cat = np.full(n + 1, -1, dtype=np.int64)
+        m = min(len(categories), n + 1)
+        cat[:m] = np.asarray(categories[:m], dtype=np.int64)
+        cat[0] = -1  # padding
+        pop = np.zeros(n + 1, dtype=np.float64)
+        pop[: min(len(popularity), n + 1)] = np.asarray(popularity, dtype=np.float64)[: n + 1]
+        deg = np.diff(self.indptr)  # (n + 1,)
+        row = np.repeat(np.arange(n + 1, dtype=np.int64), deg)  # (nnz,)
+        keep = (cat[row] < 0) | (cat[row] == cat[self.neighbors])
+        kept_deg = np.bincount(row[keep], minlength=n + 1)
+        lonely = np.flatnonzero((cat >= 0) & (kept_deg == 0))  # no neighbour of its category
+        fb_rows, fb_items = _popular_in_category(cat, pop, lonely, top_k)
+        rows = np.concatenate([row[keep], fb_rows])
+        order = np.argsort(rows, kind="stable")  # a row is all co-occurrence or all fallback
+        neighbors = np.concatenate([self.neighbors[keep], fb_items])[order]
+        counts = np.concatenate([self.counts[keep], pop[fb_items]])[order]
+        indptr = np.zeros(n + 2, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n + 1), out=indptr[1:])
+        return CooccurrenceTable(indptr, neighbors, counts, self.window)
+
     @classmethod
     def build(
         cls,
@@ -460,6 +577,43 @@ class CooccurrenceTable:
             top_k,
         )
         return cls(indptr, neighbors, counts, window)
+
+
+def _popular_in_category(
+    cat: np.ndarray, pop: np.ndarray, rows: np.ndarray, top_k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each item id in ``rows``: the ``top_k`` most popular other items (popularity
+    > 0) of its category ``cat[row]``, most popular first (ties: smaller id first).
+    Returns the flat ``(row, item)`` pairs."""
+    items = np.flatnonzero((cat >= 0) & (pop > 0))  # candidate items
+    order = np.lexsort((items, -pop[items], cat[items]))  # by category, popularity desc, id
+    ranked = items[order]
+    n_cat = int(cat.max()) + 1 if len(cat) else 0
+    count = np.bincount(cat[ranked], minlength=n_cat)  # (C,)
+    start = np.cumsum(count) - count
+    c = cat[rows]
+    take = np.minimum(count[c], top_k + 1)  # one more: the row's own item may be among them
+    cand = ranked[_gather_index(start[c], take)]
+    cand_row = np.repeat(rows, take)
+    other = cand != cand_row
+    before = np.concatenate([[0], np.cumsum(other)])[np.cumsum(take) - take]  # per row
+    rank = np.cumsum(other) - np.repeat(before, take)  # 1-based rank among the others
+    ok = other & (rank <= top_k)
+    return cand_row[ok], cand[ok]
+
+
+def history_counts(
+    sequences: Sequences, users: np.ndarray, num_items: int, chunk: int = 4_000_000
+) -> np.ndarray:
+    """How often each item id ``0..num_items`` occurs in the histories of ``users``."""
+    users = np.asarray(users, dtype=np.int64)
+    starts = np.asarray(sequences.offsets[:-1])[users]
+    lengths = np.asarray(sequences.history_end)[users] - starts
+    counts = np.zeros(num_items + 1, dtype=np.int64)
+    for lo, hi in _chunks(lengths, chunk):
+        flat = np.asarray(sequences.items[_gather_index(starts[lo:hi], lengths[lo:hi])])
+        counts += np.bincount(flat, minlength=num_items + 1)[: num_items + 1]
+    return counts
 
 
 def _chunks(lengths: np.ndarray, budget: int) -> list[tuple[int, int]]:
@@ -546,7 +700,7 @@ class TwoViewTransform:
         short = tuple(o for o in cfg.ops if o in cfg.short_ops)
         self._short_ops = self._bind(short) if short else self._ops
 
-    def _bind(self, names: tuple[str, ...]) -> tuple[Op, ...]:
+    def _bind(self, names: tuple[str, ...]) -> tuple[tuple[str, Op], ...]:
         cfg, token, cooc = self.cfg, self.mask_token, self.cooc
         if cfg.mode == "chain":
             names = tuple(o for o in CHAIN_ORDER if o in names)
@@ -558,7 +712,13 @@ class TwoViewTransform:
         if cooc is not None:
             table["substitute"] = lambda s, r: substitute(s, cfg.substitute_rate, cooc, r)
             table["insert"] = lambda s, r: insert(s, cfg.insert_rate, cooc, r, cfg.max_len)
-        return tuple(table[o] for o in names)
+        return tuple((o, table[o]) for o in names)
+
+    @property
+    def uses_times(self) -> bool:
+        """Whether views depend on the interactions' times (``augment.session_crop`` with
+        ``crop`` enabled): then pass ``times`` to :meth:`__call__`."""
+        return self.cfg.session_crop and "crop" in self.cfg.ops
 
     def __getstate__(self) -> dict[str, Any]:
         # The bound lambdas do not pickle; they are rebuilt from the config.
@@ -576,9 +736,13 @@ class TwoViewTransform:
         train_users: np.ndarray,
         num_items: int,
         mask_token: int | None = None,
+        item_categories: np.ndarray | None = None,
     ) -> TwoViewTransform:
         """Build the transform, with a co-occurrence table over the train users' histories
-        only when ``cfg`` needs one. ``mask_token`` defaults to ``num_items + 1``."""
+        only when ``cfg`` needs one. ``mask_token`` defaults to ``num_items + 1``.
+        ``item_categories`` (num_items + 2,) first-listed category codes (-1 = none)
+        restrict that table to each item's category when ``cfg.same_category``; without
+        them it stays the plain co-occurrence table."""
         cooc = None
         if cfg.needs_cooccurrence:
             cooc = CooccurrenceTable.build(
@@ -588,27 +752,52 @@ class TwoViewTransform:
                 window=cfg.cooc_window,
                 top_k=cfg.cooc_top_k,
             )
+            if cfg.same_category and item_categories is not None:
+                popularity = history_counts(sequences, train_users, num_items)
+                cooc = cooc.within_categories(item_categories, popularity, cfg.cooc_top_k)
         return cls(cfg, num_items + 1 if mask_token is None else mask_token, cooc)
 
-    def view(self, seq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One augmented view of ``seq`` (1-D, item ids >= 1, non-empty)."""
+    @classmethod
+    def for_dataset(
+        cls, cfg: AugmentConfig, ds: SequenceDataset, train_users: np.ndarray
+    ) -> TwoViewTransform:
+        """:meth:`from_sequences` for a dataset: its item categories when
+        ``cfg.same_category`` asks for them and it has some."""
+        cats = ds.item_categories()[0] if cfg.same_category and ds.has_categories else None
+        return cls.from_sequences(cfg, ds.sequences, train_users, ds.num_items,
+                                  item_categories=cats)  # fmt: skip
+
+    def view(
+        self, seq: np.ndarray, rng: np.random.Generator, times: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One augmented view of ``seq`` (1-D, item ids >= 1, non-empty). ``times`` (n,)
+        the interactions' epoch seconds: with them, and ``augment.session_crop``, ``crop``
+        cuts at session boundaries."""
         n = len(seq)
         if n == 0:
             raise ValueError("cannot augment an empty sequence; filter out empty histories")
         max_len = self.cfg.max_len
         if max_len is not None and n > max_len:
             seq = seq[n - max_len :]
+            times = None if times is None else times[n - max_len :]
             n = max_len
         ops = self._short_ops if n <= self.cfg.short_len else self._ops
         if not ops:
             return seq.copy()
         if self.cfg.mode == "random":
-            return ops[int(rng.random() * len(ops))](seq, rng)
+            ops = (ops[int(rng.random() * len(ops))],)
         out = seq
-        for op in ops:
-            out = op(out, rng)
+        for name, op in ops:
+            if name == "crop" and times is not None and self.uses_times:
+                # crop comes first in a chain: `out` is still aligned with `times`
+                cfg = self.cfg
+                out = session_crop(out, times, cfg.crop_keep, cfg.session_gap, rng)
+            else:
+                out = op(out, rng)
         return out  # only insert lengthens a sequence, and it caps to max_len itself
 
-    def __call__(self, seq: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Two independent views of ``seq``."""
-        return self.view(seq, rng), self.view(seq, rng)
+    def __call__(
+        self, seq: np.ndarray, rng: np.random.Generator, times: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Two independent views of ``seq`` (``times``: see :meth:`view`)."""
+        return self.view(seq, rng, times), self.view(seq, rng, times)

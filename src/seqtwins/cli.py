@@ -132,7 +132,7 @@ def pretrain(
     data: Annotated[Path, typer.Argument(help="A dataset directory (prepare / synth).")],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write.")],
     objective: Annotated[
-        str | None, typer.Option(help="barlow, dual or barlow+next (default: barlow).")
+        str | None, typer.Option(help="barlow, dual, barlow+next or barlow+mask (default: barlow).")
     ] = None,
     config: Annotated[
         list[Path] | None, typer.Option("--config", help="YAML preset(s), applied in order.")

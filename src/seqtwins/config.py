@@ -18,7 +18,7 @@ import math
 
 from seqtwins.augment import AugmentConfig
 from seqtwins.models.encoder import EncoderConfig
-from seqtwins.objectives import OBJECTIVES, BarlowConfig, DualConfig, NextItemConfig
+from seqtwins.objectives import OBJECTIVES, BarlowConfig, DualConfig, MaskConfig, NextItemConfig
 from seqtwins.settings import (  # the generic machinery, re-exported (torch-free there)
     build,
     deep_merge,
@@ -149,12 +149,13 @@ class PretrainConfig:
     """
 
     objective: str = "barlow"
-    """``barlow``, ``dual`` or ``barlow+next``."""
+    """``barlow``, ``dual``, ``barlow+next`` or ``barlow+mask``."""
     encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     barlow: BarlowConfig = dataclasses.field(default_factory=BarlowConfig)
     dual: DualConfig = dataclasses.field(default_factory=DualConfig)
     next: NextItemConfig = dataclasses.field(default_factory=NextItemConfig)
+    mask: MaskConfig = dataclasses.field(default_factory=MaskConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:

@@ -31,7 +31,13 @@ from torch.utils.data import DataLoader
 
 from seqtwins.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from seqtwins.config import PretrainConfig, build, to_dict
-from seqtwins.data.batching import NEEDS_VIEWS, PretrainBatches, batch_plan
+from seqtwins.data.batching import (
+    NEEDS_MASKED,
+    NEEDS_VIEWS,
+    ItemMasking,
+    PretrainBatches,
+    batch_plan,
+)
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.distributed import World, session
 from seqtwins.errors import SeqtwinsError
@@ -120,7 +126,12 @@ def build_transform(
         return None
     from seqtwins.augment import TwoViewTransform
 
-    return TwoViewTransform.from_sequences(cfg.augment, ds.sequences, train_users, ds.num_items)
+    return TwoViewTransform.for_dataset(cfg.augment, ds, train_users)
+
+
+def item_masking(cfg: PretrainConfig, ds: SequenceDataset) -> ItemMasking | None:
+    """The view masking of masked-item objectives (None for the others)."""
+    return ItemMasking(cfg.mask.rate, ds.mask_token) if cfg.objective in NEEDS_MASKED else None
 
 
 def history_mask(ds: SequenceDataset, users: np.ndarray) -> np.ndarray:
@@ -378,7 +389,8 @@ def setup(
     barlow_cfg = replace(cfg.barlow, distributed=cfg.barlow.distributed or world.active)
     dual_cfg = replace(cfg.dual, distributed=cfg.dual.distributed or world.active)
     model = world.prepare(build_objective(cfg.objective, encoder, barlow_cfg, dual_cfg, cfg.next,
-                                          item_popularity=popularity)).to(device)  # fmt: skip
+                                          item_popularity=popularity,
+                                          mask=cfg.mask)).to(device)  # fmt: skip
     transform = build_transform(cfg, ds, train_users)
     total_steps = len(train_users) // tc.batch_size * tc.epochs
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
@@ -483,7 +495,8 @@ def _train_epoch(
     plan = batch_plan(t.train_users, hist_len, tc.batch_size, tc.seed, epoch,
                       tc.bucket_by_length)  # fmt: skip
     batches = PretrainBatches(t.ds.sequences, plan, t.cfg.objective, t.cfg.encoder.max_len,
-                              tc.seed, epoch, t.transform, world.shard)  # fmt: skip
+                              tc.seed, epoch, t.transform, world.shard,
+                              item_masking(t.cfg, t.ds))  # fmt: skip
     loader = DataLoader(
         batches, batch_size=None, sampler=range(state.batch, len(plan)),
         num_workers=tc.num_workers, pin_memory=t.device.type == "cuda",
@@ -595,7 +608,8 @@ def validate(t: Trainer, epoch: int) -> dict[str, Any]:
     hist_len = t.ds.sequences.history_lengths()
     plan = batch_plan(users, hist_len, bs, cfg.train.seed, VALID_EPOCH, bucket=False)
     batches = PretrainBatches(t.ds.sequences, plan, cfg.objective, cfg.encoder.max_len,
-                              cfg.train.seed, VALID_EPOCH, t.transform, world.shard)  # fmt: skip
+                              cfg.train.seed, VALID_EPOCH, t.transform, world.shard,
+                              item_masking(cfg, t.ds))  # fmt: skip
     losses = []
     for i in range(len(batches)):
         batch = {k: v.to(t.device) for k, v in batches[i].items()}

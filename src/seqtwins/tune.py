@@ -9,23 +9,29 @@ from the embeddings of **valid** users, over 5 rotated folds
 (:mod:`seqtwins.evaluate.proxy`).
 Test users are never touched.
 
-**Fairness rule: every objective gets the same budget** -- the same number of finished
-trials, the same wall-clock timeout per objective, the same training epochs per trial
-(``tune.epochs``) and the same pruner -- so that a tuned ``barlow`` and a tuned ``dual``
-are compared on equal terms (issue 5). When the timeout ends a search before its trials
-are done, a faster-training objective may get more trials in the same time; each
-``history.json`` records how many trials its objective got. For equal trial counts give a
-timeout that the trials fit in (or none).
+**Fairness rule: every objective gets the same budget** -- the same number of complete
+(finished) trials, the same wall-clock timeout per objective, the same training epochs per
+trial (``tune.epochs``) and the same pruner -- so that tuned objectives are compared on
+equal terms (issues 5 and 11). Pruned and failed trials do not count towards the
+``tune.trials`` complete ones: an objective whose trials are pruned more often runs more
+of them, up to :data:`MAX_ATTEMPTS` x ``tune.trials`` attempts, and one that an earlier call
+left behind catches up, so the complete counts end equal. When the timeout (or the
+attempts cap) stops an objective first, ``summary.json`` and the preset header say so
+("NOT EQUAL: ..."). The pruner (Optuna's MedianPruner) never stops a trial in its first
+``ceil(tune.prune_warmup * epochs)`` epochs (40 % by default).
 
 Outputs, under ``<out>/<name>/tune/<objective>/``::
 
     study.db          the Optuna study (SQLite): a rerun resumes it
-    history.json      every trial: number, state, params, value, seconds, epochs done
+    history.json      every trial: number, state, params, value, seconds, epochs done;
+                      the complete / pruned / failed counts and why the search stopped
     trial-NNNN/       each trial's run dir (config.yaml, summary.json, metrics.jsonl;
                       checkpoints are deleted unless tune.keep_runs)
 
-and a preset, ``<out>/<name>/tune/tuned.yaml`` by default: the experiment with each tuned
-objective's layer in ``objectives:`` merged with its best values, ready for ``seqtwins run``.
+``<out>/<name>/tune/summary.json`` (the counts of every objective, and whether the
+complete counts are equal), and a preset, ``<out>/<name>/tune/tuned.yaml`` by default:
+the experiment with each tuned objective's layer in ``objectives:`` merged with its best
+values, ready for ``seqtwins run``.
 
 The search space (``tune.space`` in the experiment file) maps objective -> dotted
 ``PretrainConfig`` path -> ``{type: float|int|categorical, low, high, log, choices}``; an
@@ -52,7 +58,7 @@ from seqtwins.config import PretrainConfig, deep_merge, load_yaml, nest, to_dict
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import atomic_file, atomic_write, check_replaceable
 from seqtwins.run import Run, out_folder
-from seqtwins.tune_space import (  # noqa: F401  (TuneSpec, DEFAULT_SPACES: re-exported)
+from seqtwins.tune_space import (  # noqa: F401  (DEFAULT_SPACES, parse_*: re-exported)
     DEFAULT_SPACES,
     FIXED_PATHS,
     Param,
@@ -78,9 +84,26 @@ class TuneResult:
     """Dotted path -> value of the best trial."""
     best_trial: int
     n_trials: int
-    """Finished trials in the study (complete, pruned, or failed on a bad setting)."""
+    """Trials that used up budget (complete, pruned, or failed on a bad setting)."""
     history: Path
     study: Path
+    complete: int = 0
+    """Finished trials: trained to the end and scored (the count made equal across
+    objectives)."""
+    pruned: int = 0
+    """Trials stopped early by the pruner."""
+    failed: int = 0
+    """Trials that failed on their own settings (invalid combination, divergence)."""
+    stopped: str | None = None
+    """Why the search stopped short of its complete-trial target: ``timeout``,
+    ``attempts`` (:data:`MAX_ATTEMPTS` x target trials tried), or None (target reached)."""
+
+
+MAX_ATTEMPTS = 3
+"""An objective tries at most this many times its complete-trial target (pruned and
+failed trials included) before giving up on reaching it."""
+
+_clock = time.monotonic  # the timeout's clock (tests replace it)
 
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
@@ -91,6 +114,19 @@ def _counts(trial: optuna.trial.FrozenTrial) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and "error" in trial.user_attrs
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """``complete`` / ``pruned`` / ``failed`` (on its own settings) trials of a study;
+    interrupted trials (a crash, Ctrl-C) are in none of them."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL and "error" in t.user_attrs for t in trials),
+    }
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -128,6 +164,7 @@ def _history(study: optuna.Study, params: list[Param], budget: dict[str, Any]) -
         "score": "favorite_category probe accuracy on valid users, 5 rotated folds "
         "(summary.best_score)",
         **budget,
+        "counts": trial_counts(study),
         "best": best,
         "trials": trials,
     }
@@ -180,14 +217,19 @@ def tune_experiment(
 ) -> dict[str, TuneResult]:
     """Search hyper-parameters of each objective (or ``objectives``) of an experiment.
 
-    **Every objective gets the same budget**: ``trials`` finished trials in total (default
-    ``tune.trials``; a rerun resumes the study and runs only the missing ones), at most
-    ``timeout`` seconds per objective in this call (default ``tune.timeout``), and
-    ``tune.epochs`` training epochs per trial. Trials are scored on valid users only.
+    **Every objective gets the same budget**: ``trials`` complete (finished) trials
+    (default ``tune.trials``; a rerun resumes the study and runs only the missing ones;
+    pruned and failed trials do not count, up to :data:`MAX_ATTEMPTS` x ``trials``
+    attempts), at most ``timeout`` seconds per objective in this call (default
+    ``tune.timeout``), and ``tune.epochs`` training epochs per trial. When the studies end
+    with different complete counts (an earlier call ran more for one objective), the
+    others run on until the counts are equal, within their timeout; a count that stays
+    unequal is reported with its reason. Trials are scored on valid users only.
 
-    Writes ``<out>/<name>/tune/<objective>/{study.db,history.json,trial-NNNN/}`` and the
-    preset ``write_preset`` (default ``<out>/<name>/tune/tuned.yaml``); ``source`` names
-    the experiment file in the preset's header. ``progress`` prints a line per trial.
+    Writes ``<out>/<name>/tune/<objective>/{study.db,history.json,trial-NNNN/}``,
+    ``<out>/<name>/tune/summary.json`` (trial counts per objective) and the preset
+    ``write_preset`` (default ``<out>/<name>/tune/tuned.yaml``); ``source`` names the
+    experiment file in the preset's header. ``progress`` prints a line per trial.
     """
     import optuna
 
@@ -225,49 +267,107 @@ def tune_experiment(
             "probe on valid users and cannot rank them by training loss alone"
         )
     budget = {"trials_wanted": n_wanted, "timeout_s": budget_s, "epochs": spec.epochs}
-    results: dict[str, TuneResult] = {}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        for obj in chosen:
-            results[obj] = _tune_objective(cfg, obj, spaces[obj], data_dir, root / "tune" / obj,
-                                           n_wanted, budget_s, budget, progress, say)  # fmt: skip
+        search = _Search(cfg, spaces, data_dir, root / "tune", budget, progress, say)
+        results = search.run(chosen, n_wanted, budget_s)
     finally:
         optuna.logging.set_verbosity(verbosity)
+    _write_json(root / "tune" / "summary.json", tune_summary(results, budget))
     write_tuned_preset(cfg, results, preset, source=source, budget=budget)
     return results
 
 
-def _tune_objective(
-    cfg: ExperimentConfig,
-    objective: str,
-    params: list[Param],
-    data_dir: Path,
-    folder: Path,
-    n_wanted: int,
-    budget_s: float | None,
-    budget: dict[str, Any],
-    progress: bool,
-    say: Callable[..., Any],
-) -> TuneResult:
+def tune_summary(results: Mapping[str, TuneResult], budget: Mapping[str, Any]) -> dict[str, Any]:
+    """Trial counts per objective and whether the complete counts are equal (why not)."""
+    complete = {obj: r.complete for obj, r in results.items()}
+    equal = len(set(complete.values())) <= 1
+    return {
+        **budget,
+        "equal_complete": equal,
+        "note": None if equal else _unequal_note(results),
+        "objectives": {
+            obj: {
+                "complete": r.complete,
+                "pruned": r.pruned,
+                "failed": r.failed,
+                "stopped": r.stopped,
+                "best_value": r.best_value,
+                "best_trial": r.best_trial,
+            }
+            for obj, r in results.items()
+        },  # fmt: skip
+    }
+
+
+def _unequal_note(results: Mapping[str, TuneResult]) -> str:
+    parts = [f"{obj} {r.complete}" + (f" (stopped: {r.stopped})" if r.stopped else "")
+             for obj, r in results.items()]  # fmt: skip
+    return "complete trial counts differ: " + ", ".join(parts)
+
+
+@dataclass
+class _Search:
+    """One call's searches: each objective's study, then the equalising round."""
+
+    cfg: ExperimentConfig
+    spaces: dict[str, list[Param]]
+    data_dir: Path
+    folder: Path
+    budget: dict[str, Any]
+    progress: bool
+    say: Callable[..., Any]
+
+    def run(
+        self, chosen: list[str], n_wanted: int, budget_s: float | None
+    ) -> dict[str, TuneResult]:
+        results: dict[str, TuneResult] = {}
+        spent = dict.fromkeys(chosen, 0.0)
+        for obj in chosen:
+            results[obj] = self.objective(obj, n_wanted, budget_s, spent)
+        # an earlier call may have left one study with more complete trials: catch up
+        top = max(r.complete for r in results.values())
+        for obj in chosen:
+            if results[obj].complete < top and results[obj].stopped is None:
+                left = None if budget_s is None else budget_s - spent[obj]
+                self.say(f"tune {obj}: {results[obj].complete} complete trials, "
+                         f"{top} for another objective: running more to equal it")  # fmt: skip
+                results[obj] = self.objective(obj, top, left, spent)
+        return results
+
+    def objective(
+        self, obj: str, target: int, budget_s: float | None, spent: dict[str, float]
+    ) -> TuneResult:
+        started = _clock()
+        try:
+            if budget_s is not None and budget_s <= 0:
+                return _tune_objective(self, obj, target, 0.0)
+            return _tune_objective(self, obj, target, budget_s)
+        finally:
+            spent[obj] += _clock() - started
+
+
+def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str, Any]]:
+    """The objective's study (created, or resumed when its setup is unchanged), with the
+    sampler and the pruner set; also the setup that must not change."""
     import optuna
     from optuna.trial import TrialState
 
-    from seqtwins.train import pretrain
-
-    spec = cfg.tune
+    cfg, spec, params = search.cfg, search.cfg.tune, search.spaces[objective]
+    folder = search.folder / objective
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "study.db"
+    base = _trial_config(cfg, objective, {}, spec.epochs)
     # what must not change for a study to be resumed: the base config and the space
     setup = {
-        "config": to_dict(_trial_config(cfg, objective, {}, spec.epochs)),
+        "config": to_dict(base),
         "space": [dataclasses.asdict(p) | {"choices": list(p.choices)} for p in params],
         "data": to_dict(cfg.data),
     }
     setup = json.loads(json.dumps(setup))  # tuples -> lists, as stored
-    storage = f"sqlite:///{db}"
-    study = optuna.create_study(storage=storage, study_name=objective, direction="maximize",
-                                load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(storage=f"sqlite:///{db}", study_name=objective,
+                                direction="maximize", load_if_exists=True)  # fmt: skip
     if "setup" not in study.user_attrs:
         study.set_user_attr("setup", setup)
         study.set_user_attr("objective", objective)
@@ -278,47 +378,95 @@ def _tune_objective(
         )
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(stale.number, state=TrialState.FAIL)  # killed mid-trial: not counted
-
-    done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
     study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials),
                                                n_startup_trials=spec.startup_trials)  # fmt: skip
-    pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.MedianPruner(
-            n_startup_trials=max(1, spec.startup_trials // 2), n_warmup_steps=1
-        )
+    study.pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=max(1, spec.startup_trials // 2),
+                                    n_warmup_steps=prune_warmup(spec, base.train.epochs))
         if spec.prune
         else optuna.pruners.NopPruner()
-    )
-    study.pruner = pruner
+    )  # fmt: skip
+    return study, setup
+
+
+def prune_warmup(spec: TuneSpec, epochs: int) -> int:
+    """Epochs (0-based steps) before the pruner may stop a trial:
+    ``ceil(tune.prune_warmup * epochs)``, never at or before 40 % of them by default."""
+    return math.ceil(spec.prune_warmup * epochs - 1e-9)
+
+
+def _tune_objective(
+    search: _Search, objective: str, target: int, budget_s: float | None
+) -> TuneResult:
+    """Run trials until ``target`` complete ones, the timeout, or too many attempts."""
+    from optuna.trial import TrialState
+
+    from seqtwins.train import pretrain
+
+    study, setup = _open_study(search, objective)
+    folder, params, say = search.folder / objective, search.spaces[objective], search.say
     history = folder / "history.json"
-    budget = {**budget, "space": setup["space"]}
-    if done >= n_wanted:
-        say(f"tune {objective}: {done} trials done already ({n_wanted} wanted)")
+    budget = {**search.budget, "space": setup["space"], "complete_target": target}
+    counts = trial_counts(study)
+    tried = sum(_counts(t) for t in study.get_trials(deepcopy=False))
+    if counts["complete"] >= target:
+        say(f"tune {objective}: {counts['complete']} complete trials already ({target} wanted)")
     else:
-        say(f"tune {objective}: {n_wanted - done} trial(s) to run ({done} done) -> {folder}")
-    started = time.monotonic()
-    best: float | None = None
+        say(f"tune {objective}: {target - counts['complete']} complete trial(s) to go "
+            f"({counts['complete']} done) -> {folder}")  # fmt: skip
+    started, best, stopped = _clock(), None, None
     try:
-        while done < n_wanted and (budget_s is None or time.monotonic() - started < budget_s):
+        while counts["complete"] < target:
+            if budget_s is not None and _clock() - started >= budget_s:
+                stopped = "timeout"
+                break
+            if tried >= MAX_ATTEMPTS * target:
+                stopped = "attempts"
+                break
             trial = study.ask()
-            state, value = _run_trial(trial, cfg, objective, params, data_dir, folder, pretrain)
+            state, value = _run_trial(trial, search.cfg, objective, params, search.data_dir,
+                                      folder, pretrain)  # fmt: skip
             study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-            done += 1
+            tried += 1
+            counts = trial_counts(study)
             _write_json(history, _history(study, params, budget))
             if value is not None and (best is None or value > best):
                 best = value
-            if progress:
-                epochs = trial.user_attrs.get("epochs_done", 0)
-                if state == TrialState.COMPLETE:
-                    shown = f"{value:.4f}"
-                elif state == TrialState.PRUNED:
-                    shown = f"after {epochs} epoch(s)"
-                else:
-                    shown = str(trial.user_attrs.get("error"))
-                say(f"  {objective} trial {trial.number}: {state.name.lower()} {shown}"
-                    + (f" (best this call {best:.4f})" if best is not None else ""))  # fmt: skip
+            if search.progress:
+                say(_trial_line(objective, trial, state, value, best))
     finally:  # also after a crash or Ctrl-C: the history shows what happened
-        _write_json(history, _history(study, params, budget))
+        _write_json(history, _history(study, params, {**budget, "stopped": stopped}))
+    if stopped:
+        say(f"tune {objective}: stopped ({stopped}) at {counts['complete']} of {target} "
+            "complete trials")  # fmt: skip
+    return _result(study, objective, params, history, folder / "study.db", stopped)
+
+
+def _trial_line(
+    objective: str, trial: optuna.Trial, state: Any, value: float | None, best: float | None
+) -> str:
+    from optuna.trial import TrialState
+
+    epochs = trial.user_attrs.get("epochs_done", 0)
+    if state == TrialState.COMPLETE:
+        shown = f"{value:.4f}"
+    elif state == TrialState.PRUNED:
+        shown = f"after {epochs} epoch(s)"
+    else:
+        shown = str(trial.user_attrs.get("error"))
+    return (f"  {objective} trial {trial.number}: {state.name.lower()} {shown}"
+            + (f" (best this call {best:.4f})" if best is not None else ""))  # fmt: skip
+
+
+def _result(
+    study: optuna.Study,
+    objective: str,
+    params: list[Param],
+    history: Path,
+    db: Path,
+    stopped: str | None,
+) -> TuneResult:
+    from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -327,6 +475,7 @@ def _tune_objective(
         raise SeqtwinsError(f"tune {objective}: no trial finished ({history}){first}")
     top = max(complete, key=lambda t: float(t.value if t.value is not None else -math.inf))
     by_path = {p.path: p for p in params}
+    counts = trial_counts(study)
     return TuneResult(
         objective=objective,
         best_value=float(top.value if top.value is not None else math.nan),
@@ -335,6 +484,8 @@ def _tune_objective(
         n_trials=sum(_counts(t) for t in study.get_trials(deepcopy=False)),
         history=history,
         study=db,
+        stopped=stopped,
+        **counts,
     )
 
 
@@ -455,17 +606,23 @@ def write_tuned_preset(
             layer = deep_merge(layer, nest(key, value))
         data["objectives"][obj] = layer
         timeout = budget.get("timeout_s")
+        stopped = f" (stopped: {r.stopped})" if r.stopped else ""
         lines[obj] = (
-            f"#   {obj}: best {r.best_value:.4f} (trial {r.best_trial}) of {r.n_trials} trials; "
-            f"budget {budget.get('trials_wanted')} trials, timeout "
+            f"#   {obj}: best {r.best_value:.4f} (trial {r.best_trial}); trials: "
+            f"{r.complete} complete{stopped}, {r.pruned} pruned, {r.failed} failed; "
+            f"budget {budget.get('trials_wanted')} complete trials, timeout "
             f"{'none' if timeout is None else f'{timeout:g} s'}, "
             f"epochs {budget.get('epochs') or 'as the experiment'}; {date}"
         )
+    equal = "" if len({r.complete for r in results.values()}) <= 1 else (
+        f"# NOT EQUAL: {_unequal_note(results)}"
+    )  # fmt: skip
     header = [
         f"{_HEADER_FIRST} from {source or 'an experiment'} (experiment {cfg.name}).",
         "# Best values per objective (validation proxy: favorite_category probe accuracy on",
         "# valid users), merged into objectives: below:",
         *[lines[obj] for obj in data["objectives"] if obj in lines],
+        *([equal] if equal else []),
     ]
     with atomic_file(path) as tmp:
         tmp.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False))

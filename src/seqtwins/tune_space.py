@@ -30,16 +30,36 @@ _COMMON: dict[str, dict[str, Any]] = {
     "train.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
     "train.weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
     "encoder.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    "encoder.dim": {"type": "categorical", "choices": [64, 128]},
+}
+_AUGMENT: dict[str, dict[str, Any]] = {
+    # the augmentation policy: which operations, their rates, and the domain-aware variants
+    # (no-ops on datasets without categories / timestamps: docs/augmentations.md)
+    "augment.ops": {
+        "type": "categorical",
+        "choices": [
+            ["mask", "crop", "reorder", "substitute", "insert"],
+            ["mask", "crop", "reorder"],
+            ["crop", "substitute", "insert"],
+            ["mask", "substitute", "insert"],
+            ["mask", "crop", "substitute"],
+        ],
+    },
+    "augment.mask_rate": {"type": "float", "low": 0.1, "high": 0.7},
+    "augment.crop_keep": {"type": "float", "low": 0.3, "high": 0.9},
+    "augment.reorder_ratio": {"type": "float", "low": 0.1, "high": 0.5},
+    "augment.substitute_rate": {"type": "float", "low": 0.05, "high": 0.5},
+    "augment.insert_rate": {"type": "float", "low": 0.05, "high": 0.5},
+    "augment.same_category": {"type": "categorical", "choices": [False, True]},
+    "augment.session_crop": {"type": "categorical", "choices": [False, True]},
 }
 _BARLOW: dict[str, dict[str, Any]] = {
     "barlow.lambda_": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True},
     "barlow.projector": {
         "type": "categorical",
-        "choices": [[128, 128], [256, 256], [512, 512], [1024, 1024]],
+        "choices": [[128, 128], [256, 256], [512, 512], [1024, 1024], [512, 512, 512]],
     },
-    "augment.mask_rate": {"type": "float", "low": 0.1, "high": 0.7},
-    "augment.crop_keep": {"type": "float", "low": 0.3, "high": 0.9},
-    "augment.substitute_rate": {"type": "float", "low": 0.05, "high": 0.5},
+    **_AUGMENT,
 }
 _TEMPERATURE: dict[str, dict[str, Any]] = {
     # in-batch softmax temperature; barlow+next's next-item term uses it too
@@ -47,19 +67,32 @@ _TEMPERATURE: dict[str, dict[str, Any]] = {
 }
 DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     "barlow": {**_COMMON, **_BARLOW},
-    "dual": {**_COMMON, **_TEMPERATURE},
+    "dual": {
+        **_COMMON,
+        **_TEMPERATURE,
+        # the dual encoder's projector choice: a linear layer on the context tower or none
+        "dual.projection": {"type": "categorical", "choices": [False, True]},
+    },
     "barlow+next": {
         **_COMMON,
         **_BARLOW,
         **_TEMPERATURE,
         "next.alpha": {"type": "float", "low": 0.1, "high": 3.0, "log": True},
     },
+    "barlow+mask": {
+        **_COMMON,
+        **_BARLOW,
+        "mask.alpha": {"type": "float", "low": 0.1, "high": 3.0, "log": True},
+        "mask.rate": {"type": "float", "low": 0.1, "high": 0.5},
+    },
 }
 """The search space of an objective that ``tune.space`` does not list. Ranges bracket the
-defaults: lr and weight decay around AdamW's usual values; Barlow Twins' lambda around
-1/K for the projector widths offered (Tsai et al. 2021, arXiv:2104.13712); augmentation
-rates around CL4SRec/CoSeRec's (``docs/augmentations.md``); the softmax temperature over
-the range where in-batch retrieval models are usually tuned (Yi et al. 2019)."""
+defaults: lr and weight decay around AdamW's usual values; encoder width 64 or 128;
+Barlow Twins' lambda around 1/K for the projector widths offered (Tsai et al. 2021,
+arXiv:2104.13712); the augmentation policy (which operations, their rates around
+CL4SRec/CoSeRec's, same-category draws and session crops; ``docs/augmentations.md``); the
+softmax temperature over the range where in-batch retrieval models are usually tuned (Yi
+et al. 2019); the masked-item weight and rate around BERT4Rec's 0.2 (Sun et al. 2019)."""
 
 
 # --- the search space ---------------------------------------------------------------------
@@ -205,9 +238,10 @@ class TuneSpec:
 
     Every objective gets the same budget (trials, timeout, epochs): a fairness rule."""
 
-    trials: int = 20
-    """Finished trials wanted per objective, in total (a rerun adds only the missing ones).
-    ``--trials`` overrides it."""
+    trials: int = 24
+    """Complete (finished) trials wanted per objective, in total (a rerun adds only the
+    missing ones); pruned and failed trials do not count, so every objective ends with the
+    same number of finished trials. ``--trials`` overrides it."""
     timeout: float | None = None
     """Seconds per objective for this call (a trial started in time runs to its end);
     ``None`` = no limit. ``--timeout`` overrides it."""
@@ -222,7 +256,11 @@ class TuneSpec:
     prune: bool = True
     """Stop a trial early when its validation score after an epoch is below the median of
     earlier trials at that epoch (Optuna's MedianPruner, after ``startup_trials / 2``
-    finished trials and one epoch)."""
+    finished trials, and not before ``prune_warmup`` of the epochs)."""
+    prune_warmup: float = 0.4
+    """Fraction of a trial's epochs before the pruner may stop it: its warm-up is
+    ``ceil(prune_warmup * epochs)`` epochs (0-based steps), so a slow starter is not cut
+    on its first epochs. In [0, 1]."""
     keep_runs: bool = False
     """Keep each trial's checkpoints (disk!); config.yaml, summary.json and metrics.jsonl
     are always kept."""
@@ -238,6 +276,8 @@ class TuneSpec:
             raise ValueError(f"tune.timeout={self.timeout} must be > 0 seconds (or null)")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"tune.epochs={self.epochs} must be >= 1 (or null)")
+        if not 0.0 <= self.prune_warmup <= 1.0:
+            raise ValueError(f"tune.prune_warmup={self.prune_warmup} must be in [0, 1]")
         if self.startup_trials < 0:
             raise ValueError(f"tune.startup_trials={self.startup_trials} must be >= 0")
         for objective, space in self.space.items():

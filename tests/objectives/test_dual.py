@@ -245,7 +245,7 @@ def test_barlow_next_few_steps_decrease_loss() -> None:
 
 
 def test_build_objective_names() -> None:
-    assert OBJECTIVES == ("barlow", "dual", "barlow+next")
+    assert OBJECTIVES == ("barlow", "dual", "barlow+next", "barlow+mask")
     with pytest.raises(ValueError, match="objective='simclr'"):
         build_objective("simclr", encoder())
     with pytest.raises(ValueError, match="next.alpha"):

@@ -20,10 +20,25 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from seqtwins.augment import mask_for_prediction
 from seqtwins.data.dataset import Sequences
 
-NEEDS_VIEWS = {"barlow", "barlow+next"}
+NEEDS_VIEWS = {"barlow", "barlow+next", "barlow+mask"}
 NEEDS_NEXT = {"dual", "barlow+next"}
+NEEDS_MASKED = {"barlow+mask"}
+
+ViewTransform = Callable[..., tuple[np.ndarray, np.ndarray]]
+"""``transform(history, rng[, times]) -> (view_a, view_b)``; ``times`` is passed only to
+a transform whose ``uses_times`` attribute is true (:class:`seqtwins.augment.TwoViewTransform`)."""
+
+
+@dataclass(frozen=True)
+class ItemMasking:
+    """Masked-item prediction on the views (``barlow+mask``): about ``rate`` of each view's
+    real items become ``mask_token`` and are predicted (``mask.rate``)."""
+
+    rate: float
+    mask_token: int
 
 
 def pad_right(seqs: Sequence[np.ndarray], min_len: int = 1) -> torch.Tensor:
@@ -97,11 +112,13 @@ class PretrainBatches(Dataset[dict[str, torch.Tensor]]):
     max_len: int
     seed: int
     epoch: int
-    transform: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None
+    transform: ViewTransform | None
     shard: tuple[int, int] = (0, 1)
     """``(rank, world_size)``: collate only rows ``rank, rank + world_size, ...`` of each
     planned batch (strided, so that ranks get similar lengths from a length-sorted
     batch). The union over ranks is exactly the single-process batch."""
+    masking: ItemMasking | None = None
+    """Masked-item prediction on the views (objectives in ``NEEDS_MASKED``)."""
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -111,10 +128,21 @@ class PretrainBatches(Dataset[dict[str, torch.Tensor]]):
         rng = np.random.default_rng([self.seed, self.epoch, index, 0xB47C])
         rank, world = self.shard
         rows = slice(rank, None, world) if world > 1 else None
+        times = None
+        if self.sequences.times is not None and getattr(self.transform, "uses_times", False):
+            times = history_times(self.sequences, users)
         return collate(
             histories(self.sequences, users), self.objective, self.max_len, rng, self.transform,
-            rows,
+            rows, self.masking, times,
         )  # fmt: skip
+
+
+def history_times(sequences: Sequences, users: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+    """Each user's history timestamps (epoch seconds), aligned with :func:`histories`."""
+    if sequences.times is None:
+        raise ValueError("the dataset has no timestamps")
+    offsets, hist_end, times = sequences.offsets, sequences.history_end, sequences.times
+    return [np.asarray(times[offsets[u] : hist_end[u]]) for u in users]
 
 
 def collate(
@@ -122,14 +150,19 @@ def collate(
     objective: str,
     max_len: int,
     rng: np.random.Generator,
-    transform: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
-    | None = None,
+    transform: ViewTransform | None = None,
     rows: slice | None = None,
+    masking: ItemMasking | None = None,
+    times: Sequence[np.ndarray] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Collate users' histories into the batch keys the objective reads.
 
-    - views (``barlow``, ``barlow+next``): ``view_a``, ``view_b`` (B, T) from ``transform``,
-      each row with its own random stream (:class:`RowStreams`);
+    - views (``barlow``, ``barlow+next``, ``barlow+mask``): ``view_a``, ``view_b`` (B, T)
+      from ``transform`` (given ``times``, each history's timestamps, when there are
+      some), each row with its own random stream (:class:`RowStreams`);
+    - masked items (``barlow+mask``): ``masking`` then masks about ``masking.rate`` of each
+      view's real items; ``target_a``, ``target_b`` (B, T), aligned with the views, hold
+      the masked item at those positions and 0 elsewhere;
     - next item (``dual``, ``barlow+next``): a random cut ``c`` in ``[1, len-1]`` per user;
       ``context`` = the up to ``max_len`` items before it (B, T), ``target`` = item ``c`` (B,).
 
@@ -143,10 +176,10 @@ def collate(
     if objective in NEEDS_VIEWS:
         if transform is None:
             raise ValueError(f"objective {objective!r} needs an augmentation transform")
-        streams = RowStreams(rng, n)
-        pairs = [transform(histories[j], streams[j]) for j in picked]
-        out["view_a"] = pad_right([a for a, _ in pairs])
-        out["view_b"] = pad_right([b for _, b in pairs])
+        if objective in NEEDS_MASKED and masking is None:
+            raise ValueError(f"objective {objective!r} needs masking (ItemMasking)")
+        out.update(_views(histories, picked, rng, transform,
+                          masking if objective in NEEDS_MASKED else None, times))  # fmt: skip
     if objective in NEEDS_NEXT:
         lens = np.fromiter((len(h) for h in hists), dtype=np.int64, count=len(hists))
         if (lens < 2).any():
@@ -160,6 +193,32 @@ def collate(
             np.array([h[c] for h, c in zip(hists, cuts, strict=True)], dtype=np.int64)
         )
     return out
+
+
+def _views(
+    histories: Sequence[np.ndarray],
+    picked: range,
+    rng: np.random.Generator,
+    transform: ViewTransform,
+    masking: ItemMasking | None,
+    times: Sequence[np.ndarray] | None,
+) -> dict[str, torch.Tensor]:
+    """``view_a`` / ``view_b`` (and with ``masking``, ``target_a`` / ``target_b``) of the
+    ``picked`` rows; row ``j`` draws everything from its own stream, views first."""
+    streams = RowStreams(rng, len(histories))
+    views: list[list[np.ndarray]] = [[], [], [], []]  # a, b, target a, target b
+    for j in picked:
+        g = streams[j]  # finish row j before the next stream
+        a, b = transform(histories[j], g) if times is None else transform(histories[j], g, times[j])
+        if masking is not None:
+            a, t_a = mask_for_prediction(a, masking.rate, masking.mask_token, g)
+            b, t_b = mask_for_prediction(b, masking.rate, masking.mask_token, g)
+            views[2].append(t_a)
+            views[3].append(t_b)
+        views[0].append(a)
+        views[1].append(b)
+    keys = ("view_a", "view_b", "target_a", "target_b")
+    return {k: pad_right(v) for k, v in zip(keys, views, strict=True) if v or k[0] == "v"}
 
 
 class RowStreams:

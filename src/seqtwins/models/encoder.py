@@ -236,6 +236,27 @@ class _Encoded:
         grid = self.states.new_zeros(b * t, d).index_copy(0, self.pack_index, self.states)
         return grid.view(b, t, d)
 
+    def at(self, where: Tensor, skip: int) -> Tensor:
+        """States ``(M, D)`` at the ``M`` True positions of ``where`` (B, T), row-major.
+
+        ``skip`` is the number of leading slots that are not input positions (1 for the
+        cls token). Every selected position must be a real (attended) token: on the packed
+        path only those have states.
+        """
+        b, t = self.real.shape
+        if where.shape != (b, t - skip):
+            raise ValueError(f"where must be {(b, t - skip)}, got {tuple(where.shape)}")
+        rows, cols = where.nonzero(as_tuple=True)  # (M,) each
+        flat = rows * t + cols + skip  # (M,) slots of the (B, T') grid
+        if self.pack_index is None:
+            return self.states.reshape(b * t, -1)[flat]
+        slot = torch.full((b * t,), -1, dtype=torch.long, device=flat.device)
+        slot[self.pack_index] = torch.arange(self.pack_index.shape[0], device=flat.device)
+        picked = slot[flat]  # (M,) row of each position among the packed states
+        if bool((picked < 0).any()):
+            raise ValueError("where selects padding positions, which have no token state")
+        return self.states[picked]
+
 
 class SequenceEncoder(nn.Module):
     """Transformer encoder over right-padded item-id sequences.
@@ -381,7 +402,23 @@ class SequenceEncoder(nn.Module):
 
         An all-padding row gets the zero vector with ``mean`` / ``last`` pooling.
         """
+        return self._pool(self._encode(items))
+
+    def embed_with_states(self, items: Tensor, where: Tensor) -> tuple[Tensor, Tensor]:
+        """User embeddings ``(B, D)`` and, from the same pass, the token states ``(M, D)``
+        at the ``M`` True positions of ``where`` (B, T), in row-major order.
+
+        For heads that predict something per position (masked-item prediction) beside the
+        pooled embedding: one encoder run, on the packed path too; only the selected
+        states are gathered (``where`` may select real items and MASK tokens, not
+        padding).
+        """
         enc = self._encode(items)
+        skip = 1 if self.cls_token is not None else 0
+        return self._pool(enc), enc.at(where, skip)
+
+    def _pool(self, enc: _Encoded) -> Tensor:
+        """Pool encoded token states into user embeddings ``(B, D)``."""
         h, real = enc.states, enc.real  # (B, T', D) or (N, D); (B, T')
         b, t = real.shape
         pooling = self.cfg.pooling
