@@ -4,8 +4,8 @@ For each objective of an experiment (or a chosen subset) an Optuna study (TPE sa
 seeded; maximise) searches a space of ``PretrainConfig`` settings. A trial pretrains the
 objective exactly as ``seqtwins run`` would (``ExperimentConfig.pretrain_config``) with the
 sampled values on top, and scores it with the run's validation proxy,
-``summary.best_score``: the accuracy of linear probes predicting ``favorite_category``
-from the embeddings of **valid** users, over 5 rotated folds
+``summary.best_score``: linear probes of the dataset's headline tasks on the embeddings of
+**valid** users, each relative to its popularity floor, over 5 rotated folds
 (:mod:`seqtwins.evaluate.proxy`).
 Test users are never touched.
 
@@ -79,7 +79,7 @@ class TuneResult:
 
     objective: str
     best_value: float
-    """Best validation proxy (favorite_category probe accuracy on valid users)."""
+    """Best validation proxy (headline-task probes on valid users, relative to popularity)."""
     best_params: dict[str, Any]
     """Dotted path -> value of the best trial."""
     best_trial: int
@@ -161,7 +161,7 @@ def _history(study: optuna.Study, params: list[Param], budget: dict[str, Any]) -
     return {
         "objective": study.user_attrs.get("objective"),
         "direction": "maximize",
-        "score": "favorite_category probe accuracy on valid users, 5 rotated folds "
+        "score": "headline-task probes on valid users / popularity floor, 5 rotated folds "
         "(summary.best_score)",
         **budget,
         "counts": trial_counts(study),
@@ -234,6 +234,7 @@ def tune_experiment(
     import optuna
 
     from seqtwins.data.dataset import SequenceDataset
+    from seqtwins.evaluate.proxy import MIN_USERS, headline_proxy
     from seqtwins.experiment import build_data
 
     spec = cfg.tune
@@ -261,10 +262,11 @@ def tune_experiment(
     root.mkdir(parents=True, exist_ok=True)
     data_dir = build_data(cfg, root / "data", say)
     ds = SequenceDataset.open(data_dir)
-    if not ds.has_categories:
+    if headline_proxy(ds, ds.split_users("valid"), cfg.tune.seed) is None:
         raise SeqtwinsError(
-            f"{data_dir} has no item categories: tune scores trials with the favorite_category "
-            "probe on valid users and cannot rank them by training loss alone"
+            f"{data_dir} has too few valid users with a future window (at least {MIN_USERS}): "
+            "tune scores trials with the headline-task probes on valid users and cannot rank "
+            "them by training loss alone"
         )
     budget = {"trials_wanted": n_wanted, "timeout_s": budget_s, "epochs": spec.epochs}
     verbosity = optuna.logging.get_verbosity()
@@ -503,7 +505,7 @@ def _run_trial(
     import optuna
     from optuna.trial import TrialState
 
-    from seqtwins.evaluate.proxy import category_proxy
+    from seqtwins.evaluate.proxy import headline_proxy
 
     run_dir = folder / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
@@ -513,8 +515,8 @@ def _run_trial(
         trial.set_user_attr("epochs_done", int(record["epoch"]) + 1)
         if record.get("proxy") is None:
             raise SeqtwinsError(
-                f"epoch {record['epoch']}: the favorite_category proxy could not be computed "
-                "(too few valid users with a category seen >= 5 times)"
+                f"epoch {record['epoch']}: the headline-task proxy could not be computed "
+                "(too few valid users with a future window)"
             )
         trial.report(float(record["score"]), step=int(record["epoch"]))
         if trial.should_prune():
@@ -528,7 +530,7 @@ def _run_trial(
             return TrialState.FAIL, None
         try:
             summary = pretrain(data_dir, run_dir, pcfg, progress=False, overwrite=True,
-                               on_epoch=on_epoch, proxy=category_proxy)  # fmt: skip
+                               on_epoch=on_epoch, proxy=headline_proxy)  # fmt: skip
         except optuna.TrialPruned:
             return TrialState.PRUNED, None
         except SeqtwinsError as e:  # e.g. the loss diverged at a high learning rate
@@ -619,8 +621,8 @@ def write_tuned_preset(
     )  # fmt: skip
     header = [
         f"{_HEADER_FIRST} from {source or 'an experiment'} (experiment {cfg.name}).",
-        "# Best values per objective (validation proxy: favorite_category probe accuracy on",
-        "# valid users), merged into objectives: below:",
+        "# Best values per objective (validation proxy: headline-task probes on valid users,",
+        "# relative to the popularity floor), merged into objectives: below:",
         *[lines[obj] for obj in data["objectives"] if obj in lines],
         *([equal] if equal else []),
     ]
