@@ -1,7 +1,8 @@
 """``seqtwins evaluate``: trained runs and the floors, evaluated on identical subsets.
 
 Each run contributes its encoder's embedding of every user (the ``best`` checkpoint,
-selected on valid users during pretraining). Floors beside them: the majority class, an
+selected on valid users during pretraining). Floors beside them: the majority class
+(popularity on set tasks), the user's own history (``history``, ``future_categories``), an
 encoder of the same configuration with untrained weights (``random-init``) and TF-IDF +
 truncated SVD to the same dimension (``tfidf-svd``). With ``protocol="finetune"`` the
 frozen-embedding methods are probed linearly and every run is also fine-tuned end to end
@@ -22,7 +23,13 @@ import torch
 from seqtwins.data.batching import histories, pad_right
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.protocol import RESULTS_SCHEMA, evaluate_embeddings, save_results
+from seqtwins.evaluate.protocol import (
+    PER_USER,
+    RESULTS_SCHEMA,
+    evaluate_embeddings,
+    save_per_user,
+    save_results,
+)
 from seqtwins.evaluate.tasks import Task
 from seqtwins.files import (
     atomic_dir,
@@ -34,7 +41,7 @@ from seqtwins.files import (
 from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
 from seqtwins.run import Run
 
-BASELINES = ("majority", "random-init", "tfidf-svd")
+BASELINES = ("majority", "history", "random-init", "tfidf-svd")
 PROTOCOLS = ("linear", "mlp", "finetune")
 ARTIFACTS_KIND = "eval-artifacts"
 
@@ -95,7 +102,8 @@ def evaluate_runs(
     verify: bool = True,
 ) -> dict[str, Any]:
     """Evaluate runs and floors on ``data_dir``; write ``out`` (eval.json) and its
-    artifacts (``<out stem>_artifacts/*.npy``) and return the results. ``verify=False``
+    artifacts (``<out stem>_artifacts/*.npy`` and the per-user values ``per_user.npz``)
+    and return the results. ``verify=False``
     skips recomputing the dataset's content hash (``--no-verify``)."""
     if protocol not in PROTOCOLS:
         raise SeqtwinsError(f"--protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
@@ -154,6 +162,7 @@ def _evaluate(
     results = evaluate_embeddings(
         ds, methods, tasks=tasks, fractions=fractions, seeds=seeds, protocol=probe_protocol,
         include_majority="majority" in baselines, progress=say,
+        include_history="history" in baselines,
     )  # fmt: skip
     if protocol == "finetune":
         ft_fracs = list(finetune_fractions or [min(fractions)])
@@ -163,17 +172,25 @@ def _evaluate(
         }
         ft = evaluate_embeddings(
             ds, {}, tasks=tasks, fractions=ft_fracs, seeds=seeds, protocol="linear",
-            finetuners=hooks, include_majority=False, progress=say,
+            finetuners=hooks, include_majority=False, progress=say, include_history=False,
         )  # fmt: skip
         results["cells"].extend(ft["cells"])
         results["methods"].extend(ft["methods"])
         results["seconds"].update({k: v for k, v in ft["seconds"].items() if k != "total"})
+        for task, entry in ft[PER_USER].items():
+            results[PER_USER].setdefault(task, {"users": entry["users"], "values": {}})
+            results[PER_USER][task]["values"].update(entry["values"])
     results["runs"] = {n: str(Path(r)) for n, r in zip(names, run_dirs, strict=True)}
     clean_stale(out)
     clean_stale(artifacts_folder(out))
     with atomic_dir(artifacts_folder(out), overwrite=True) as folder:
         write_marker(folder, ARTIFACTS_KIND)
         results["artifacts"] = _artifacts(ds, out, folder, runs, names, objectives, methods)
+        save_per_user(results[PER_USER], folder / "per_user.npz")
+        results["artifacts"][PER_USER] = {
+            "path": str((artifacts_folder(out) / "per_user.npz").relative_to(out.parent)),
+            "keys": "<task>/users, <task>/<method>|<fraction:g>|<seed>",
+        }
     save_results(results, out)
     return results
 
