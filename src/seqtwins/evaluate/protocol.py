@@ -59,6 +59,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.stats import rankdata
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
@@ -195,13 +196,20 @@ def _popularity_prediction(targets: sp.csr_matrix, n_test: int) -> Prediction:
 
 def history_prediction(task: Task, users: np.ndarray) -> Prediction | None:
     """The label-free ``history`` floor: each user's class counts in their own pretraining
-    history (``task.history``; ties rank by class code), or None for a task without them."""
+    history (``task.history``), or None for a task without them. Ties (above all the
+    classes a short history never saw) rank by the class's count over all train users'
+    histories (``task.history_prior``, label free), then by class code: by code alone the
+    floor fell below popularity on Beauty (MAP 0.296 vs 0.329), with it it lies above
+    (0.393), as a floor a representation must beat should."""
     if task.history is None:
         return None
     hist = task.history[np.asarray(users, dtype=np.int64)]  # (n, C) csr
+    prior = np.zeros(hist.shape[1]) if task.history_prior is None else task.history_prior
+    # dense ranks of the prior, scaled into [0, 0.5]: never outweighs one count
+    tie = 0.5 * rankdata(prior, method="dense") / (len(prior) + 1)  # (C,)
     classes = np.arange(hist.shape[1], dtype=np.int64)
     return Prediction.lazy(
-        hist.shape[0], classes, lambda a, b: hist[a:b].toarray().astype(np.float32)
+        hist.shape[0], classes, lambda a, b: (hist[a:b].toarray() + tie).astype(np.float32)
     )
 
 

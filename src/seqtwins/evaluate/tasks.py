@@ -107,7 +107,9 @@ class Task:
     removed from that user's ranking for *every* method (``future_items``: the items of the
     user's history). An excluded class takes no rank and is never a target. ``history``
     (optional, label free) is a csr (U, K) of class counts in each user's pretraining
-    history, the ``history`` floor's scores (``future_categories``).
+    history, the ``history`` floor's scores (``future_categories``); ``history_prior``
+    (K,) breaks its ties: each class's count over all *train* users' histories (label
+    free too), then the class code.
     """
 
     name: str
@@ -127,6 +129,7 @@ class Task:
     targets: sp.csr_matrix | None = None
     exclude: sp.csr_matrix | None = None
     history: sp.csr_matrix | None = None
+    history_prior: np.ndarray | None = None
     excluded_classes: tuple[str, ...] = ()
     """Names of classes left out of the task (root categories of ``future_categories``)."""
 
@@ -433,6 +436,7 @@ def _set_task(ds: SequenceDataset, name: str) -> Task:
         targets=targets,
         exclude=exclude,
         history=history,
+        history_prior=None if history is None else np.asarray(history[train].sum(axis=0)).ravel(),
         excluded_classes=tuple(excluded),
     )
 
