@@ -38,7 +38,8 @@ Documented choices (see docs/evaluation.md, "Tasks"):
   wins. Future items without a category are ignored; a window with no categorised item
   has no label.
 - **Majority floor**: the most frequent class among labelled *train* users (ties: the
-  smallest class code), scored on the labelled *test* users.
+  smallest class code), scored on the labelled *test* users; on the set tasks the most
+  popular target (the protocol's ``majority`` ranks every class by popularity).
 
 - **Root categories** (carried by more than half of all items, e.g. Amazon's "Beauty")
   are not classes of ``future_categories``: they say nothing about a user. The summary
