@@ -114,7 +114,8 @@ def git_commit() -> str:
 
 
 def _slim(results: dict[str, Any]) -> dict[str, Any]:
-    """eval.json without per-seed subset digests and artifact paths (kept under --out)."""
+    """eval.json without per-seed subset digests, artifact paths and per-user arrays (kept
+    under --out)."""
     out = {k: v for k, v in results.items() if k not in ("artifacts", "subsets", "per_user")}
     out["cells"] = [
         {**c, "runs": [{k: v for k, v in r.items() if k != "subset"} for r in c["runs"]]}

@@ -6,6 +6,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -80,6 +81,9 @@ def test_evaluate_cli_and_bad_inputs(trained, tmp_path):
     res = json.loads(out.read_text())
     assert {"barlow", "majority", "random-init", "tfidf-svd"} <= set(res["methods"])
     assert res["artifacts"]["cross_correlation"]["method"] == "barlow"
+    assert "per_user" not in res  # the per-user values live in per_user.npz beside it
+    with np.load(out.parent / res["artifacts"]["per_user"]["path"], allow_pickle=False) as npz:
+        assert {"favorite_category/users", "favorite_category/barlow|0.5|0"} <= set(npz.files)
 
     other = tiny_dataset(tmp_path / "other", seed=5)
     bad = [
@@ -133,6 +137,7 @@ def test_evaluate_finetune_protocol(trained, tmp_path):
     assert [c["fraction"] for c in cells] == [0.5]  # fine-tuned at the smallest fraction
     assert cells[0]["protocol"] == "finetune"
     assert cells[0]["runs"][0]["status"] == "ok"
+    assert "barlow+finetune|0.5|0" in res["per_user"]["favorite_category"]["values"]
     acc = cells[0]["runs"][0]["metrics"]["accuracy"]
     # the tiny dataset's favourite category follows each user's taste: learnable
     assert acc > res["tasks"]["favorite_category"]["majority_accuracy"]

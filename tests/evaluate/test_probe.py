@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, roc_auc_score
+import scipy.sparse as sp
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.probe import (
@@ -11,7 +12,9 @@ from seqtwins.evaluate.probe import (
     binary_auc,
     fit_probe,
     macro_f1,
+    positive_ranks,
     score,
+    score_users,
 )
 
 
@@ -154,3 +157,116 @@ def test_logistic_probe_starts_at_the_class_prior():
         np.argmax(probe.predict(xs).scores, axis=1)
         == np.searchsorted(probe.predict(xs).classes, majority)
     )
+
+
+# --- set metrics and the multi-label probe -----------------------------------------------
+
+
+def _multi_hot(rng: np.random.Generator, n: int, c: int, p: float) -> np.ndarray:
+    t = rng.random((n, c)) < p
+    t[np.arange(n), rng.integers(0, c, n)] = True  # every user has a target
+    return t
+
+
+def test_average_precision_matches_scikit_learn_per_user() -> None:
+    rng = np.random.default_rng(0)
+    n, c = 60, 25
+    s = rng.normal(size=(n, c)).astype(np.float32)  # no ties: sklearn's convention agrees
+    t = _multi_hot(rng, n, c, 0.2)
+    metrics, values = score_users(Prediction.full(s), sp.csr_matrix(t), ("map", "recall@5"))
+    ref = [average_precision_score(t[i], s[i]) for i in range(n)]
+    np.testing.assert_allclose(values["map"], ref, rtol=1e-12)
+    assert metrics["map"] == pytest.approx(np.mean(ref))
+    top5 = np.argsort(-s, axis=1)[:, :5]
+    hits = t[np.arange(n)[:, None], top5].sum(1)
+    np.testing.assert_allclose(values["recall@5"], hits / np.minimum(5, t.sum(1)))
+
+
+def test_ndcg_and_recall_with_several_positives_by_hand() -> None:
+    # one user, classes 0..5 ranked 5, 4, 3, 2, 1, 0; targets {4, 1, 0} -> ranks 1, 4, 5
+    pred = Prediction(np.array([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]], np.float32), np.arange(6))
+    truth = sp.csr_matrix(np.array([[1, 1, 0, 0, 1, 0]]))
+    m = score(pred, truth, ("ndcg@3", "ndcg@6", "recall@3", "recall@2", "map"))
+    ideal3 = 1 + 1 / np.log2(3) + 1 / np.log2(4)  # min(K, 3 positives) = 3
+    assert m["ndcg@3"] == pytest.approx((1 / np.log2(3)) / ideal3)
+    assert m["ndcg@6"] == pytest.approx((1 / np.log2(3) + 1 / np.log2(6) + 1 / np.log2(7)) / ideal3)
+    assert m["recall@3"] == pytest.approx(1 / 3) and m["recall@2"] == pytest.approx(1 / 2)
+    assert m["map"] == pytest.approx((1 / 2 + 2 / 5 + 3 / 6) / 3)
+
+
+def test_set_ranks_exclusion_ties_unlisted_classes_and_chunks() -> None:
+    rng = np.random.default_rng(3)
+    n, c = 30, 12
+    classes = np.array([0, 2, 3, 5, 8, 9])  # the rest is unlisted: after these, by code
+    s = rng.integers(0, 3, (n, len(classes))).astype(np.float32)  # many ties
+    t = _multi_hot(rng, n, c, 0.2)
+    ex = (rng.random((n, c)) < 0.3) & ~t
+    pred = Prediction(s, classes)
+    ranks, kept = positive_ranks(pred, sp.csr_matrix(t), sp.csr_matrix(ex))
+    expect = []
+    for u in range(n):
+        full = {int(k): float(v) for k, v in zip(classes, s[u], strict=True)}
+        order = [k for k in sorted(range(c), key=lambda k: (-full.get(k, -np.inf), k))
+                 if not ex[u, k]]  # fmt: skip
+        expect += [order.index(k) for k in np.flatnonzero(t[u])]
+    assert ranks.tolist() == expect and kept.nnz == t.sum()
+    lazy = Prediction.lazy(n, classes, lambda a, b: s[a:b])
+    small, _ = positive_ranks(lazy, sp.csr_matrix(t), sp.csr_matrix(ex), chunk_bytes=1)
+    assert small.tolist() == expect  # one user per chunk: same answer
+    # an excluded class is never a target, and excluding a class changes no other rank order
+    m_ex = score(pred, sp.csr_matrix(t | ex), ("map",), exclude=sp.csr_matrix(ex))
+    assert m_ex["map"] == pytest.approx(
+        score(pred, sp.csr_matrix(t), ("map",), sp.csr_matrix(ex))["map"]
+    )
+
+
+def test_ridge_multilabel_fit_matches_numpy_lstsq() -> None:
+    rng = np.random.default_rng(4)
+    n, d, c, alpha = 200, 6, 9, 0.3
+    x = rng.normal(size=(n, d)).astype(np.float32) * 3 + 1
+    t = _multi_hot(rng, n, c, 0.25)
+    t[:, 7] = False  # a class without a positive is not learned
+    cfg = ProbeConfig(solver="ridge", ridge_alphas=(alpha,))
+    probe = fit_probe(x, sp.csr_matrix(t), x[:50], sp.csr_matrix(t[:50]), "map", cfg)
+    assert probe.classes.tolist() == [0, 1, 2, 3, 4, 5, 6, 8]
+    # reference: mean ||z W + b - Y||^2 + alpha ||W||^2 on the standardised z, by lstsq
+    z = probe.transform(x).astype(np.float64)
+    y = t[:, probe.classes].astype(np.float64)
+    zc, yc = z - z.mean(0), y - y.mean(0)
+    a = np.vstack([zc, np.sqrt(n * alpha) * np.eye(d)])
+    w = np.linalg.lstsq(a, np.vstack([yc, np.zeros((d, y.shape[1]))]), rcond=None)[0]
+    b = y.mean(0) - z.mean(0) @ w
+    np.testing.assert_allclose(probe.predict(x).scores, z @ w + b, atol=1e-4)
+    lazy = probe.predict(x, lazy=True)
+    np.testing.assert_array_equal(lazy.rows(10, 20), probe.predict(x).scores[10:20])
+
+
+def test_multilabel_probes_recover_planted_sets() -> None:
+    rng = np.random.default_rng(5)
+    n, d, c = 900, 8, 10
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.normal(size=(d, c))
+    t = (x @ w) > 1.0
+    t[np.arange(n), np.argmax(x @ w, axis=1)] = True
+    truth = sp.csr_matrix(t)
+    tr, va, te = slice(0, 500), slice(500, 700), slice(700, 900)
+    noise = rng.normal(size=x.shape).astype(np.float32)
+    for cfg in (ProbeConfig(solver="ridge"), ProbeConfig(solver="logistic", max_evals=8)):
+        probe = fit_probe(x[tr], truth[tr], x[va], truth[va], "map", cfg)
+        good = score(probe.predict(x[te], lazy=True), truth[te], ("map",))["map"]
+        probe = fit_probe(noise[tr], truth[tr], noise[va], truth[va], "map", cfg)
+        bad = score(probe.predict(noise[te], lazy=True), truth[te], ("map",))["map"]
+        assert good is not None and bad is not None and good > bad + 0.2, cfg.solver
+        assert probe.selection["solver"] == cfg.solver
+    # auto takes ridge for multi-label tasks whatever their size
+    assert ProbeConfig().for_task(10, 2, multilabel=True).solver == "ridge"
+    assert ProbeConfig().for_task(10, 2).solver == "logistic"
+
+
+def test_lazy_prediction_checks_its_rows() -> None:
+    lazy = Prediction.lazy(3, np.array([0, 1]), lambda a, b: np.zeros((b - a, 3), np.float32))
+    with pytest.raises(ValueError, match="lazy rows 0:3 have shape"):
+        lazy.rows(0, 3)
+    nan = Prediction.lazy(2, np.array([0, 1]), lambda a, b: np.full((b - a, 2), np.nan))
+    with pytest.raises(SeqtwinsError, match="NaN"):
+        _ = nan.scores

@@ -9,17 +9,19 @@ import pytest
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.probe import ProbeConfig
+from seqtwins.evaluate.probe import Prediction, ProbeConfig, score
 from seqtwins.evaluate.protocol import (
     evaluate_embeddings,
     labelled_subset,
     load_results,
     metric_records,
+    save_per_user,
     save_results,
     subset_digest,
     train_order,
     write_metrics_jsonl,
 )
+from seqtwins.evaluate.significance import load_per_user
 from seqtwins.evaluate.tasks import Task, build_task
 
 FRACS = (0.05, 0.25, 1.0)
@@ -178,7 +180,9 @@ def test_results_files_round_trip(
 ) -> None:
     res = evaluate_embeddings(ds, kind_embeddings, tasks=["kind"], fractions=(0.25,), seeds=2)
     path = save_results(res, tmp_path / "out" / "eval.json")
-    assert load_results(path) == json.loads(json.dumps(res))
+    assert "per_user" in res and "per_user" not in json.loads(path.read_text())
+    slim = {k: v for k, v in res.items() if k != "per_user"}
+    assert load_results(path) == json.loads(json.dumps(slim))
     lines = write_metrics_jsonl(res, tmp_path / "metrics.jsonl").read_text().splitlines()
     recs = [json.loads(x) for x in lines]
     assert len(recs) == 3 * 2 and {r["method"] for r in recs} == {"majority", "good", "noise"}
@@ -191,3 +195,118 @@ def test_results_files_round_trip(
         load_results(tmp_path / "other.json")
     with pytest.raises(SeqtwinsError, match="does not exist"):
         load_results(tmp_path / "missing.json")
+
+
+# --- set tasks, floors, label-free scorers, per-user values -------------------------------
+
+SET_TASKS = ["future_categories", "future_items"]
+
+
+def test_set_tasks_floors_and_per_user_values(ds: SequenceDataset, kind_embeddings: dict) -> None:
+    res = evaluate_embeddings(ds, kind_embeddings, tasks=SET_TASKS, fractions=(0.1, 1.0), seeds=2,
+                              probe=ProbeConfig(solver="ridge"))  # fmt: skip
+    cats, items = res["tasks"]["future_categories"], res["tasks"]["future_items"]
+    assert cats["excluded_classes"] == ["extra"]  # on every item of the fixture: a root
+    assert cats["headline"] and items["headline"] and cats["too_small"] and items["too_small"]
+    assert cats["kind"] == "multilabel" and items["kind"] == "retrieval"
+    assert res["methods"] == ["majority", "history", "good", "noise"]
+    assert res["floors"] == ["majority", "history"]
+    cells = _cells(res)
+    assert ("future_items", "history", 1.0) not in cells  # history applies to categories only
+    test = build_task(ds, "future_categories").labelled(ds.split_users("test"))
+    task = build_task(ds, "future_categories")
+    # history floor: the user's own category counts, ties by the train users' history
+    # counts, then class code; label free, the same at every fraction
+    hist = cells[("future_categories", "history", 0.1)]
+    counts = task.history.toarray()
+    prior = counts[ds.split_users("train")].sum(0)
+    aps = []
+    for u in test:
+        order = sorted(range(task.num_classes), key=lambda c: (-counts[u, c], -prior[c], c))
+        pos = sorted(order.index(c) for c in task.targets[u].indices)
+        aps.append(np.mean([(j + 1) / (r + 1) for j, r in enumerate(pos)]))
+    assert hist["mean"]["map"] == pytest.approx(np.mean(aps)) and hist["protocol"] == "history"
+    assert all(r["n_train"] == 0 and r["label_free"] for r in hist["runs"])
+    assert cells[("future_categories", "history", 1.0)]["mean"] == hist["mean"]
+    # majority = popularity among the targets of the labelled train subset
+    sub = labelled_subset(train_order(ds, 1), task.labels, 0.1)
+    counts = np.asarray(task.targets[sub].sum(axis=0)).ravel()
+    pop = Prediction(np.tile(counts[counts > 0], (len(test), 1)), np.flatnonzero(counts > 0))
+    maj = cells[("future_categories", "majority", 0.1)]["runs"][1]["metrics"]
+    assert maj == pytest.approx(score(pop, task.targets[test], task.metrics))
+    good, noise = (cells[("future_items", m, 1.0)]["mean"]["recall@10"] for m in ("good", "noise"))
+    assert good is not None and noise is not None
+    # per-user values of the primary metric, aligned with the labelled test users
+    pu = res["per_user"]["future_categories"]
+    np.testing.assert_array_equal(pu["users"], test)
+    for method in ("majority", "history", "good", "noise"):
+        for frac, seed in ((0.1, 0), (0.1, 1), (1.0, 0), (1.0, 1)):
+            values = pu["values"][f"{method}|{frac:g}|{seed}"]
+            assert values.dtype == np.float32 and values.shape == test.shape
+            run = cells[("future_categories", method, frac)]["runs"][seed]
+            assert float(values.mean()) == pytest.approx(run["metrics"]["map"], abs=1e-6)
+    other = evaluate_embeddings(
+        ds, kind_embeddings, tasks=["next_rating_high", "age"], fractions=(1.0,), seeds=1
+    )
+    assert "next_rating_high" not in other["per_user"]  # primary AUC: not a mean over users
+    assert set(other["per_user"]["age"]["values"]) == {"majority|1|0", "good|1|0", "noise|1|0"}
+
+
+def test_scorers_are_label_free_and_share_the_exclusion(ds: SequenceDataset) -> None:
+    """A fake native scorer that ranks each user's history items first, then the true new
+    items: the protocol removes history items from every ranking, so it scores perfectly."""
+    items = build_task(ds, "future_items")
+    calls: list[tuple[str, int]] = []
+
+    def native(task: Task, users: np.ndarray) -> Prediction | None:
+        calls.append((task.name, len(users)))
+        if task.name != "future_items":
+            return None  # does not apply: no cells
+        assert task.exclude is not None and task.targets is not None
+        np.testing.assert_array_equal(users, task.labelled(ds.split_users("test")))
+        scores = 2.0 * task.exclude[users].toarray() + task.targets[users].toarray()
+        return Prediction.full(scores)  # classes = all item codes
+
+    emb = {"x": np.random.default_rng(0).normal(size=(ds.num_users, 4)).astype(np.float32)}
+    res = evaluate_embeddings(ds, emb, tasks=["future_items", "kind"], fractions=(0.1, 1.0),
+                              seeds=2, scorers={"x:native": native})  # fmt: skip
+    assert calls == [("future_items", len(items.labelled(ds.split_users("test")))), ("kind", 60)]
+    cells = _cells(res)
+    assert ("kind", "x:native", 1.0) not in cells and "x:native" in res["methods"]
+    for frac in (0.1, 1.0):
+        cell = cells[("future_items", "x:native", frac)]
+        assert cell["protocol"] == "native" and cell["status"] == "ok"
+        assert cell["mean"]["recall@10"] == 1.0 and cell["mean"]["ndcg@10"] == pytest.approx(1.0)
+    per = res["per_user"]["future_items"]["values"]
+    assert np.all(per["x:native|0.1|1"] == 1.0)
+    assert cells[("future_items", "x", 1.0)]["protocol"] == "linear"
+    with pytest.raises(SeqtwinsError, match="x given twice"):
+        evaluate_embeddings(ds, emb, tasks=["kind"], scorers={"x": native})
+
+
+def test_finetune_hooks_are_not_applied_to_set_tasks(ds: SequenceDataset) -> None:
+    def hook(task: Task, train, valid, test, seed):  # type: ignore[no-untyped-def]
+        raise AssertionError("a single-label hook must not be asked for a set task")
+
+    res = evaluate_embeddings(ds, {}, tasks=["future_items"], fractions=(1.0,), seeds=1,
+                              finetuners={"ft": hook})  # fmt: skip
+    cell = _cells(res)[("future_items", "ft", 1.0)]
+    assert cell["status"] == "n/a" and "single-label" in cell["reasons"][0]
+
+
+def test_per_user_npz_round_trip(
+    ds: SequenceDataset, kind_embeddings: dict, tmp_path: Path
+) -> None:
+    res = evaluate_embeddings(ds, kind_embeddings, tasks=["future_categories", "age"],
+                              fractions=(0.5,), seeds=2)  # fmt: skip
+    path = save_per_user(res["per_user"], tmp_path / "per_user.npz")
+    with np.load(path, allow_pickle=False) as npz:
+        assert "future_categories/users" in npz.files
+        assert "future_categories/good|0.5|1" in npz.files and "age/history|0.5|0" not in npz.files
+    back = load_per_user(path)
+    assert back.keys() == res["per_user"].keys()
+    for task, entry in res["per_user"].items():
+        np.testing.assert_array_equal(back[task]["users"], entry["users"])
+        assert back[task]["values"].keys() == entry["values"].keys()
+        for key, values in entry["values"].items():
+            np.testing.assert_array_equal(back[task]["values"][key], values)

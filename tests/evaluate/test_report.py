@@ -120,3 +120,36 @@ def test_report_never_writes_into_a_folder_it_does_not_own(
     write_report([eval_json], ours)
     write_report([eval_json], ours)  # its own folder: rewritten in place
     assert (ours / "report.md").read_text().startswith("# seqtwins evaluation report")
+
+
+def test_report_shows_headline_set_tasks_first(
+    ds: SequenceDataset, kind_embeddings: dict, tmp_path: Path
+) -> None:
+    from seqtwins.evaluate.probe import Prediction
+
+    def native(task, users):  # type: ignore[no-untyped-def]
+        if task.name != "future_items":
+            return None
+        return Prediction.full(np.random.default_rng(0).normal(size=(len(users), task.num_classes)))
+
+    res = evaluate_embeddings(
+        ds, {"barlow": kind_embeddings["good"], "dual": kind_embeddings["noise"]},
+        tasks=["kind", "future_items", "future_categories"], fractions=(0.1, 1.0), seeds=2,
+        scorers={"dual:native": native},
+    )  # fmt: skip
+    folder = tmp_path / "run"
+    folder.mkdir()
+    md = write_report([save_results(res, folder / "eval.json")], tmp_path / "r").read_text()
+    heads = [line for line in md.splitlines() if line.startswith("### `")]
+    assert heads[0].startswith("### `future_items` ★ headline")
+    assert heads[1].startswith("### `future_categories` ★ headline")
+    assert heads[2].startswith("### `kind` —")  # single-label tasks follow, unmarked
+    assert md.count("**Too small to compare:**") == 3 and "60 labelled test users (fewer" in md
+    assert "root categories left out: `extra`" in md
+    for metric in ("**map**", "**recall@5**", "**recall@10**", "**recall@20**", "**ndcg@10**"):
+        assert metric in md
+    assert "| *history (floor)* |" in md and "| dual:native |" in md
+    section = md[md.index("### `future_categories`") : md.index("### `kind`")]
+    assert "dual:native" not in section  # the scorer does not apply there: no row
+    assert "| method | 10% (n=" in section  # n = the labelled subset, not a label-free run's 0
+    assert _png(tmp_path / "r" / "future_items.png")

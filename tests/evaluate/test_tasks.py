@@ -1,19 +1,26 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from seqtwins.data.dataset import SequenceDataset, Sequences, write_dataset
+from seqtwins.data.synth import SynthConfig, synthesize
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.tasks import (
     available_tasks,
     build_task,
     build_tasks,
     favorite_category_labels,
+    future_category_targets,
+    future_item_targets,
+    headline_tasks,
 )
 
 from .conftest import make_dataset
@@ -55,7 +62,8 @@ def _hand(tmp_path: Path) -> SequenceDataset:
 def test_labels_on_hand_made_sequences(tmp_path: Path) -> None:
     ds = _hand(tmp_path)
     assert available_tasks(ds) == [
-        "next_item", "next_category", "favorite_category", "gender", "next_rating_high"
+        "future_categories", "future_items", "next_item", "next_category", "favorite_category",
+        "gender", "next_rating_high",
     ]  # fmt: skip
     nxt = build_task(ds, "next_item")
     assert nxt.labels.tolist() == [2, 0, 4, 5, -1, 5, 1]  # item_idx - 1
@@ -130,7 +138,7 @@ def test_favorite_category_matches_a_loop_reference(tmp_path: Path, seed: int) -
 
 def test_tasks_follow_the_fields_a_dataset_has(tmp_path: Path) -> None:
     bare = make_dataset(tmp_path / "bare", categories=False, ratings=False, attributes=False)
-    assert available_tasks(bare) == ["next_item"]
+    assert available_tasks(bare) == ["future_items", "next_item"]
     with pytest.raises(SeqtwinsError, match="needs item categories"):
         build_task(bare, "favorite_category")
     with pytest.raises(SeqtwinsError, match="needs ratings"):
@@ -141,6 +149,122 @@ def test_tasks_follow_the_fields_a_dataset_has(tmp_path: Path) -> None:
         build_tasks(bare, ["next_item", "next_item"])
     full = make_dataset(tmp_path / "full")
     assert available_tasks(full) == [
-        "next_item", "next_category", "favorite_category", "kind", "age", "next_rating_high"
+        "future_categories", "future_items", "next_item", "next_category", "favorite_category",
+        "kind", "age", "next_rating_high",
     ]  # fmt: skip
     assert [t.name for t in build_tasks(full)] == available_tasks(full)
+
+
+# --- the headline tasks: future_categories (multi-label) and future_items (retrieval) ------
+
+
+def _sets(m) -> list[set[int]]:  # type: ignore[no-untyped-def]
+    """Rows of a csr matrix as sets of column codes."""
+    return [set(m.indices[m.indptr[u] : m.indptr[u + 1]].tolist()) for u in range(m.shape[0])]
+
+
+def test_headline_tasks_on_hand_made_sequences(tmp_path: Path) -> None:
+    ds = _hand(tmp_path)
+    assert headline_tasks(ds) == ["future_categories", "future_items"]
+    cats = build_task(ds, "future_categories")
+    assert cats.kind == "multilabel" and cats.metrics == ("map", "recall@5")
+    assert cats.primary_metric == "map" and cats.class_names == ["A", "B", "C", "Z"]
+    assert cats.excluded_classes == ()  # A is on 3 of 6 items: half is not "more than half"
+    A, B, C, Z = range(4)
+    # every category of every future item (not only the first-listed one)
+    assert _sets(cats.targets) == [
+        {A, B, C, Z}, {A, B, C, Z}, {B, C}, {A}, set(), set(), {A, B}
+    ]  # fmt: skip
+    assert cats.labels.tolist() == [0, 0, 0, 0, -1, -1, 0]
+    assert set(np.unique(cats.targets.data)) == {1.0}
+    # the history floor's counts: user 0's history [1, 2] -> A, Z, B once each
+    assert cats.history is not None
+    assert cats.history[0].toarray().ravel().tolist() == [1, 1, 0, 1]
+    assert cats.history[2].toarray().ravel().tolist() == [2, 1, 0, 2]  # [1, 1, 2]
+    # train users 0-2: B and C on 3 each, ties -> smaller code
+    assert cats.class_names[cats.majority_class] == "B" and math.isnan(cats.majority_accuracy)
+
+    items = build_task(ds, "future_items")
+    assert items.kind == "retrieval" and items.primary_metric == "recall@10"
+    # new items only (codes = item_idx - 1); repeats of history items are no targets
+    assert _sets(items.targets) == [{0, 1, 2} - {0, 1}, {0}, {4}, {3}, set(), {5}, {1, 3}]
+    assert items.labels.tolist() == [0, 0, 0, 0, -1, 0, 0]
+    assert items.exclude is not None
+    assert _sets(items.exclude) == [{0, 1}, {3, 4, 1}, {0, 1}, {5, 2}, {0, 1, 2}, {1}, {2, 0}]
+    assert items.targets.multiply(items.exclude).nnz == 0
+    summary = items.summary(ds)
+    assert summary["headline"] is True and summary["too_small"] is True  # < 500 test users
+    assert summary["labelled_users"] == {"train": 3, "valid": 1, "test": 2}
+    assert build_task(ds, "next_item").summary(ds)["headline"] is False
+
+
+def _reference(ds: SequenceDataset) -> dict[str, list]:
+    """Plain loops: every category of every future item minus the root categories; the
+    history's category counts; the future's new items and the history items."""
+    cats = ds.items["categories"].to_list()  # row i = item_idx i + 1
+    names = sorted({c for cs in cats for c in cs})
+    per_cat = {c: sum(c in set(cs) for cs in cats) for c in names}
+    kept = [c for c in names if per_cat[c] <= 0.5 * ds.num_items]
+    code = {c: i for i, c in enumerate(kept)}
+    out: dict[str, list] = {"names": kept, "root": [c for c in names if c not in code]}
+    out.update(cat_targets=[], cat_history=[], item_targets=[], item_exclude=[])
+    for u in range(ds.num_users):
+        fut, hist = ds.sequences.future(u).tolist(), ds.sequences.history(u).tolist()
+        out["cat_targets"].append({code[c] for i in fut for c in cats[i - 1] if c in code})
+        counts = [0] * len(kept)
+        for i in hist:
+            for c in set(cats[i - 1]):
+                if c in code:
+                    counts[code[c]] += 1
+        out["cat_history"].append(counts)
+        out["item_targets"].append({i - 1 for i in fut} - {i - 1 for i in hist})
+        out["item_exclude"].append({i - 1 for i in hist})
+    return out
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 10_000), n_items=st.integers(2, 15), root_p=st.floats(0.0, 1.0))
+def test_set_labels_match_a_loop_reference(
+    tmp_path: Path, seed: int, n_items: int, root_p: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    n_users = 40
+    seqs = [rng.integers(1, n_items + 1, int(rng.integers(1, 10))).tolist() for _ in range(n_users)]
+    hist = [int(rng.integers(0, len(s) + 1)) for s in seqs]
+    cats = [
+        sorted({f"k{c}" for c in rng.integers(0, 5, int(rng.integers(0, 4)))})
+        + (["root"] if rng.random() < root_p else [])
+        for _ in range(n_items)
+    ]
+    out = write_dataset(
+        tmp_path / f"r{seed}-{n_items}",
+        sequences=Sequences.from_lists(seqs, hist),
+        items=pl.DataFrame({"item_id": [str(i) for i in range(n_items)], "categories": cats},
+                           schema={"item_id": pl.String, "categories": pl.List(pl.String)}),
+        users=pl.DataFrame({"user_id": [str(u) for u in range(n_users)],
+                            "split": ["train"] * n_users}),
+        source="t",
+    )  # fmt: skip
+    ds = SequenceDataset.open(out)
+    ref = _reference(ds)
+    targets, history, names, root = future_category_targets(ds)
+    assert names == ref["names"] and root == ref["root"]
+    assert _sets(targets) == ref["cat_targets"]
+    assert history.toarray().astype(int).tolist() == ref["cat_history"]
+    items, exclude = future_item_targets(ds)
+    assert _sets(items) == ref["item_targets"] and _sets(exclude) == ref["item_exclude"]
+
+
+def test_set_tasks_on_synthetic_data(tmp_path: Path) -> None:
+    ds = SequenceDataset.open(synthesize(tmp_path / "s", SynthConfig(users=300, items=120)))
+    ref = _reference(ds)
+    task = build_task(ds, "future_categories")
+    assert _sets(task.targets) == ref["cat_targets"]
+    assert task.labels.tolist() == [0 if t else -1 for t in ref["cat_targets"]]
+    items = build_task(ds, "future_items")
+    assert _sets(items.targets) == ref["item_targets"]
+    summary = task.summary(ds)
+    assert summary["too_small"] is True and summary["headline"] is True
+    assert summary["excluded_classes"] == ref["root"]

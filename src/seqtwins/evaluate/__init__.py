@@ -1,13 +1,15 @@
 """Downstream evaluation with few labels (docs/evaluation.md).
 
 - :mod:`~seqtwins.evaluate.tasks` — labels from the held-out future window and user
-  attributes (``next_item``, ``next_category``, ``favorite_category``, attributes,
-  ``next_rating_high``);
+  attributes: the headline set tasks ``future_categories`` (multi-label) and
+  ``future_items`` (retrieval of new items), then ``next_item``, ``next_category``,
+  ``favorite_category``, attributes, ``next_rating_high``;
 - :mod:`~seqtwins.evaluate.probe` — linear (ridge / logistic) and MLP probes on frozen
   embeddings, and the metrics;
 - :mod:`~seqtwins.evaluate.baselines` — the TF-IDF + truncated-SVD floor;
 - :mod:`~seqtwins.evaluate.protocol` — methods x tasks x label fractions x seeds on fixed,
-  shared labelled subsets; eval.json and JSON-lines output;
+  shared labelled subsets, label-free scorers and the history floor; eval.json,
+  JSON-lines and per-user (``per_user.npz``) output;
 - :mod:`~seqtwins.evaluate.report` — report.md and plots (imported on demand: matplotlib).
 
 The package itself is callable: ``seqtwins.evaluate(runs, data, out, ...)`` is
@@ -24,25 +26,40 @@ from seqtwins.evaluate.probe import Prediction, ProbeConfig, fit_probe, score
 from seqtwins.evaluate.protocol import (
     DEFAULT_FRACTIONS,
     Finetuner,
+    Scorer,
     evaluate_embeddings,
     load_results,
     save_results,
     write_metrics_jsonl,
 )
-from seqtwins.evaluate.tasks import Task, available_tasks, build_task, build_tasks
+from seqtwins.evaluate.significance import compare, load_per_user, paired_bootstrap
+from seqtwins.evaluate.tasks import (
+    MIN_TEST_USERS,
+    Task,
+    available_tasks,
+    build_task,
+    build_tasks,
+    headline_tasks,
+)
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "MIN_TEST_USERS",
     "Finetuner",
     "Prediction",
     "ProbeConfig",
+    "Scorer",
     "Task",
     "available_tasks",
     "build_task",
     "build_tasks",
+    "compare",
     "evaluate_embeddings",
     "fit_probe",
+    "headline_tasks",
+    "load_per_user",
     "load_results",
+    "paired_bootstrap",
     "save_results",
     "score",
     "tfidf_svd_embeddings",

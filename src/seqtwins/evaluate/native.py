@@ -20,21 +20,16 @@ items from the ranking is the protocol's job, identical for every method.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from torch import nn
 
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.probe import Prediction
+from seqtwins.evaluate.protocol import Scorer
 from seqtwins.evaluate.tasks import Task
 from seqtwins.models.encoder import SequenceEncoder
 from seqtwins.objectives.dual import NextItemHead
-
-Scorer = Callable[[Task, np.ndarray], Prediction | None]
-"""``(task, test user_idx (n,)) -> Prediction`` over all item codes, or None for a task
-that is not an item ranking."""
 
 NATIVE_KINDS = ("ranking", "retrieval")
 """Task kinds a native scorer answers: ``next_item`` and ``future_items``."""

@@ -35,12 +35,13 @@ only; :meth:`FittedProbe.predict` on test users is the single scoring pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from scipy.stats import rankdata
 from threadpoolctl import threadpool_limits
@@ -54,33 +55,67 @@ SOLVERS = ("auto", "ridge", "logistic")
 # --- predictions and metrics ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Prediction:
     """Class scores for n users over the listed classes; higher = more likely.
 
     ``scores`` (n, K) float32, ``classes`` (K,) int64 ascending class codes. A class not
     listed ranks below every listed one; ties break towards the smaller class code, the
     same rule ``argmax`` follows, so accuracy@1 equals HR@1.
+
+    A *lazy* prediction (:meth:`lazy`) computes its rows on demand (:meth:`rows`), so that
+    scores over thousands of items for thousands of users are never held at once: the
+    set metrics (:func:`score` with a sparse truth) read it in chunks of users.
     """
 
-    scores: np.ndarray
-    classes: np.ndarray
+    def __init__(self, scores: np.ndarray, classes: np.ndarray) -> None:
+        scores, classes = np.asarray(scores), np.asarray(classes, dtype=np.int64)
+        if scores.ndim != 2 or scores.shape[1] != len(classes):
+            raise ValueError(f"scores {scores.shape} must be (n, {len(classes)}) for the classes")
+        _check_classes(classes)
+        _check_finite(scores)
+        self._scores: np.ndarray | None = scores
+        self._rows: Callable[[int, int], np.ndarray] | None = None
+        self.classes = classes
+        self.num_rows = int(scores.shape[0])
 
-    def __post_init__(self) -> None:
-        if self.scores.ndim != 2 or self.scores.shape[1] != len(self.classes):
-            raise ValueError(
-                f"scores {self.scores.shape} must be (n, {len(self.classes)}) for the classes"
-            )
-        if len(self.classes) > 1 and np.any(np.diff(self.classes) <= 0):
-            raise ValueError("classes must be strictly ascending")
-        if not np.all(np.isfinite(self.scores)):
-            raise SeqtwinsError("a prediction contains NaN or infinite scores")
+    @classmethod
+    def lazy(
+        cls, n: int, classes: np.ndarray, rows: Callable[[int, int], np.ndarray]
+    ) -> Prediction:
+        """A prediction for ``n`` users whose scores ``rows(start, stop)`` returns as a
+        (stop - start, K) array when asked."""
+        out = cls.__new__(cls)
+        out.classes = np.asarray(classes, dtype=np.int64)
+        _check_classes(out.classes)
+        out._scores, out._rows, out.num_rows = None, rows, int(n)
+        return out
 
     @classmethod
     def full(cls, scores: np.ndarray) -> Prediction:
         """Scores over all classes ``0..C-1`` (the form a fine-tuning hook returns)."""
         scores = np.asarray(scores, dtype=np.float32)
         return cls(scores, np.arange(scores.shape[1], dtype=np.int64))
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Scores (stop - start, K) of users ``start:stop``."""
+        if self._scores is not None:
+            return self._scores[start:stop]
+        assert self._rows is not None
+        out = np.asarray(self._rows(start, stop))
+        if out.shape != (stop - start, len(self.classes)):
+            raise ValueError(
+                f"lazy rows {start}:{stop} have shape {out.shape}; expected "
+                f"({stop - start}, {len(self.classes)})"
+            )
+        _check_finite(out)
+        return out
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(n, K) all scores (computed now for a lazy prediction)."""
+        if self._scores is None:
+            return self.rows(0, self.num_rows)
+        return self._scores
 
     def top1(self) -> np.ndarray:
         """(n,) predicted class code (first maximum)."""
@@ -112,24 +147,60 @@ class Prediction:
         return ranks
 
 
-def score(pred: Prediction, y: np.ndarray, metrics: tuple[str, ...]) -> dict[str, float | None]:
-    """The named metrics of ``pred`` against true codes ``y``; None where undefined.
+def _check_classes(classes: np.ndarray) -> None:
+    if len(classes) > 1 and np.any(np.diff(classes) <= 0):
+        raise ValueError("classes must be strictly ascending")
 
-    ``accuracy``/``accuracy@1``: top-1 hits. ``hr@K``: true class within the top K of
-    all classes. ``ndcg@K``: ``1/log2(rank+2)`` inside the top K (one relevant class).
-    ``macro_f1``: mean F1 over the classes in ``y`` or predicted (scikit-learn's
-    ``f1_score(average="macro", zero_division=0)``).
-    ``auc``: ROC AUC of the class-1 score margin (binary tasks; None if ``y`` holds one
-    class).
+
+def _check_finite(scores: np.ndarray) -> None:
+    if not np.all(np.isfinite(scores)):
+        raise SeqtwinsError("a prediction contains NaN or infinite scores")
+
+
+def score(
+    pred: Prediction,
+    y: np.ndarray | sp.spmatrix,
+    metrics: tuple[str, ...],
+    exclude: sp.spmatrix | None = None,
+) -> dict[str, float | None]:
+    """The named metrics of ``pred`` against the truth ``y``; None where undefined.
+
+    Single-label truth ``y`` (n,) int class codes: ``accuracy``/``accuracy@1``: top-1
+    hits. ``hr@K``: true class within the top K of all classes. ``ndcg@K``:
+    ``1/log2(rank+2)`` inside the top K (one relevant class). ``macro_f1``: mean F1 over
+    the classes in ``y`` or predicted (scikit-learn's ``f1_score(average="macro",
+    zero_division=0)``). ``auc``: ROC AUC of the class-1 score margin (binary tasks; None
+    if ``y`` holds one class).
+
+    Set truth ``y`` (n, C) sparse 0/1 (``multilabel`` / ``retrieval`` tasks, see
+    :func:`set_user_values`): ``map``, ``recall@K``, ``ndcg@K``; ``exclude`` (n, C) removes
+    classes from each user's ranking.
     """
+    return score_users(pred, y, metrics, exclude)[0]
+
+
+def score_users(
+    pred: Prediction,
+    y: np.ndarray | sp.spmatrix,
+    metrics: tuple[str, ...],
+    exclude: sp.spmatrix | None = None,
+) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
+    """:func:`score`, plus the per-user values (n,) float64 of every metric that is a
+    mean over users (all but ``macro_f1`` and ``auc``): what paired tests resample."""
+    if sp.issparse(y):
+        values = set_user_values(pred, sp.csr_matrix(y), metrics, exclude)
+        return {m: float(v.mean()) if len(v) else None for m, v in values.items()}, values
+    if exclude is not None:
+        raise ValueError("exclude applies to set truth (multilabel / retrieval) only")
     y = np.asarray(y, dtype=np.int64)
     out: dict[str, float | None] = {}
+    per_user: dict[str, np.ndarray] = {}
     top1: np.ndarray | None = None
     ranks: np.ndarray | None = None
     for m in metrics:
         if m in ("accuracy", "accuracy@1"):
             top1 = pred.top1() if top1 is None else top1
-            out[m] = float(np.mean(top1 == y))
+            per_user[m] = (top1 == y).astype(np.float64)
         elif m == "macro_f1":
             top1 = pred.top1() if top1 is None else top1
             out[m] = macro_f1(y, top1)
@@ -137,14 +208,123 @@ def score(pred: Prediction, y: np.ndarray, metrics: tuple[str, ...]) -> dict[str
             k = int(m.split("@")[1])
             ranks = pred.ranks(y) if ranks is None else ranks
             if m.startswith("hr@"):
-                out[m] = float(np.mean(ranks < k))
+                per_user[m] = (ranks < k).astype(np.float64)
             else:
-                gain = np.where(ranks < k, 1.0 / np.log2(ranks.astype(np.float64) + 2.0), 0.0)
-                out[m] = float(np.mean(gain))
+                per_user[m] = np.where(
+                    ranks < k, 1.0 / np.log2(ranks.astype(np.float64) + 2.0), 0.0
+                )
         elif m == "auc":
             out[m] = _auc(pred, y)
         else:
             raise ValueError(f"unknown metric {m!r}")
+        if m in per_user:
+            out[m] = float(np.mean(per_user[m]))
+    return out, per_user
+
+
+# --- set metrics (multilabel / retrieval tasks) --------------------------------------------
+
+SET_CHUNK_BYTES = 96 << 20
+"""Working memory of one chunk of users in :func:`positive_ranks` (the full score rows of
+the chunk and one compared row per target)."""
+
+
+def _pattern(m: sp.spmatrix) -> sp.csr_matrix:
+    """The 0/1 pattern of a non-negative sparse matrix (csr, sorted indices)."""
+    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
+    out.eliminate_zeros()
+    out.data[:] = 1.0
+    out.sort_indices()
+    return out
+
+
+def positive_ranks(
+    pred: Prediction,
+    targets: sp.csr_matrix,
+    exclude: sp.spmatrix | None = None,
+    chunk_bytes: int = SET_CHUNK_BYTES,
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """0-based rank of every target among each user's ranked classes.
+
+    Classes are ordered by (score descending, class code): a class ``pred`` does not list
+    follows every listed one, in class-code order. The classes of ``exclude`` (n, C) take
+    no rank and are never targets. Returns (P,) int64 ranks aligned with the returned
+    targets' (n, C) csr entries (row-major, sorted columns). Users are processed in chunks
+    so that no more than ~``chunk_bytes`` of scores are held at once.
+    """
+    n, n_cls = targets.shape
+    t = _pattern(targets)
+    ex = _pattern(exclude) if exclude is not None else None
+    if ex is not None:
+        t = _pattern(t - t.multiply(ex))
+    if len(pred.classes) and pred.classes[-1] >= n_cls:
+        raise ValueError(f"prediction lists class {pred.classes[-1]}; the truth has {n_cls}")
+    npos = np.diff(t.indptr)  # (n,)
+    cost = (4 + 8 * npos) * max(n_cls, 1)  # bytes per user: its row + compared target rows
+    chunk_id = np.cumsum(cost) // max(chunk_bytes, 1)
+    bounds = np.flatnonzero(np.diff(chunk_id)) + 1
+    ranks = np.zeros(t.nnz, dtype=np.int64)
+    code = np.arange(n_cls)
+    for a, b in zip(np.r_[0, bounds], np.r_[bounds, n], strict=True):
+        a, b = int(a), int(b)
+        if b <= a:
+            continue
+        full = np.full((b - a, n_cls), -np.inf, dtype=np.float32)  # unlisted: below all
+        full[:, pred.classes] = pred.rows(a, b)
+        if ex is not None:  # excluded: NaN compares False with everything, takes no rank
+            sub = ex[a:b]
+            full[np.repeat(np.arange(b - a), np.diff(sub.indptr)), sub.indices] = np.nan
+        lo, hi = t.indptr[a], t.indptr[b]
+        row = np.repeat(np.arange(b - a), npos[a:b])  # (P,) chunk row of each target
+        col = t.indices[lo:hi]  # (P,)
+        s = full[row]  # (P, C)
+        key = s[np.arange(len(row)), col][:, None]  # (P, 1) the target's own score
+        ahead = (s > key).sum(axis=1) + ((s == key) & (code[None, :] < col[:, None])).sum(axis=1)
+        ranks[lo:hi] = ahead
+    return ranks, t
+
+
+def set_user_values(
+    pred: Prediction,
+    targets: sp.csr_matrix,
+    metrics: tuple[str, ...],
+    exclude: sp.spmatrix | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-user values (n,) float64 of set metrics; the task's score is their mean.
+
+    With the targets' ranks r_1 < ... < r_m (0-based, :func:`positive_ranks`):
+    ``map`` = average precision, mean_j j / (r_j + 1) (the mean of AP over users);
+    ``recall@K`` = #{r_j < K} / min(K, m) (as in Mult-VAE, Liang et al. 2018, so 1.0 is
+    reachable when a user has more than K targets); ``ndcg@K`` = sum_{r_j < K}
+    1/log2(r_j + 2) over the ideal DCG of min(K, m) targets. Score ties rank by class code.
+    A user without any (non-excluded) target scores 0.
+    """
+    ranks, t = positive_ranks(pred, targets, exclude)
+    n = t.shape[0]
+    m = np.diff(t.indptr)  # (n,) targets per user
+    user = np.repeat(np.arange(n), m)  # (P,)
+    order = np.lexsort((ranks, user))
+    ranks, user = ranks[order], user[order]
+    j = np.arange(len(ranks)) - np.repeat(t.indptr[:-1], m) + 1  # 1-based rank among targets
+    denom = np.maximum(m, 1).astype(np.float64)
+    out: dict[str, np.ndarray] = {}
+    for metric in metrics:
+        if metric == "map":
+            prec = j / (ranks + 1.0)
+            out[metric] = np.bincount(user, weights=prec, minlength=n) / denom
+        elif metric.startswith(("recall@", "ndcg@")):
+            k = int(metric.split("@")[1])
+            top = np.minimum(m, k)  # (n,)
+            if metric.startswith("recall@"):
+                hits = np.bincount(user, weights=(ranks < k).astype(np.float64), minlength=n)
+                out[metric] = hits / np.maximum(top, 1)
+            else:
+                gain = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+                dcg = np.bincount(user, weights=gain, minlength=n)
+                ideal = np.r_[0.0, np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))][top]
+                out[metric] = np.divide(dcg, ideal, out=np.zeros(n), where=ideal > 0)
+        else:
+            raise ValueError(f"unknown metric {metric!r} for a multi-label / retrieval task")
     return out
 
 
@@ -253,12 +433,16 @@ class ProbeConfig:
         """True when the fit does not depend on the seed (only on the labelled subset)."""
         return self.kind == "linear" and self.solver == "ridge"
 
-    def for_task(self, n_train: int, n_classes: int) -> ProbeConfig:
-        """This config with ``auto`` resolved for a task of that size (all its label budgets)."""
+    def for_task(self, n_train: int, n_classes: int, multilabel: bool = False) -> ProbeConfig:
+        """This config with ``auto`` resolved for a task of that size (all its label budgets).
+
+        Multi-label / retrieval tasks (``multilabel=True``) always take ``ridge``: the
+        sigmoid one-vs-rest ``logistic`` probe cost 536 s against ridge's 2.2 s on Beauty
+        ``future_items`` (11k item classes) and selected a worse probe (docs/evaluation.md)."""
         if self.solver != "auto":
             return self
-        solver = "logistic" if n_train * n_classes <= self.auto_logistic_max else "ridge"
-        return replace(self, solver=solver)
+        small = n_train * n_classes <= self.auto_logistic_max
+        return replace(self, solver="logistic" if small and not multilabel else "ridge")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -283,8 +467,15 @@ class FittedProbe:
         """Standardise with the train-subset statistics: (n, D) float32."""
         return ((np.asarray(x, dtype=np.float32) - self.mean) / self.scale).astype(np.float32)
 
-    def predict(self, x: np.ndarray) -> Prediction:
-        """Scores (n, K) of the users whose embeddings are ``x`` (n, D)."""
+    def predict(self, x: np.ndarray, lazy: bool = False) -> Prediction:
+        """Scores (n, K) of the users whose embeddings are ``x`` (n, D); ``lazy``: computed
+        per chunk of users when read (:meth:`Prediction.lazy`)."""
+        if lazy:
+            return Prediction.lazy(
+                len(x),
+                self.classes,
+                lambda a, b: _forward(self.kind, self.weights, self.transform(x[a:b])),
+            )
         return Prediction(_forward(self.kind, self.weights, self.transform(x)), self.classes)
 
 
@@ -309,26 +500,39 @@ def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_probe(
     x_train: np.ndarray,
-    y_train: np.ndarray,
+    y_train: np.ndarray | sp.spmatrix,
     x_valid: np.ndarray,
-    y_valid: np.ndarray,
+    y_valid: np.ndarray | sp.spmatrix,
     metric: str,
     config: ProbeConfig | None = None,
     seed: int = 0,
+    exclude_valid: sp.spmatrix | None = None,
 ) -> FittedProbe:
-    """Fit a probe on (x_train (n, D), y_train (n,)) choosing its settings on valid users.
+    """Fit a probe on (x_train (n, D), y_train) choosing its settings on valid users.
 
-    ``metric`` (a :func:`score` metric name, higher is better) is what selection
-    maximises on (x_valid, y_valid). Needs at least two classes in ``y_train``. The
-    protocol resolves ``solver="auto"`` once per task (:meth:`ProbeConfig.for_task`).
+    ``y_train`` is (n,) int class codes, or for multi-label / retrieval tasks a sparse
+    (n, C) 0/1 target matrix (one-vs-rest: least squares on the multi-hot targets for
+    ``ridge``, sigmoid heads for ``logistic`` / ``mlp``); ``y_valid`` has the same form and
+    ``exclude_valid`` (m, C) removes classes from the valid users' rankings. ``metric`` (a
+    :func:`score` metric name, higher is better) is what selection maximises on the valid
+    users. Needs at least two classes among the training labels. The protocol resolves
+    ``solver="auto"`` once per task (:meth:`ProbeConfig.for_task`).
     """
-    classes, y_idx = np.unique(np.asarray(y_train, dtype=np.int64), return_inverse=True)
+    multi = sp.issparse(y_train)
+    if multi:
+        t = sp.csr_matrix(y_train)
+        classes = np.flatnonzero(t.getnnz(axis=0) > 0).astype(np.int64)
+        y_fit: np.ndarray | sp.csr_matrix = _pattern(t[:, classes])  # (n, K) present classes
+        n = t.shape[0]
+    else:
+        classes, y_fit = np.unique(np.asarray(y_train, dtype=np.int64), return_inverse=True)
+        n = len(y_fit)
     if len(classes) < 2:
         raise ValueError("a probe needs at least two classes among its training labels")
     # ``auto`` left unresolved by the caller is resolved on this subset
-    cfg = (config or ProbeConfig()).for_task(len(y_idx), len(classes))
+    cfg = (config or ProbeConfig()).for_task(n, len(classes), multilabel=multi)
     with cpu_threads(cfg.threads):
-        return _fit(x_train, y_idx, classes, x_valid, y_valid, metric, cfg, seed)
+        return _fit(x_train, y_fit, classes, x_valid, y_valid, metric, cfg, seed, exclude_valid)
 
 
 @contextmanager
@@ -345,28 +549,36 @@ def cpu_threads(n: int) -> Iterator[None]:
 
 def _fit(
     x_train: np.ndarray,
-    y_idx: np.ndarray,
+    y_fit: np.ndarray | sp.csr_matrix,
     classes: np.ndarray,
     x_valid: np.ndarray,
-    y_valid: np.ndarray,
+    y_valid: np.ndarray | sp.spmatrix,
     metric: str,
     cfg: ProbeConfig,
     seed: int,
+    exclude_valid: sp.spmatrix | None,
 ) -> FittedProbe:
+    """``y_fit``: (n,) index into ``classes``, or (n, K) 0/1 csr over ``classes``."""
     mean, scale = _standardiser(np.asarray(x_train, dtype=np.float32))
     probe = FittedProbe(mean, scale, classes, [], kind=cfg.kind)
     xt, xv = probe.transform(x_train), probe.transform(x_valid)  # (n, D), (m, D)
-    y_valid = np.asarray(y_valid, dtype=np.int64)
+    multi = sp.issparse(y_fit)
+    truth = sp.csr_matrix(y_valid) if multi else np.asarray(y_valid, dtype=np.int64)
 
     def valid_score(w: list[np.ndarray]) -> float:
-        v = score(Prediction(_forward(cfg.kind, w, xv), classes), y_valid, (metric,))[metric]
+        if multi:  # lazily: scores over thousands of items are read in chunks
+            pred = Prediction.lazy(len(xv), classes, lambda a, b: _forward(cfg.kind, w, xv[a:b]))
+        else:
+            pred = Prediction(_forward(cfg.kind, w, xv), classes)
+        v = score(pred, truth, (metric,), exclude_valid)[metric]
         return -math.inf if v is None else v
 
     if cfg.kind == "linear" and cfg.solver == "ridge":
-        probe.weights, probe.selection = _fit_ridge(xt, y_idx, len(classes), cfg, valid_score)
+        probe.weights, probe.selection = _fit_ridge(xt, y_fit, len(classes), cfg, valid_score)
     else:
+        y_torch = y_fit if multi else torch.from_numpy(np.asarray(y_fit))
         probe.weights, probe.selection = _sgd_loop(
-            torch.from_numpy(xt), torch.from_numpy(y_idx), len(classes), cfg, seed, valid_score
+            torch.from_numpy(xt), y_torch, len(classes), cfg, seed, valid_score
         )
     probe.selection["metric"] = metric
     probe.selection["solver"] = "mlp" if cfg.kind == "mlp" else cfg.solver
@@ -374,12 +586,16 @@ def _fit(
 
 
 def _fit_ridge(
-    x: np.ndarray, y: np.ndarray, k: int, cfg: ProbeConfig, valid_score: Any
+    x: np.ndarray, y: np.ndarray | sp.csr_matrix, k: int, cfg: ProbeConfig, valid_score: Any
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Least squares on one-hot targets for every alpha of the grid, best on valid.
+    """Least squares on one-hot (or multi-hot) targets for every alpha of the grid, best
+    on valid.
 
-    Minimises mean ||x W + b - onehot(y)||^2 + alpha ||W||^2: with centred x the intercept
-    is the class frequency vector and W = (G + alpha I)^-1 X^T Y / n, G = X^T X / n.
+    Minimises mean ||x W + b - Y||^2 + alpha ||W||^2 with Y = onehot(y) (n, K), or the 0/1
+    target matrix ``y`` itself for multi-label tasks (one-vs-rest: each column is its own
+    least-squares problem, all sharing one eigendecomposition): with centred x the
+    intercept is the class frequency vector and W = (G + alpha I)^-1 X^T Y / n,
+    G = X^T X / n.
     """
     n, d = x.shape
     xd = x.astype(np.float64)
@@ -387,10 +603,14 @@ def _fit_ridge(
     xc = xd - mu
     gram = xc.T @ xc / n  # (D, D)
     evals, evecs = np.linalg.eigh(gram)
-    order = np.argsort(y, kind="stable")
-    starts = np.searchsorted(y[order], np.arange(k))
-    xty = np.add.reduceat(xc[order], starts, axis=0).T / n  # (D, K): sum of x per class
-    prior = np.bincount(y, minlength=k) / n  # (K,) intercept = class frequency
+    if sp.issparse(y):
+        xty = np.asarray(y.T @ xc).T / n  # (D, K): sum of x over each class's positives
+        prior = np.asarray(y.sum(axis=0), dtype=np.float64).ravel() / n  # (K,)
+    else:
+        order = np.argsort(y, kind="stable")
+        starts = np.searchsorted(y[order], np.arange(k))
+        xty = np.add.reduceat(xc[order], starts, axis=0).T / n  # (D, K): sum of x per class
+        prior = np.bincount(y, minlength=k) / n  # (K,) intercept = class frequency
     proj = evecs.T @ xty  # (D, K)
     best: tuple[float, float, list[np.ndarray]] | None = None
     tried = {}
@@ -406,10 +626,36 @@ def _fit_ridge(
     return best[2], {"alpha": best[1], "valid": _finite(best[0]), "valid_by_alpha": tried}
 
 
+def _head_loss(
+    out: torch.Tensor, y: torch.Tensor | sp.csr_matrix, idx: torch.Tensor
+) -> torch.Tensor:
+    """(G,) loss of every head on one batch: logits ``out`` (G, B, K) against the batch's
+    labels ``y[idx]`` — softmax cross-entropy for class codes, binary cross-entropy summed
+    over classes for a multi-hot csr (one-vs-rest); mean over the batch's users."""
+    g, _, k = out.shape
+    if isinstance(y, torch.Tensor):
+        ce = torch.nn.functional.cross_entropy(
+            out.reshape(-1, k), y[idx].repeat(g), reduction="none"
+        )
+        return ce.view(g, -1).mean(1)
+    yb = torch.from_numpy(y[idx.numpy()].toarray())  # (B, K) multi-hot
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        out, yb.expand_as(out), reduction="none"
+    )  # (G, B, K)
+    return bce.sum(2).mean(1)
+
+
 def _sgd_loop(
-    x: torch.Tensor, y: torch.Tensor, k: int, cfg: ProbeConfig, seed: int, valid_score: Any
+    x: torch.Tensor,
+    y: torch.Tensor | sp.csr_matrix,
+    k: int,
+    cfg: ProbeConfig,
+    seed: int,
+    valid_score: Any,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Softmax head(s) (logistic or one-hidden-layer MLP) for every weight decay at once."""
+    """Softmax head(s) (logistic or one-hidden-layer MLP) for every weight decay at once;
+    sigmoid one-vs-rest heads when ``y`` is a (n, K) 0/1 csr (loss: binary cross-entropy
+    summed over classes, mean over users)."""
     gen = torch.Generator().manual_seed(seed)
     n, d = x.shape
     # strongest first, so that ties on valid go to the stronger regularisation
@@ -433,9 +679,15 @@ def _sgd_loop(
     # hundreds of unbalanced classes, biases grown from zero by Adam at lr 1e-2 are still
     # far from log-priors when early stopping ends the fit, and the probe then scores below
     # the majority class (measured on Yelp, benchmarks/results/evidence/probe_check-yelp.json)
-    counts = torch.bincount(y, minlength=k).to(torch.float32)  # (K,) every class is present
+    if isinstance(y, torch.Tensor):
+        counts = torch.bincount(y, minlength=k).to(torch.float32)  # (K,) every class present
+        prior = torch.log(counts / n)
+    else:  # sigmoid heads start at the log-odds of each class's frequency
+        freq = torch.from_numpy(np.asarray(y.sum(axis=0), dtype=np.float32).ravel() / n)
+        freq = freq.clamp(1e-6, 1 - 1e-6)
+        prior = torch.log(freq / (1 - freq))
     with torch.no_grad():
-        params[-1] += torch.log(counts / n)  # (G, 1, K) += (K,)
+        params[-1] += prior  # (G, 1, K) += (K,)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -461,14 +713,7 @@ def _sgd_loop(
                 order, cursor = torch.randperm(n, generator=gen), 0
             idx = order[cursor : cursor + bs]
             cursor += bs
-            out = logits(x[idx])  # (G, B, K)
-            ce = (
-                torch.nn.functional.cross_entropy(
-                    out.reshape(-1, k), y[idx].repeat(g), reduction="none"
-                )
-                .view(g, -1)
-                .mean(1)
-            )  # (G,)
+            ce = _head_loss(logits(x[idx]), y, idx)  # (G,)
             l2 = sum((params[i] ** 2).sum(dim=(1, 2)) for i in decayed)  # (G,)
             loss = (ce + wds * l2).sum()  # heads are independent: the sum trains each
             opt.zero_grad(set_to_none=True)

@@ -26,6 +26,24 @@ recorded with status ``"n/a"`` and the reason — never skipped.
 ``test_users``, either an array (len(test_users), task.num_classes) or a
 :class:`~seqtwins.evaluate.probe.Prediction`. It is evaluated on the very same cells and
 subsets as the embedding methods.
+
+**Label-free methods.** ``scorers`` maps a method name to a :data:`Scorer` (e.g. a
+dual encoder's own item tower, method ``<run>:native``); the built-in ``history`` floor
+(``future_categories``: category counts of the user's own history) is one too. Their
+scores need no labels, so they are computed once per task and their cells repeat the
+result at every fraction and seed (``n_train`` 0), so that tables line up.
+
+**Set tasks** (``multilabel``, ``retrieval``): the truth is ``task.targets``, and the
+per-user exclusion ``task.exclude`` (``future_items``: the user's history items) is applied
+to **every** method's ranking in one place (:func:`_test_metrics`) before scoring, and to
+the valid users' rankings during selection. ``majority`` is popularity: the class counts
+among the targets of the labelled train subset.
+
+**Per-user values.** For every run with status ``ok`` the per-test-user value of the
+task's primary metric (not for AUC) is kept under ``results["per_user"][task]``:
+``{"users": (n,) int64 test user_idx, "values": {"<method>|<fraction:g>|<seed>": (n,)
+float32}}``, for paired significance tests. :func:`save_results` leaves it out of
+eval.json; ``seqtwins evaluate`` saves it as ``per_user.npz``.
 """
 
 from __future__ import annotations
@@ -40,10 +58,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.stats import rankdata
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.probe import Prediction, ProbeConfig, cpu_threads, fit_probe, score
+from seqtwins.evaluate.probe import (
+    Prediction,
+    ProbeConfig,
+    cpu_threads,
+    fit_probe,
+    score_users,
+)
 from seqtwins.evaluate.tasks import Task, build_tasks
 from seqtwins.files import atomic_write
 
@@ -51,10 +77,17 @@ DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
 SUBSET_SALT = 0x5EB7
 """First word of every subset RNG seed, so subset orders differ from other seeded streams."""
 MAJORITY = "majority"
-FLOOR_METHODS = (MAJORITY, "random-init", "tfidf-svd", "tfidf-svd-window")
+HISTORY = "history"
+FLOOR_METHODS = (MAJORITY, HISTORY, "random-init", "tfidf-svd", "tfidf-svd-window")
 """Method names the report shows as floors beside every table."""
 RESULTS_SCHEMA = "seqtwins.eval/1"
 PROTOCOLS = ("linear", "mlp")
+
+
+Scorer = Callable[[Task, np.ndarray], Prediction | None]
+"""A label-free method: ``scorer(task, test_users)`` -> scores of the test users (a
+:class:`~seqtwins.evaluate.probe.Prediction`, e.g. over all item codes), or None when
+the method does not apply to the task (then it has no cells for that task)."""
 
 
 class Finetuner(Protocol):
@@ -152,6 +185,34 @@ def _majority_prediction(y_train: np.ndarray, n_test: int) -> Prediction:
     return Prediction(np.ascontiguousarray(scores), classes.astype(np.int64))
 
 
+def _popularity_prediction(targets: sp.csr_matrix, n_test: int) -> Prediction:
+    """Set tasks' ``majority``: every test user gets each class's count among the targets
+    of the labelled train subset (``targets`` (n, C)); classes never seen rank last."""
+    counts = np.bincount(targets.indices, minlength=targets.shape[1])
+    classes = np.flatnonzero(counts > 0).astype(np.int64)
+    row = counts[classes].astype(np.float32)  # (K,)
+    return Prediction.lazy(n_test, classes, lambda a, b: np.broadcast_to(row, (b - a, len(row))))
+
+
+def history_prediction(task: Task, users: np.ndarray) -> Prediction | None:
+    """The label-free ``history`` floor: each user's class counts in their own pretraining
+    history (``task.history``), or None for a task without them. Ties (above all the
+    classes a short history never saw) rank by the class's count over all train users'
+    histories (``task.history_prior``, label free), then by class code: by code alone the
+    floor fell below popularity on Beauty (MAP 0.296 vs 0.329), with it it lies above
+    (0.393), as a floor a representation must beat should."""
+    if task.history is None:
+        return None
+    hist = task.history[np.asarray(users, dtype=np.int64)]  # (n, C) csr
+    prior = np.zeros(hist.shape[1]) if task.history_prior is None else task.history_prior
+    # dense ranks of the prior, scaled into [0, 0.5]: never outweighs one count
+    tie = 0.5 * rankdata(prior, method="dense") / (len(prior) + 1)  # (C,)
+    classes = np.arange(hist.shape[1], dtype=np.int64)
+    return Prediction.lazy(
+        hist.shape[0], classes, lambda a, b: (hist[a:b].toarray() + tie).astype(np.float32)
+    )
+
+
 def _aggregate(runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, Any]:
     """mean / sample std (ddof=1; 0 for one seed) over the seeds whose run is ``ok``."""
     ok = [r for r in runs if r["status"] == "ok"]
@@ -187,15 +248,26 @@ def _task_problem(train_l: np.ndarray, valid_l: np.ndarray, test_l: np.ndarray) 
     return None
 
 
-def _subset_problem(y_sub: np.ndarray, frac: float) -> str | None:
+def _subset_problem(task: Task, sub: np.ndarray, frac: float) -> str | None:
     """Why one labelled subset cannot train a classifier (None when it can)."""
-    n_cls = len(np.unique(y_sub))
+    if task.targets is not None:
+        n_cls = int(np.count_nonzero(task.targets[sub].getnnz(axis=0)))
+        if n_cls < 2:
+            return (
+                f"only {n_cls} class among the targets of the {len(sub)} labelled train "
+                f"users of fraction {frac:g}; a probe needs two"
+            )
+        return None
+    n_cls = len(np.unique(task.labels[sub]))
     if n_cls < 2:
         return (
-            f"only {n_cls} class among the {len(y_sub)} labelled train users of "
+            f"only {n_cls} class among the {len(sub)} labelled train users of "
             f"fraction {frac:g}; a classifier needs two"
         )
     return None
+
+
+FINETUNE_SET_REASON = "fine-tuning hooks score single-label tasks only"
 
 
 @dataclass
@@ -208,56 +280,84 @@ class _CellTask:
     probe: ProbeConfig
     embs: dict[str, np.ndarray]
     hooks: dict[str, Finetuner]
+    free: dict[str, tuple[dict[str, Any], np.ndarray | None] | str]
+    """Label-free methods that apply to this task: test metrics and per-user values, or
+    the reason they cannot be scored."""
+
+
+def _key(method: str, frac: float, seed: int) -> str:
+    """Key of one run's per-user values: ``<method>|<fraction:g>|<seed>``."""
+    return f"{method}|{frac:g}|{seed}"
 
 
 def _method_runs(
     ct: _CellTask,
     method: str,
+    frac: float,
     subsets: Mapping[int, np.ndarray],
     problems: Mapping[int, str | None],
     seconds: dict[str, float],
+    per_user: dict[str, np.ndarray],
 ) -> list[dict[str, Any]]:
     """One method's run per seed on one (task, fraction); a deterministic method on a
-    subset it has already scored reuses that answer. Adds the time spent to ``seconds``."""
+    subset it has already scored reuses that answer. Adds the time spent to ``seconds``
+    and each ok run's per-user primary-metric values to ``per_user``."""
     runs: list[dict[str, Any]] = []
-    reuse: dict[str, dict[str, Any]] = {}
+    reuse: dict[str, tuple[dict[str, Any], np.ndarray | None]] = {}
     deterministic = method == MAJORITY or (method in ct.embs and ct.probe.deterministic)
     for s, sub in subsets.items():
         digest = subset_digest(sub)
         run: dict[str, Any] = {"seed": s, "n_train": int(len(sub)), "subset": digest}
-        if problems[s] is not None:
+        values: np.ndarray | None = None
+        free = ct.free.get(method)
+        if isinstance(free, str):
+            run.update(n_train=0, label_free=True, status="n/a", reason=free)
+        elif free is not None:  # label free: one answer for every fraction and seed
+            run.update(n_train=0, label_free=True, status="ok", metrics=free[0])
+            values = free[1]
+        elif problems[s] is not None:
             run.update(status="n/a", reason=problems[s])
+        elif method in ct.hooks and ct.task.is_set:
+            run.update(status="n/a", reason=FINETUNE_SET_REASON)
         elif deterministic and digest in reuse:  # same subset, same answer
-            prev = reuse[digest]
-            run.update(
-                status="ok",
-                metrics=prev["metrics"],
-                selection=prev["selection"],
-                reused_from_seed=prev["seed"],
-            )
+            prev, values = reuse[digest]
+            run.update(status="ok", metrics=prev["metrics"], selection=prev["selection"],
+                       reused_from_seed=prev["seed"])  # fmt: skip
         else:
             t0 = time.perf_counter()
-            metrics, selection = _score_method(ct, method, sub, s)
-            run.update(
-                status="ok",
-                metrics=metrics,
-                selection=selection,
-                seconds=round(time.perf_counter() - t0, 4),
-            )
+            metrics, selection, values = _score_method(ct, method, sub, s)
+            run.update(status="ok", metrics=metrics, selection=selection,
+                       seconds=round(time.perf_counter() - t0, 4))  # fmt: skip
             seconds[method] += time.perf_counter() - t0
             if deterministic:
-                reuse[digest] = run
+                reuse[digest] = (run, values)
+        if values is not None:
+            per_user[_key(method, frac, s)] = values
         runs.append(run)
     return runs
 
 
+def _test_metrics(ct: _CellTask, pred: Prediction) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Every method's test scoring, in one place: metrics, and the per-user values of the
+    primary metric (float32; None for AUC). For set tasks the task's exclusion (history
+    items of ``future_items``) is applied here, to every method alike."""
+    task = ct.task
+    if task.targets is not None:
+        exclude = task.exclude[ct.test_l] if task.exclude is not None else None
+        metrics, per = score_users(pred, task.targets[ct.test_l], task.metrics, exclude)
+    else:
+        metrics, per = score_users(pred, task.labels[ct.test_l], task.metrics)
+    values = per.get(task.primary_metric)
+    return metrics, None if values is None else values.astype(np.float32)
+
+
 def _score_method(
     ct: _CellTask, method: str, sub: np.ndarray, seed: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Test-user metrics of ``method`` trained on the labelled subset ``sub``, and what
-    its probe selected on valid users."""
+) -> tuple[dict[str, Any], dict[str, Any], np.ndarray | None]:
+    """Test-user metrics of ``method`` trained on the labelled subset ``sub``, what its
+    probe selected on valid users, and the per-user primary-metric values."""
     task, labels = ct.task, ct.task.labels
-    y_tr = labels[sub]
+    truth = task.targets if task.targets is not None else labels
     selection: dict[str, Any] = {}
     if method in ct.hooks:  # the hook owns its threads
         out = ct.hooks[method](task, sub, ct.valid_l, ct.test_l, seed)
@@ -268,22 +368,44 @@ def _score_method(
         )
     with cpu_threads(ct.probe.threads):
         if method == MAJORITY:
-            pred = _majority_prediction(y_tr, len(ct.test_l))
+            pred = (
+                _popularity_prediction(task.targets[sub], len(ct.test_l))
+                if task.targets is not None
+                else _majority_prediction(labels[sub], len(ct.test_l))
+            )
         elif method in ct.embs:
             emb = ct.embs[method]
-            fitted = fit_probe(
-                emb[sub],
-                y_tr,
-                emb[ct.valid_l],
-                labels[ct.valid_l],
-                task.primary_metric,
-                ct.probe,
-                seed=seed,
-            )
-            pred = fitted.predict(emb[ct.test_l])
+            exclude_valid = task.exclude[ct.valid_l] if task.exclude is not None else None
+            fitted = fit_probe(emb[sub], truth[sub], emb[ct.valid_l], truth[ct.valid_l],
+                               task.primary_metric, ct.probe, seed=seed,
+                               exclude_valid=exclude_valid)  # fmt: skip
+            pred = fitted.predict(emb[ct.test_l], lazy=task.is_set)
             selection = fitted.selection
-        metrics = score(pred, labels[ct.test_l], task.metrics)
-    return metrics, selection
+        metrics, values = _test_metrics(ct, pred)
+    return metrics, selection, values
+
+
+def _run_label_free(
+    ct: _CellTask, scorers: Mapping[str, Scorer], seconds: dict[str, float]
+) -> None:
+    """Score the label-free methods that apply to the task (their scorer returns a
+    prediction) once, into ``ct.free``; without labelled test users they are ``n/a``."""
+    for name, scorer in scorers.items():
+        t0 = time.perf_counter()
+        pred = scorer(ct.task, ct.test_l)
+        if pred is None:
+            continue  # the method does not apply to this task: no cells
+        if len(ct.test_l) == 0:
+            ct.free[name] = "no test user has a label, so nothing can be scored"
+            continue
+        if pred.num_rows != len(ct.test_l):
+            raise SeqtwinsError(
+                f"scorer of method {name!r} returned {pred.num_rows} rows for "
+                f"{len(ct.test_l)} test users of task {ct.task.name!r}"
+            )
+        with cpu_threads(ct.probe.threads):
+            ct.free[name] = _test_metrics(ct, pred)
+        seconds[name] += time.perf_counter() - t0
 
 
 def evaluate_embeddings(
@@ -297,14 +419,19 @@ def evaluate_embeddings(
     finetuners: Mapping[str, Finetuner] | None = None,
     include_majority: bool = True,
     progress: Callable[[str], None] | None = None,
+    scorers: Mapping[str, Scorer] | None = None,
+    include_history: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate user embeddings (and fine-tuning hooks) on few-label downstream tasks.
+    """Evaluate user embeddings (and fine-tuning hooks, label-free scorers) on few-label
+    downstream tasks.
 
     ``methods`` maps a method name (``barlow``, ``dual``, ``random-init``, ``tfidf-svd``,
     ...) to its (U, D) embedding of every user (row = ``user_idx``). ``protocol`` is the
     probe kind on frozen embeddings (``linear`` or ``mlp``); ``probe`` overrides its
-    settings. ``include_majority`` adds the majority-class floor as method ``majority``.
-    Returns a JSON-ready dict (see :func:`save_results`); the report reads it.
+    settings. ``include_majority`` adds the majority-class (popularity) floor as method
+    ``majority``, ``include_history`` the ``history`` floor on the tasks that have it.
+    ``scorers`` adds label-free methods (cells with ``"protocol": "native"``). Returns a
+    JSON-ready dict (see :func:`save_results`) plus ``per_user`` (module docstring).
     """
     if protocol not in PROTOCOLS:
         raise SeqtwinsError(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
@@ -315,55 +442,24 @@ def evaluate_embeddings(
     seed_list = _check_seeds(seeds)
     embs = _check_methods(ds, methods)
     hooks = dict(finetuners or {})
-    clash = sorted(set(embs) & set(hooks)) + (
-        [MAJORITY] if include_majority and (MAJORITY in embs or MAJORITY in hooks) else []
-    )
+    free = dict(scorers or {})
+    builtin = [MAJORITY] * include_majority + [HISTORY] * include_history
+    names = [*builtin, *embs, *hooks, *free]
+    clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise SeqtwinsError(f"method name(s) {', '.join(clash)} given twice; rename one")
-    if not embs and not hooks and not include_majority:
+    if not embs and not hooks and not free and not include_majority:
         raise SeqtwinsError("no methods to evaluate; pass embeddings or fine-tuning hooks")
     task_list = build_tasks(ds, list(tasks) if tasks is not None else None)
-    say = progress or (lambda _msg: None)
-
-    train, valid, test = (ds.split_users(s) for s in ("train", "valid", "test"))
-    orders = {s: train_order(ds, s) for s in seed_list}
-    method_names = ([MAJORITY] if include_majority else []) + list(embs) + list(hooks)
-    cells: list[dict[str, Any]] = []
-    task_info: dict[str, Any] = {}
-    seconds: dict[str, float] = {m: 0.0 for m in method_names}
+    if include_history:
+        free = {HISTORY: history_prediction, **free}
+    run = _Run(ds, fracs, {s: train_order(ds, s) for s in seed_list}, cfg, protocol,
+               include_majority, embs, hooks, free, progress or (lambda _msg: None))  # fmt: skip
     t_start = time.perf_counter()
-
     for task in task_list:
-        labels = task.labels
-        info = task.summary(ds)
-        valid_l, test_l = task.labelled(valid), task.labelled(test)
-        train_l = task.labelled(train)
-        task_cfg = cfg.for_task(len(train_l), len(np.unique(labels[train_l])))
-        info["probe_solver"] = "mlp" if task_cfg.kind == "mlp" else task_cfg.solver
-        task_info[task.name] = info
-        task_problem = _task_problem(train_l, valid_l, test_l)
-        say(f"task {task.name}: {task.num_classes} classes, {len(train_l)} labelled train users")
-        cell_task = _CellTask(task, valid_l, test_l, task_cfg, embs, hooks)
-        for frac in fracs:
-            subsets = {s: labelled_subset(orders[s], labels, frac) for s in seed_list}
-            problems = {
-                s: task_problem or _subset_problem(labels[sub], frac) for s, sub in subsets.items()
-            }
-            for method in method_names:
-                runs = _method_runs(cell_task, method, subsets, problems, seconds)
-                cell = {"task": task.name, "method": method, "fraction": frac}
-                cell["protocol"] = (
-                    "finetune"
-                    if method in hooks
-                    else "majority"
-                    if method == MAJORITY
-                    else protocol
-                )
-                cell.update(_aggregate(runs, task.metrics))
-                cell["runs"] = runs
-                cells.append(cell)
-            say(f"  {task.name} fraction {frac:g} done")
-
+        run.task(task)
+    used = {c["method"] for c in run.cells}
+    method_names = [m for m in names if m not in (HISTORY, *free) or m in used]
     return {
         "schema": RESULTS_SCHEMA,
         "dataset": {
@@ -379,17 +475,88 @@ def evaluate_embeddings(
         "seeds": seed_list,
         "methods": method_names,
         "floors": [m for m in method_names if m in FLOOR_METHODS],
-        "tasks": task_info,
+        "tasks": run.task_info,
         "subsets": {
             "rule": "first ceil(fraction * n_labelled) labelled users of train_order[seed]",
             "salt": SUBSET_SALT,
-            "train_order": {str(s): orders[s].tolist() for s in seed_list},
+            "train_order": {str(s): run.orders[s].tolist() for s in seed_list},
         },
-        "cells": cells,
+        "cells": run.cells,
         "artifacts": {},
-        "seconds": {m: round(v, 3) for m, v in seconds.items()}
+        "seconds": {m: round(run.seconds.get(m, 0.0), 3) for m in method_names}
         | {"total": round(time.perf_counter() - t_start, 3)},
+        "per_user": run.per_user,
     }
+
+
+@dataclass
+class _Run:
+    """One :func:`evaluate_embeddings` call: its settings and what it has produced."""
+
+    ds: SequenceDataset
+    fracs: list[float]
+    orders: dict[int, np.ndarray]
+    cfg: ProbeConfig
+    protocol: str
+    majority: bool
+    embs: dict[str, np.ndarray]
+    hooks: dict[str, Finetuner]
+    scorers: dict[str, Scorer]
+    say: Callable[[str], None]
+
+    def __post_init__(self) -> None:
+        self.cells: list[dict[str, Any]] = []
+        self.task_info: dict[str, Any] = {}
+        self.per_user: dict[str, Any] = {}
+        self.seconds: dict[str, float] = {}
+
+    def task(self, task: Task) -> None:
+        """All cells of one task: every method x fraction, with every seed's run."""
+        ds = self.ds
+        train, valid, test = (ds.split_users(s) for s in ("train", "valid", "test"))
+        info = task.summary(ds)
+        valid_l, test_l, train_l = task.labelled(valid), task.labelled(test), task.labelled(train)
+        n_cls = int(np.count_nonzero(task.class_counts(train_l)))
+        task_cfg = self.cfg.for_task(len(train_l), n_cls, multilabel=task.is_set)
+        info["probe_solver"] = "mlp" if task_cfg.kind == "mlp" else task_cfg.solver
+        self.task_info[task.name] = info
+        task_problem = _task_problem(train_l, valid_l, test_l)
+        self.say(f"task {task.name}: {task.num_classes} classes, {len(train_l)} labelled "
+                 "train users")  # fmt: skip
+        ct = _CellTask(task, valid_l, test_l, task_cfg, self.embs, self.hooks, {})
+        for m in self._names():
+            self.seconds.setdefault(m, 0.0)
+        _run_label_free(ct, self.scorers, self.seconds)
+        methods = [m for m in self._names() if m not in self.scorers or m in ct.free]
+        per_user: dict[str, np.ndarray] = {}
+        for frac in self.fracs:
+            subsets = {s: labelled_subset(o, task.labels, frac) for s, o in self.orders.items()}
+            problems = {
+                s: task_problem or _subset_problem(task, sub, frac) for s, sub in subsets.items()
+            }
+            for method in methods:
+                runs = _method_runs(ct, method, frac, subsets, problems, self.seconds, per_user)
+                cell = {"task": task.name, "method": method, "fraction": frac,
+                        "protocol": self._protocol(method)}  # fmt: skip
+                cell.update(_aggregate(runs, task.metrics))
+                cell["runs"] = runs
+                self.cells.append(cell)
+            self.say(f"  {task.name} fraction {frac:g} done")
+        if per_user:
+            self.per_user[task.name] = {"users": test_l.astype(np.int64), "values": per_user}
+
+    def _names(self) -> list[str]:
+        """Every method in table order: the floors majority and history first."""
+        builtin = [MAJORITY] * self.majority + [HISTORY] * (HISTORY in self.scorers)
+        native = [m for m in self.scorers if m != HISTORY]
+        return [*builtin, *self.embs, *self.hooks, *native]
+
+    def _protocol(self, method: str) -> str:
+        if method in self.hooks:
+            return "finetune"
+        if method in (MAJORITY, HISTORY):
+            return method
+        return "native" if method in self.scorers else self.protocol
 
 
 def _hook_prediction(method: str, out: Any, n_test: int, n_classes: int) -> Prediction:
@@ -406,9 +573,36 @@ def _hook_prediction(method: str, out: Any, n_test: int, n_classes: int) -> Pred
 
 
 def save_results(results: Mapping[str, Any], path: Path | str) -> Path:
-    """Write results as JSON (atomically: a half-written eval.json never exists)."""
+    """Write results as JSON (atomically: a half-written eval.json never exists). The
+    per-user arrays (``per_user``) are left out: ``seqtwins evaluate`` saves them as
+    ``per_user.npz`` (:func:`save_per_user`)."""
     path = Path(path)
-    atomic_write(path, json.dumps(results, indent=1, allow_nan=False) + "\n")
+    doc = {k: v for k, v in results.items() if k != PER_USER}
+    atomic_write(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    return path
+
+
+PER_USER = "per_user"
+
+
+def per_user_arrays(per_user: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``results["per_user"]`` flattened to the ``per_user.npz`` keys:
+    ``"<task>/users"`` (int64) and ``"<task>/<method>|<fraction:g>|<seed>"`` (float32)."""
+    out: dict[str, np.ndarray] = {}
+    for task, entry in per_user.items():
+        out[f"{task}/users"] = np.asarray(entry["users"], dtype=np.int64)
+        for key, values in entry["values"].items():
+            out[f"{task}/{key}"] = np.asarray(values, dtype=np.float32)
+    return out
+
+
+def save_per_user(per_user: Mapping[str, Any], path: Path | str) -> Path:
+    """Write the per-user values as an ``.npz`` (plain arrays, no pickles: read it with
+    ``np.load(path, allow_pickle=False)`` or
+    :func:`seqtwins.evaluate.significance.load_per_user`)."""
+    path = Path(path)
+    with path.open("wb") as fh:
+        np.savez(fh, **per_user_arrays(per_user))  # type: ignore[arg-type]
     return path
 
 

@@ -88,7 +88,7 @@ def _rotated(
 
 def _truth_classes(truth: np.ndarray | sp.csr_matrix) -> int:
     """Distinct classes with a positive among these users."""
-    if sp.issparse(truth):
+    if isinstance(truth, sp.csr_matrix):
         return int((truth.getnnz(axis=0) > 0).sum())
     return len(np.unique(truth))
 

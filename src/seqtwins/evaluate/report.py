@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.protocol import FLOOR_METHODS, load_results
+from seqtwins.evaluate.tasks import MIN_TEST_USERS
 from seqtwins.files import atomic_file, atomic_write, check_replaceable, write_marker
 
 GAIN_PAIR = ("barlow", "dual")
@@ -173,7 +174,13 @@ def plot_embedding_map(
     return path
 
 
-FLOOR_COLOURS = {"majority": "#444444", "random-init": "#9a9a9a", "tfidf-svd": "#8c564b"}
+FLOOR_COLOURS = {
+    "majority": "#444444",
+    "history": "#bcbd22",
+    "random-init": "#9a9a9a",
+    "tfidf-svd": "#8c564b",
+    "tfidf-svd-window": "#c49c94",
+}
 
 
 def _method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -245,31 +252,56 @@ def _gain(a: float | None, b: float | None) -> str:
     return f"{(a - b) / abs(b) * 100:+.1f}%"
 
 
+def _task_header(task: str, info: Mapping[str, Any], plot: str) -> list[str]:
+    """Title (headline / too-small marks) and the task's facts above its tables."""
+    lab = info.get("labelled_users", {})
+    mark = " ★ headline" if info.get("headline") else ""
+    lines = [f"### `{task}`{mark} — {info.get('description', '')}", ""]
+    if info.get("too_small"):
+        lines += [
+            f"**Too small to compare:** {lab.get('test', '?')} labelled test users (fewer "
+            f"than {MIN_TEST_USERS}); shown for completeness, left out of the targets.",
+            "",
+        ]
+    facts = (
+        f"{info['num_classes']} classes ({info.get('train_classes_present', '?')} among "
+        f"labelled train users) · labelled users train {lab.get('train', '?')} / valid "
+        f"{lab.get('valid', '?')} / test {lab.get('test', '?')}"
+    )
+    if info.get("kind") in ("multilabel", "retrieval"):
+        per_user = info.get("mean_targets_per_test_user")
+        facts += (
+            f" · {_fmt(per_user, 1)} targets per test user · most popular class "
+            f"`{info.get('majority_class')}` (the `majority` floor ranks by popularity)"
+        )
+        excluded = info.get("excluded_classes") or []
+        facts += (
+            " · root categories left out: " + ", ".join(f"`{c}`" for c in excluded)
+            if excluded
+            else (" · no root category left out" if info.get("kind") == "multilabel" else "")
+        )
+    else:
+        facts += (
+            f" · majority-class accuracy {_fmt(info.get('majority_accuracy'))} (class "
+            f"`{info.get('majority_class')}`, from train labels)"
+        )
+    facts += f" · probe solver `{info.get('probe_solver', '?')}`"
+    return [*lines, facts, "", f"![{task}]({plot})", ""]
+
+
 def _task_section(results: Mapping[str, Any], task: str, plot: str) -> list[str]:
     info = results["tasks"][task]
     cells = {(c["method"], c["fraction"]): c for c in results["cells"] if c["task"] == task}
     fracs = results["fractions"]
-    methods = [m for m in results["methods"] if m not in FLOOR_METHODS]
-    floors = [m for m in results["methods"] if m in FLOOR_METHODS]
-    lab = info.get("labelled_users", {})
-    maj = info.get("majority_accuracy")
-    lines = [
-        f"### `{task}` — {info.get('description', '')}",
-        "",
-        f"{info['num_classes']} classes ({info.get('train_classes_present', '?')} among "
-        f"labelled train users) · labelled users train {lab.get('train', '?')} / valid "
-        f"{lab.get('valid', '?')} / test {lab.get('test', '?')} · majority-class accuracy "
-        f"{_fmt(maj)} (class `{info.get('majority_class')}`, from train labels) · probe "
-        f"solver `{info.get('probe_solver', '?')}`",
-        "",
-        f"![{task}]({plot})",
-        "",
-    ]
+    present = {m for m, _ in cells}  # a label-free method that does not apply has no cells
+    methods = [m for m in results["methods"] if m not in FLOOR_METHODS and m in present]
+    floors = [m for m in results["methods"] if m in FLOOR_METHODS and m in present]
+    lines = _task_header(task, info, plot)
     n_by_frac = {}
     for f in fracs:
         for m in results["methods"]:
             c = cells.get((m, f))
-            if c and c["runs"]:
+            if c and c["runs"] and not c["runs"][0].get("label_free"):
                 n_by_frac[f] = c["runs"][0]["n_train"]
                 break
     notes: dict[str, int] = {}
@@ -393,14 +425,21 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
             f"{dset.get('splits')}). Protocol `{res.get('protocol')}`; label fractions "
             f"{res['fractions']} of the labelled train users, seeds {res.get('seeds')}; the "
             "same labelled subset for every method. Selection on valid users, test users "
-            "scored once. Floors (majority class, random-init encoder, TF-IDF + SVD) are "
-            "shown in italics in every table; `barlow vs dual` is the relative gain of the "
-            "mean. Column headers give the label fraction and n, the number of labelled "
-            "train users in the subset; ± is the sample std over seeds (at 100 % every seed "
-            "has the same subset, so a deterministic probe shows ± 0.000).",
+            "scored once. Floors (majority class or popularity, the user's own history, "
+            "random-init encoder, TF-IDF + SVD) are shown in italics in every table; `barlow "
+            "vs dual` is the relative gain of the mean. Column headers give the label "
+            "fraction and n, the number of labelled train users in the subset; ± is the "
+            "sample std over seeds (at 100 % every seed has the same subset, so a "
+            "deterministic probe shows ± 0.000). Label-free rows (`history`, `<run>:native`: "
+            "a run's own item tower) use no labels and repeat across fractions.",
+            "",
+            "★ marks the headline tasks (multi-label categories and new items of the future "
+            "window); the single-label tasks follow for continuity. A task with fewer than "
+            f"{MIN_TEST_USERS} labelled test users is marked too small to compare.",
             "",
         ]
-        for task in res["tasks"]:
+        tasks = res["tasks"]
+        for task in sorted(tasks, key=lambda t: not tasks[t].get("headline", False)):
             plot = f"{prefix}{_safe(task)}.png"
             plot_task_curves(res, task, out / plot)
             lines += _task_section(res, task, plot)

@@ -4,7 +4,8 @@ Each run contributes its encoder's embedding of every user (the ``best`` checkpo
 selected on valid users during pretraining, or with ``checkpoint="last"`` the last one).
 A run whose objective has an item tower (``dual``, ``barlow+next``) is also scored natively
 on item rankings, as ``<name>:native`` (:mod:`seqtwins.evaluate.native`). Floors beside
-them: the majority class, an encoder of the same configuration with untrained weights
+them: the majority class (popularity on set tasks), the user's own history (``history``,
+``future_categories``), an encoder of the same configuration with untrained weights
 (``random-init``) and TF-IDF + truncated SVD to the same dimension, on the whole history
 (``tfidf-svd``) and on the encoder's window (``tfidf-svd-window``). With
 ``protocol="finetune"`` the frozen-embedding methods are probed linearly and every run is
@@ -14,7 +15,6 @@ also fine-tuned end to end (encoder + linear head, early stopping on valid users
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,8 +26,14 @@ import torch
 from seqtwins.data.batching import histories, pad_right
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.native import Scorer
-from seqtwins.evaluate.protocol import RESULTS_SCHEMA, evaluate_embeddings, save_results
+from seqtwins.evaluate.protocol import (
+    PER_USER,
+    RESULTS_SCHEMA,
+    Scorer,
+    evaluate_embeddings,
+    save_per_user,
+    save_results,
+)
 from seqtwins.evaluate.tasks import Task
 from seqtwins.files import (
     atomic_dir,
@@ -39,7 +45,7 @@ from seqtwins.files import (
 from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
 from seqtwins.run import Run
 
-BASELINES = ("majority", "random-init", "tfidf-svd", "tfidf-svd-window")
+BASELINES = ("majority", "history", "random-init", "tfidf-svd", "tfidf-svd-window")
 PROTOCOLS = ("linear", "mlp", "finetune")
 CHECKPOINTS = ("best", "last")
 ARTIFACTS_KIND = "eval-artifacts"
@@ -57,6 +63,11 @@ def is_eval_json(path: Path) -> bool:
 def artifacts_folder(out: Path) -> Path:
     """The folder of arrays beside an eval.json: ``<stem>_artifacts``."""
     return out.parent / f"{out.stem}_artifacts"
+
+
+def per_user_file(out: Path) -> Path:
+    """The per-user values of an eval.json's runs (:mod:`seqtwins.evaluate.significance`)."""
+    return artifacts_folder(out) / "per_user.npz"
 
 
 def _legacy_artifacts(folder: Path) -> bool:
@@ -102,10 +113,10 @@ def evaluate_runs(
     checkpoint: str = "best",
 ) -> dict[str, Any]:
     """Evaluate runs and floors on ``data_dir``; write ``out`` (eval.json) and its
-    artifacts (``<out stem>_artifacts/*.npy``) and return the results. ``verify=False``
-    skips recomputing the dataset's content hash (``--no-verify``); ``checkpoint`` is
-    the checkpoint of every run that is evaluated (``best`` or ``last``, recorded in the
-    results)."""
+    artifacts (``<out stem>_artifacts/*.npy`` and the per-user values ``per_user.npz``)
+    and return the results. ``verify=False`` skips recomputing the dataset's content hash
+    (``--no-verify``); ``checkpoint`` is the checkpoint of every run that is evaluated
+    (``best`` or ``last``, recorded in the results)."""
     if protocol not in PROTOCOLS:
         raise SeqtwinsError(f"--protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
     if checkpoint not in CHECKPOINTS:
@@ -170,7 +181,8 @@ def _evaluate(
     results = evaluate_embeddings(
         ds, methods, tasks=tasks, fractions=fractions, seeds=seeds, protocol=probe_protocol,
         include_majority="majority" in baselines, progress=say,
-        **_native_argument(runs, names, ds, methods, checkpoint),
+        scorers=native_scorers(runs, names, ds, methods, checkpoint),
+        include_history="history" in baselines,
     )  # fmt: skip
     if protocol == "finetune":
         ft_fracs = list(finetune_fractions or [min(fractions)])
@@ -180,11 +192,14 @@ def _evaluate(
         }
         ft = evaluate_embeddings(
             ds, {}, tasks=tasks, fractions=ft_fracs, seeds=seeds, protocol="linear",
-            finetuners=hooks, include_majority=False, progress=say,
+            finetuners=hooks, include_majority=False, progress=say, include_history=False,
         )  # fmt: skip
         results["cells"].extend(ft["cells"])
         results["methods"].extend(ft["methods"])
         results["seconds"].update({k: v for k, v in ft["seconds"].items() if k != "total"})
+        for task, entry in ft[PER_USER].items():
+            results[PER_USER].setdefault(task, {"users": entry["users"], "values": {}})
+            results[PER_USER][task]["values"].update(entry["values"])
     results["runs"] = {n: str(Path(r)) for n, r in zip(names, run_dirs, strict=True)}
     results["checkpoint"] = checkpoint
     clean_stale(out)
@@ -193,6 +208,11 @@ def _evaluate(
         write_marker(folder, ARTIFACTS_KIND)
         results["artifacts"] = _artifacts(ds, out, folder, runs, names, objectives, methods,
                                           checkpoint)  # fmt: skip
+        save_per_user(results[PER_USER], folder / per_user_file(out).name)
+        results["artifacts"][PER_USER] = {
+            "path": str(per_user_file(out).relative_to(out.parent)),
+            "keys": "<task>/users, <task>/<method>|<fraction:g>|<seed>",
+        }
     save_results(results, out)
     return results
 
@@ -237,21 +257,6 @@ def native_scorers(
         if has_item_tower(model):
             scorers[name + NATIVE_SUFFIX] = native_scorer(model, methods[name])
     return scorers
-
-
-def _native_argument(
-    runs: Sequence[Run],
-    names: Sequence[str],
-    ds: SequenceDataset,
-    methods: Mapping[str, np.ndarray],
-    checkpoint: str,
-) -> dict[str, Any]:
-    """``{"scorers": native_scorers(...)}`` once :func:`evaluate_embeddings` takes label-free
-    scorers, else nothing. Merge note: when the ``scorers`` parameter is in, this can call
-    :func:`native_scorers` unconditionally."""
-    if "scorers" not in inspect.signature(evaluate_embeddings).parameters:
-        return {}
-    return {"scorers": native_scorers(runs, names, ds, methods, checkpoint)}
 
 
 def _artifacts(

@@ -8,6 +8,12 @@ dataset has (:func:`available_tasks`):
 ===================== ======================================== ===========================
 task                  label                                    metrics
 ===================== ======================================== ===========================
+``future_categories`` every category (every attribute id) of   MAP, recall@5 (multi-label)
+                      every item in the future window, root
+                      categories left out
+``future_items``      the future window's items that are not   recall@10, recall@20,
+                      in the user's history (new items)        NDCG@10 over the full item
+                                                               set, history items removed
 ``next_item``         first item of the future window          accuracy@1, HR@10, NDCG@10
                                                                over the full item set
 ``next_category``     primary category of that item            accuracy, macro-F1
@@ -17,6 +23,10 @@ task                  label                                    metrics
                       (``gender``, ``age``, ``occupation``, …)  when it has two values)
 ``next_rating_high``  rating of the next item >= 4             accuracy, AUC
 ===================== ======================================== ===========================
+
+The first two are the **headline** tasks (:func:`headline_tasks`); the single-label ones
+stay for continuity. A task with fewer than :data:`MIN_TEST_USERS` labelled test users is
+flagged ``too_small`` in its summary ("too small to compare" in the report).
 
 Documented choices (see docs/evaluation.md, "Tasks"):
 
@@ -28,10 +38,19 @@ Documented choices (see docs/evaluation.md, "Tasks"):
   wins. Future items without a category are ignored; a window with no categorised item
   has no label.
 - **Majority floor**: the most frequent class among labelled *train* users (ties: the
-  smallest class code), scored on the labelled *test* users.
+  smallest class code), scored on the labelled *test* users; on the set tasks the most
+  popular target (the protocol's ``majority`` ranks every class by popularity).
+
+- **Root categories** (carried by more than half of all items, e.g. Amazon's "Beauty")
+  are not classes of ``future_categories``: they say nothing about a user. The summary
+  names them (``excluded_classes``).
+- **future_items** positives are the *new* items of the window (not in the user's
+  history); the history items are removed from every ranking (:attr:`Task.exclude`), so a
+  method gains nothing from predicting repeats on repeat-heavy data.
 
 Labels are int64 class codes per ``user_idx``; ``-1`` means "no label" (no future window,
-uncategorised item, missing attribute). ``next_item`` codes are ``item_idx - 1``.
+uncategorised item, missing attribute). ``next_item`` / ``future_items`` codes are
+``item_idx - 1``. Multi-label tasks keep their targets in :attr:`Task.targets`.
 """
 
 from __future__ import annotations
@@ -40,6 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
@@ -48,6 +68,13 @@ NEXT_ITEM = "next_item"
 NEXT_CATEGORY = "next_category"
 FAVORITE_CATEGORY = "favorite_category"
 NEXT_RATING_HIGH = "next_rating_high"
+FUTURE_CATEGORIES = "future_categories"
+FUTURE_ITEMS = "future_items"
+MIN_TEST_USERS = 500
+"""A task with fewer labelled test users is flagged ``too_small`` ("too small to compare"):
+one user would move a score by more than 0.2 points."""
+ROOT_SHARE = 0.5
+"""A category carried by more than this share of all items is a root category."""
 HIGH_RATING = 4.0
 """``next_rating_high`` is 1 when the next item's rating is at least this (1-5 stars)."""
 RANK_K = 10
@@ -56,19 +83,40 @@ RANK_K = 10
 KIND_RANKING = "ranking"
 KIND_MULTICLASS = "multiclass"
 KIND_BINARY = "binary"
+KIND_MULTILABEL = "multilabel"
+KIND_RETRIEVAL = "retrieval"
+SET_KINDS = (KIND_MULTILABEL, KIND_RETRIEVAL)
+"""Kinds whose truth is a set of classes per user (:attr:`Task.targets`)."""
 RANKING_METRICS = ("accuracy@1", f"hr@{RANK_K}", f"ndcg@{RANK_K}")
+CATEGORY_K = 5
+"""Cut-off of recall@K for ``future_categories``."""
+MULTILABEL_METRICS = ("map", f"recall@{CATEGORY_K}")
+RETRIEVAL_METRICS = (f"recall@{RANK_K}", "recall@20", f"ndcg@{RANK_K}")
 
 
 @dataclass(frozen=True)
 class Task:
-    """One downstream task: a class code per user and how it is scored.
+    """One downstream task: the truth per user and how it is scored.
 
-    ``labels`` has shape (U,) int64 indexed by ``user_idx``; ``-1`` = no label.
+    ``labels`` has shape (U,) int64 indexed by ``user_idx``; ``-1`` = no label. For the
+    set kinds (``multilabel``, ``retrieval``) the truth is ``targets``, a
+    ``scipy.sparse.csr_matrix`` (U, K) of 0/1 (row = ``user_idx``, column = class code),
+    and ``labels`` is 0 for a user with at least one target, -1 for one without, so
+    :meth:`labelled` and the label-budget subsets work unchanged.
+
+    ``exclude`` (set kinds only, optional) is a csr (U, K) whose non-zeros are the classes
+    removed from that user's ranking for *every* method (``future_items``: the items of the
+    user's history). An excluded class takes no rank and is never a target. ``history``
+    (optional, label free) is a csr (U, K) of class counts in each user's pretraining
+    history, the ``history`` floor's scores (``future_categories``); ``history_prior``
+    (K,) breaks its ties: each class's count over all *train* users' histories (label
+    free too), then the class code.
     """
 
     name: str
     kind: str
-    """``ranking`` (next_item), ``multiclass`` or ``binary`` (exactly two classes)."""
+    """``ranking`` (next_item), ``multiclass``, ``binary`` (exactly two classes),
+    ``multilabel`` (future_categories) or ``retrieval`` (future_items)."""
     labels: np.ndarray
     class_names: list[str]
     metrics: tuple[str, ...]
@@ -76,19 +124,39 @@ class Task:
     """The metric that selection on valid users maximises and plots show."""
     description: str
     majority_class: int
+    """Single-label: the most frequent train class. Set kinds: the most popular target."""
     majority_accuracy: float
+    """Test accuracy of ``majority_class`` (NaN for the set kinds: not an accuracy)."""
+    targets: sp.csr_matrix | None = None
+    exclude: sp.csr_matrix | None = None
+    history: sp.csr_matrix | None = None
+    history_prior: np.ndarray | None = None
+    excluded_classes: tuple[str, ...] = ()
+    """Names of classes left out of the task (root categories of ``future_categories``)."""
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def is_set(self) -> bool:
+        """True when the truth is a set of classes per user (``targets``)."""
+        return self.kind in SET_KINDS
 
     def labelled(self, users: np.ndarray) -> np.ndarray:
         """The users among ``users`` that have a label (order kept)."""
         users = np.asarray(users, dtype=np.int64)
         return users[self.labels[users] >= 0]
 
+    def class_counts(self, users: np.ndarray) -> np.ndarray:
+        """(K,) int64: labelled users of ``users`` per class (a target counts once)."""
+        users = self.labelled(users)
+        if self.targets is not None:
+            return np.bincount(self.targets[users].indices, minlength=self.num_classes)
+        return np.bincount(self.labels[users], minlength=self.num_classes)
+
     def summary(self, ds: SequenceDataset) -> dict[str, object]:
-        """JSON-ready description: kind, metrics, class counts, majority floor."""
+        """JSON-ready description: kind, metrics, class counts, majority floor, flags."""
         out: dict[str, object] = {
             "kind": self.kind,
             "description": self.description,
@@ -106,8 +174,16 @@ class Task:
         for split in ("train", "valid", "test"):
             labelled[split] = int(len(self.labelled(ds.split_users(split))))
         out["labelled_users"] = labelled
-        train_labels = self.labels[self.labelled(ds.split_users("train"))]
-        counts = np.bincount(train_labels, minlength=self.num_classes)
+        out["headline"] = self.name in headline_tasks(ds)
+        out["too_small"] = labelled["test"] < MIN_TEST_USERS
+        if self.is_set:
+            out["excluded_classes"] = list(self.excluded_classes)
+            assert self.targets is not None
+            test = self.labelled(ds.split_users("test"))
+            out["mean_targets_per_test_user"] = (
+                float(self.targets[test].getnnz(axis=1).mean()) if len(test) else None
+            )
+        counts = self.class_counts(ds.split_users("train"))
         out["train_classes_present"] = int((counts > 0).sum())
         if self.num_classes <= 64:  # per-class counts only where they stay readable
             out["train_class_counts"] = {
@@ -154,19 +230,10 @@ def favorite_category_labels(ds: SequenceDataset) -> tuple[np.ndarray, list[str]
     the first per user.
     """
     codes, names = ds.item_categories()
-    seqs = ds.sequences
-    offsets = np.asarray(seqs.offsets, dtype=np.int64)
-    he = np.asarray(seqs.history_end, dtype=np.int64)
-    n_users = len(he)
-    flen = offsets[1:] - he  # (U,) future window length
-    total = int(flen.sum())
+    n_users = ds.num_users
     out = np.full(n_users, -1, dtype=np.int64)
-    if total == 0:
-        return out, names
-    user = np.repeat(np.arange(n_users, dtype=np.int64), flen)  # (F,)
-    starts = np.cumsum(flen) - flen
-    pos = np.arange(total, dtype=np.int64) - np.repeat(starts, flen) + np.repeat(he, flen)
-    cat = codes[np.asarray(seqs.items)[pos]]
+    user, pos = window_positions(ds, future=True)  # (F,), (F,)
+    cat = codes[np.asarray(ds.sequences.items)[pos]]
     keep = cat >= 0
     user, pos, cat = user[keep], pos[keep], cat[keep]
     if len(user) == 0:
@@ -180,6 +247,99 @@ def favorite_category_labels(ds: SequenceDataset) -> tuple[np.ndarray, list[str]
     first[1:] = u_sorted[1:] != u_sorted[:-1]
     out[u_sorted[first]] = cat[order][first]
     return out, names
+
+
+def window_positions(ds: SequenceDataset, future: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(user_idx, absolute position) of every interaction in each user's future window
+    (``future=True``) or pretraining history, user-major and in sequence order: (F,), (F,)."""
+    seqs = ds.sequences
+    offsets = np.asarray(seqs.offsets, dtype=np.int64)
+    he = np.asarray(seqs.history_end, dtype=np.int64)
+    start, stop = (he, offsets[1:]) if future else (offsets[:-1], he)
+    length = stop - start  # (U,)
+    total = int(length.sum())
+    user = np.repeat(np.arange(len(length), dtype=np.int64), length)
+    first = np.cumsum(length) - length
+    pos = np.arange(total, dtype=np.int64) - np.repeat(first, length) + np.repeat(start, length)
+    return user, pos
+
+
+def user_item_counts(ds: SequenceDataset, future: bool) -> sp.csr_matrix:
+    """(U, num_items) csr: how often each item occurs in each user's future window
+    (``future=True``) or history; column = ``item_idx - 1``."""
+    user, pos = window_positions(ds, future)
+    cols = np.asarray(ds.sequences.items)[pos].astype(np.int64) - 1
+    data = np.ones(len(user), dtype=np.float32)
+    # repeats are summed by the COO -> CSR conversion
+    return sp.csr_matrix((data, (user, cols)), shape=(ds.num_users, ds.num_items))
+
+
+def _binary(m: sp.spmatrix) -> sp.csr_matrix:
+    """The 0/1 pattern of a non-negative sparse matrix, as csr with sorted indices."""
+    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
+    out.eliminate_zeros()
+    out.data[:] = 1.0
+    out.sort_indices()
+    return out
+
+
+def item_category_matrix(ds: SequenceDataset) -> tuple[sp.csr_matrix, list[str]]:
+    """(num_items, C) csr of 0/1: every category (every attribute id) of every item (row =
+    ``item_idx - 1``), and the sorted category names (column = code)."""
+    if not ds.has_categories:
+        raise SeqtwinsError(f"{ds.path} has no item categories")
+    pairs = (
+        ds.items.select(pl.col("categories"))
+        .with_row_index("_row")
+        .explode("categories")
+        .filter(pl.col("categories").is_not_null() & (pl.col("categories") != ""))
+    )
+    names = sorted(pairs["categories"].unique().to_list())
+    lookup = pl.DataFrame(
+        {"categories": names, "_code": np.arange(len(names), dtype=np.int64)},
+        schema={"categories": pl.String, "_code": pl.Int64},
+    )
+    coded = pairs.join(lookup, on="categories", how="left")
+    rows = coded["_row"].to_numpy().astype(np.int64)
+    cols = coded["_code"].to_numpy().astype(np.int64)
+    m = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(ds.num_items, len(names))
+    )
+    return _binary(m), names
+
+
+def future_category_targets(
+    ds: SequenceDataset,
+) -> tuple[sp.csr_matrix, sp.csr_matrix, list[str], list[str]]:
+    """``future_categories``: targets (U, K) 0/1 = every non-root category of every future
+    item; history (U, K) = category counts in the user's history (the ``history`` floor);
+    the kept category names (column = code) and the root categories left out (carried by
+    more than :data:`ROOT_SHARE` of all items)."""
+    ic, names = item_category_matrix(ds)  # (N, C)
+    per_cat = np.asarray(ic.sum(axis=0)).ravel()  # (C,) items per category
+    root = per_cat > ROOT_SHARE * ds.num_items
+    keep = np.flatnonzero(~root)
+    ic = ic[:, keep]  # (N, K)
+    targets = _binary(user_item_counts(ds, future=True) @ ic)  # (U, K)
+    history = sp.csr_matrix(user_item_counts(ds, future=False) @ ic)  # (U, K) counts
+    history.sort_indices()
+    kept = [names[i] for i in keep]
+    return targets, history, kept, [names[i] for i in np.flatnonzero(root)]
+
+
+def future_item_targets(ds: SequenceDataset) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``future_items``: targets (U, num_items) 0/1 = future items not in the user's
+    history; exclude (U, num_items) 0/1 = the history items (removed from every ranking).
+    Column = ``item_idx - 1``."""
+    future = _binary(user_item_counts(ds, future=True))
+    history = _binary(user_item_counts(ds, future=False))
+    targets = _binary(future - future.multiply(history))
+    return targets, history
+
+
+def set_labels(targets: sp.csr_matrix) -> np.ndarray:
+    """(U,) int64: 0 for a user with at least one target, -1 without."""
+    return np.where(targets.getnnz(axis=1) > 0, 0, -1).astype(np.int64)
 
 
 def next_rating_high_labels(ds: SequenceDataset) -> np.ndarray:
@@ -215,6 +375,8 @@ def attribute_labels(ds: SequenceDataset, column: str) -> tuple[np.ndarray, list
 
 def _builtin_supported(ds: SequenceDataset) -> dict[str, bool]:
     return {
+        FUTURE_CATEGORIES: ds.has_categories,
+        FUTURE_ITEMS: True,
         NEXT_ITEM: True,
         NEXT_CATEGORY: ds.has_categories,
         FAVORITE_CATEGORY: ds.has_categories,
@@ -222,18 +384,62 @@ def _builtin_supported(ds: SequenceDataset) -> dict[str, bool]:
     }
 
 
-def available_tasks(ds: SequenceDataset) -> list[str]:
-    """Names of the tasks this dataset supports, in a fixed order.
+def headline_tasks(ds: SequenceDataset) -> list[str]:
+    """The tasks the study's claims rest on: ``future_categories`` (where items have
+    categories) and ``future_items``."""
+    return [FUTURE_CATEGORIES, FUTURE_ITEMS] if ds.has_categories else [FUTURE_ITEMS]
 
-    ``next_item`` always; ``next_category`` and ``favorite_category`` with item
-    categories; one task per user attribute column; ``next_rating_high`` with ratings.
+
+def available_tasks(ds: SequenceDataset) -> list[str]:
+    """Names of the tasks this dataset supports, in a fixed order, headline tasks first.
+
+    :func:`headline_tasks`; ``next_item`` always; ``next_category`` and
+    ``favorite_category`` with item categories; one task per user attribute column;
+    ``next_rating_high`` with ratings.
     """
     sup = _builtin_supported(ds)
-    names = [t for t in (NEXT_ITEM, NEXT_CATEGORY, FAVORITE_CATEGORY) if sup[t]]
+    names = headline_tasks(ds)
+    names += [t for t in (NEXT_ITEM, NEXT_CATEGORY, FAVORITE_CATEGORY) if sup[t]]
     names += [a for a in ds.user_attributes if a not in sup]
     if sup[NEXT_RATING_HIGH]:
         names.append(NEXT_RATING_HIGH)
     return names
+
+
+def _set_task(ds: SequenceDataset, name: str) -> Task:
+    """``future_categories`` or ``future_items`` (truth = a set of classes per user)."""
+    exclude = history = None
+    excluded: list[str] = []
+    metrics: tuple[str, ...]
+    if name == FUTURE_CATEGORIES:
+        targets, history, class_names, excluded = future_category_targets(ds)
+        kind, metrics, primary = KIND_MULTILABEL, MULTILABEL_METRICS, "map"
+        desc = "every category of every future item (root categories left out)"
+    else:
+        targets, exclude = future_item_targets(ds)
+        class_names = ds.items["item_id"].cast(pl.String).to_list()
+        kind, metrics, primary = KIND_RETRIEVAL, RETRIEVAL_METRICS, f"recall@{RANK_K}"
+        desc = "new items of the future window (full item set, history items removed)"
+    labels = set_labels(targets)
+    train = ds.split_users("train")
+    counts = np.bincount(targets[train[labels[train] >= 0]].indices, minlength=len(class_names))
+    popular = int(np.argmax(counts)) if counts.sum() > 0 else -1  # ties: smallest code
+    return Task(
+        name=name,
+        kind=kind,
+        labels=labels,
+        class_names=list(class_names),
+        metrics=metrics,
+        primary_metric=primary,
+        description=desc,
+        majority_class=popular,
+        majority_accuracy=float("nan"),
+        targets=targets,
+        exclude=exclude,
+        history=history,
+        history_prior=None if history is None else np.asarray(history[train].sum(axis=0)).ravel(),
+        excluded_classes=tuple(excluded),
+    )
 
 
 def _majority(labels: np.ndarray, train: np.ndarray, test: np.ndarray, n: int) -> tuple[int, float]:
@@ -257,6 +463,8 @@ def build_task(ds: SequenceDataset, name: str) -> Task:
             f"task {name!r} needs {need}, which dataset {ds.path} does not have; "
             f"its tasks are: {', '.join(available_tasks(ds))}"
         )
+    if name in (FUTURE_CATEGORIES, FUTURE_ITEMS):
+        return _set_task(ds, name)
     if name == NEXT_ITEM:
         labels = next_item_labels(ds)
         class_names = ds.items["item_id"].cast(pl.String).to_list()
