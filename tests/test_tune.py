@@ -115,7 +115,7 @@ def test_tune_both_objectives_same_budget_history_preset_and_resume(tmp_path):
         assert t["params"]["barlow.projector"] in ([16, 16], [32, 32])
         assert 1e-4 <= t["params"]["train.lr"] <= 3e-3
         assert t["state"] == "COMPLETE" and t["epochs_done"] == 1 and len(t["scores"]) == 1
-        assert 0 < t["value"] <= 1 and t["seconds"] > 0
+        assert t["value"] > 0 and t["seconds"] > 0  # a ratio to the popularity floor
         run_dir = Path(t["run_dir"])
         assert json.loads((run_dir / "summary.json").read_text())["best_score"] == t["value"]
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 1

@@ -76,7 +76,7 @@ class EvalSpec:
     protocol: str = "linear"
     """``linear`` or ``mlp`` probe on frozen embeddings, or ``finetune`` (linear probe plus
     end-to-end fine-tuning of each run at the smallest fraction)."""
-    baselines: list[str] = field(default_factory=lambda: ["majority", "random-init", "tfidf-svd"])
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     """Floors evaluated identically beside the trained runs."""
 
     def __post_init__(self) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +240,7 @@ def test_set_labels_match_a_loop_reference(
         for _ in range(n_items)
     ]
     out = write_dataset(
-        tmp_path / f"r{seed}-{n_items}",
+        Path(tempfile.mkdtemp(dir=tmp_path)) / "ds",  # hypothesis may repeat an example
         sequences=Sequences.from_lists(seqs, hist),
         items=pl.DataFrame({"item_id": [str(i) for i in range(n_items)], "categories": cats},
                            schema={"item_id": pl.String, "categories": pl.List(pl.String)}),
