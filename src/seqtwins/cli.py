@@ -464,7 +464,8 @@ def evaluate(
         list[str] | None,
         typer.Option(
             "--baselines",
-            help="Floors: majority, history, random-init, tfidf-svd, tfidf-svd-window (default: all).",
+            help="Floors: majority, history, random-init, tfidf-svd, tfidf-svd-window "
+            "(default: all).",
         ),
     ] = None,
     checkpoint: Annotated[

@@ -46,6 +46,8 @@ from seqtwins.objectives import build_objective
 from seqtwins.run import Run
 
 VALID_EPOCH = 0xFFFF_FFFF  # seeds the fixed validation batches, apart from any real epoch
+VALID_LOSS_USERS = 1024
+"""With a proxy, the validation loss (shown, not selected on) uses this many valid users."""
 
 Proxy = Callable[[np.ndarray], float | None]
 """Embeddings (n, D) of the valid users -> score (higher is better) or None."""
@@ -603,10 +605,12 @@ def validate(t: Trainer, epoch: int) -> dict[str, Any]:
         record.update(loss=None, proxy=None, score=-float(epoch))
         return record
     t.model.eval()
-    bs = min(cfg.train.batch_size, len(users))
+    # with a proxy the loss is only shown, not selected on: a fixed subset of users will do
+    loss_users = users if t.proxy is None else users[:VALID_LOSS_USERS]
+    bs = min(cfg.train.batch_size, len(loss_users))
     bs -= bs % world.size  # equal shares on every rank
     hist_len = t.ds.sequences.history_lengths()
-    plan = batch_plan(users, hist_len, bs, cfg.train.seed, VALID_EPOCH, bucket=False)
+    plan = batch_plan(loss_users, hist_len, bs, cfg.train.seed, VALID_EPOCH, bucket=False)
     batches = PretrainBatches(t.ds.sequences, plan, cfg.objective, cfg.encoder.max_len,
                               cfg.train.seed, VALID_EPOCH, t.transform, world.shard,
                               item_masking(cfg, t.ds))  # fmt: skip

@@ -213,6 +213,13 @@ def test_set_ranks_exclusion_ties_unlisted_classes_and_chunks() -> None:
     lazy = Prediction.lazy(n, classes, lambda a, b: s[a:b])
     small, _ = positive_ranks(lazy, sp.csr_matrix(t), sp.csr_matrix(ex), chunk_bytes=1)
     assert small.tolist() == expect  # one user per chunk: same answer
+    for cap in (1, 3, 7):  # top-K metrics: exact below the cap, the cap beyond it
+        capped, _ = positive_ranks(lazy, sp.csr_matrix(t), sp.csr_matrix(ex), cap=cap)
+        assert capped.tolist() == np.minimum(expect, cap).tolist()
+    cont = Prediction(rng.normal(size=(n, len(classes))).astype(np.float32), classes)
+    exact, _ = positive_ranks(cont, sp.csr_matrix(t), sp.csr_matrix(ex))
+    capped, _ = positive_ranks(cont, sp.csr_matrix(t), sp.csr_matrix(ex), cap=4)
+    assert capped.tolist() == np.minimum(exact, 4).tolist()
     # an excluded class is never a target, and excluding a class changes no other rank order
     m_ex = score(pred, sp.csr_matrix(t | ex), ("map",), exclude=sp.csr_matrix(ex))
     assert m_ex["map"] == pytest.approx(
