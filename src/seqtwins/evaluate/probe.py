@@ -247,26 +247,51 @@ def _ranks_exact(full: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarr
     return (s > key).sum(axis=1) + ((s == key) & (code[None, :] < col[:, None])).sum(axis=1)
 
 
-def _ranks_capped(full: np.ndarray, row: np.ndarray, col: np.ndarray, cap: int) -> np.ndarray:
-    """:func:`_ranks_exact` where it is below ``cap``, else ``cap``: a target scoring below
+def _ranks_capped(
+    scores: np.ndarray,
+    classes: np.ndarray,
+    pos: np.ndarray,
+    excluded: sp.csr_matrix | None,
+    row: np.ndarray,
+    col: np.ndarray,
+    cap: int,
+) -> np.ndarray | None:
+    """:func:`_ranks_exact` where it is below ``cap``, else ``cap``, computed on the listed
+    classes alone: ``scores`` (b, L) of ``classes`` (L,), ``pos`` (C,) the column of each
+    class code in ``scores`` (-1 = unlisted), ``excluded`` (b, C). A target scoring below
     its row's ``cap``-th largest score ranks at least ``cap``; one scoring above it can be
-    outranked only by the ``cap`` largest, so it is compared with those alone. Targets tied
-    with that threshold take the exact path. O(C) per row instead of O(C) per target."""
-    b, n_cls = full.shape
-    # excluded: below everything listed; torch's top-k is ~10x numpy's argpartition here
-    vals = torch.from_numpy(full).nan_to_num(nan=-math.inf)
-    top_t = torch.topk(vals, cap, dim=1, sorted=False)
-    top, top_vals = top_t.indices.numpy(), top_t.values.numpy()  # (b, cap) each
+    outranked only by the ``cap`` largest, so it is compared with those alone; one tied
+    with that threshold is counted exactly. An unlisted target follows every listed class,
+    so it ranks at least ``cap``. None when a row has fewer than ``cap`` listed classes left
+    after exclusion (the caller takes the exact path). O(L) per row, not O(C) per target."""
+    vals = np.array(scores, dtype=np.float32)  # (b, L), a copy: exclusions are set below
+    if excluded is not None:
+        er = np.repeat(np.arange(len(vals)), np.diff(excluded.indptr))
+        ec = pos[excluded.indices]
+        keep = ec >= 0
+        vals[er[keep], ec[keep]] = -np.inf  # below every listed score: never ahead
+        left = vals.shape[1] - np.bincount(er[keep], minlength=len(vals))
+        if left.min(initial=cap) < cap:
+            return None
+    # torch's top-k is ~10x numpy's argpartition on (users x 12k items)
+    top_t = torch.topk(torch.from_numpy(vals), cap, dim=1, sorted=False)
+    top_vals, codes = top_t.values.numpy(), classes[top_t.indices.numpy()]  # (b, cap) each
     thr = top_vals.min(axis=1)  # (b,) the cap-th largest score
-    key = full[row, col]  # (P,)
+    tp = pos[col]  # (P,) column of each target; -1: unlisted, ranks >= cap
+    key = np.where(tp >= 0, vals[row, np.maximum(tp, 0)], -np.inf)  # (P,)
     out = np.full(len(row), cap, dtype=np.int64)
-    fast = key > thr[row]
+    fast = (tp >= 0) & (key > thr[row])
     r, c, k = row[fast], col[fast], key[fast][:, None]
-    cand, codes = top_vals[r], top[r]  # (F, cap)
-    out[fast] = (cand > k).sum(axis=1) + ((cand == k) & (codes < c[:, None])).sum(axis=1)
-    tied = key == thr[row]
-    if tied.any():
-        out[tied] = np.minimum(_ranks_exact(full, row[tied], col[tied]), cap)
+    out[fast] = (top_vals[r] > k).sum(axis=1) + ((top_vals[r] == k) & (codes[r] < c[:, None])).sum(
+        axis=1
+    )
+    tied = np.flatnonzero((tp >= 0) & (key == thr[row]))
+    if len(tied):
+        sv, kt = vals[row[tied]], key[tied][:, None]  # (T, L), (T, 1)
+        exact = (sv > kt).sum(axis=1) + ((sv == kt) & (classes[None, :] < col[tied][:, None])).sum(
+            axis=1
+        )
+        out[tied] = np.minimum(exact, cap)
     return out
 
 
@@ -299,23 +324,30 @@ def positive_ranks(
     chunk_id = np.cumsum(cost) // max(chunk_bytes, 1)
     bounds = np.flatnonzero(np.diff(chunk_id)) + 1
     ranks = np.zeros(t.nnz, dtype=np.int64)
-    capped = cap is not None and 0 < cap < n_cls
+    capped = cap is not None and 0 < cap <= len(pred.classes)
+    pos = np.full(n_cls, -1, dtype=np.int64)
+    pos[pred.classes] = np.arange(len(pred.classes))
     for a, b in zip(np.r_[0, bounds], np.r_[bounds, n], strict=True):
         a, b = int(a), int(b)
         if b <= a:
             continue
+        lo, hi = t.indptr[a], t.indptr[b]
+        row = np.repeat(np.arange(b - a), npos[a:b])  # (P,) chunk row of each target
+        col = t.indices[lo:hi]  # (P,)
+        if capped:
+            got = _ranks_capped(pred.rows(a, b), pred.classes, pos,
+                                None if ex is None else ex[a:b], row, col, int(cap))  # type: ignore[arg-type]  # fmt: skip
+            if got is not None:
+                ranks[lo:hi] = got
+                continue
         full = np.full((b - a, n_cls), -np.inf, dtype=np.float32)  # unlisted: below all
         full[:, pred.classes] = pred.rows(a, b)
         if ex is not None:  # excluded: NaN compares False with everything, takes no rank
             sub = ex[a:b]
             full[np.repeat(np.arange(b - a), np.diff(sub.indptr)), sub.indices] = np.nan
-        lo, hi = t.indptr[a], t.indptr[b]
-        row = np.repeat(np.arange(b - a), npos[a:b])  # (P,) chunk row of each target
-        col = t.indices[lo:hi]  # (P,)
-        if capped:
-            ranks[lo:hi] = _ranks_capped(full, row, col, int(cap))  # type: ignore[arg-type]
-        else:
-            ranks[lo:hi] = _ranks_exact(full, row, col)
+        ranks[lo:hi] = _ranks_exact(full, row, col)
+    if cap is not None:
+        np.minimum(ranks, cap, out=ranks)
     return ranks, t
 
 
