@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,68 +39,63 @@ from seqtwins.data.dataset import SequenceDataset
 from seqtwins.evaluate.probe import Prediction, ProbeConfig, fit_probe, score
 from seqtwins.evaluate.tasks import Task, build_task, headline_tasks
 
+if TYPE_CHECKING:
+    from seqtwins.train import Proxy
+
 FOLDS = 5
 MIN_USERS = 20
 """A task with fewer labelled valid users is left out of the proxy (too few to fold)."""
 PROBE = ProbeConfig(solver="ridge", ridge_alphas=(1.0, 10.0, 100.0))
 
-Proxy = Callable[[np.ndarray], float | None]
-"""Embeddings ``(n, D)`` of the valid users the proxy was built for -> score (higher is
-better), or None when it cannot be computed."""
+FoldScore = Callable[[np.ndarray, np.ndarray, np.ndarray], float | None]
+"""``(fit, select, test)`` boolean masks over a task's users -> that fold's score or None."""
 
 
 @dataclass(frozen=True)
 class _Part:
-    """One headline task on the labelled valid users."""
+    """One headline task (a set task) on its labelled valid users."""
 
     task: Task
     rows: np.ndarray
     """(m,) positions, in the proxy's user array, of the users with a label."""
-    truth: np.ndarray | sp.csr_matrix
-    """(m,) class codes or (m, C) 0/1 targets."""
+    truth: sp.csr_matrix
+    """(m, C) 0/1 targets."""
     exclude: sp.csr_matrix | None
     """(m, C) classes removed from each user's ranking (history items), or None."""
     fold: np.ndarray
     """(m,) fold of each user."""
-    floor: float
-    """Popularity floor's score on the same folds (> 0)."""
+    floor: np.ndarray
+    """(FOLDS,) the popularity floor's score per fold (NaN where it has none)."""
 
-    def scores(self, emb: np.ndarray) -> float | None:
-        """Rotated-fold probe score of the embeddings ``emb`` (m, D) of these users: the L2
-        strength is chosen once, on the first fold's select users, and used for every fold
-        (choosing it per fold cost 3x more and moved the proxy by less than its noise)."""
+    def ratio(self, emb: np.ndarray) -> float | None:
+        """Probe score / floor score of the embeddings ``emb`` (m, D) of these users, each
+        the mean over the folds where both scored."""
         alpha: list[float] = []
 
         def fold_score(fit: np.ndarray, sel: np.ndarray, test: np.ndarray) -> float | None:
             return _probe(self, emb, fit, sel, test, alpha)
 
-        return _rotated(self.fold, fold_score)
+        probe = _per_fold(self.fold, fold_score)
+        both = np.isfinite(probe) & np.isfinite(self.floor)
+        if not both.any() or not self.floor[both].mean() > 0:
+            return None
+        return float(probe[both].mean() / self.floor[both].mean())
 
 
-def _rows(m: np.ndarray | sp.csr_matrix, mask: np.ndarray) -> np.ndarray | sp.csr_matrix:
-    return m[np.flatnonzero(mask)] if sp.issparse(m) else m[mask]
-
-
-def _rotated(
-    fold: np.ndarray, fold_score: Callable[[np.ndarray, np.ndarray, np.ndarray], float | None]
-) -> float | None:
-    """Mean over folds k of ``fold_score(fit, select, test)``: test = fold k, select = fold
-    k+1, fit = the rest (boolean masks over the users of ``fold``)."""
-    values = []
+def _per_fold(fold: np.ndarray, fold_score: FoldScore) -> np.ndarray:
+    """(FOLDS,) ``fold_score(fit, select, test)`` per round k: test = fold k, select =
+    fold k+1, fit = the rest; NaN where it returned None."""
+    out = np.full(FOLDS, np.nan)
     for k in range(FOLDS):
         test, select = fold == k, fold == (k + 1) % FOLDS
-        fit = ~(test | select)
-        value = fold_score(fit, select, test)
+        value = fold_score(~(test | select), select, test)
         if value is not None:
-            values.append(value)
-    return float(np.mean(values)) if values else None
+            out[k] = value
+    return out
 
 
-def _truth_classes(truth: np.ndarray | sp.csr_matrix) -> int:
-    """Distinct classes with a positive among these users."""
-    if isinstance(truth, sp.csr_matrix):
-        return int((truth.getnnz(axis=0) > 0).sum())
-    return len(np.unique(truth))
+def _rows(m: sp.csr_matrix | None, mask: np.ndarray) -> sp.csr_matrix | None:
+    return None if m is None else m[np.flatnonzero(mask)]
 
 
 def _probe(
@@ -112,50 +108,43 @@ def _probe(
 ) -> float | None:
     """One fold's test score; the first call chooses the L2 strength (kept in ``alpha``)."""
     y, metric = part.truth, part.task.primary_metric
-    if _truth_classes(_rows(y, fit)) < 2:
+    y_fit = _rows(y, fit)
+    if y_fit is None or (y_fit.getnnz(axis=0) > 0).sum() < 2:
         return None
-    ex = part.exclude
     # the probes run inside training: with its threads (ProbeConfig's default is one)
     cfg = replace(PROBE, threads=torch.get_num_threads())
     cfg = replace(cfg, ridge_alphas=tuple(alpha)) if alpha else cfg
-    probe = fit_probe(emb[fit], _rows(y, fit), emb[sel], _rows(y, sel), metric, cfg,
-                      exclude_valid=None if ex is None else _rows(ex, sel))  # fmt: skip
+    probe = fit_probe(emb[fit], y_fit, emb[sel], _rows(y, sel), metric, cfg,
+                      exclude_valid=_rows(part.exclude, sel))  # fmt: skip
     if not alpha:
         alpha.append(float(probe.selection["alpha"]))
     pred = probe.predict(emb[test], lazy=True)
-    return score(pred, _rows(y, test), (metric,), None if ex is None else _rows(ex, test))[metric]
+    return score(pred, _rows(y, test), (metric,), _rows(part.exclude, test))[metric]
 
 
-def _popularity(
-    task: Task, y: np.ndarray | sp.csr_matrix, ex: sp.csr_matrix | None, fit: np.ndarray,
-    test: np.ndarray,
-) -> float | None:  # fmt: skip
+def _popularity(part: _Part, fit: np.ndarray, test: np.ndarray) -> float | None:
     """The popularity floor of one fold: class frequencies among the fit users."""
-    metric = task.primary_metric
-    if sp.issparse(y):
-        counts = np.asarray(_rows(y, fit).sum(axis=0)).ravel().astype(np.float32)
-    else:
-        counts = np.bincount(y[fit], minlength=int(y.max()) + 1).astype(np.float32)
+    counts = np.asarray(part.truth[np.flatnonzero(fit)].sum(axis=0), dtype=np.float32).ravel()
     classes = np.arange(len(counts), dtype=np.int64)
-    n_test = int(test.sum())
-    pred = Prediction.lazy(n_test, classes, lambda a, b: np.tile(counts, (b - a, 1)))
-    return score(pred, _rows(y, test), (metric,), None if ex is None else _rows(ex, test))[metric]
+    pred = Prediction.lazy(int(test.sum()), classes, lambda a, b: np.tile(counts, (b - a, 1)))
+    metric = part.task.primary_metric
+    return score(pred, _rows(part.truth, test), (metric,), _rows(part.exclude, test))[metric]
 
 
 def _part(ds: SequenceDataset, name: str, users: np.ndarray, seed: int) -> _Part | None:
     task = build_task(ds, name)
+    assert task.targets is not None, f"headline task {name} is a set task"
     rows = np.flatnonzero(np.asarray(task.labels)[users] >= 0)
     if len(rows) < MIN_USERS:
         return None
     who = users[rows]
-    truth = task.targets[who] if task.targets is not None else np.asarray(task.labels)[who]
+    truth = task.targets[who]
     exclude = task.exclude[who] if task.exclude is not None else None
     fold = np.empty(len(rows), dtype=np.int64)
     fold[np.random.default_rng(seed).permutation(len(rows))] = np.arange(len(rows)) % FOLDS
-    floor = _rotated(fold, lambda fit, _sel, test: _popularity(task, truth, exclude, fit, test))
-    if floor is None or not floor > 0:
-        return None
-    return _Part(task, rows, truth, exclude, fold, floor)
+    part = _Part(task, rows, truth, exclude, fold, np.full(FOLDS, np.nan))
+    floor = _per_fold(fold, lambda fit, _sel, test: _popularity(part, fit, test))
+    return replace(part, floor=floor) if np.isfinite(floor).any() else None
 
 
 def headline_proxy(ds: SequenceDataset, users: np.ndarray, seed: int) -> Proxy | None:
@@ -169,11 +158,7 @@ def headline_proxy(ds: SequenceDataset, users: np.ndarray, seed: int) -> Proxy |
     def proxy(emb: np.ndarray) -> float | None:
         if not np.isfinite(emb).all():
             return float("nan")  # training stops on it
-        ratios = []
-        for p in parts:
-            value = p.scores(emb[p.rows])
-            if value is not None:
-                ratios.append(value / p.floor)
+        ratios = [r for r in (p.ratio(emb[p.rows]) for p in parts) if r is not None]
         return float(np.mean(ratios)) if ratios else None
 
     return proxy
