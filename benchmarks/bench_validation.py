@@ -43,22 +43,35 @@ def measure(data: Path, objective: str, epochs: int, threads: int, tmp: Path) ->
     wall = time.perf_counter() - t0
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
     valid = [r for r in records if r.get("event") == "valid"]
-    steps = [r["users_per_s"] for r in records if "step" in r and "users_per_s" in r]
-    share = [r["valid_seconds"] / (r["train_seconds"] + r["valid_seconds"]) for r in valid]
     return {
         "objective": objective,
         "epochs": len(valid),
-        "valid_users": valid[-1]["users"],
         "train_seconds": [r["train_seconds"] for r in valid],
         "valid_seconds": [r["valid_seconds"] for r in valid],
         "proxy_seconds": [r.get("proxy_seconds") for r in valid],
-        "valid_share": share,
-        "valid_share_mean": float(np.mean(share)),
-        "valid_share_max": float(np.max(share)),
-        "users_per_s_steps": float(np.median(steps)) if steps else None,
-        "users_per_s_end_to_end": float(np.median([r["users_per_s"] for r in valid])),
+        **valid_summary(records),
         "wall_seconds": round(wall, 1),
         "proxy": [r.get("proxy") for r in valid],
+    }
+
+
+def valid_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What validation cost, from a run's metrics.jsonl records: its share of each epoch's
+    wall time (mean, max), users/s end to end (median over epochs) and within steps (median
+    of the ``step`` records), and the valid users used. Empty for a run without timings."""
+    valid = [r for r in records if r.get("event") == "valid" and "valid_seconds" in r]
+    if not valid:
+        return {}
+    train_s = np.array([r["train_seconds"] for r in valid])
+    valid_s = np.array([r["valid_seconds"] for r in valid])
+    steps = [r["users_per_s"] for r in records if "step" in r and "users_per_s" in r]
+    return {
+        "valid_share": float(valid_s.sum() / max(train_s.sum() + valid_s.sum(), 1e-9)),
+        "valid_share_max": float(np.max(valid_s / np.maximum(train_s + valid_s, 1e-9))),
+        "users_per_s_steps": float(np.median(steps)) if steps else None,
+        "users_per_s_end_to_end": float(np.median([r["users_per_s"] for r in valid])),
+        "valid_users": valid[-1]["users"],
+        "valid_sampled": valid[-1]["sampled"],
     }
 
 
@@ -75,11 +88,11 @@ def render(out: dict[str, Any]) -> str:
         "",
         f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, torch {m['torch']}; "
         f"train.threads={out['threads']}. Data: `{out['data']}` ({out['valid_users']} valid "
-        "users, all of them validated). The machine is shared: compare the columns of one row, "
-        "measured in the same run.",
+        f"users validated{', a sample' if out['valid_sampled'] else ', all of them'}). The "
+        "machine is shared: compare the columns of one row, measured in the same run.",
         "",
         "| objective | epochs | users/s (steps) | users/s (end to end) | train s / epoch | "
-        "validation s / epoch | of which proxy | validation share (mean / max) |",
+        "validation s / epoch | of which proxy | validation share (all epochs / worst) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in out["runs"]:
@@ -88,7 +101,7 @@ def render(out: dict[str, Any]) -> str:
             f"| `{r['objective']}` | {r['epochs']} | {_rate(r['users_per_s_steps'])} | "
             f"{r['users_per_s_end_to_end']:,.0f} | {np.mean(r['train_seconds']):.2f} | "
             f"{np.mean(r['valid_seconds']):.2f} | {np.mean(proxy) if proxy else 0:.2f} | "
-            f"{100 * r['valid_share_mean']:.1f}% / {100 * r['valid_share_max']:.1f}% |"
+            f"{100 * r['valid_share']:.1f}% / {100 * r['valid_share_max']:.1f}% |"
         )
     return "\n".join(lines) + "\n"
 
@@ -116,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "data": str(args.data),
         "valid_users": runs[0]["valid_users"],
+        "valid_sampled": runs[0]["valid_sampled"],
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

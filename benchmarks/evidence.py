@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 from _machine import cpu_model_and_flags
+from bench_validation import valid_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "evidence"
@@ -76,7 +77,8 @@ class Plan:
 
 FULL = Plan(datasets=("beauty", "yelp", "ml-1m", "lastfm"), batch_datasets=("beauty",))
 """``make evidence``. The batch ablation runs on Beauty alone: on ML-1M, with 200 items per
-user, its nine runs would take longer than the whole main study (cut to fit 120 minutes)."""
+user, its six runs would take about as long as the whole main study (cut to fit 120
+minutes)."""
 QUICK = Plan(
     datasets=("lastfm",),
     batch_datasets=("lastfm",),
@@ -201,10 +203,10 @@ def significance(
         for f in few(res):
             for role, (other, _) in (("dual", best_dual(res, task, f)),
                                      ("floor", best_floor(res, task, f))):  # fmt: skip
-                if not other or cell_mean(res, task, other, f) is None:
+                if not other or None in (cell_mean(res, task, m, f) for m in ("barlow", other)):
                     continue
-                c = compare(per_user, task, "barlow", other, f, res["seeds"],
-                            n_boot=plan.bootstrap, seed=seed)  # fmt: skip
+                # the seeds both have (a seed can be n/a in a partial cell)
+                c = compare(per_user, task, "barlow", other, f, n_boot=plan.bootstrap, seed=seed)
                 rows.append({"task": task, "fraction": f, "against": role, "other": other,
                              **c.to_dict()})  # fmt: skip
     return rows
@@ -225,22 +227,10 @@ def _run_summary(run: Path) -> dict[str, Any]:
     r = Run.open(run)
     summary = r.summary()
     out = {k: summary[k] for k in ("epochs_done", "steps", "best_epoch", "best_score", "seconds")}
+    out["encoder_dim"] = r.config.encoder.dim
+    out["max_len"] = r.config.encoder.max_len
     records = [json.loads(line) for line in r.metrics_file.read_text().splitlines() if line]
-    valid = [x for x in records if x.get("event") == "valid" and "valid_seconds" in x]
-    steps = [x["users_per_s"] for x in records if "step" in x and "users_per_s" in x]
-    if valid:
-        train_s = sum(x["train_seconds"] for x in valid)
-        valid_s = sum(x["valid_seconds"] for x in valid)
-        out["valid_share"] = valid_s / max(train_s + valid_s, 1e-9)
-        out["valid_share_max"] = max(
-            x["valid_seconds"] / max(x["train_seconds"] + x["valid_seconds"], 1e-9) for x in valid
-        )
-        out["users_per_s_end_to_end"] = float(np.median([x["users_per_s"] for x in valid]))
-        out["valid_users"] = valid[-1].get("users")
-        out["valid_sampled"] = valid[-1].get("sampled")
-    if steps:
-        out["users_per_s_steps"] = float(np.median(steps))
-    return out
+    return out | valid_summary(records)
 
 
 def run_main(

@@ -30,21 +30,38 @@ from matplotlib.figure import Figure
 
 FINDINGS = ROOT / "benchmarks" / "evidence_findings.md"
 
-FAIRNESS = """\
+
+def fairness(main: dict[str, Any], tune: dict[str, Any]) -> str:
+    """The fairness rules, with what this study actually did (widths, tuning) filled in."""
+    dims = sorted({(p.get("encoder_dim"), p.get("max_len")) for res in main.values()
+                   for p in res.get("pretrain", {}).values()}, key=str)  # fmt: skip
+    tuned: dict[str, set[str]] = {}
+    for key, h in tune.items():
+        tuned.setdefault(str(h.get("objective") or key.rsplit("-", 1)[-1]), set()).add(
+            f"{h.get('trials_wanted', '?')} trials x {h.get('epochs', '?')} epochs"
+        )
+    untuned = [o for o in OBJECTIVES if o not in tuned]
+    tuning = ("; ".join(f"`{o}`: {', '.join(sorted(b))}" for o, b in sorted(tuned.items()))
+              or "no objective")  # fmt: skip
+    return f"""\
 ## Fairness rules
 
-1. **Same encoder.** Every objective on a dataset trains the same encoder architecture
-   (size, depth, heads, max length, pooling) from the same experiment file. Besides the
-   objective's own head and loss, only the tuned settings differ per objective.
+1. **Same encoder.** Every objective on a dataset trains the encoder architecture of the same
+   experiment file; a tuned preset may give an objective its own width (the pretraining
+   tables list each run's `encoder.dim`; in this study (dim, max_len) was
+   {", ".join(f"({d}, {m})" for d, m in dims) or "–"}). The `random-init` and TF-IDF+SVD
+   floors take the first run's width and window.
 2. **Same epochs, same selection.** Every objective gets the same maximum number of epochs
    and the same early-stopping rule, on one validation proxy identical for every objective:
    the mean over the dataset's headline tasks of the valid users' probe score divided by
    the popularity floor's (docs/evaluation.md). The headline cells are also shown on the
-   **last** checkpoint, so selection cannot hide behind the result.
+   **last** checkpoint.
 3. **Same data.** One prepared dataset per experiment; the same train / valid / test users
    and the same labelled subsets (seeded) for every method.
-4. **Same tuning budget.** When a preset was tuned (`seqtwins tune`), every objective got
-   the same number of trials, epochs per trial and pruner, scored on valid users only.
+4. **Tuning.** The presets in `configs/tuned/` were tuned ({tuning}; histories under
+   "Tuning") on valid users only; {", ".join(f"`{o}`" for o in untuned) or "no objective"}
+   ran untuned, with the experiment's defaults. Where the budgets differ, this table is not a
+   comparison of tuned objectives.
 5. **Selection on valid users only.** Early stopping, the best checkpoint, probe
    regularisation and tuning use valid users. **Test users are scored once**.
 6. **Both ways for the dual encoder.** `dual` (and `barlow+next`) are scored through the
@@ -154,10 +171,12 @@ def _main_section(name: str, res: dict[str, Any], plots: Path, rel: str) -> list
     rows = [[f"`{o}`", str(p["epochs_done"]), str(p["best_epoch"]), _fmt(p["best_score"]),
              f"{p['seconds']:.0f}", _fmt(p.get("users_per_s_steps"), 0),
              _fmt(p.get("users_per_s_end_to_end"), 0),
-             "–" if p.get("valid_share") is None else f"{100 * p['valid_share']:.1f}%"]
+             "–" if p.get("valid_share") is None else
+             f"{100 * p['valid_share']:.1f}% / {100 * p['valid_share_max']:.1f}%"]
             for o, p in res.get("pretrain", {}).items()]  # fmt: skip
     lines += _table(["run", "epochs", "best epoch", "valid proxy", "seconds", "users/s (steps)",
-                     "users/s (end to end)", "validation share"], rows)  # fmt: skip
+                     "users/s (end to end)", "validation share (all / worst epoch)"],
+                    rows)  # fmt: skip
     lines += [f"![{name}]({rel}/{_plot_curves(name, res, plots / f'main-{name}.png')})", ""]
     fracs = res["fractions"]
     for task, info in res["tasks"].items():
@@ -222,11 +241,16 @@ def _batch_section(b: dict[str, Any], batch: dict[str, Any]) -> list[str]:
     variants = next(iter(batch.values()))["variants"] if batch else {}
     desc = "; ".join(f"`{k}` batch {v['batch_size']}, {v['epochs']} epochs"
                      for k, v in variants.items())  # fmt: skip
+    steps = "; ".join(  # measured optimiser steps: whole epochs make "equal steps" approximate
+        f"{name} `{o}` {p[f'{o}-small-steps']['steps'] / p[f'{o}-ref']['steps']:.2f}x"
+        for name, bb in batch.items() for o in ("barlow", "dual")
+        if (p := bb["pretrain"]).get(f"{o}-ref", {}).get("steps")
+    )  # fmt: skip
     lines = [
         f"3. `barlow` at the small batch keeps >= {100 * TARGET_KEEP:.0f}% of its reference-batch "
-        f"score on every headline cell, with equal epochs (`small`) and with equal optimiser "
-        f"steps (`small-steps`): {_yes(b['holds'])}. Fixed epochs, last checkpoint ({desc}); "
-        "`dual` alongside.",
+        f"score on every headline cell, with equal epochs (`small`) and with about equal "
+        f"optimiser steps (`small-steps`, whole epochs; its steps / the reference's: {steps}): "
+        f"{_yes(b['holds'])}. Fixed epochs, last checkpoint ({desc}); `dual` alongside.",
         "",
     ]
     rows = [[r["dataset"], r["objective"], r["variant"], r["task"], _pct(r["fraction"]),
@@ -245,9 +269,14 @@ def _targets_section(t: dict[str, Any], main: dict[str, Any], batch: dict[str, A
         lines += _batch_section(t["batch"], batch)
     sel = t["selection"]
     if sel:
-        lines += ["**Selection does not drive the result**: headline cells at <= 10% labels on "
-                  "the checkpoint the validation proxy picked (`best`) and on the last one "
-                  "(fixed epochs).", ""]  # fmt: skip
+        change = [(abs(r["last"] / r["best"] - 1), r) for r in sel if r["best"] and r["last"]]
+        big = max(change, key=lambda x: x[0]) if change else None
+        lines += ["**Best vs last checkpoint**: headline cells at <= 10% labels on the checkpoint "
+                  "the validation proxy picked (`best`) and on the last one (fixed epochs)"
+                  + ("." if big is None else
+                     f"; the largest relative change is {100 * big[0]:.1f}% "
+                     f"({big[1]['dataset']} {big[1]['task']} {_pct(big[1]['fraction'])} "
+                     f"`{big[1]['objective']}`)."), ""]  # fmt: skip
         rows = [[r["dataset"], r["task"], _pct(r["fraction"]), r["objective"], _fmt(r["best"]),
                  _fmt(r["last"])] for r in sel]  # fmt: skip
         lines += _table(["dataset", "task", "labels", "objective", "best", "last"], rows)
@@ -326,7 +355,7 @@ def write_doc(results: Path, docs: Path) -> Path:
         "with `make evidence` (full study) or `make evidence-quick`; `make tune` re-runs the "
         "hyper-parameter search that wrote `configs/tuned/`.",
         "",
-        FAIRNESS,
+        fairness(main, tune),
     ]
     if main:
         lines += _targets_section(check_targets(main, batch), main, batch)

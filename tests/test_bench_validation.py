@@ -25,7 +25,7 @@ def test_bench_validation_runs_at_tiny_size(tmp_path):
     assert [r["objective"] for r in res["runs"]] == ["barlow", "dual"]
     for r in res["runs"]:
         assert r["epochs"] == 2 and all(p is not None for p in r["proxy"])
-        assert 0 < r["valid_share_mean"] <= r["valid_share_max"] < 1
+        assert 0 < r["valid_share"] <= r["valid_share_max"] < 1
         assert r["users_per_s_end_to_end"] > 0
     md = out.with_suffix(".md").read_text()
     assert "| `dual` | 2 |" in md and "--epochs 2" in md
