@@ -91,6 +91,23 @@ def test_scorer_ranks_every_item_for_test_users_in_chunks(trained) -> None:
     assert native_scorer(model, emb)(build_task(ds, "favorite_category"), test) is None
 
 
+def test_retrieval_scores_are_lazy_and_match_the_full_ones(trained) -> None:
+    ds, runs = trained
+    run = runs["dual"]
+    model = run.objective("best", ds)
+    emb = embed_users(run.encoder("best", ds), ds, np.arange(ds.num_users))
+    task = build_task(ds, "future_items")
+    test = task.labelled(ds.split_users("test"))
+    assert len(test) > 3
+    pred = native_scorer(model, emb, chunk=5)(task, test)
+    assert pred is not None and pred._scores is None  # never the (users x items) matrix
+    assert pred.num_rows == len(test)
+    with torch.no_grad():
+        direct = ItemTower(model).logits(torch.from_numpy(emb[test])).numpy()
+    np.testing.assert_allclose(pred.rows(1, 4), direct[1:4], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pred.scores, direct, rtol=1e-6, atol=1e-6)
+
+
 def test_only_objectives_with_an_item_tower_are_scored(trained) -> None:
     ds, runs = trained
     barlow = runs["barlow"].objective("best", ds)
