@@ -117,9 +117,7 @@ def native_scorer(model: nn.Module, embeddings: np.ndarray, chunk: int = 1024) -
             return None
         rows = embeddings[np.asarray(users, dtype=np.int64)]  # (n, D)
         if task.kind == "retrieval":
-            return Prediction.lazy(
-                len(rows), classes, lambda a, b: tower.scores(rows[a:b], chunk)
-            )
+            return Prediction.lazy(len(rows), classes, lambda a, b: tower.scores(rows[a:b], chunk))
         return Prediction(tower.scores(rows, chunk), classes)
 
     return score
