@@ -15,13 +15,12 @@ from seqtwins.evaluate.protocol import (
     labelled_subset,
     load_results,
     metric_records,
-    save_per_user,
     save_results,
     subset_digest,
     train_order,
     write_metrics_jsonl,
 )
-from seqtwins.evaluate.significance import load_per_user
+from seqtwins.evaluate.significance import load_per_user, save_per_user
 from seqtwins.evaluate.tasks import Task, build_task
 
 FRACS = (0.05, 0.25, 1.0)

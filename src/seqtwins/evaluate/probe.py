@@ -47,6 +47,7 @@ from scipy.stats import rankdata
 from threadpoolctl import threadpool_limits
 
 from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.tasks import binary_pattern
 
 PROBE_KINDS = ("linear", "mlp")
 SOLVERS = ("auto", "ridge", "logistic")
@@ -237,15 +238,6 @@ SET_CHUNK_BYTES = 96 << 20
 the chunk and one compared row per target)."""
 
 
-def _pattern(m: sp.spmatrix) -> sp.csr_matrix:
-    """The 0/1 pattern of a non-negative sparse matrix (csr, sorted indices)."""
-    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
-    out.eliminate_zeros()
-    out.data[:] = 1.0
-    out.sort_indices()
-    return out
-
-
 def _ranks_exact(full: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
     """(P,) rank of class ``col`` in row ``row`` of ``full`` (b, C): the classes scoring
     higher, plus those tied with a smaller code (NaN = excluded: compares False)."""
@@ -321,10 +313,10 @@ def positive_ranks(
     reported as ``cap``, which is several times faster over large item sets.
     """
     n, n_cls = targets.shape
-    t = _pattern(targets)
-    ex = _pattern(exclude) if exclude is not None else None
+    t = binary_pattern(targets)
+    ex = binary_pattern(exclude) if exclude is not None else None
     if ex is not None:
-        t = _pattern(t - t.multiply(ex))
+        t = binary_pattern(t - t.multiply(ex))
     if len(pred.classes) and pred.classes[-1] >= n_cls:
         raise ValueError(f"prediction lists class {pred.classes[-1]}; the truth has {n_cls}")
     npos = np.diff(t.indptr)  # (n,)
@@ -602,7 +594,7 @@ def fit_probe(
     if multi:
         t = sp.csr_matrix(y_train)
         classes = np.flatnonzero(t.getnnz(axis=0) > 0).astype(np.int64)
-        y_fit: np.ndarray | sp.csr_matrix = _pattern(t[:, classes])  # (n, K) present classes
+        y_fit: np.ndarray | sp.csr_matrix = binary_pattern(t[:, classes])  # (n, K) present classes
         n = t.shape[0]
     else:
         classes, y_fit = np.unique(np.asarray(y_train, dtype=np.int64), return_inverse=True)

@@ -31,9 +31,9 @@ from seqtwins.evaluate.protocol import (
     RESULTS_SCHEMA,
     Scorer,
     evaluate_embeddings,
-    save_per_user,
     save_results,
 )
+from seqtwins.evaluate.significance import save_per_user
 from seqtwins.evaluate.tasks import Task
 from seqtwins.files import (
     atomic_dir,

@@ -151,12 +151,33 @@ def paired_bootstrap(
     )  # fmt: skip
 
 
-# --- per_user.npz ---------------------------------------------------------------------------
+# --- per_user.npz: its keys, writer and reader ----------------------------------------------
 
 
 def value_key(method: str, fraction: float, seed: int) -> str:
     """The key of one run's per-user values: ``"<method>|<fraction:g>|<seed>"``."""
     return f"{method}|{fraction:g}|{seed}"
+
+
+def per_user_arrays(per_user: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``results["per_user"]`` flattened to the ``per_user.npz`` keys:
+    ``"<task>/users"`` (int64) and ``"<task>/<method>|<fraction:g>|<seed>"`` (float32)."""
+    out: dict[str, np.ndarray] = {}
+    for task, entry in per_user.items():
+        out[f"{task}/users"] = np.asarray(entry["users"], dtype=np.int64)
+        for key, values in entry["values"].items():
+            out[f"{task}/{key}"] = np.asarray(values, dtype=np.float32)
+    return out
+
+
+def save_per_user(per_user: Mapping[str, Any], path: Path | str) -> Path:
+    """Write the per-user values (``results["per_user"]``) as an ``.npz`` (plain arrays,
+    no pickles: read it with ``np.load(path, allow_pickle=False)`` or
+    :func:`load_per_user`)."""
+    path = Path(path)
+    with path.open("wb") as fh:
+        np.savez(fh, **per_user_arrays(per_user))  # type: ignore[arg-type]
+    return path
 
 
 def load_per_user(path: Path | str) -> dict[str, dict[str, Any]]:
