@@ -35,6 +35,9 @@ NATIVE_KINDS = ("ranking", "retrieval")
 """Task kinds a native scorer answers: ``next_item`` and ``future_items``."""
 NATIVE_SUFFIX = ":native"
 """Method name of a run's native scores: ``<run name>:native``."""
+NATIVE_OBJECTIVES = ("dual", "barlow+next")
+"""Objectives with an item tower (:func:`has_item_tower`), known from a run's config
+without loading its weights."""
 
 
 def has_item_tower(model: nn.Module) -> bool:
