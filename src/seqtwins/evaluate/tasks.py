@@ -30,9 +30,11 @@ flagged ``too_small`` in its summary ("too small to compare" in the report).
 
 Documented choices (see docs/evaluation.md, "Tasks"):
 
-- **Multi-category items** count under their *first-listed* category
+- **Multi-category items**, in the single-label category tasks (``next_category``,
+  ``favorite_category``), count under their *first-listed* category
   (:meth:`SequenceDataset.item_categories`): the data sources list the main genre /
-  category first. Items without a category give no category label.
+  category first. Items without a category give no category label. ``future_categories``
+  uses every category of every item instead (root categories left out).
 - **favorite_category tie-break**: among the categories with the highest count in the
   window, the one that *appears first* in the window (the earliest future interaction)
   wins. Future items without a category are ignored; a window with no categorised item
