@@ -11,10 +11,18 @@ from seqtwins.config import PretrainConfig, build
 from seqtwins.data.batching import collate, histories
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.native import ItemTower, has_item_tower, native_scorer
-from seqtwins.evaluate.runs import method_names, native_scorers
+from seqtwins.evaluate.native import NATIVE_OBJECTIVES, ItemTower, has_item_tower, native_scorer
+from seqtwins.evaluate.protocol import load_results
+from seqtwins.evaluate.runs import (
+    BARLOW_OBJECTIVES,
+    evaluate_runs,
+    method_names,
+    native_scorers,
+    per_user_file,
+)
 from seqtwins.evaluate.tasks import build_task
 from seqtwins.models.encoder import embed_users
+from seqtwins.objectives import OBJECTIVES, BarlowObjective
 from seqtwins.run import Run
 from seqtwins.train import pretrain
 from tests.helpers import tiny_dataset
@@ -30,7 +38,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SequenceDataset, 
     root = tmp_path_factory.mktemp("native")
     data = tiny_dataset(root / "ds")
     runs = {}
-    for objective in ("dual", "barlow+next", "barlow"):
+    for objective in ("dual", "barlow+next", "barlow", "barlow+mask"):
         cfg = build(PretrainConfig, {"objective": objective}, overrides=[*TINY, *NO_LOGQ])
         folder = root / objective.replace("+", "_")
         pretrain(data, folder, cfg, progress=False)
@@ -91,7 +99,33 @@ def test_scorer_ranks_every_item_for_test_users_in_chunks(trained) -> None:
     assert native_scorer(model, emb)(build_task(ds, "favorite_category"), test) is None
 
 
-def test_only_objectives_with_an_item_tower_are_scored(trained) -> None:
+def test_retrieval_scores_are_lazy_and_match_the_full_ones(trained) -> None:
+    ds, runs = trained
+    run = runs["dual"]
+    model = run.objective("best", ds)
+    emb = embed_users(run.encoder("best", ds), ds, np.arange(ds.num_users))
+    task = build_task(ds, "future_items")
+    test = task.labelled(ds.split_users("test"))
+    assert len(test) > 3
+    pred = native_scorer(model, emb, chunk=5)(task, test)
+    assert pred is not None and pred._scores is None  # never the (users x items) matrix
+    assert pred.num_rows == len(test)
+    with torch.no_grad():
+        direct = ItemTower(model).logits(torch.from_numpy(emb[test])).numpy()
+    np.testing.assert_allclose(pred.rows(1, 4), direct[1:4], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pred.scores, direct, rtol=1e-6, atol=1e-6)
+
+
+def test_objective_lists_match_the_models(trained) -> None:
+    ds, runs = trained
+    assert sorted(runs) == sorted(OBJECTIVES)
+    for objective, run in runs.items():
+        model = run.objective("best", ds)
+        assert isinstance(model, BarlowObjective) == (objective in BARLOW_OBJECTIVES)
+        assert has_item_tower(model) == (objective in NATIVE_OBJECTIVES)
+
+
+def test_only_objectives_with_an_item_tower_are_scored(trained, monkeypatch) -> None:
     ds, runs = trained
     barlow = runs["barlow"].objective("best", ds)
     assert not has_item_tower(barlow)
@@ -102,30 +136,41 @@ def test_only_objectives_with_an_item_tower_are_scored(trained) -> None:
     names = method_names([runs[o].path for o in order], order)
     methods = {n: embed_users(runs[o].encoder("last", ds), ds, np.arange(ds.num_users))
                for n, o in zip(names, order, strict=True)}  # fmt: skip
+    loaded: list[str] = []
+    real = Run.objective
+
+    def objective(self: Run, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loaded.append(self.config.objective)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "objective", objective)
     scorers = native_scorers([runs[o] for o in order], names, ds, methods, checkpoint="last")
     assert sorted(scorers) == ["barlow+next:native", "dual:native"]
+    assert loaded == ["dual", "barlow+next"]  # barlow's objective is never loaded
     with pytest.raises(SeqtwinsError, match="width"):
         native_scorer(runs["dual"].objective("best", ds), methods["dual"][:, :3])
 
 
-def test_evaluate_passes_native_scorers_once_the_protocol_takes_them(
-    trained, tmp_path, monkeypatch
-) -> None:
-    """Until ``evaluate_embeddings`` has a ``scorers`` parameter nothing is passed; with
-    one, every run with an item tower arrives as ``<name>:native``."""
-    import seqtwins.evaluate.runs as runs_mod
-
+def test_evaluate_writes_native_cells_and_per_user_values(trained, tmp_path) -> None:
+    """End to end: ``seqtwins evaluate`` on a dual run scores ``dual:native`` on
+    ``future_items`` with no labels, and the cross-correlation plot comes from the first
+    Barlow objective (here ``barlow+mask``)."""
     ds, runs = trained
-    real = runs_mod.evaluate_embeddings
-    seen: dict[str, object] = {}
-
-    def with_scorers(ds_, methods, *, scorers=None, **kwargs):  # type: ignore[no-untyped-def]
-        seen.update(scorers or {})
-        return real(ds_, methods, **kwargs)
-
-    monkeypatch.setattr(runs_mod, "evaluate_embeddings", with_scorers)
-    paths = [runs[o].path for o in ("barlow", "dual")]
-    runs_mod.evaluate_runs(paths, ds.path, tmp_path / "eval.json", tasks=["next_item"],
-                           fractions=[1.0], seeds=1, baselines=["majority"], progress=False,
-                           checkpoint="last")  # fmt: skip
-    assert sorted(seen) == ["dual:native"]
+    out = tmp_path / "eval.json"
+    evaluate_runs([runs["barlow+mask"].path, runs["dual"].path], ds.path, out,
+                  tasks=["future_items"], fractions=[1.0], seeds=1, baselines=["majority"],
+                  progress=False)  # fmt: skip
+    res = load_results(out)
+    cells = [c for c in res["cells"] if c["method"] == "dual:native"]
+    assert len(cells) == 1 and cells[0]["task"] == "future_items"
+    assert cells[0]["protocol"] == "native" and cells[0]["status"] == "ok"
+    assert all(r["n_train"] == 0 and r["label_free"] for r in cells[0]["runs"])
+    assert cells[0]["mean"]["recall@10"] is not None
+    assert "dual:native" in res["methods"] and "barlow+mask:native" not in res["methods"]
+    with np.load(per_user_file(out), allow_pickle=False) as npz:
+        assert "future_items/dual:native|1|0" in npz.files
+        values, users = npz["future_items/dual:native|1|0"], npz["future_items/users"]
+    assert values.shape == users.shape
+    assert float(values.mean()) == pytest.approx(cells[0]["mean"]["recall@10"], abs=1e-6)
+    xc = res["artifacts"]["cross_correlation"]
+    assert xc["method"] == "barlow+mask" and (out.parent / xc["path"]).is_file()

@@ -42,6 +42,29 @@ def test_ranks_match_a_full_sort_with_ties_and_unlisted_classes() -> None:
     assert m["ndcg@3"] == pytest.approx(np.mean(np.where(ranks < 3, 1 / np.log2(ranks + 2), 0)))
 
 
+def test_lazy_single_label_metrics_read_each_row_once() -> None:
+    rng = np.random.default_rng(1)
+    classes = np.array([1, 3, 4, 7, 8])
+    scores = rng.integers(0, 3, size=(40, 5)).astype(np.float32)
+    y = rng.integers(0, 10, 40)
+    read: list[tuple[int, int]] = []
+
+    def rows(a: int, b: int) -> np.ndarray:
+        read.append((a, b))
+        return scores[a:b]
+
+    lazy = Prediction.lazy(40, classes, rows)
+    assert lazy.ranks(y, chunk=7).tolist() == Prediction(scores, classes).ranks(y).tolist()
+    assert sum(b - a for a, b in read) <= 40  # chunks without a listed class are skipped
+    read.clear()
+    np.testing.assert_array_equal(lazy.top1(chunk=9), Prediction(scores, classes).top1())
+    assert sum(b - a for a, b in read) == 40
+    read.clear()
+    metrics = ("accuracy", "hr@3", "ndcg@3")
+    assert score(lazy, y, metrics) == score(Prediction(scores, classes), y, metrics)
+    assert sum(b - a for a, b in read) <= 80  # top-1 once, ranks once
+
+
 def test_macro_f1_and_auc_match_scikit_learn() -> None:
     rng = np.random.default_rng(1)
     y, p = rng.integers(0, 6, 200), rng.integers(1, 8, 200)  # classes only in y or in p

@@ -25,14 +25,19 @@ def _values(seed: int = 0, seeds: int = 3, users: int = 400) -> tuple[np.ndarray
 
 
 def _loop_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """The plain formula, one sample at a time, on the documented index stream."""
-    n = a.shape[1]
+    """The plain two-level formula, one sample at a time, on the documented index streams:
+    S seeds drawn with replacement, then n users; the mean over the drawn users of each
+    user's mean over the drawn seeds."""
+    n_seeds, n = a.shape
+    drawn = np.random.default_rng([significance.SEED_SALT, seed]).integers(
+        0, n_seeds, size=(n_boot, n_seeds)
+    )
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     diffs = []
     for k in range(n_boot):
         total = 0.0
         for u in idx[k]:
-            total += sum(a[s, u] - b[s, u] for s in range(a.shape[0])) / a.shape[0]
+            total += sum(a[s, u] - b[s, u] for s in drawn[k]) / n_seeds
         diffs.append(total / n)
     return np.array(diffs)
 
@@ -48,8 +53,31 @@ def test_matches_a_loop_based_bootstrap_on_the_same_indices() -> None:
     assert res.n_users == 60 and res.n_seeds == 3 and res.n_boot == 300
 
 
+def test_one_seed_is_the_bootstrap_over_users_alone() -> None:
+    a, b = _values(users=60, seeds=1)
+    res = paired_bootstrap(a[0], b[0], n_boot=300, seed=7)
+    idx = np.random.default_rng(7).integers(0, 60, size=(300, 60))
+    low, high = np.percentile((a[0][idx] - b[0][idx]).mean(axis=1), [2.5, 97.5])
+    assert res.diff_low == pytest.approx(low, abs=1e-12)
+    assert res.diff_high == pytest.approx(high, abs=1e-12)
+    assert res.n_seeds == 1
+    assert res == paired_bootstrap(a, b, n_boot=300, seed=7)  # (1, n) is the same
+
+
+def test_seed_noise_widens_the_interval() -> None:
+    """A per-seed offset common to all users (which labelled subset was drawn) cancels in
+    no user's difference: resampling seeds shows it, users alone do not."""
+    a, b = _values(users=400, seeds=4)
+    offset = np.array([0.08, -0.08, 0.05, -0.05])[:, None]  # (S, 1), mean 0
+    users_only = paired_bootstrap(a.mean(axis=0), b.mean(axis=0), n_boot=500, seed=3)
+    both = paired_bootstrap(a + offset, b, n_boot=500, seed=3)
+    assert both.diff == pytest.approx(users_only.diff, abs=1e-12)
+    width = lambda r: r.diff_high - r.diff_low  # noqa: E731
+    assert width(both) > 3 * width(users_only)
+
+
 def test_chunking_keeps_the_index_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    x = np.random.default_rng(3).random((50, 2))
+    x = np.random.default_rng(3).random((3, 50, 2))  # (S, n, k)
     whole = resampled_means(x, 97, seed=4)
     monkeypatch.setattr(significance, "MAX_CELLS", 50 * 8)  # 8 samples per chunk
     np.testing.assert_allclose(resampled_means(x, 97, seed=4), whole, rtol=0, atol=1e-15)

@@ -8,8 +8,11 @@
   embeddings, and the metrics;
 - :mod:`~seqtwins.evaluate.baselines` — the TF-IDF + truncated-SVD floor;
 - :mod:`~seqtwins.evaluate.protocol` — methods x tasks x label fractions x seeds on fixed,
-  shared labelled subsets, label-free scorers and the history floor; eval.json,
-  JSON-lines and per-user (``per_user.npz``) output;
+  shared labelled subsets, label-free scorers and the history floor; eval.json and
+  JSON-lines output;
+- :mod:`~seqtwins.evaluate.native` — a run's own item tower as a label-free scorer;
+- :mod:`~seqtwins.evaluate.significance` — the per-user values (``per_user.npz``: keys,
+  writer, reader) and the paired bootstrap over seeds and test users;
 - :mod:`~seqtwins.evaluate.report` — report.md and plots (imported on demand: matplotlib).
 
 The package itself is callable: ``seqtwins.evaluate(runs, data, out, ...)`` is

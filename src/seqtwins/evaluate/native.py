@@ -35,6 +35,9 @@ NATIVE_KINDS = ("ranking", "retrieval")
 """Task kinds a native scorer answers: ``next_item`` and ``future_items``."""
 NATIVE_SUFFIX = ":native"
 """Method name of a run's native scores: ``<run name>:native``."""
+NATIVE_OBJECTIVES = ("dual", "barlow+next")
+"""Objectives with an item tower (:func:`has_item_tower`), known from a run's config
+without loading its weights."""
 
 
 def has_item_tower(model: nn.Module) -> bool:
@@ -97,7 +100,10 @@ def native_scorer(model: nn.Module, embeddings: np.ndarray, chunk: int = 1024) -
     ``embeddings`` (U, D) are the users' embeddings by the same checkpoint's encoder (row =
     ``user_idx``; ``seqtwins evaluate`` has them already). The scorer answers tasks of kind
     ``ranking`` / ``retrieval`` with the logits of every item (classes ``0..num_items-1``)
-    for the given test users, and None for any other task. That the run was trained on
+    for the given test users, and None for any other task. For ``retrieval`` tasks the
+    prediction is lazy (:meth:`Prediction.lazy`): the set metrics compute it a chunk of
+    users at a time, so the (test users x items) matrix is never held at once; for
+    ``ranking`` (single-label ``next_item``) it is computed in full. That the run was trained on
     the task's dataset (same item vocabulary) is checked when it is opened
     (:meth:`seqtwins.run.Run.objective` with the dataset).
     """
@@ -113,6 +119,8 @@ def native_scorer(model: nn.Module, embeddings: np.ndarray, chunk: int = 1024) -
         if task.kind not in NATIVE_KINDS:
             return None
         rows = embeddings[np.asarray(users, dtype=np.int64)]  # (n, D)
+        if task.kind == "retrieval":
+            return Prediction.lazy(len(rows), classes, lambda a, b: tower.scores(rows[a:b], chunk))
         return Prediction(tower.scores(rows, chunk), classes)
 
     return score

@@ -47,6 +47,7 @@ from scipy.stats import rankdata
 from threadpoolctl import threadpool_limits
 
 from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.tasks import binary_pattern
 
 PROBE_KINDS = ("linear", "mlp")
 SOLVERS = ("auto", "ridge", "logistic")
@@ -117,14 +118,20 @@ class Prediction:
             return self.rows(0, self.num_rows)
         return self._scores
 
-    def top1(self) -> np.ndarray:
-        """(n,) predicted class code (first maximum)."""
-        if self.scores.shape[1] == 0:
-            return np.zeros(self.scores.shape[0], dtype=np.int64)
-        return self.classes[np.argmax(self.scores, axis=1)]
+    def top1(self, chunk: int = 2048) -> np.ndarray:
+        """(n,) predicted class code (first maximum); a lazy prediction's rows are read
+        once, ``chunk`` users at a time."""
+        out = np.zeros(self.num_rows, dtype=np.int64)
+        if len(self.classes) == 0:
+            return out
+        for a in range(0, self.num_rows, chunk):
+            b = min(a + chunk, self.num_rows)
+            out[a:b] = self.classes[np.argmax(self.rows(a, b), axis=1)]
+        return out
 
     def ranks(self, y: np.ndarray, chunk: int = 2048) -> np.ndarray:
-        """(n,) 0-based rank of the true class ``y`` among all classes."""
+        """(n,) 0-based rank of the true class ``y`` among all classes; the rows are read
+        once, ``chunk`` users at a time."""
         y = np.asarray(y, dtype=np.int64)
         k = len(self.classes)
         col = np.searchsorted(self.classes, y)
@@ -135,15 +142,17 @@ class Prediction:
         )
         # unlisted classes follow all listed ones, in class-code order
         ranks = k + y - col
-        idx = np.flatnonzero(listed)
         cols = np.arange(k)
-        for start in range(0, len(idx), chunk):
-            rows = idx[start : start + chunk]
-            s = self.scores[rows]  # (b, K)
-            c = col[rows]
-            st = s[np.arange(len(rows)), c][:, None]  # (b, 1)
+        for a in range(0, len(y), chunk):
+            b = min(a + chunk, len(y))
+            sel = np.flatnonzero(listed[a:b])  # chunk rows whose class is listed
+            if not len(sel):
+                continue
+            s = self.rows(a, b)[sel]  # (b', K)
+            c = col[a + sel]
+            st = s[np.arange(len(sel)), c][:, None]  # (b', 1)
             ahead = (s > st) | ((s == st) & (cols[None, :] < c[:, None]))
-            ranks[rows] = ahead.sum(axis=1)
+            ranks[a + sel] = ahead.sum(axis=1)
         return ranks
 
 
@@ -229,15 +238,6 @@ SET_CHUNK_BYTES = 96 << 20
 the chunk and one compared row per target)."""
 
 
-def _pattern(m: sp.spmatrix) -> sp.csr_matrix:
-    """The 0/1 pattern of a non-negative sparse matrix (csr, sorted indices)."""
-    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
-    out.eliminate_zeros()
-    out.data[:] = 1.0
-    out.sort_indices()
-    return out
-
-
 def _ranks_exact(full: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
     """(P,) rank of class ``col`` in row ``row`` of ``full`` (b, C): the classes scoring
     higher, plus those tied with a smaller code (NaN = excluded: compares False)."""
@@ -313,10 +313,10 @@ def positive_ranks(
     reported as ``cap``, which is several times faster over large item sets.
     """
     n, n_cls = targets.shape
-    t = _pattern(targets)
-    ex = _pattern(exclude) if exclude is not None else None
+    t = binary_pattern(targets)
+    ex = binary_pattern(exclude) if exclude is not None else None
     if ex is not None:
-        t = _pattern(t - t.multiply(ex))
+        t = binary_pattern(t - t.multiply(ex))
     if len(pred.classes) and pred.classes[-1] >= n_cls:
         raise ValueError(f"prediction lists class {pred.classes[-1]}; the truth has {n_cls}")
     npos = np.diff(t.indptr)  # (n,)
@@ -334,14 +334,15 @@ def positive_ranks(
         lo, hi = t.indptr[a], t.indptr[b]
         row = np.repeat(np.arange(b - a), npos[a:b])  # (P,) chunk row of each target
         col = t.indices[lo:hi]  # (P,)
+        rows = pred.rows(a, b)  # (b - a, L), computed once for either path
         if capped:
-            got = _ranks_capped(pred.rows(a, b), pred.classes, pos,
+            got = _ranks_capped(rows, pred.classes, pos,
                                 None if ex is None else ex[a:b], row, col, int(cap))  # type: ignore[arg-type]  # fmt: skip
             if got is not None:
                 ranks[lo:hi] = got
                 continue
         full = np.full((b - a, n_cls), -np.inf, dtype=np.float32)  # unlisted: below all
-        full[:, pred.classes] = pred.rows(a, b)
+        full[:, pred.classes] = rows
         if ex is not None:  # excluded: NaN compares False with everything, takes no rank
             sub = ex[a:b]
             full[np.repeat(np.arange(b - a), np.diff(sub.indptr)), sub.indices] = np.nan
@@ -423,7 +424,8 @@ def binary_auc(y: np.ndarray, s: np.ndarray) -> float | None:
 def _auc(pred: Prediction, y: np.ndarray) -> float | None:
     if len(np.unique(y)) < 2:
         return None
-    s = {int(c): pred.scores[:, i] for i, c in enumerate(pred.classes)}
+    scores = pred.scores  # once: a lazy prediction computes it on every read
+    s = {int(c): scores[:, i] for i, c in enumerate(pred.classes)}
     if 1 in s and 0 in s:
         margin = s[1] - s[0]
     elif 1 in s:
@@ -592,7 +594,7 @@ def fit_probe(
     if multi:
         t = sp.csr_matrix(y_train)
         classes = np.flatnonzero(t.getnnz(axis=0) > 0).astype(np.int64)
-        y_fit: np.ndarray | sp.csr_matrix = _pattern(t[:, classes])  # (n, K) present classes
+        y_fit: np.ndarray | sp.csr_matrix = binary_pattern(t[:, classes])  # (n, K) present classes
         n = t.shape[0]
     else:
         classes, y_fit = np.unique(np.asarray(y_train, dtype=np.int64), return_inverse=True)

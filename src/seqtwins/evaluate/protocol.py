@@ -43,7 +43,8 @@ among the targets of the labelled train subset.
 task's primary metric (not for AUC) is kept under ``results["per_user"][task]``:
 ``{"users": (n,) int64 test user_idx, "values": {"<method>|<fraction:g>|<seed>": (n,)
 float32}}``, for paired significance tests. :func:`save_results` leaves it out of
-eval.json; ``seqtwins evaluate`` saves it as ``per_user.npz``.
+eval.json; ``seqtwins evaluate`` saves it as ``per_user.npz``, whose writer, reader and
+keys are :mod:`seqtwins.evaluate.significance`'s.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from seqtwins.evaluate.probe import (
     fit_probe,
     score_users,
 )
+from seqtwins.evaluate.significance import value_key
 from seqtwins.evaluate.tasks import Task, build_tasks
 from seqtwins.files import atomic_write
 
@@ -285,11 +287,6 @@ class _CellTask:
     the reason they cannot be scored."""
 
 
-def _key(method: str, frac: float, seed: int) -> str:
-    """Key of one run's per-user values: ``<method>|<fraction:g>|<seed>``."""
-    return f"{method}|{frac:g}|{seed}"
-
-
 def _method_runs(
     ct: _CellTask,
     method: str,
@@ -332,7 +329,7 @@ def _method_runs(
             if deterministic:
                 reuse[digest] = (run, values)
         if values is not None:
-            per_user[_key(method, frac, s)] = values
+            per_user[value_key(method, frac, s)] = values
         runs.append(run)
     return runs
 
@@ -575,7 +572,7 @@ def _hook_prediction(method: str, out: Any, n_test: int, n_classes: int) -> Pred
 def save_results(results: Mapping[str, Any], path: Path | str) -> Path:
     """Write results as JSON (atomically: a half-written eval.json never exists). The
     per-user arrays (``per_user``) are left out: ``seqtwins evaluate`` saves them as
-    ``per_user.npz`` (:func:`save_per_user`)."""
+    ``per_user.npz`` (:func:`seqtwins.evaluate.significance.save_per_user`)."""
     path = Path(path)
     doc = {k: v for k, v in results.items() if k != PER_USER}
     atomic_write(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
@@ -583,27 +580,6 @@ def save_results(results: Mapping[str, Any], path: Path | str) -> Path:
 
 
 PER_USER = "per_user"
-
-
-def per_user_arrays(per_user: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``results["per_user"]`` flattened to the ``per_user.npz`` keys:
-    ``"<task>/users"`` (int64) and ``"<task>/<method>|<fraction:g>|<seed>"`` (float32)."""
-    out: dict[str, np.ndarray] = {}
-    for task, entry in per_user.items():
-        out[f"{task}/users"] = np.asarray(entry["users"], dtype=np.int64)
-        for key, values in entry["values"].items():
-            out[f"{task}/{key}"] = np.asarray(values, dtype=np.float32)
-    return out
-
-
-def save_per_user(per_user: Mapping[str, Any], path: Path | str) -> Path:
-    """Write the per-user values as an ``.npz`` (plain arrays, no pickles: read it with
-    ``np.load(path, allow_pickle=False)`` or
-    :func:`seqtwins.evaluate.significance.load_per_user`)."""
-    path = Path(path)
-    with path.open("wb") as fh:
-        np.savez(fh, **per_user_arrays(per_user))  # type: ignore[arg-type]
-    return path
 
 
 def load_results(path: Path | str) -> dict[str, Any]:

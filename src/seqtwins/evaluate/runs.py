@@ -31,9 +31,9 @@ from seqtwins.evaluate.protocol import (
     RESULTS_SCHEMA,
     Scorer,
     evaluate_embeddings,
-    save_per_user,
     save_results,
 )
+from seqtwins.evaluate.significance import save_per_user
 from seqtwins.evaluate.tasks import Task
 from seqtwins.files import (
     atomic_dir,
@@ -46,6 +46,9 @@ from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
 from seqtwins.run import Run
 
 BASELINES = ("majority", "history", "random-init", "tfidf-svd", "tfidf-svd-window")
+BARLOW_OBJECTIVES = ("barlow", "barlow+next", "barlow+mask")
+"""Objectives whose model is a :class:`~seqtwins.objectives.barlow.BarlowObjective` (a
+projector and a cross-correlation matrix to plot)."""
 PROTOCOLS = ("linear", "mlp", "finetune")
 CHECKPOINTS = ("best", "last")
 ARTIFACTS_KIND = "eval-artifacts"
@@ -249,10 +252,17 @@ def native_scorers(
     """``{"<name>:native": scorer}`` for every run whose objective has an item tower
     (``dual``, ``barlow+next``), from checkpoint ``checkpoint``; ``methods[name]`` holds
     that checkpoint's user embeddings (:func:`seqtwins.evaluate.native.native_scorer`)."""
-    from seqtwins.evaluate.native import NATIVE_SUFFIX, has_item_tower, native_scorer
+    from seqtwins.evaluate.native import (
+        NATIVE_OBJECTIVES,
+        NATIVE_SUFFIX,
+        has_item_tower,
+        native_scorer,
+    )
 
     scorers: dict[str, Scorer] = {}
     for run, name in zip(runs, names, strict=True):
+        if run.config.objective not in NATIVE_OBJECTIVES:
+            continue  # no item tower: its objective is not loaded
         model = run.objective(checkpoint, ds)
         if has_item_tower(model):
             scorers[name + NATIVE_SUFFIX] = native_scorer(model, methods[name])
@@ -270,13 +280,13 @@ def _artifacts(
     checkpoint: str = "best",
 ) -> dict[str, Any]:
     """Arrays the report plots, saved beside eval.json (paths relative to its folder): the
-    cross-correlation matrix of the first Barlow run on valid users, and test users'
-    embeddings with their favourite category for a 2-D map. ``folder`` is where they are
-    written now (it becomes :func:`artifacts_folder`)."""
+    cross-correlation matrix of the first Barlow run (any of :data:`BARLOW_OBJECTIVES`) on
+    valid users, and test users' embeddings with their favourite category for a 2-D map.
+    ``folder`` is where they are written now (it becomes :func:`artifacts_folder`)."""
     final = artifacts_folder(out)
     rel = lambda file: str((final / file).relative_to(out.parent))  # noqa: E731
     arts: dict[str, Any] = {}
-    barlow = [i for i, o in enumerate(objectives) if o in ("barlow", "barlow+next")]
+    barlow = [i for i, o in enumerate(objectives) if o in BARLOW_OBJECTIVES]
     if barlow:
         i = barlow[0]
         matrix = valid_cross_correlation(ds, runs[i], which=checkpoint)

@@ -1,4 +1,4 @@
-"""Paired bootstrap over test users: is method ``a`` better than method ``b`` on a cell?
+"""Paired bootstrap over seeds and test users: is method ``a`` better than ``b`` on a cell?
 
 ``seqtwins evaluate`` keeps, per (task, method, fraction, seed), the value of the task's
 primary metric for every labelled test user (average precision, recall@10, a 0/1 hit;
@@ -6,14 +6,27 @@ docs/evaluation.md), saved as ``<out stem>_artifacts/per_user.npz``. Two methods
 the same test users are *paired*: a user who is hard for one is usually hard for the other,
 so resampling users jointly gives a much tighter interval for the difference than two
 separate intervals would (Efron & Tibshirani 1993, ch. 16; the usual test for IR metrics,
-Sakai 2006 "Evaluating evaluation metrics based on the bootstrap").
+Sakai 2006 "Evaluating evaluation metrics based on the bootstrap"). Each seed is one
+labelled subset, and at 1-10 % of the labels which subset was drawn is often the largest
+source of noise, so the seeds are resampled too (a two-level bootstrap: seeds, then users).
 
-The procedure (:func:`paired_bootstrap`): average each user's value over the seeds (each
-seed is one labelled subset), then draw ``n_boot`` samples of n users with replacement
-(indices ``numpy.random.default_rng(seed).integers(0, n, size=(n_boot, n))``, drawn in row
-chunks, which is the same stream) and compute, in each, the mean difference ``a - b`` and
-the relative gain ``mean(a) / mean(b) - 1``. Intervals are the percentile intervals of
-those replicates; a difference is *significant* when its interval excludes 0.
+The procedure (:func:`paired_bootstrap`), for S seeds and n users, in each of ``n_boot``
+replicates:
+
+1. draw S seeds with replacement, the same for both methods, and average each user's
+   value over the drawn seeds (the multinomial counts over the S seeds / S are the
+   weights). Seed indices: ``numpy.random.default_rng([SEED_SALT, seed]).integers(0, S,
+   size=(n_boot, S))``;
+2. draw n users with replacement, the same for both methods: indices
+   ``numpy.random.default_rng(seed).integers(0, n, size=(n_boot, n))``;
+3. compute the mean difference ``a - b`` over the drawn users and the relative gain
+   ``mean(a) / mean(b) - 1``.
+
+Both index arrays are drawn in row chunks, which is the same stream (each row of the
+(B, S) weight matrix times the (S, n) values, then the users gathered). With one seed
+step 1 changes nothing: it is the bootstrap over users alone. Intervals are the
+percentile intervals of the replicates; a difference is *significant* when its interval
+excludes 0.
 """
 
 from __future__ import annotations
@@ -32,6 +45,9 @@ N_BOOT = 2000
 MAX_CELLS = 2_000_000
 """Resampled values held at once (replicates x users); bounds the memory to ~16 MB of
 indices plus the gathered values."""
+SEED_SALT = 0x5EED
+"""First word of the seed-draw RNG's seed, so seed draws and user draws are two streams
+(the user stream is the same with one seed or many)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +57,7 @@ class PairedBootstrap:
     mean_a: float
     mean_b: float
     diff: float
-    """``mean(a) - mean(b)`` over users (each user's value averaged over seeds)."""
+    """``mean(a) - mean(b)`` over users (each user's value averaged over all seeds)."""
     diff_low: float
     diff_high: float
     gain: float | None
@@ -72,17 +88,27 @@ def _as_seed_user(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def resampled_means(values: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
-    """``(n_boot, k)`` means of ``values`` (n, k) over ``n_boot`` samples of its n rows
-    drawn with replacement (the module docstring gives the index stream), computed in
-    chunks of at most :data:`MAX_CELLS` resampled rows."""
-    n = values.shape[0]
-    rng = np.random.default_rng(seed)
+    """``(n_boot, k)`` means of ``values`` (S, n, k) over ``n_boot`` two-level samples:
+    S seeds drawn with replacement, then n users drawn with replacement (the module
+    docstring gives both index streams). A 2-D ``values`` (n, k) is one seed: users are
+    resampled alone. Computed in chunks of at most :data:`MAX_CELLS` resampled users."""
+    x = values[None] if values.ndim == 2 else values  # (S, n, k)
+    n_seeds, n, k = x.shape
+    flat = x.reshape(n_seeds, n * k)  # (S, n * k)
+    user_rng = np.random.default_rng(seed)
+    seed_rng = np.random.default_rng([SEED_SALT, seed])
     rows = max(1, MAX_CELLS // max(n, 1))
-    out = np.empty((n_boot, values.shape[1]), dtype=np.float64)
+    out = np.empty((n_boot, k), dtype=np.float64)
     for start in range(0, n_boot, rows):
-        stop = min(n_boot, start + rows)
-        idx = rng.integers(0, n, size=(stop - start, n))  # (b, n) users of each sample
-        out[start:stop] = values[idx].mean(axis=1)  # (b, n, k) -> (b, k)
+        b = min(n_boot, start + rows) - start
+        drawn = seed_rng.integers(0, n_seeds, size=(b, n_seeds))  # (b, S) seeds drawn
+        counts = np.bincount(
+            (np.arange(b)[:, None] * n_seeds + drawn).ravel(), minlength=b * n_seeds
+        ).reshape(b, n_seeds)  # (b, S) multinomial counts
+        weighted = (counts / n_seeds) @ flat  # (b, n * k) seed-averaged values
+        idx = user_rng.integers(0, n, size=(b, n))  # (b, n) users of each sample
+        per = weighted.reshape(b, n, k)[np.arange(b)[:, None], idx]  # (b, n, k)
+        out[start : start + b] = per.mean(axis=1)
     return out
 
 
@@ -93,12 +119,13 @@ def paired_bootstrap(
     seed: int = 0,
     level: float = 0.95,
 ) -> PairedBootstrap:
-    """Paired bootstrap of ``a - b`` over users (see the module docstring).
+    """Paired bootstrap of ``a - b`` over seeds and users (see the module docstring).
 
     ``a`` and ``b`` are ``(S, n)`` per-user values of two methods (S seeds, n test users,
-    the same users in the same order; a 1-D array is one seed). Seeds are averaged per
-    user, then users are resampled ``n_boot`` times with ``seed``. Returns the mean
-    difference and relative gain with their ``level`` percentile intervals.
+    the same seeds and users in the same order; a 1-D array is one seed). Each of
+    ``n_boot`` replicates (RNG ``seed``) draws S seeds and then n users with replacement,
+    the same draws for both methods. Returns the mean difference and relative gain (over
+    all seeds and users) with their ``level`` percentile intervals.
     """
     if not isinstance(n_boot, int) or n_boot < 1:
         raise SeqtwinsError(f"n_boot={n_boot!r} must be a positive integer")
@@ -109,10 +136,9 @@ def paired_bootstrap(
         raise SeqtwinsError(
             f"a {xa.shape} and b {xb.shape} must be aligned: the same seeds and test users"
         )
-    per_user = np.stack([xa.mean(axis=0), xb.mean(axis=0)], axis=1)  # (n, 2)
-    reps = resampled_means(per_user, n_boot, seed)  # (n_boot, 2)
+    reps = resampled_means(np.stack([xa, xb], axis=2), n_boot, seed)  # (S, n, 2) -> (B, 2)
     tails = [50.0 * (1.0 - level), 100.0 - 50.0 * (1.0 - level)]
-    mean_a, mean_b = (float(v) for v in per_user.mean(axis=0))
+    mean_a, mean_b = float(xa.mean(axis=0).mean()), float(xb.mean(axis=0).mean())
     d_low, d_high = (float(v) for v in np.percentile(reps[:, 0] - reps[:, 1], tails))
     gain = g_low = g_high = None
     if mean_b != 0.0 and np.all(reps[:, 1] != 0.0):
@@ -125,12 +151,33 @@ def paired_bootstrap(
     )  # fmt: skip
 
 
-# --- per_user.npz ---------------------------------------------------------------------------
+# --- per_user.npz: its keys, writer and reader ----------------------------------------------
 
 
 def value_key(method: str, fraction: float, seed: int) -> str:
     """The key of one run's per-user values: ``"<method>|<fraction:g>|<seed>"``."""
     return f"{method}|{fraction:g}|{seed}"
+
+
+def per_user_arrays(per_user: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``results["per_user"]`` flattened to the ``per_user.npz`` keys:
+    ``"<task>/users"`` (int64) and ``"<task>/<method>|<fraction:g>|<seed>"`` (float32)."""
+    out: dict[str, np.ndarray] = {}
+    for task, entry in per_user.items():
+        out[f"{task}/users"] = np.asarray(entry["users"], dtype=np.int64)
+        for key, values in entry["values"].items():
+            out[f"{task}/{key}"] = np.asarray(values, dtype=np.float32)
+    return out
+
+
+def save_per_user(per_user: Mapping[str, Any], path: Path | str) -> Path:
+    """Write the per-user values (``results["per_user"]``) as an ``.npz`` (plain arrays,
+    no pickles: read it with ``np.load(path, allow_pickle=False)`` or
+    :func:`load_per_user`)."""
+    path = Path(path)
+    with path.open("wb") as fh:
+        np.savez(fh, **per_user_arrays(per_user))  # type: ignore[arg-type]
+    return path
 
 
 def load_per_user(path: Path | str) -> dict[str, dict[str, Any]]:

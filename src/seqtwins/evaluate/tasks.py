@@ -30,9 +30,11 @@ flagged ``too_small`` in its summary ("too small to compare" in the report).
 
 Documented choices (see docs/evaluation.md, "Tasks"):
 
-- **Multi-category items** count under their *first-listed* category
+- **Multi-category items**, in the single-label category tasks (``next_category``,
+  ``favorite_category``), count under their *first-listed* category
   (:meth:`SequenceDataset.item_categories`): the data sources list the main genre /
-  category first. Items without a category give no category label.
+  category first. Items without a category give no category label. ``future_categories``
+  uses every category of every item instead (root categories left out).
 - **favorite_category tie-break**: among the categories with the highest count in the
   window, the one that *appears first* in the window (the earliest future interaction)
   wins. Future items without a category are ignored; a window with no categorised item
@@ -274,8 +276,9 @@ def user_item_counts(ds: SequenceDataset, future: bool) -> sp.csr_matrix:
     return sp.csr_matrix((data, (user, cols)), shape=(ds.num_users, ds.num_items))
 
 
-def _binary(m: sp.spmatrix) -> sp.csr_matrix:
-    """The 0/1 pattern of a non-negative sparse matrix, as csr with sorted indices."""
+def binary_pattern(m: sp.spmatrix) -> sp.csr_matrix:
+    """The 0/1 pattern of a non-negative sparse matrix, as float32 csr with sorted indices
+    (task targets, exclusions, and the set metrics' truth)."""
     out = sp.csr_matrix(m, dtype=np.float32, copy=True)
     out.eliminate_zeros()
     out.data[:] = 1.0
@@ -305,7 +308,7 @@ def item_category_matrix(ds: SequenceDataset) -> tuple[sp.csr_matrix, list[str]]
     m = sp.csr_matrix(
         (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(ds.num_items, len(names))
     )
-    return _binary(m), names
+    return binary_pattern(m), names
 
 
 def future_category_targets(
@@ -320,7 +323,7 @@ def future_category_targets(
     root = per_cat > ROOT_SHARE * ds.num_items
     keep = np.flatnonzero(~root)
     ic = ic[:, keep]  # (N, K)
-    targets = _binary(user_item_counts(ds, future=True) @ ic)  # (U, K)
+    targets = binary_pattern(user_item_counts(ds, future=True) @ ic)  # (U, K)
     history = sp.csr_matrix(user_item_counts(ds, future=False) @ ic)  # (U, K) counts
     history.sort_indices()
     kept = [names[i] for i in keep]
@@ -331,9 +334,9 @@ def future_item_targets(ds: SequenceDataset) -> tuple[sp.csr_matrix, sp.csr_matr
     """``future_items``: targets (U, num_items) 0/1 = future items not in the user's
     history; exclude (U, num_items) 0/1 = the history items (removed from every ranking).
     Column = ``item_idx - 1``."""
-    future = _binary(user_item_counts(ds, future=True))
-    history = _binary(user_item_counts(ds, future=False))
-    targets = _binary(future - future.multiply(history))
+    future = binary_pattern(user_item_counts(ds, future=True))
+    history = binary_pattern(user_item_counts(ds, future=False))
+    targets = binary_pattern(future - future.multiply(history))
     return targets, history
 
 
