@@ -273,6 +273,19 @@ def run_main(
     return data
 
 
+def rescore_significance(plan: Plan, out: Path, results: Path) -> None:
+    """Recompute ``significance`` in every ``main-<name>.json`` from the per-user values the
+    study left under ``out`` (the evaluation itself is not rerun)."""
+    from seqtwins.evaluate.runs import per_user_file
+
+    for path in sorted(results.glob("main-*.json")):
+        data = json.loads(path.read_text())
+        data["significance"] = significance(data, per_user_file(out / path.stem[5:] / "eval.json"),
+                                            plan)  # fmt: skip
+        data["significance_commit"] = git_commit()
+        _write_json(path, data)
+
+
 def run_batch(
     name: str, plan: Plan, out: Path, results: Path, configs: Path, say: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -550,6 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="override the main runs' maximum epochs")
     ap.add_argument("--skip", nargs="*", default=[], choices=["main", "batch"])
     ap.add_argument("--docs-only", action="store_true", help="rebuild docs from the JSON")
+    ap.add_argument(
+        "--significance",
+        action="store_true",
+        help="recompute main-*.json's bootstrap intervals from the per-user values under --out",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "evidence")
     ap.add_argument("--results", type=Path, default=None, help=f"default {RESULTS}")
     ap.add_argument("--docs", type=Path, default=None, help=f"default {DOCS}")
@@ -578,7 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = dataclasses.replace(plan, epochs=args.epochs)
     results = args.results or (RESULTS / "quick" if quick else RESULTS)
     docs = args.docs or (results / "evidence.md" if quick else DOCS)
-    if args.tune:
+    if args.significance:
+        rescore_significance(plan, args.out, results)
+    elif args.tune:
         os.environ.setdefault("SEQTWINS_DATA", str(ROOT.parent / "shared" / "data"))
         run_tune(args.tune, args.trials, args.tune_epochs, args.out, results, args.configs)
     elif not args.docs_only:
