@@ -44,12 +44,13 @@ import numpy as np
 from _machine import cpu_model_and_flags
 from bench_validation import valid_summary
 
+from seqtwins.evaluate.protocol import FLOOR_METHODS as FLOORS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "evidence"
 DOCS = ROOT / "docs" / "evidence.md"
 CONFIGS = ROOT / "configs"
 OBJECTIVES = ("barlow", "dual", "barlow+next", "barlow+mask")
-FLOORS = ("majority", "history", "random-init", "tfidf-svd-window", "tfidf-svd")
 DEMOGRAPHICS = ("gender", "age", "occupation")
 FEW_LABELS = 0.1
 """Targets are judged at label fractions up to this (the few-label regime)."""

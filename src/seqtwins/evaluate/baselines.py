@@ -19,6 +19,7 @@ from sklearn.feature_extraction.text import TfidfTransformer
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.tasks import user_item_counts
 
 TFIDF_SVD = "tfidf-svd"
 """Method name under which the TF-IDF + SVD floor (whole history) is reported."""
@@ -31,26 +32,11 @@ def history_count_matrix(ds: SequenceDataset, max_len: int | None = None) -> sp.
     """(U, num_items) CSR matrix of item counts in each user's *history* (never the future).
 
     With ``max_len`` only each user's most recent ``max_len`` history items count (the
-    encoder's window). Column ``j`` is ``item_idx = j + 1``. Built in one shot from the CSR
-    arrays.
+    encoder's window). Column ``j`` is ``item_idx = j + 1``; repeat visits are summed.
     """
     if max_len is not None and max_len < 1:
         raise SeqtwinsError(f"history window max_len={max_len} must be >= 1")
-    seqs = ds.sequences
-    offsets = np.asarray(seqs.offsets, dtype=np.int64)
-    hist_end = np.asarray(seqs.history_end, dtype=np.int64)
-    hlen = hist_end - offsets[:-1]  # (U,)
-    if max_len is not None:
-        hlen = np.minimum(hlen, max_len)
-    first = hist_end - hlen  # (U,) first counted position of each user
-    total = int(hlen.sum())
-    rows = np.repeat(np.arange(len(hlen), dtype=np.int64), hlen)  # (H,)
-    starts = np.cumsum(hlen) - hlen
-    pos = np.arange(total, dtype=np.int64) - np.repeat(starts, hlen) + np.repeat(first, hlen)
-    cols = np.asarray(seqs.items)[pos].astype(np.int64) - 1
-    data = np.ones(total, dtype=np.float32)
-    # duplicates (repeat visits) are summed by the COO -> CSR conversion
-    return sp.csr_matrix((data, (rows, cols)), shape=(len(hlen), ds.num_items))
+    return user_item_counts(ds, future=False, max_len=max_len)
 
 
 def tfidf_svd_embeddings(

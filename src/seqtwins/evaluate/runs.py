@@ -27,6 +27,7 @@ from seqtwins.data.batching import histories, pad_right
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.protocol import (
+    FLOOR_METHODS,
     PER_USER,
     RESULTS_SCHEMA,
     Scorer,
@@ -45,7 +46,8 @@ from seqtwins.files import (
 from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
 from seqtwins.run import Run
 
-BASELINES = ("majority", "history", "random-init", "tfidf-svd", "tfidf-svd-window")
+BASELINES = FLOOR_METHODS
+"""The floors ``seqtwins evaluate`` can add beside the runs (all of them by default)."""
 BARLOW_OBJECTIVES = ("barlow", "barlow+next", "barlow+mask")
 """Objectives whose model is a :class:`~seqtwins.objectives.barlow.BarlowObjective` (a
 projector and a cross-correlation matrix to plot)."""

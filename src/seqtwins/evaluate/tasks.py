@@ -251,13 +251,18 @@ def favorite_category_labels(ds: SequenceDataset) -> tuple[np.ndarray, list[str]
     return out, names
 
 
-def window_positions(ds: SequenceDataset, future: bool) -> tuple[np.ndarray, np.ndarray]:
+def window_positions(
+    ds: SequenceDataset, future: bool, max_len: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(user_idx, absolute position) of every interaction in each user's future window
-    (``future=True``) or pretraining history, user-major and in sequence order: (F,), (F,)."""
+    (``future=True``) or pretraining history (only its last ``max_len`` items when given),
+    user-major and in sequence order: (F,), (F,)."""
     seqs = ds.sequences
     offsets = np.asarray(seqs.offsets, dtype=np.int64)
     he = np.asarray(seqs.history_end, dtype=np.int64)
     start, stop = (he, offsets[1:]) if future else (offsets[:-1], he)
+    if max_len is not None:
+        start = np.maximum(start, stop - max_len)
     length = stop - start  # (U,)
     total = int(length.sum())
     user = np.repeat(np.arange(len(length), dtype=np.int64), length)
@@ -266,10 +271,13 @@ def window_positions(ds: SequenceDataset, future: bool) -> tuple[np.ndarray, np.
     return user, pos
 
 
-def user_item_counts(ds: SequenceDataset, future: bool) -> sp.csr_matrix:
+def user_item_counts(
+    ds: SequenceDataset, future: bool, max_len: int | None = None
+) -> sp.csr_matrix:
     """(U, num_items) csr: how often each item occurs in each user's future window
-    (``future=True``) or history; column = ``item_idx - 1``."""
-    user, pos = window_positions(ds, future)
+    (``future=True``) or history (its last ``max_len`` items when given); column =
+    ``item_idx - 1``."""
+    user, pos = window_positions(ds, future, max_len)
     cols = np.asarray(ds.sequences.items)[pos].astype(np.int64) - 1
     data = np.ones(len(user), dtype=np.float32)
     # repeats are summed by the COO -> CSR conversion
