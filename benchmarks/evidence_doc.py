@@ -24,6 +24,7 @@ from evidence import (
     cell_mean,
     cell_std,
     check_targets,
+    comparable,
     headline,
 )
 from matplotlib.figure import Figure
@@ -41,16 +42,16 @@ def fairness(main: dict[str, Any], tune: dict[str, Any]) -> str:
             f"{h.get('trials_wanted', '?')} trials x {h.get('epochs', '?')} epochs"
         )
     untuned = [o for o in OBJECTIVES if o not in tuned]
+    known = [f"({d}, {m})" for d, m in dims if d is not None]
+    shown = f"; in this study (dim, max_len) was {', '.join(known)}" if known else ""
     tuning = ("; ".join(f"`{o}`: {', '.join(sorted(b))}" for o, b in sorted(tuned.items()))
               or "no objective")  # fmt: skip
     return f"""\
 ## Fairness rules
 
 1. **Same encoder.** Every objective on a dataset trains the encoder architecture of the same
-   experiment file; a tuned preset may give an objective its own width (the pretraining
-   tables list each run's `encoder.dim`; in this study (dim, max_len) was
-   {", ".join(f"({d}, {m})" for d, m in dims) or "–"}). The `random-init` and TF-IDF+SVD
-   floors take the first run's width and window.
+   experiment file; a tuned preset may give an objective its own width{shown}. The
+   `random-init` and TF-IDF+SVD floors take the first run's width and window.
 2. **Same epochs, same selection.** Every objective gets the same maximum number of epochs
    and the same early-stopping rule, on one validation proxy identical for every objective:
    the mean over the dataset's headline tasks of the valid users' probe score divided by
@@ -219,8 +220,9 @@ def _gain_section(g: dict[str, Any], n: int) -> list[str]:
                      _pct(r["fraction"]), _fmt(r["barlow"]),
                      f"{_fmt(r['dual'])} (`{r['dual_method']}`)", _gain(r["gain"]), _ci(r["ci"]),
                      "yes" if r["significant"] else "no"])  # fmt: skip
-    return lines + _table(["dataset", "task", "labels", "barlow", "dual (better of probe / "
-                           "native)", "gain", "95% interval", "significant"], rows)  # fmt: skip
+    header = ["dataset", "task", "labels", "barlow", "dual (better of probe / native)", "gain",
+              "95% interval", "significant gain"]  # fmt: skip
+    return lines + _table(header, rows)
 
 
 def _tfidf_section(t: dict[str, Any]) -> list[str]:
@@ -269,12 +271,13 @@ def _targets_section(t: dict[str, Any], main: dict[str, Any], batch: dict[str, A
         lines += _batch_section(t["batch"], batch)
     sel = t["selection"]
     if sel:
-        change = [(abs(r["last"] / r["best"] - 1), r) for r in sel if r["best"] and r["last"]]
+        change = [(abs(r["last"] / r["best"] - 1), r) for r in sel if r["best"] and r["last"]
+                  and comparable(main[r["dataset"]], r["task"])]  # fmt: skip
         big = max(change, key=lambda x: x[0]) if change else None
         lines += ["**Best vs last checkpoint**: headline cells at <= 10% labels on the checkpoint "
                   "the validation proxy picked (`best`) and on the last one (fixed epochs)"
                   + ("." if big is None else
-                     f"; the largest relative change is {100 * big[0]:.1f}% "
+                     f"; the largest relative change on a comparable task is {100 * big[0]:.1f}% "
                      f"({big[1]['dataset']} {big[1]['task']} {_pct(big[1]['fraction'])} "
                      f"`{big[1]['objective']}`)."), ""]  # fmt: skip
         rows = [[r["dataset"], r["task"], _pct(r["fraction"]), r["objective"], _fmt(r["best"]),
