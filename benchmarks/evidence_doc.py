@@ -88,7 +88,9 @@ def _gain(g: float | None) -> str:
 
 
 def _ci(ci: Sequence[float] | None) -> str:
-    return "–" if not ci else f"[{100 * ci[0]:+.1f}%, {100 * ci[1]:+.1f}%]"
+    if not ci or None in ci:  # no interval, or a relative gain over a zero mean
+        return "–"
+    return f"[{100 * ci[0]:+.1f}%, {100 * ci[1]:+.1f}%]"
 
 
 def _pct(f: float) -> str:
@@ -207,7 +209,7 @@ def _gain_section(g: dict[str, Any], n: int) -> list[str]:
         f"to compare: {_yes(g['holds'])} ({g['datasets_holding']} of {g['datasets_compared']} "
         f"comparable datasets, {n} in all; a dataset counts when the mean gain over its "
         "comparable headline cells reaches the target and every one of those cells is "
-        "significantly positive: paired bootstrap over test users, 95% interval of the "
+        "significantly positive: paired bootstrap over test users and seeds, 95% interval of the "
         "relative gain).",
         "",
     ]

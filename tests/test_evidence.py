@@ -125,3 +125,10 @@ def test_quick_study_end_to_end(evidence: Any, tmp_path: Path) -> None:
     docs.unlink()  # --docs-only rebuilds the same document from the JSON alone
     assert evidence.main(argv) == 0
     assert docs.read_text() == text
+
+
+def test_an_interval_over_a_zero_mean_is_shown_as_missing(evidence: Any) -> None:
+    import evidence_doc
+
+    assert evidence_doc._ci([0.01, 0.2]) == "[+1.0%, +20.0%]"
+    assert evidence_doc._ci([None, None]) == "–" and evidence_doc._ci(None) == "–"
