@@ -24,6 +24,15 @@ from seqtwins.errors import SeqtwinsError
 if TYPE_CHECKING:
     from seqtwins.data.options import PrepareOptions
 
+Verify = Annotated[
+    bool,
+    typer.Option(
+        help="Recompute the dataset's content hash (--no-verify skips this pass over the "
+        "arrays, for very large data you trust)."
+    ),
+]
+"""``--verify/--no-verify`` of every command that opens a dataset."""
+
 app = typer.Typer(
     name="seqtwins",
     help="Barlow Twins self-supervised user representations from behaviour logs.",
@@ -110,10 +119,7 @@ def print_warnings(caught: list[warnings.WarningMessage]) -> None:
 def inspect(
     directory: Annotated[Path, typer.Argument(help="A dataset directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
-    verify: Annotated[
-        bool,
-        typer.Option(help="Check the dataset's content hash (--no-verify: skip, for huge data)."),
-    ] = True,
+    verify: Verify = True,
 ) -> None:
     """Counts, sequence lengths, categories, splits and fields of a dataset directory."""
     from seqtwins.data.inspect import inspect_dataset, render_summary
@@ -150,13 +156,7 @@ def pretrain(
             "(= --set train.backend=...)."
         ),
     ] = None,
-    verify: Annotated[
-        bool,
-        typer.Option(
-            help="Recompute the dataset's content hash (--no-verify skips this pass over "
-            "the arrays, for very large data you trust)."
-        ),
-    ] = True,
+    verify: Verify = True,
 ) -> None:
     """Pretrain a user encoder with Barlow Twins, the dual encoder, or both combined.
 
@@ -206,13 +206,7 @@ def embed(
             "n processes split the work; the n files in order = the unsharded file."
         ),
     ] = None,
-    verify: Annotated[
-        bool,
-        typer.Option(
-            help="Recompute the dataset's content hash (--no-verify skips this pass over "
-            "the arrays, for very large data you trust)."
-        ),
-    ] = True,
+    verify: Verify = True,
 ) -> None:
     """Export user embeddings (the encoder's pooled output) to Parquet."""
     from seqtwins.distributed import parse_shard
@@ -475,13 +469,7 @@ def evaluate(
         ),
     ] = "best",
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
-    verify: Annotated[
-        bool,
-        typer.Option(
-            help="Recompute the dataset's content hash (--no-verify skips this pass over "
-            "the arrays, for very large data you trust)."
-        ),
-    ] = True,
+    verify: Verify = True,
 ) -> None:
     """Evaluate runs and the floors with few labels, on identical labelled subsets."""
     from seqtwins.api import evaluate as evaluate_runs
