@@ -74,8 +74,9 @@ def test_the_key_never_reaches_an_output(tmp_path, monkeypatch):
 def test_missing_key_is_one_line_exit_2(tmp_path):
     src = _log(tmp_path)
     for extra, word in (([], KEY_ENV), (["--key-file", str(tmp_path / "nope")], "nope")):
-        r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"),
-                                "--pseudonymize", *extra])  # fmt: skip
+        r = runner.invoke(
+            app, ["prepare", str(src), "--out", str(tmp_path / "o"), "--pseudonymize", *extra]
+        )
         assert r.exit_code == 2, r.output
         assert word in r.output and len(r.output.strip().splitlines()) == 1, r.output
         assert not (tmp_path / "o").exists() and not (tmp_path / "nope").exists()
@@ -85,8 +86,9 @@ def test_missing_key_is_one_line_exit_2(tmp_path):
     with pytest.raises(ValueError, match="key_file and salt_file are both set"):
         PrepareOptions(pseudonymize=True, key_file=tmp_path / "a", salt_file=tmp_path / "b")
     with pytest.raises(SeqtwinsError, match="inside --out"):
-        prepare(src, tmp_path / "o", PrepareOptions(pseudonymize=True,
-                                                    key_file=tmp_path / "o" / "key"))  # fmt: skip
+        prepare(
+            src, tmp_path / "o", PrepareOptions(pseudonymize=True, key_file=tmp_path / "o" / "key")
+        )
 
 
 def test_salt_file_is_still_created_when_absent(tmp_path):

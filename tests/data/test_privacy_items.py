@@ -58,8 +58,9 @@ def _reference(rows, k_users, ku, min_history):
         seqs = new
 
 
-@settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     rows=st.lists(
         st.tuples(st.sampled_from("abcdef"), st.sampled_from("pqrstuvw"), st.integers(0, 9)),
@@ -89,9 +90,22 @@ def test_drop_is_the_largest_sub_log_meeting_every_threshold(tmp_path_factory, r
 
 def test_counts_in_meta_and_summary(tmp_path):
     # item "solo" is seen by one user (3 times): rare at K=2; "pair" by two users
-    rows = [("a", "solo", 1), ("a", "solo", 2), ("a", "solo", 3), ("a", "x", 4), ("a", "y", 5),
-            ("a", "z", 6), ("b", "x", 1), ("b", "y", 2), ("b", "z", 3), ("b", "pair", 4),
-            ("c", "x", 1), ("c", "pair", 2), ("c", "y", 3), ("c", "z", 4)]  # fmt: skip
+    rows = [
+        ("a", "solo", 1),
+        ("a", "solo", 2),
+        ("a", "solo", 3),
+        ("a", "x", 4),
+        ("a", "y", 5),
+        ("a", "z", 6),
+        ("b", "x", 1),
+        ("b", "y", 2),
+        ("b", "z", 3),
+        ("b", "pair", 4),
+        ("c", "x", 1),
+        ("c", "pair", 2),
+        ("c", "y", 3),
+        ("c", "z", 4),
+    ]
     src = _log(tmp_path / "log.csv", rows)
     s = prepare(src, tmp_path / "out", PrepareOptions(min_item_users=2, holdout=1, min_history=1))
     assert s.dropped["rare_items"] == 1 and s.dropped["rare_item_interactions"] == 3
@@ -105,12 +119,16 @@ def test_counts_in_meta_and_summary(tmp_path):
     assert meta["prepare"]["rare_items"]["items"] == 1
     assert meta["prepare"]["dropped"]["kcore_items"] == 0  # no cascade here
 
-    t = prepare(src, tmp_path / "tok", PrepareOptions(min_item_users=2, rare_items="token", min_history=1,
-                                                       holdout=1))  # fmt: skip
+    t = prepare(
+        src,
+        tmp_path / "tok",
+        PrepareOptions(min_item_users=2, rare_items="token", min_history=1, holdout=1),
+    )
     assert t.num_items == 5 and t.num_interactions == len(rows) and "rare_items" not in t.dropped
     assert t.rare_items is not None and t.rare_items["token"] == {
-        "item_id": RARE_TOKEN, "item_idx": 5,
-    }  # fmt: skip
+        "item_id": RARE_TOKEN,
+        "item_idx": 5,
+    }
     assert "mapped to the rare-item token '<rare item>' (item_idx 5)" in "\n".join(t.lines())
     seqs = _sequences(tmp_path / "tok")
     assert seqs["a"] == [RARE_TOKEN] * 3 + ["x", "y", "z"]
@@ -147,28 +165,72 @@ def test_out_of_core_equals_in_memory(tmp_path, tiny_buckets, mode, dedup):  # n
 
 
 def test_token_name_clash_and_bad_values(tmp_path):
-    src = _log(tmp_path / "log.csv", [("a", RARE_TOKEN, 1)] + [("a", f"i{k}", k) for k in range(5)]
-               + [("b", f"i{k}", k) for k in range(5)])  # fmt: skip
+    src = _log(
+        tmp_path / "log.csv",
+        [("a", RARE_TOKEN, 1)]
+        + [("a", f"i{k}", k) for k in range(5)]
+        + [("b", f"i{k}", k) for k in range(5)],
+    )
     with pytest.raises(SeqtwinsError, match="rare-item token"):
         prepare(src, tmp_path / "out", PrepareOptions(min_item_users=2, rare_items="token"))
-    for args, word in ((["--min-item-users", "0"], "--min-item-users=0 must be >= 1"),
-                       (["--min-item-users", "2", "--rare-items", "keep"], "--rare-items")):  # fmt: skip
+    for args, word in (
+        (["--min-item-users", "0"], "--min-item-users=0 must be >= 1"),
+        (["--min-item-users", "2", "--rare-items", "keep"], "--rare-items"),
+    ):
         r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"), *args])
         assert r.exit_code == 2 and word in r.output and len(r.output.strip().splitlines()) == 1
         assert not (tmp_path / "o").exists()
 
 
 def test_cli_and_experiment_key(tmp_path):
-    rows = [(u, i, t) for t, (u, i) in enumerate(
-        [("a", "x"), ("a", "y"), ("a", "rare"), ("a", "z"), ("b", "x"), ("b", "y"), ("b", "z"),
-         ("b", "w"), ("c", "w"), ("c", "x"), ("c", "y"), ("c", "z")])]  # fmt: skip
+    rows = [
+        (u, i, t)
+        for t, (u, i) in enumerate(
+            [
+                ("a", "x"),
+                ("a", "y"),
+                ("a", "rare"),
+                ("a", "z"),
+                ("b", "x"),
+                ("b", "y"),
+                ("b", "z"),
+                ("b", "w"),
+                ("c", "w"),
+                ("c", "x"),
+                ("c", "y"),
+                ("c", "z"),
+            ]
+        )
+    ]
     src = _log(tmp_path / "log.csv", rows)
-    r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"),
-                            "--min-item-users", "2", "--holdout", "1"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "prepare",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--min-item-users",
+            "2",
+            "--holdout",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "rare items (fewer than 2 users): 1 items, 1 interactions dropped" in r.output
-    r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "s"),
-                            "--set", "min_item_users=2", "--set", "rare_items=token"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "prepare",
+            str(src),
+            "--out",
+            str(tmp_path / "s"),
+            "--set",
+            "min_item_users=2",
+            "--set",
+            "rare_items=token",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert RARE_TOKEN in SequenceDataset.open(tmp_path / "s").items["item_id"].to_list()
     assert np.array_equal(
