@@ -6,16 +6,17 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
+from seqtwins.config import PretrainConfig, build
+from seqtwins.data.formats import ReaderOptions
 from seqtwins.data.options import PrepareOptions
 from seqtwins.data.prepare import prepare
 from seqtwins.data.privacy import KEY_ENV, key_id
 from seqtwins.evaluate.report import write_report
 from seqtwins.evaluate.runs import evaluate_runs
-from seqtwins.model_card import MODEL_CARD, _eval_limitations, render_model_card
+from seqtwins.model_card import MODEL_CARD, render_model_card, result_limitations
 from seqtwins.train import pretrain
 from tests.data.test_privacy_pipeline import TINY_PRETRAIN, raw_id, write_log
 from tests.helpers import tiny_dataset
@@ -29,13 +30,9 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("card")
     log = write_log(tmp / "in", users=200)
     (tmp / "key").write_text(KEY)
-    opts = PrepareOptions(pseudonymize=True, key_file=tmp / "key", min_item_users=3)
-    opts = PrepareOptions(**{**vars(opts), "reader": type(opts.reader)(
-        items_file=tmp / "in" / "items.csv")})  # fmt: skip
+    reader = ReaderOptions(items_file=tmp / "in" / "items.csv")
+    opts = PrepareOptions(reader=reader, pseudonymize=True, key_file=tmp / "key", min_item_users=3)
     prepare(log, tmp / "data", opts)
-    from seqtwins.config import build
-    from seqtwins.config import PretrainConfig
-
     cfg = build(PretrainConfig, TINY_PRETRAIN, {"objective": "barlow"})
     pretrain(tmp / "data", tmp / "run", cfg, progress=False)
     return tmp
@@ -47,7 +44,7 @@ def test_card_after_pretrain(trained):
     assert meta["content_hash"] in card and "objective: `barlow`" in card
     assert "time range: 2020-09-13" in card  # the log's first timestamp, 1.6e9 s
     assert "min-item-users 3: items seen by fewer distinct users are dropped" in card
-    assert f"pseudonymised (HMAC-SHA256" in card and key_id(KEY.encode()) in card
+    assert "pseudonymised (HMAC-SHA256" in card and key_id(KEY.encode()) in card
     assert "Not evaluated yet" in card
     assert KEY not in card and "rawuser-" not in card
 
@@ -55,13 +52,23 @@ def test_card_after_pretrain(trained):
 def test_card_gets_the_metrics_after_evaluate_and_report(trained, monkeypatch):
     monkeypatch.setitem(sys.modules, "umap", None)
     out = trained / "eval.json"
-    evaluate_runs([trained / "run"], trained / "data", out, fractions=[0.5, 1.0], seeds=1,
-                  baselines=["majority"], progress=False,
-                  tasks=["future_categories", "future_items", "next_category"])  # fmt: skip
+    evaluate_runs(
+        [trained / "run"],
+        trained / "data",
+        out,
+        fractions=[0.5, 1.0],
+        seeds=1,
+        baselines=["majority"],
+        progress=False,
+        tasks=["future_categories", "future_items", "next_category"],
+    )
     card = (trained / "run" / MODEL_CARD).read_text()
     res = json.loads(out.read_text())
-    cell = next(c for c in res["cells"] if c["method"] == "barlow" and c["fraction"] == 1.0
-                and c["task"] == "future_items")  # fmt: skip
+    cell = next(
+        c
+        for c in res["cells"]
+        if c["method"] == "barlow" and c["fraction"] == 1.0 and c["task"] == "future_items"
+    )
     n_train = cell["runs"][0]["n_train"]
     assert "## Headline metrics" in card and "Not evaluated yet" not in card
     want = f"| future_items | recall@10 | 100% | {n_train:,} | {cell['mean']['recall@10']:.4f}"
@@ -76,38 +83,49 @@ def test_card_gets_the_metrics_after_evaluate_and_report(trained, monkeypatch):
 
 def test_card_of_a_dataset_not_made_by_prepare(tmp_path):
     tiny_dataset(tmp_path / "data", users=120)
-    from seqtwins.config import PretrainConfig, build
-
-    pretrain(tmp_path / "data", tmp_path / "run",
-             build(PretrainConfig, TINY_PRETRAIN, {"objective": "barlow"}), progress=False)  # fmt: skip
+    cfg = build(PretrainConfig, TINY_PRETRAIN, {"objective": "barlow"})
+    pretrain(tmp_path / "data", tmp_path / "run", cfg, progress=False)
     card = render_model_card(tmp_path / "run")
     assert "not made by `prepare`" in card and "no interaction times" in card
 
 
 def _results(run_acc: float, maj_acc: float, std: float = 0.0) -> dict:
     def cell(method: str, v: float, s: float) -> dict:
-        return {"task": "next_category", "method": method, "fraction": 1.0, "status": "ok",
-                "mean": {"accuracy": v}, "std": {"accuracy": s}, "runs": []}  # fmt: skip
+        return {
+            "task": "next_category",
+            "method": method,
+            "fraction": 1.0,
+            "status": "ok",
+            "mean": {"accuracy": v},
+            "std": {"accuracy": s},
+            "runs": [],
+        }
 
     return {
         "floors": ["majority"],
         "methods": ["majority", "barlow"],
-        "tasks": {"next_category": {"primary_metric": "accuracy", "headline": False,
-                                    "too_small": False, "labelled_users": {"test": 900}}},
+        "tasks": {
+            "next_category": {
+                "primary_metric": "accuracy",
+                "headline": False,
+                "too_small": False,
+                "labelled_users": {"test": 900},
+            }
+        },
         "cells": [cell("majority", maj_acc, 0.0), cell("barlow", run_acc, std)],
-    }  # fmt: skip
+    }
 
 
 def test_no_signal_limitation_is_derived_from_the_numbers():
-    flat = _eval_limitations(_results(0.3100, 0.3100), "barlow")
+    flat = result_limitations(_results(0.3100, 0.3100), "barlow")
     assert any("carries no signal on this dataset" in x for x in flat)
-    within_noise = _eval_limitations(_results(0.3150, 0.3100, std=0.01), "barlow")
+    within_noise = result_limitations(_results(0.3150, 0.3100, std=0.01), "barlow")
     assert any("carries no signal" in x for x in within_noise)
-    better = _eval_limitations(_results(0.4000, 0.3100, std=0.01), "barlow")
+    better = result_limitations(_results(0.4000, 0.3100, std=0.01), "barlow")
     assert not any("carries no signal" in x for x in better)
     res = copy.deepcopy(_results(0.4, 0.31))
     res["tasks"]["next_category"]["too_small"] = True
-    assert any("too small to compare" in x for x in _eval_limitations(res, "barlow"))
+    assert any("too small to compare" in x for x in result_limitations(res, "barlow"))
 
 
 def test_card_never_shows_a_key_from_the_environment(trained, monkeypatch):

@@ -322,11 +322,11 @@ def limitations(r: _Records) -> list[str]:
     if r.summary is None:
         out.append("Training has not finished: the checkpoints are not final.")
     if r.results is not None and r.name is not None:
-        out += _eval_limitations(r.results, r.name)
+        out += result_limitations(r.results, r.name)
     return out
 
 
-def _eval_limitations(res: Mapping[str, Any], name: str) -> list[str]:
+def result_limitations(res: Mapping[str, Any], name: str) -> list[str]:
     out: list[str] = []
     floors = [m for m in res.get("floors", []) if m in res.get("methods", [])]
     for task, info in res["tasks"].items():
