@@ -108,7 +108,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "| k-core cascade: users / items / interactions | content hash |",
         "|---|---:|---:|---:|---:|---:|---|---|",
     ]
-    for name in names:
+    for name in doc["counted"]:
         x = doc["facts"][name]
         rare, d = x["rare_items"], x["dropped"]
         cascade = (
@@ -125,7 +125,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| - | `{x['content_hash'][:12]}` |"
         )
     lines += ["", "Removed relative to `base`:", ""]
-    for name in names[1:]:
+    for name in doc["counted"][1:]:
         x = doc["facts"][name]
         di, dn = base["items"] - x["items"], base["interactions"] - x["interactions"]
         same = " (the same dataset, byte for byte: same content hash)" if x["same_as"] else ""
@@ -133,6 +133,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"- {name}: {di:,} items ({100 * di / base['items']:.1f} %), {dn:,} interactions "
             f"({100 * dn / base['interactions']:.1f} %), "
             f"{base['users'] - x['users']:,} users{same}"
+            + ("" if name in names else " (counted only, not trained)")
         )
     lines += [
         "",
@@ -173,7 +174,10 @@ def main() -> None:
     parser.add_argument("--format", default="auto")
     parser.add_argument("--k", default="5", help="thresholds, comma-separated: 5,10")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--count-only", default="", help="thresholds only prepared and counted, not trained"
+    )
     parser.add_argument("--fractions", default="0.1,1.0")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None)
@@ -182,7 +186,8 @@ def main() -> None:
     from seqtwins.data.options import PrepareOptions
 
     ks = [int(k) for k in args.k.split(",")]
-    for k in ks:
+    count_only = [int(k) for k in args.count_only.split(",") if k]
+    for k in ks + count_only:
         PrepareOptions(min_item_users=k)  # validate before the long work
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-miu-"))
     overrides = [
@@ -191,16 +196,19 @@ def main() -> None:
         f"train.threads={args.threads}", "train.seed=0",
     ]  # fmt: skip
     fractions = [float(x) for x in args.fractions.split(",")]
-    sources = prepare_all(args.input, args.format, ks, work)
+    sources = prepare_all(args.input, args.format, ks + count_only, work)
+    trained = ["base", *(f"min_item_users={k}" for k in ks)]
     doc: dict[str, Any] = {
         "command": "python " + shlex.join(sys.argv),
         "input_name": args.input.name,
         "k": ks,
+        "count_only": count_only,
         "machine": machine_info("torch", "polars"),
         "pretrain": " ".join(overrides),
         "fractions": fractions,
         "seeds": args.seeds,
-        "datasets": list(sources),
+        "datasets": trained,
+        "counted": list(sources),
         "facts": {n: dataset_facts(p) for n, p in sources.items()},
         "results": {},
     }
@@ -210,6 +218,8 @@ def main() -> None:
         facts["same_as"] = "base" if name != "base" and facts["content_hash"] == base_hash else None
         if facts["same_as"]:
             doc["results"][name] = doc["results"]["base"]
+            continue
+        if name not in trained:
             continue
         run = work / ("run-" + name.replace("=", "-"))
         doc["results"][name] = train_and_evaluate(data, run, overrides, fractions, args.seeds)

@@ -18,9 +18,11 @@ arrays, tables, ``meta.json`` counts and content hash); only memory and time dif
 4. **Bucket pass** -- per bucket: load it, sort each user's rows by time (stable), run the
    per-user steps (:func:`seqtwins.data.steps.user_steps`), save the result, count
    rows per item.
-5. **k-core** (only with ``--min-user-count`` / ``--min-item-count``) -- rounds over the
-   saved buckets with the global item counts of the previous round (a small array), the
-   same rounds as the whole-log path, until a round drops nothing.
+5. **k-core** (only with ``--min-user-count`` / ``--min-item-count`` /
+   ``--min-item-users``) -- rounds over the saved buckets with the global item counts (and
+   distinct users per item) of the previous round (small arrays), the same rounds as the
+   whole-log path, until a round drops nothing; with ``--rare-items token`` one more pass
+   counts each kept item's users.
 6. **Assembly** -- buckets are consecutive in output order, so the final ``items`` /
    ``times`` / ``ratings`` arrays are their concatenation (items re-indexed 1..N over the
    kept items), written to ``.npy`` files chunk by chunk and moved into the dataset

@@ -12,8 +12,11 @@ checked against the source):
 6. drop users with fewer than ``min_history + 1`` interactions (counted as ``short_users``),
    then iterative k-core: repeatedly drop users with fewer than
    ``max(min_user_count, min_history + 1)`` and items with fewer than ``min_item_count``
-   interactions until none is left to drop. The result is the largest sub-log in which every
-   user and item meets its threshold (the k-core is unique: removal order does not matter);
+   interactions (and, with ``min_item_users`` in ``drop`` mode, fewer distinct users) until
+   none is left to drop. The result is the largest sub-log in which every user and item
+   meets its threshold (the k-core is unique: removal order does not matter); with
+   ``rare_items: token``, items of the result with fewer than ``min_item_users`` distinct
+   users then become one rare-item token;
 7. index: items get ``item_idx`` 1..N **in ascending order of their original id** (numeric
    order for integer ids, else lexicographic); user rows are in ascending order of original
    id, or of pseudonym with ``pseudonymize`` (so that row order does not reveal raw ids);
