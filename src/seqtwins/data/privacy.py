@@ -89,10 +89,14 @@ def check_key_source(
     key_file: Path | None, salt_file: Path | None, environ: Mapping[str, str] | None = None
 ) -> None:
     """Raise the one-line error now, before any work, when no key can be had (no file
-    option and no :data:`KEY_ENV`, or a ``key_file`` that is not there). Creates nothing."""
+    option and no :data:`KEY_ENV`, a ``key_file`` that is not there, a ``salt_file`` that
+    is there but holds no key). Creates nothing."""
     if key_file is not None:
         read_key_file(Path(key_file))
-    elif salt_file is None and env_key(environ) is None:
+    elif salt_file is not None:
+        if Path(salt_file).exists():
+            read_key_file(Path(salt_file), "--salt-file")
+    elif env_key(environ) is None:
         raise missing_key()
 
 

@@ -352,11 +352,13 @@ def history_bounds(lengths: np.ndarray, options: PrepareOptions) -> tuple[np.nda
 def no_users_left(source: str, dropped: dict[str, int], options: PrepareOptions) -> SeqtwinsError:
     """The error when the filters leave nothing: what each dropped, and the settings."""
     what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in dropped.items() if v)
+    rare = drop_threshold(options) > 1
     return SeqtwinsError(
         f"no users left after filtering {source} (dropped: {what or 'nothing'}); relax "
-        f"--min-rating / --min-user-count / --min-item-count / --min-history "
-        f"(now {options.min_rating} / {options.min_user_count} / {options.min_item_count} / "
-        f"{options.min_history})"
+        f"--min-rating / --min-user-count / --min-item-count / --min-history"
+        + (" / --min-item-users" if rare else "")
+        + f" (now {options.min_rating} / {options.min_user_count} / {options.min_item_count} / "
+        f"{options.min_history}" + (f" / {options.min_item_users})" if rare else ")")
     )
 
 
