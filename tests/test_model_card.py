@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 
 import pytest
@@ -132,3 +133,11 @@ def test_card_never_shows_a_key_from_the_environment(trained, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     card = render_model_card(trained / "run")
     assert KEY not in card and not any(raw_id(u) in card for u in range(200))
+
+
+def test_a_damaged_summary_is_named_not_fatal(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    (run / "summary.json").write_text("{oops")
+    card = render_model_card(run)
+    assert "no readable summary.json" in card and "objective: `barlow`" in card

@@ -76,7 +76,12 @@ class _Records:
         self.run = Run.open(run_dir)
         self.config = self.run.config
         self.lineage = self.run.lineage
-        self.summary = self.run.summary() if self.run.finished else None
+        self.summary: dict[str, Any] | None = None
+        if self.run.finished:
+            try:
+                self.summary = self.run.summary()
+            except SeqtwinsError:  # a damaged summary.json: the card says it is missing
+                self.summary = None
         self.data_dir = Path(self.lineage.path)
         meta = _read_json(self.data_dir / "meta.json")
         same = isinstance(meta, dict) and meta.get("content_hash") == self.lineage.content_hash
@@ -183,7 +188,9 @@ def _training_section(r: _Records) -> list[str]:
     lines.append(f"- seqtwins version: {r.lineage.seqtwins_version or 'source tree'}")
     s = r.summary
     if s is None:
-        lines.append("- training has not finished (no summary.json)")
+        lines.append(
+            "- no readable summary.json: training has not finished (or the file is damaged)"
+        )
     else:
         lines.append(
             f"- trained {_fmt(s.get('epochs_done'))} epochs ({_fmt(s.get('steps'))} steps, "
@@ -320,7 +327,10 @@ def limitations(r: _Records) -> list[str]:
             "describe users as of their last recorded interaction."
         )
     if r.summary is None:
-        out.append("Training has not finished: the checkpoints are not final.")
+        out.append(
+            "No readable summary.json: training may not have finished, so the checkpoints "
+            "may not be final."
+        )
     if r.results is not None and r.name is not None:
         out += result_limitations(r.results, r.name)
     return out
@@ -431,8 +441,7 @@ def update_model_cards(eval_json: Path | str) -> list[Path]:
             continue
         try:
             written.append(write_model_card(path, eval_json))
-        except OSError as e:  # a read-only run folder: the results stand without its card
-            warnings.warn(
-                f"could not update {Path(path) / MODEL_CARD} ({e.strerror})", stacklevel=2
-            )
+        except (OSError, SeqtwinsError) as e:  # the results stand without the card
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            warnings.warn(f"could not update {Path(path) / MODEL_CARD} ({why})", stacklevel=2)
     return written
