@@ -26,3 +26,9 @@ def shared_data_dir(name: str) -> Path:
 @pytest.fixture
 def shared_data():  # type: ignore[no-untyped-def]
     return shared_data_dir
+
+
+@pytest.fixture(autouse=True)
+def _no_pseudonym_key_from_the_shell(monkeypatch):  # type: ignore[no-untyped-def]
+    """A key exported in the developer's shell must not change what tests see."""
+    monkeypatch.delenv("SEQTWINS_PSEUDONYM_KEY", raising=False)

@@ -277,6 +277,7 @@ def test_torchrun_pretrain_rank0_writes_and_run_loads(data, tmp_path):
     found = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
     assert found == sorted([
         ".seqtwins.json", "config.yaml", "dataset.json", "metrics.jsonl", "summary.json",
+        "model_card.md",
         *[f"checkpoints/{c}/{f}" for c in ("best", "last")
           for f in ("model.safetensors", "optim.safetensors", "rng.safetensors", "state.json")],
     ])  # fmt: skip

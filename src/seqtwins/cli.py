@@ -290,11 +290,25 @@ def prepare(
         bool | None,
         typer.Option(
             "--pseudonymize/--no-pseudonymize",
-            help="Replace user ids by keyed hashes (needs --salt-file).",
+            help="Replace user ids by keyed hashes (key: --key-file, --salt-file or "
+            "$SEQTWINS_PSEUDONYM_KEY; docs/privacy.md).",
         ),
+    ] = None,
+    key_file: Annotated[
+        Path | None, typer.Option(help="File holding the pseudonymisation key. Keep it secret.")
     ] = None,
     salt_file: Annotated[
         Path | None, typer.Option(help="HMAC key file; created if absent. Keep it secret.")
+    ] = None,
+    min_item_users: Annotated[
+        int | None,
+        typer.Option(
+            help="Items seen by fewer distinct users are dropped (or --rare-items token)."
+        ),
+    ] = None,
+    rare_items: Annotated[
+        str | None,
+        typer.Option(help="With --min-item-users: drop (default) or token (one rare item)."),
     ] = None,
     on_bad_rows: Annotated[
         str | None,
@@ -332,6 +346,7 @@ def prepare(
         "min_user_count": min_user_count, "min_item_count": min_item_count,
         "max_len": max_len, "holdout": holdout, "min_history": min_history,
         "split_seed": split_seed, "pseudonymize": pseudonymize, "salt_file": salt_file,
+        "key_file": key_file, "min_item_users": min_item_users, "rare_items": rare_items,
         "work_dir": work_dir, "overwrite": overwrite or None,
     }  # fmt: skip
     options = _prepare_options(config or [], flags, split, memory_budget, overrides or [])

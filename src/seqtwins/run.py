@@ -10,6 +10,8 @@
     checkpoints/last/    the latest checkpoint (model, optimizer, RNG, TrainState)
     checkpoints/best/    the checkpoint with the best validation score (selected on valid users)
     summary.json         written when training ends
+    model_card.md        written when training ends, rewritten by evaluate / report
+                         (:mod:`seqtwins.model_card`)
 
 Everything else asks :class:`Run`: training creates and locks it, ``embed`` /
 ``evaluate`` / ``run`` / ``tune`` open it and ask for its config, checkpoints and encoder.
@@ -64,9 +66,10 @@ CONFIG = "config.yaml"
 DATASET = "dataset.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+MODEL_CARD = "model_card.md"
 LOCK = ".lock"
 CHECKPOINTS = {"last": "checkpoints/last", "best": "checkpoints/best"}
-_OWNED = (CONFIG, DATASET, METRICS, SUMMARY, "checkpoints", "tensorboard")
+_OWNED = (CONFIG, DATASET, METRICS, SUMMARY, MODEL_CARD, "checkpoints", "tensorboard")
 """What a new run replaces in a folder it may reuse (nothing else is touched)."""
 
 

@@ -41,6 +41,7 @@ from seqtwins.data.batching import (
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.distributed import World, session
 from seqtwins.errors import SeqtwinsError
+from seqtwins.model_card import write_model_card
 from seqtwins.models.encoder import SequenceEncoder, autocast, build_encoder, embed_users
 from seqtwins.objectives import build_objective
 from seqtwins.run import Run
@@ -437,6 +438,7 @@ def _finish(t: Trainer, state: TrainState, log: MetricsLog) -> RunSummary:
     log.write({"event": "done", **out})
     if t.world.is_main:
         t.run.write_summary(out)
+        write_model_card(t.run.path)
     t.world.barrier()  # the run folder is complete when any rank returns
     return summary
 

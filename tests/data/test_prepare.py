@@ -279,7 +279,8 @@ def test_refuses_existing_output_and_overwrites_on_request(tmp_path):
         ({"holdout": -1}, "holdout=-1 must be >= 0"),
         ({"max_len": 3}, "max_len=3 must be >= min_history + 1 = 4"),
         ({"split": (0.5, 0.5, 0.5)}, "split=0.5,0.5,0.5 must be three fractions"),
-        ({"pseudonymize": True}, "pseudonymize needs salt_file"),
+        ({"key_file": "k", "salt_file": "s"}, "key_file and salt_file are both set"),
+        ({"min_item_users": 0}, "min_item_users=0 must be >= 1"),
         ({"memory_budget": 1000}, "memory_budget=1000 (1.00 kB) is below the minimum"),
     ],
 )

@@ -21,6 +21,7 @@ from seqtwins.data.dataset import SPLITS, Sequences, write_dataset, write_datase
 from seqtwins.data.formats import RawLog
 from seqtwins.data.memory import peak_rss
 from seqtwins.data.options import PrepareOptions, PrepareSummary
+from seqtwins.data.privacy import key_id, pseudonym_key
 from seqtwins.data.steps import assign_splits
 
 
@@ -40,6 +41,8 @@ class Prepared:
     """With ``pseudonymize``: the kept users' pseudonyms, in output row order."""
     input_counts: dict[str, int]
     dropped: dict[str, int]
+    rare_items: dict[str, Any] | None = None
+    """With ``min_item_users``: :func:`seqtwins.data.steps.rare_summary`."""
 
 
 def tables(
@@ -65,9 +68,12 @@ def prepare_stats(
     dropped: dict[str, int],
     has_times: bool,
     options: PrepareOptions,
+    rare_items: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``prepare`` section of ``meta.json``: what was read and what each step dropped."""
-    return {
+    """The ``prepare`` section of ``meta.json``: what was read and what each step dropped
+    (with ``min_item_users``, ``rare_items``; with ``pseudonymize``, the key's public id,
+    never the key)."""
+    stats: dict[str, Any] = {
         "rows_read": log.rows_read,
         "bad_rows_skipped": log.bad_rows_skipped,
         "input": input_counts,
@@ -81,6 +87,13 @@ def prepare_stats(
         ),
         "pseudonymized": options.pseudonymize,
     }
+    if rare_items is not None:
+        stats["rare_items"] = rare_items
+        if rare_items.get("token"):
+            stats["item_order"] += f"; the rare-item token last ({rare_items['token']['item_idx']})"
+    if options.pseudonymize:
+        stats["pseudonym_key_id"] = key_id(pseudonym_key(options.key_file, options.salt_file))
+    return stats
 
 
 def finish(
@@ -107,7 +120,8 @@ def finish(
     else:
         present = {n for n in ("times", "ratings") if n in p.sequences}
         n_interactions = len(np.load(p.sequences["items"], mmap_mode="r", allow_pickle=False))
-    stats = prepare_stats(log, p.input_counts, p.dropped, "times" in present, options)
+    stats = prepare_stats(log, p.input_counts, p.dropped, "times" in present, options,
+                          p.rare_items)  # fmt: skip
     t_write = time.perf_counter()
     seconds[phase[0]] = t_write - phase[1]
     common: dict[str, Any] = dict(
@@ -142,4 +156,5 @@ def finish(
         peak_rss=peak_rss(),
         mode=mode,
         seconds=seconds,
+        rare_items=p.rare_items,
     )

@@ -17,6 +17,9 @@ from seqtwins.data.formats import ReaderOptions
 from seqtwins.data.memory import MIN_BUDGET, format_size, parse_size
 from seqtwins.settings import build, deep_merge, nest, parse_override
 
+RARE_ITEMS = ("drop", "token")
+"""Values of ``rare_items`` (what ``min_item_users`` does with a rare item)."""
+
 
 @dataclass(frozen=True)
 class PrepareOptions:
@@ -43,10 +46,22 @@ class PrepareOptions:
     """Fractions of users in train / valid / test (sum 1)."""
     split_seed: int = 0
     """Seed of the user permutation that assigns splits."""
+    min_item_users: int | None = None
+    """Privacy by aggregation: an item seen by fewer than this many distinct users cannot
+    single out a person, so it is dropped (``rare_items: drop``, part of the k-core) or
+    mapped to one rare-item token (``rare_items: token``); ``None`` keeps every item."""
+    rare_items: str = "drop"
+    """What ``min_item_users`` does with a rare item: ``drop`` its interactions, or
+    ``token``: map it to the one item :data:`seqtwins.data.steps.RARE_TOKEN`."""
     pseudonymize: bool = False
-    """Replace raw user ids by HMAC-SHA256 pseudonyms keyed by ``salt_file``."""
+    """Replace raw user ids by HMAC-SHA256 pseudonyms under a secret key: ``key_file``,
+    ``salt_file``, else the environment variable ``SEQTWINS_PSEUDONYM_KEY``
+    (:mod:`seqtwins.data.privacy`, docs/privacy.md)."""
+    key_file: Path | None = None
+    """File holding the pseudonymisation key (it must exist: see docs/privacy.md)."""
     salt_file: Path | None = None
-    """Key file for ``pseudonymize``; a random key is written there if it does not exist."""
+    """The older key file option: like ``key_file``, but a random key is written there if
+    the file does not exist."""
     overwrite: bool = False
     """Replace an existing output directory (atomically)."""
     memory_budget: int | None = None
@@ -90,17 +105,26 @@ class PrepareOptions:
                 f"the minimum of "
                 f"{format_size(MIN_BUDGET)}",
             )
+        if self.min_item_users is not None:
+            need(self.min_item_users >= 1, f"min_item_users={self.min_item_users} must be >= 1")
         need(
-            not self.pseudonymize or self.salt_file is not None,
-            "pseudonymize needs salt_file (--salt-file FILE: its key is created if the file "
-            "is absent; keep it secret and reuse it for the same pseudonyms)",
+            self.rare_items in RARE_ITEMS,
+            f"rare_items={self.rare_items!r} must be one of {', '.join(RARE_ITEMS)}",
+        )
+        need(
+            self.key_file is None or self.salt_file is None,
+            "key_file and salt_file are both set; give one key file",
         )
 
     def to_params(self) -> dict[str, Any]:
         """JSON-able parameters for ``meta.json`` (paths as strings, no key material)."""
         out = asdict(self)
         reader = {k: (str(v) if isinstance(v, Path) else v) for k, v in out.pop("reader").items()}
-        out.pop("salt_file")
+        out.pop("salt_file")  # where the key is, and the key, never reach an output
+        out.pop("key_file")
+        if self.min_item_users is None:  # unset: meta.json as before the option existed
+            out.pop("min_item_users")
+            out.pop("rare_items")
         out.pop("overwrite")
         out.pop("memory_budget")  # resources, not data: the same dataset either way
         out.pop("work_dir")
@@ -130,6 +154,8 @@ class PrepareSummary:
     """Wall seconds per phase: ``read`` then ``build`` (order, filter, index) and ``write``;
     a log streamed in one pass reports ``read+order`` (read and ordered together), then
     ``build`` (filter, index) and ``write``."""
+    rare_items: dict[str, Any] | None = None
+    """With ``min_item_users``: what it did (``meta.json``, ``prepare.rare_items``)."""
 
     def lines(self) -> list[str]:
         """Human-readable report lines (what the CLI prints)."""
@@ -147,12 +173,29 @@ class PrepareSummary:
         if self.bad_rows_skipped:
             drops.insert(0, f"bad rows skipped {self.bad_rows_skipped:,}")
         lines.append("  dropped: " + ("; ".join(drops) if drops else "nothing"))
+        if self.rare_items is not None:
+            lines.append(rare_items_line(self.rare_items))
         took = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
         lines.append(
             f"  {self.mode}; peak memory {format_size(self.peak_rss)}"
             + (f"; {took}" if took else "")
         )
         return lines
+
+
+def rare_items_line(rare: Mapping[str, Any]) -> str:
+    """The printed line of what ``min_item_users`` did."""
+    what = f"{rare['items']:,} items, {rare['interactions']:,} interactions"
+    if rare["action"] == "token":
+        token = rare.get("token")
+        where = (
+            f"mapped to the rare-item token {token['item_id']!r} (item_idx {token['item_idx']})"
+            if token
+            else "mapped to the rare-item token (none needed)"
+        )
+    else:
+        where = "dropped (then the k-core)"
+    return f"  rare items (fewer than {rare['min_item_users']} users): {what} {where}"
 
 
 READER_KEYS = tuple(f.name for f in fields(ReaderOptions))

@@ -18,9 +18,11 @@ arrays, tables, ``meta.json`` counts and content hash); only memory and time dif
 4. **Bucket pass** -- per bucket: load it, sort each user's rows by time (stable), run the
    per-user steps (:func:`seqtwins.data.steps.user_steps`), save the result, count
    rows per item.
-5. **k-core** (only with ``--min-user-count`` / ``--min-item-count``) -- rounds over the
-   saved buckets with the global item counts of the previous round (a small array), the
-   same rounds as the whole-log path, until a round drops nothing.
+5. **k-core** (only with ``--min-user-count`` / ``--min-item-count`` /
+   ``--min-item-users``) -- rounds over the saved buckets with the global item counts (and
+   distinct users per item) of the previous round (small arrays), the same rounds as the
+   whole-log path, until a round drops nothing; with ``--rare-items token`` one more pass
+   counts each kept item's users.
 6. **Assembly** -- buckets are consecutive in output order, so the final ``items`` /
    ``times`` / ``ratings`` arrays are their concatenation (items re-indexed 1..N over the
    kept items), written to ``.npy`` files chunk by chunk and moved into the dataset
@@ -52,12 +54,19 @@ from seqtwins.data.steps import (
     UserRows,
     chronological_order,
     counts,
+    drop_threshold,
     history_bounds,
+    item_lut,
+    item_users,
     kcore_dropped,
     kcore_round,
     kcore_thresholds,
+    kept_item_ids,
     no_users_left,
+    rare_dropped,
+    rare_summary,
     rating_drops,
+    token_threshold,
     user_order,
     user_steps,
 )
@@ -426,22 +435,25 @@ def _run(
     saved = work / "buckets"
     saved.mkdir()
     dropped: dict[str, int] = {}
-    ci = _bucket_pass(buckets, bounds, d, options, saved, dropped)
+    ci, du = _bucket_pass(buckets, bounds, d, options, saved, dropped)
     if options.min_rating is not None and dropped["low_rating_interactions"] == d.rows:
         raise no_users_left(log.source, rating_drops(dropped), options)
-    cu_all, ci = _kcore_buckets(saved, n_buckets, d, ci, options, dropped)
+    cu_all, ci = _kcore_buckets(saved, n_buckets, d, (ci, du), options, dropped)
     if not cu_all.sum():
         raise no_users_left(log.source, dropped, options)
+    rare = _rare_token_buckets(saved, n_buckets, d, ci, options)
     present_u, present_i = cu_all > 0, ci > 0
     t3 = time.perf_counter()
 
-    arrays = _assemble(work / "final", saved, cu_all[present_u], present_i, n_buckets, d, options)
+    arrays = _assemble(work / "final", saved, cu_all[present_u], item_lut(present_i, rare),
+                       n_buckets, d, options)  # fmt: skip
     kept = pl.Series(present_u)
     prepared = Prepared(
-        log, arrays, d.item_ids.filter(pl.Series(present_i)),
+        log, arrays, kept_item_ids(d.item_ids, present_i, rare),
         d.user_ids.gather(by_rank).filter(kept),
         None if pseudo is None else pseudo.gather(by_rank).filter(kept),
         {"interactions": d.rows, "users": n_users, "items": n_items}, dropped,
+        rare_summary(options, ci, dropped, rare),
     )  # fmt: skip
     seconds = {"dictionary": t1 - t0, "partition": t2 - t1, "buckets": t3 - t2}
     mode = f"out of core ({n_buckets} buckets, budget {format_size(budget)})"
@@ -455,11 +467,13 @@ def _bucket_pass(
     options: PrepareOptions,
     saved: Path,
     dropped: dict[str, int],
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Pass 3, bucket by bucket: order each user's rows, run the per-user steps (counts
-    added into ``dropped``), save the result; the items' row counts over all buckets."""
+    added into ``dropped``), save the result; the items' row counts over all buckets and,
+    when rare items are dropped, their distinct users (buckets hold whole users)."""
     n_items = len(d.item_ids)
     ci = np.zeros(n_items, dtype=np.int64)
+    du = np.zeros(n_items, dtype=np.int64) if drop_threshold(options) > 1 else None
     for b in range(len(bounds) - 1):
         rec = buckets.load(b)
         buckets.path(b).unlink(missing_ok=True)
@@ -470,21 +484,26 @@ def _bucket_pass(
         for k, v in part.items():
             dropped[k] = dropped.get(k, 0) + v
         ci += counts(rows.icode, n_items)
+        if du is not None:
+            du += item_users(rows, n_items, options.dedup)
         _save(saved, b, rows)
-    return ci
+    return ci, du
 
 
 def _kcore_buckets(
     saved: Path,
     n_buckets: int,
     d: _Dictionary,
-    ci: np.ndarray,
+    item_counts: tuple[np.ndarray, np.ndarray | None],
     options: PrepareOptions,
     dropped: dict[str, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k-core rounds over the saved buckets (each round uses the previous round's
-    global item counts ``ci``); rows per user (all buckets) and per item after it."""
+    global item counts ``ci`` and, when rare items are dropped, distinct users ``du``);
+    rows per user (all buckets) and per item after it."""
     n_items = len(d.item_ids)
+    ci, du = item_counts
+    kd = drop_threshold(options)
 
     def rows_per_user() -> np.ndarray:
         return np.concatenate([np.load(saved / f"cu-{b:05d}.npy") for b in range(n_buckets)])
@@ -494,42 +513,60 @@ def _kcore_buckets(
 
     cu_all = rows_per_user()
     before = totals(cu_all, ci)
+    rare = rare_dropped(dropped, ci, du, kd) if du is not None else (0, 0)
     thresholds = kcore_thresholds(options)
     while thresholds is not None and cu_all.sum():
         changed, ci_next = False, np.zeros(n_items, dtype=np.int64)
+        du_next = np.zeros(n_items, dtype=np.int64) if du is not None else None
         for b in range(n_buckets):
             rows = _load(saved, b, d)
-            nxt = kcore_round(rows, ci, *thresholds)  # ci: the previous round's counts
+            # ci, du: the previous round's counts
+            nxt = kcore_round(rows, ci, *thresholds[:2], du, kd)
             if nxt is not None:
                 changed, rows = True, nxt
                 _save(saved, b, rows)
             ci_next += counts(rows.icode, n_items)
+            if du_next is not None:
+                du_next += item_users(rows, n_items, options.dedup)
         if not changed:
             break
-        ci = ci_next
+        ci, du = ci_next, du_next
         cu_all = rows_per_user()
-    kcore_dropped(dropped, before, totals(cu_all, ci), n_items)
+    kcore_dropped(dropped, before, totals(cu_all, ci), n_items, rare)
     return cu_all, ci
+
+
+def _rare_token_buckets(
+    saved: Path, n_buckets: int, d: _Dictionary, ci: np.ndarray, options: PrepareOptions
+) -> np.ndarray | None:
+    """:func:`~seqtwins.data.steps.rare_token_items` over the saved buckets (a pass that
+    adds up each bucket's distinct users per item); ``None`` unless ``rare_items: token``."""
+    k = token_threshold(options)
+    if k <= 1:
+        return None
+    du = np.zeros(len(ci), dtype=np.int64)
+    for b in range(n_buckets):
+        du += item_users(_load(saved, b, d), len(ci), options.dedup)
+    return (ci > 0) & (du < k)
 
 
 def _assemble(
     final: Path,
     saved: Path,
     lengths: np.ndarray,
-    present_i: np.ndarray,
+    item_idx: np.ndarray,
     n_buckets: int,
     d: _Dictionary,
     options: PrepareOptions,
 ) -> dict[str, Path]:
     """The dataset's ``.npy`` files in ``final``: buckets are consecutive in output order,
-    so the per-interaction arrays are their concatenation (items re-indexed 1..N over the
-    kept items), written chunk by chunk."""
+    so the per-interaction arrays are their concatenation (items re-indexed by
+    ``item_idx``, item code -> 1..N over the kept items), written chunk by chunk."""
     n_rows = int(lengths.sum())
     offsets, history_end = history_bounds(lengths, options)
     final.mkdir()
     np.save(final / "offsets.npy", offsets)
     np.save(final / "history_end.npy", history_end)
-    item_idx = np.cumsum(present_i, dtype=np.int32)  # code -> 1..N over kept items
     outs = {"items": _write_npy(final / "items.npy", np.int32, n_rows)}
     if d.has_time:
         outs["times"] = _write_npy(final / "times.npy", np.int64, n_rows)

@@ -12,8 +12,11 @@ checked against the source):
 6. drop users with fewer than ``min_history + 1`` interactions (counted as ``short_users``),
    then iterative k-core: repeatedly drop users with fewer than
    ``max(min_user_count, min_history + 1)`` and items with fewer than ``min_item_count``
-   interactions until none is left to drop. The result is the largest sub-log in which every
-   user and item meets its threshold (the k-core is unique: removal order does not matter);
+   interactions (and, with ``min_item_users`` in ``drop`` mode, fewer distinct users) until
+   none is left to drop. The result is the largest sub-log in which every user and item
+   meets its threshold (the k-core is unique: removal order does not matter); with
+   ``rare_items: token``, items of the result with fewer than ``min_item_users`` distinct
+   users then become one rare-item token;
 7. index: items get ``item_idx`` 1..N **in ascending order of their original id** (numeric
    order for integer ids, else lexicographic); user rows are in ascending order of original
    id, or of pseudonym with ``pseudonymize`` (so that row order does not reveal raw ids);
@@ -70,6 +73,7 @@ from seqtwins.data.formats import (
 from seqtwins.data.memory import current_rss
 from seqtwins.data.options import PrepareOptions, PrepareSummary
 from seqtwins.data.outofcore import prepare_out_of_core
+from seqtwins.data.privacy import check_key_source
 from seqtwins.data.steps import (
     UserRows,
     chronological_order,
@@ -77,7 +81,10 @@ from seqtwins.data.steps import (
     history_bounds,
     item_index,
     kcore,
+    kept_item_ids,
     no_users_left,
+    rare_summary,
+    rare_token_items,
     rating_drops,
     user_order,
     user_steps,
@@ -130,15 +137,16 @@ def _prepare(input: Path, out: Path, options: PrepareOptions) -> PrepareSummary:
 def check_output(input: Path, out: Path, options: PrepareOptions) -> None:
     """Refuse an ``out`` that ``prepare`` may not write (before any work): an existing one
     without ``overwrite``, one that is not a seqtwins dataset, the input itself (or a
-    folder holding it), a salt file inside it. Then remove the temporary folders a killed
-    ``prepare`` left beside it (and in ``work_dir``)."""
-    if options.pseudonymize and options.salt_file is not None:
-        salt = Path(options.salt_file).resolve()
-        if salt.is_relative_to(out.resolve()):
-            raise SeqtwinsError(
-                f"--salt-file {options.salt_file} lies inside --out {out}; keep the key apart "
-                "from the data it protects"
-            )
+    folder holding it), a key file inside it, ``pseudonymize`` without a key. Then remove
+    the temporary folders a killed ``prepare`` left beside it (and in ``work_dir``)."""
+    if options.pseudonymize:
+        for flag, key in (("--key-file", options.key_file), ("--salt-file", options.salt_file)):
+            if key is not None and Path(key).resolve().is_relative_to(out.resolve()):
+                raise SeqtwinsError(
+                    f"{flag} {key} lies inside --out {out}; keep the key apart from the data "
+                    "it protects"
+                )
+        check_key_source(options.key_file, options.salt_file)
     dst = out.resolve()
     reader = options.reader
     for what, path in (("the input", input), ("the --items file", reader.items_file),
@@ -682,12 +690,13 @@ def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> Prepared:
     rows, ci = kcore(rows, n_items, options, dropped)
     if len(rows.icode) == 0:
         raise no_users_left(log.source, dropped, options)
+    rare = rare_token_items(rows, ci, n_items, options)
 
     present_u, present_i = rows.cu > 0, ci > 0
     offsets, history_end = history_bounds(rows.cu[present_u], options)
     sequences = Sequences(
         offsets=offsets,
-        items=item_index(rows.icode, present_i),
+        items=item_index(rows.icode, present_i, rare),
         history_end=history_end,
         times=None if rows.times is None else rows.times.astype(np.int64, copy=False),
         ratings=None if rows.ratings is None else rows.ratings.astype(np.float32, copy=False),
@@ -698,6 +707,6 @@ def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> Prepared:
         sequences = _reorder(sequences, order)
         kept_users, pseudonyms = kept_users.gather(order), pseudonyms.gather(order)
     return Prepared(
-        log, sequences, item_ids.filter(pl.Series(present_i)), kept_users, pseudonyms,
-        input_counts, dropped,
+        log, sequences, kept_item_ids(item_ids, present_i, rare), kept_users, pseudonyms,
+        input_counts, dropped, rare_summary(options, ci, dropped, rare),
     )  # fmt: skip

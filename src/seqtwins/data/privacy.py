@@ -1,8 +1,21 @@
-"""Pseudonymous user ids: keyed hashes (HMAC-SHA256) whose key lives in a salt file.
+"""Pseudonymous user ids: keyed hashes (HMAC-SHA256) under a secret key.
 
-The same key and raw id always give the same pseudonym, so datasets prepared with one salt
-file can be joined on user id; without the key a pseudonym cannot be linked back to a raw id
-by hashing guessed ids (which a plain, unkeyed hash would allow for small integer ids).
+The same key and raw id always give the same pseudonym, so datasets prepared with one key
+can be joined on user id (and a dataset can be updated incrementally); without the key a
+pseudonym cannot be linked back to a raw id by hashing guessed ids (which a plain, unkeyed
+hash would allow for small integer ids).
+
+Where the key comes from (:func:`pseudonym_key`), first match wins:
+
+1. ``key_file`` (``--key-file F``): the file's content, stripped; the file must exist;
+2. ``salt_file`` (``--salt-file F``, the older option): the same, but a random key is
+   written there (mode 0600) when the file does not exist;
+3. the environment variable :data:`KEY_ENV` (``SEQTWINS_PSEUDONYM_KEY``).
+
+The key is never written to any output. A dataset records only :func:`key_id`, a short
+keyed digest of the key (not the key, and no help in finding it), so that a later step
+that needs the key (an incremental update, a lookup by raw id) can tell a wrong key from
+the right one (:func:`dataset_key`). Rotation: docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -11,13 +24,26 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from seqtwins.errors import SeqtwinsError
 
 KEY_BYTES = 32
 """Length of a generated key (256 bits, the HMAC-SHA256 block-size guidance of RFC 2104)."""
+KEY_ENV = "SEQTWINS_PSEUDONYM_KEY"
+"""The environment variable that holds the key when no key file is given."""
+HOW_TO_MAKE = "make one with: openssl rand -hex 32 > FILE (docs/privacy.md)"
+_KEY_ID_MESSAGE = b"seqtwins pseudonym key id v1"
+
+
+def missing_key(what: str = "--pseudonymize") -> SeqtwinsError:
+    """The one-line error when a key is needed and none is given."""
+    return SeqtwinsError(
+        f"{what} needs the pseudonymisation key: set {KEY_ENV} or pass --key-file FILE "
+        f"(or the older --salt-file FILE, created if absent); {HOW_TO_MAKE}"
+    )
 
 
 def load_or_create_key(salt_file: Path) -> bytes:
@@ -34,15 +60,92 @@ def load_or_create_key(salt_file: Path) -> bytes:
             raise SeqtwinsError(f"cannot create --salt-file {salt_file} ({e.strerror})") from e
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(KEY_BYTES) + "\n")
-    if not salt_file.is_file():
-        raise SeqtwinsError(f"--salt-file {salt_file} is not a file")
+    return read_key_file(salt_file, "--salt-file")
+
+
+def read_key_file(path: Path, what: str = "--key-file") -> bytes:
+    """The key in ``path`` (its content, surrounding whitespace stripped)."""
+    path = Path(path)
+    if not path.exists():
+        raise SeqtwinsError(f"{what} {path} does not exist; {HOW_TO_MAKE}")
+    if not path.is_file():
+        raise SeqtwinsError(f"{what} {path} is not a file")
     try:
-        key = salt_file.read_bytes().strip()
+        key = path.read_bytes().strip()
     except OSError as e:
-        raise SeqtwinsError(f"cannot read --salt-file {salt_file} ({e.strerror})") from e
+        raise SeqtwinsError(f"cannot read {what} {path} ({e.strerror})") from e
     if not key:
+        raise SeqtwinsError(f"{what} {path} is empty; put a key in it ({HOW_TO_MAKE})")
+    return key
+
+
+def env_key(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The key in :data:`KEY_ENV` (stripped), ``None`` when unset or blank."""
+    value = (os.environ if environ is None else environ).get(KEY_ENV, "").strip()
+    return value.encode("utf-8") if value else None
+
+
+def check_key_source(
+    key_file: Path | None, salt_file: Path | None, environ: Mapping[str, str] | None = None
+) -> None:
+    """Raise the one-line error now, before any work, when no key can be had (no file
+    option and no :data:`KEY_ENV`, a ``key_file`` that is not there, a ``salt_file`` that
+    is there but holds no key). Creates nothing."""
+    if key_file is not None:
+        read_key_file(Path(key_file))
+    elif salt_file is not None:
+        if Path(salt_file).exists():
+            read_key_file(Path(salt_file), "--salt-file")
+    elif env_key(environ) is None:
+        raise missing_key()
+
+
+def pseudonym_key(
+    key_file: Path | None, salt_file: Path | None, environ: Mapping[str, str] | None = None
+) -> bytes:
+    """The pseudonymisation key: ``key_file``, else ``salt_file`` (created if absent),
+    else :data:`KEY_ENV` (module docstring); the one-line error when there is none."""
+    if key_file is not None:
+        return read_key_file(Path(key_file))
+    if salt_file is not None:
+        return load_or_create_key(Path(salt_file))
+    key = env_key(environ)
+    if key is None:
+        raise missing_key()
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of ``key`` (16 hex characters of an HMAC under it): equal for
+    equal keys, so a dataset can record which key made its pseudonyms without the key."""
+    return hmac.new(key, _KEY_ID_MESSAGE, hashlib.sha256).hexdigest()[:16]
+
+
+def dataset_key(
+    meta: Mapping[str, Any],
+    where: str,
+    key_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> bytes:
+    """The key of a pseudonymised dataset (``meta``: its ``meta.json``; ``where`` names it in
+    messages) for a step that must make the same pseudonyms again (an incremental update,
+    a lookup by raw id): from ``key_file`` or :data:`KEY_ENV`. One-line errors when the
+    dataset is not pseudonymised, the key is missing, or it is not the dataset's key."""
+    prep = meta.get("prepare") or {}
+    if not prep.get("pseudonymized"):
+        raise SeqtwinsError(f"{where} is not pseudonymised; it needs no key")
+    if key_file is not None:
+        key = read_key_file(Path(key_file))
+    else:
+        found = env_key(environ)
+        if found is None:
+            raise missing_key(f"the pseudonymised dataset {where}")
+        key = found
+    want = prep.get("pseudonym_key_id")
+    if want is not None and key_id(key) != want:
         raise SeqtwinsError(
-            f"--salt-file {salt_file} is empty; delete it to have a new key created"
+            f"the key given is not the one {where} was pseudonymised with (key id "
+            f"{key_id(key)}, the dataset's {want}); use that key (docs/privacy.md, rotation)"
         )
     return key
 

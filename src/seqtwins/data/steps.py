@@ -8,8 +8,13 @@ and the k-core rounds over the saved buckets. In order:
 - :func:`user_steps`: rating threshold, de-duplication, ``max_len`` and short users, on
   :class:`UserRows` (each user's rows, contiguous); they look at one user at a time;
 - :func:`kcore_thresholds` / :func:`kcore_round` / :func:`kcore`: the iterative k-core,
-  :func:`kcore_dropped` its counts;
-- :func:`item_index`, :func:`history_bounds`: item indices 1..N and the CSR arrays;
+  :func:`kcore_dropped` its counts; with ``min_item_users`` in ``drop`` mode, "at least K
+  distinct users" (:func:`item_users`) is one more item condition of the k-core, and
+  :func:`rare_dropped` counts the items that miss it when the k-core starts;
+- :func:`rare_token_items` (``min_item_users`` in ``token`` mode, after the k-core): the
+  rare items that become one token; :func:`rare_summary` what was done;
+- :func:`item_index` / :func:`item_lut`, :func:`kept_item_ids`, :func:`history_bounds`:
+  item indices 1..N (+ the rare-item token) and the CSR arrays;
 - :func:`user_order`: the output order of users (ascending id, or ascending pseudonym);
 - :func:`assign_splits`: the seeded train / valid / test split (also used by ``synth``).
 
@@ -19,14 +24,14 @@ All work on interactions is vectorised (numpy / polars).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from seqtwins.data.dataset import SPLITS
 from seqtwins.data.options import PrepareOptions
-from seqtwins.data.privacy import load_or_create_key, pseudonymize
+from seqtwins.data.privacy import pseudonym_key, pseudonymize
 from seqtwins.errors import SeqtwinsError
 
 
@@ -144,21 +149,57 @@ def user_steps(
     return rows
 
 
-def kcore_thresholds(options: PrepareOptions) -> tuple[int, int] | None:
-    """(users, items) k-core thresholds, ``None`` when the k-core drops nothing more: users
-    >= min_history + 1 hold after :func:`user_steps`, items >= 1 always."""
+def kcore_thresholds(options: PrepareOptions) -> tuple[int, int, int] | None:
+    """(users, items, item users) k-core thresholds, ``None`` when the k-core drops nothing
+    more: users >= min_history + 1 hold after :func:`user_steps`, items >= 1 always. The
+    third is ``min_item_users`` in ``drop`` mode (distinct users per item), else 1."""
     ku = max(options.min_user_count, options.min_history + 1)
     ki = options.min_item_count
-    return (ku, ki) if ku > options.min_history + 1 or ki > 1 else None
+    kd = drop_threshold(options)
+    return (ku, ki, kd) if ku > options.min_history + 1 or ki > 1 or kd > 1 else None
 
 
-def kcore_round(rows: UserRows, ci: np.ndarray, ku: int, ki: int) -> UserRows | None:
-    """One round of the k-core: drop rows of users with < ``ku`` rows and of items with
-    < ``ki`` rows (``ci``: the items' row counts over the whole log); ``None`` if none."""
+def drop_threshold(options: PrepareOptions) -> int:
+    """``min_item_users`` when rare items are dropped (a k-core condition), else 1."""
+    k = options.min_item_users
+    return k if k is not None and k > 1 and options.rare_items == "drop" else 1
+
+
+def item_users(rows: UserRows, n_items: int, distinct: bool = False) -> np.ndarray:
+    """(n_items,) distinct users per item code (``distinct``: the (user, item) pairs are
+    distinct already, after ``dedup``, so these are the row counts). Over whole users, so
+    out of core the buckets' counts add up."""
+    if distinct:
+        return counts(rows.icode, n_items)
+    pair = rows.user_codes().astype(np.int64) * n_items + rows.icode
+    uniq = pl.Series(pair).unique().to_numpy()
+    return counts(uniq % n_items, n_items)
+
+
+def rare_dropped(
+    dropped: dict[str, int], ci: np.ndarray, du: np.ndarray, k: int
+) -> tuple[int, int]:
+    """Items with fewer than ``k`` users (and their rows) when the k-core starts, counted
+    into ``dropped`` as ``rare_items`` / ``rare_item_interactions``."""
+    rare = (ci > 0) & (du < k)
+    items, rows = int(rare.sum()), int(ci[rare].sum())
+    dropped["rare_items"], dropped["rare_item_interactions"] = items, rows
+    return items, rows
+
+
+def kcore_round(
+    rows: UserRows, ci: np.ndarray, ku: int, ki: int, du: np.ndarray | None = None, kd: int = 1
+) -> UserRows | None:
+    """One round of the k-core: drop rows of users with < ``ku`` rows, of items with
+    < ``ki`` rows (``ci``: the items' row counts over the whole log) and of items with
+    < ``kd`` distinct users (``du``, over the whole log); ``None`` if none."""
     ucode = rows.user_codes()
     ok = rows.cu[ucode] >= ku
     if ki > 1:
         ok &= ci[rows.icode] >= ki
+    if kd > 1:
+        assert du is not None
+        ok &= du[rows.icode] >= kd
     return None if ok.all() else rows.keep(ok, ucode)
 
 
@@ -167,11 +208,13 @@ def kcore_dropped(
     before: tuple[int, int, int],
     after: tuple[int, int, int],
     n_items: int,
+    rare: tuple[int, int] = (0, 0),
 ) -> None:
-    """k-core counts from (users, items, rows) before and after it."""
+    """k-core counts from (users, items, rows) before and after it (less the ``rare``
+    items and rows counted by :func:`rare_dropped`)."""
     dropped["kcore_users"] = before[0] - after[0]
-    dropped["kcore_items"] = before[1] - after[1]
-    dropped["kcore_interactions"] = before[2] - after[2]
+    dropped["kcore_items"] = before[1] - after[1] - rare[0]
+    dropped["kcore_interactions"] = before[2] - after[2] - rare[1]
     dropped["items_of_dropped_rows"] = n_items - before[1]
 
 
@@ -183,15 +226,87 @@ def kcore(
     ci = counts(rows.icode, n_items)
     before = (int(np.count_nonzero(rows.cu)), int(np.count_nonzero(ci)), len(rows.icode))
     thresholds = kcore_thresholds(options)
+    kd = drop_threshold(options)
+    du = item_users(rows, n_items, options.dedup) if kd > 1 else None
+    rare = rare_dropped(dropped, ci, du, kd) if du is not None else (0, 0)
     while thresholds is not None and len(rows.icode):
-        nxt = kcore_round(rows, ci, *thresholds)
+        nxt = kcore_round(rows, ci, *thresholds[:2], du, kd)
         if nxt is None:
             break
         rows = nxt
         ci = counts(rows.icode, n_items)
+        du = item_users(rows, n_items, options.dedup) if kd > 1 else None
     after = (int(np.count_nonzero(rows.cu)), int(np.count_nonzero(ci)), len(rows.icode))
-    kcore_dropped(dropped, before, after, n_items)
+    kcore_dropped(dropped, before, after, n_items, rare)
     return rows, ci
+
+
+RARE_TOKEN = "<rare item>"
+"""``item_id`` of the one item that rare items become with ``rare_items: token``."""
+
+
+def rare_token_items(
+    rows: UserRows, ci: np.ndarray, n_items: int, options: PrepareOptions
+) -> np.ndarray | None:
+    """With ``rare_items: token``: the kept items seen by fewer than ``min_item_users``
+    distinct users (after the k-core, so it holds in the written dataset); else ``None``."""
+    k = token_threshold(options)
+    if k <= 1:
+        return None
+    return (ci > 0) & (item_users(rows, n_items, options.dedup) < k)
+
+
+def token_threshold(options: PrepareOptions) -> int:
+    """``min_item_users`` when rare items become the token, else 1."""
+    k = options.min_item_users
+    return k if k is not None and k > 1 and options.rare_items == "token" else 1
+
+
+def rare_summary(
+    options: PrepareOptions, ci: np.ndarray, dropped: dict[str, int], rare: np.ndarray | None
+) -> dict[str, Any] | None:
+    """``prepare.rare_items`` of ``meta.json``: the setting, the action and its counts."""
+    k = options.min_item_users
+    if k is None:
+        return None
+    out: dict[str, Any] = {"min_item_users": k, "action": options.rare_items}
+    if options.rare_items == "drop":
+        out["items"] = dropped.get("rare_items", 0)
+        out["interactions"] = dropped.get("rare_item_interactions", 0)
+        return out
+    n = int(rare.sum()) if rare is not None else 0
+    out["items"], out["interactions"] = n, int(ci[rare].sum()) if n else 0
+    kept = int(np.count_nonzero(ci)) - n
+    out["token"] = {"item_id": RARE_TOKEN, "item_idx": kept + 1} if n else None
+    return out
+
+
+def item_lut(present_i: np.ndarray, rare: np.ndarray | None = None) -> np.ndarray:
+    """item code -> ``item_idx``: 1..N over the kept items in code order; with ``rare``
+    (token mode), the rare ones all map to N + 1, the token, after the others."""
+    if rare is None or not rare.any():
+        return np.cumsum(present_i, dtype=np.int32)
+    plain = present_i & ~rare
+    lut = np.cumsum(plain, dtype=np.int32)
+    lut[rare] = int(plain.sum()) + 1
+    return lut
+
+
+def kept_item_ids(
+    item_ids: pl.Series, present_i: np.ndarray, rare: np.ndarray | None = None
+) -> pl.Series:
+    """Original ids of the kept items in ``item_idx`` order (the token last, with
+    ``rare``); an input item named :data:`RARE_TOKEN` is refused in token mode."""
+    if rare is None or not rare.any():
+        return item_ids.filter(pl.Series(present_i))
+    ids = item_ids.cast(pl.String)
+    if (ids == RARE_TOKEN).any():
+        raise SeqtwinsError(
+            f"an item of the log is named {RARE_TOKEN!r}, the rare-item token; rename it or "
+            "use --rare-items drop"
+        )
+    kept = ids.filter(pl.Series(present_i & ~rare))
+    return pl.concat([kept, pl.Series(ids.name, [RARE_TOKEN], dtype=pl.String)])
 
 
 def user_order(user_ids: pl.Series, options: PrepareOptions) -> tuple[np.ndarray, pl.Series | None]:
@@ -203,16 +318,20 @@ def user_order(user_ids: pl.Series, options: PrepareOptions) -> tuple[np.ndarray
     """
     if not options.pseudonymize:
         return np.arange(len(user_ids), dtype=np.int64), None
-    assert options.salt_file is not None
-    key = load_or_create_key(Path(options.salt_file))
+    key = pseudonym_key(options.key_file, options.salt_file)
     pseudo = pl.Series(
         "user_id", pseudonymize(user_ids.cast(pl.String).to_list(), key), dtype=pl.String
     )
     return pseudo.arg_sort().to_numpy().astype(np.int64), pseudo  # pseudonyms are distinct
 
 
-def item_index(icode: np.ndarray, present_i: np.ndarray) -> np.ndarray:
-    """``item_idx`` 1..N over the kept items, in place when possible (int32)."""
+def item_index(
+    icode: np.ndarray, present_i: np.ndarray, rare: np.ndarray | None = None
+) -> np.ndarray:
+    """``item_idx`` 1..N over the kept items, in place when possible (int32); with
+    ``rare`` (token mode) the rare items become the token (:func:`item_lut`)."""
+    if rare is not None and rare.any():
+        return item_lut(present_i, rare)[icode]
     if present_i.all() and icode.dtype == np.int32 and icode.flags.writeable:
         icode += 1  # in place: 1..N (icode is this function's own array)
         return icode
@@ -233,11 +352,13 @@ def history_bounds(lengths: np.ndarray, options: PrepareOptions) -> tuple[np.nda
 def no_users_left(source: str, dropped: dict[str, int], options: PrepareOptions) -> SeqtwinsError:
     """The error when the filters leave nothing: what each dropped, and the settings."""
     what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in dropped.items() if v)
+    rare = drop_threshold(options) > 1
     return SeqtwinsError(
         f"no users left after filtering {source} (dropped: {what or 'nothing'}); relax "
-        f"--min-rating / --min-user-count / --min-item-count / --min-history "
-        f"(now {options.min_rating} / {options.min_user_count} / {options.min_item_count} / "
-        f"{options.min_history})"
+        f"--min-rating / --min-user-count / --min-item-count / --min-history"
+        + (" / --min-item-users" if rare else "")
+        + f" (now {options.min_rating} / {options.min_user_count} / {options.min_item_count} / "
+        f"{options.min_history}" + (f" / {options.min_item_users})" if rare else ")")
     )
 
 

@@ -43,6 +43,7 @@ from seqtwins.files import (
     file_lock,
     write_marker,
 )
+from seqtwins.model_card import update_model_cards
 from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
 from seqtwins.run import Run
 
@@ -146,6 +147,7 @@ def evaluate_runs(
         results = _evaluate(runs, encoders, objectives, ds, out, tasks, fractions, seeds,
                             protocol, baselines, progress, finetune_fractions,
                             checkpoint)  # fmt: skip
+    update_model_cards(out)  # each run's model_card.md gets these metrics
     return results
 
 
