@@ -20,6 +20,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,17 +92,26 @@ def onnx_embed(session: Any, items: Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {"items": x})[0])
 
 
-def _export(module: DenseEmbedder, example: Tensor, file: Path) -> None:
+def write_onnx(encoder: SequenceEncoder, file: Path | str) -> None:
+    """Export ``encoder.embed`` to ``file`` (ONNX, dynamic batch and length axes)."""
+    module = DenseEmbedder(encoder)
+    example = parity_sequences(encoder.vocab_size - 2, encoder.cfg.max_len, rows=2)  # (2, T)
     batch = torch.export.Dim("batch", min=1)
     length = torch.export.Dim("length", min=1, max=module.encoder.cfg.max_len)
-    quiet = io.StringIO()  # the exporter prints its progress
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (example,), str(file), input_names=["items"],
-            output_names=["user_embedding"], dynamic_shapes={"items": {0: batch, 1: length}},
-            opset_version=OPSET, dynamo=True, external_data=False,
-        )  # fmt: skip
+    quiet = io.StringIO()  # the exporter prints its progress and logs optional packages
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (example,), str(file), input_names=["items"],
+                output_names=["user_embedding"], dynamic_shapes={"items": {0: batch, 1: length}},
+                opset_version=OPSET, dynamo=True, external_data=False,
+            )  # fmt: skip
+    finally:
+        exporter_log.setLevel(level)
 
 
 def _mark(file: Path, meta: dict[str, str]) -> None:
@@ -129,7 +139,6 @@ def export_onnx(
     run = Run.open(run_dir)
     encoder = run.encoder(which)
     cfg, lineage = encoder.cfg, run.lineage
-    module = DenseEmbedder(encoder)
     test = parity_sequences(lineage.num_items, cfg.max_len)
     meta = {"run": str(run.path), "checkpoint": which, "data_hash": lineage.content_hash,
             "objective": run.config.objective, "dim": str(cfg.dim), "max_len": str(cfg.max_len),
@@ -138,7 +147,7 @@ def export_onnx(
         check_replaceable(out, "--out", owned=is_onnx_export)
         clean_stale(out)
         with atomic_file(out) as tmp:
-            _export(module, test[:2], tmp)
+            write_onnx(encoder, tmp)
             _mark(tmp, meta)
             session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
             with torch.inference_mode():
