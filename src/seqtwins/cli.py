@@ -245,6 +245,10 @@ def serve(
     ] = 1000,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    threads: Annotated[
+        int,
+        typer.Option(help="torch and FAISS threads per worker (more workers scale better)."),
+    ] = 1,
     verify: Verify = True,
 ) -> None:
     """Serve embeddings and nearest users over HTTP (JSON; docs/serve.md)."""
@@ -259,7 +263,7 @@ def serve(
     except SeqtwinsError as e:  # named as the flag typed: --max-batch=0 must be ...
         raise SeqtwinsError(_as_flag(str(e), set(given), [])) from None
     run_server(run, data, host=host, port=port, workers=workers, which=checkpoint,
-               verify=verify, limits=limits, access_log=access_log)  # fmt: skip
+               verify=verify, limits=limits, access_log=access_log, threads=threads)  # fmt: skip
 
 
 @command()

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from seqtwins.cli import app
@@ -74,9 +75,15 @@ def test_worker_processes_load_the_run_from_the_environment(tiny_run, monkeypatc
     """What each process of `serve --workers N` runs (uvicorn's factory)."""
     data, run = tiny_run
     settings = {"run": str(run), "data": str(data), "which": "last", "verify": False,
-                "limits": asdict(Limits(max_batch=3))}  # fmt: skip
+                "limits": asdict(Limits(max_batch=3)), "threads": 1}  # fmt: skip
     monkeypatch.setenv(ENV, json.dumps(settings))
-    with live_server(app_from_env()) as url:
+    before = torch.get_num_threads()
+    try:
+        app = app_from_env()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with live_server(app) as url:
         info = httpx.get(f"{url}/info").json()
         assert (info["checkpoint"], info["limits"]["max_batch"]) == ("last", 3)
         r = httpx.post(f"{url}/embed", json={"sequences": [["it1"]] * 4})
@@ -88,6 +95,7 @@ def test_serve_cli_bad_inputs(tiny_run, tmp_path):
     base = ["serve", str(run), "--data", str(data), "--port", str(free_port())]
     one_line_error(["serve", str(tmp_path / "none"), "--data", str(data)], "is not a seqtwins run")
     one_line_error([*base, "--workers", "0"], "--workers 0 must be at least 1")
+    one_line_error([*base, "--threads", "0"], "--threads 0 must be at least 1")
     one_line_error([*base, "--checkpoint", "worst"], "must be best or last")
     one_line_error([*base, "--max-batch", "0"], "--max-batch=0 must be a positive integer")
     one_line_error([*base, "--port", "70000"], "--port 70000 must be in 0..65535")

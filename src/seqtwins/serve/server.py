@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.run import Run
@@ -44,6 +46,16 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
+def set_threads(torch_threads: int, faiss_threads: int) -> tuple[int, int]:
+    """Set the torch and FAISS (OpenMP) thread counts; returns the previous ones. For entry
+    points only (the server process, each worker process)."""
+    faiss = import_extra("faiss")
+    previous = (torch.get_num_threads(), int(faiss.omp_get_max_threads()))
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)
+    return previous
+
+
 def serve(
     run_dir: Path | str,
     data_dir: Path | str,
@@ -54,13 +66,21 @@ def serve(
     verify: bool = True,
     limits: Limits | None = None,
     access_log: bool = True,
+    threads: int = 1,
 ) -> None:
-    """Serve run ``run_dir`` (trained on ``data_dir``) until interrupted."""
+    """Serve run ``run_dir`` (trained on ``data_dir``) until interrupted.
+
+    ``threads`` is the number of torch and FAISS threads of each server process while it
+    serves (loading uses the process's default): one thread per worker leaves the other
+    cores to HTTP and to the other workers, and keeps OpenMP from spinning on a busy
+    machine (benchmarks/results/serve.md)."""
     import_extra("fastapi")
     uvicorn = import_extra("uvicorn")
     import_extra("faiss")
     if workers < 1:
         raise SeqtwinsError(f"--workers {workers} must be at least 1")
+    if threads < 1:
+        raise SeqtwinsError(f"--threads {threads} must be at least 1")
     limits = limits or Limits()
     _check_port(host, port)
     options: dict[str, Any] = {"host": host, "port": port, "access_log": access_log}
@@ -69,7 +89,11 @@ def serve(
         from seqtwins.serve.model import LoadedModel
 
         model = LoadedModel.load(run_dir, data_dir, which, verify)
-        uvicorn.run(create_app(model, limits), **options)
+        previous = set_threads(threads, threads)
+        try:
+            uvicorn.run(create_app(model, limits), **options)
+        finally:
+            set_threads(*previous)
         return
     if which not in ("best", "last"):
         raise SeqtwinsError(f"--checkpoint {which!r} must be best or last")
@@ -94,4 +118,5 @@ def app_from_env() -> Any:
     settings = json.loads(os.environ[ENV])
     model = LoadedModel.load(settings["run"], settings["data"], settings["which"],
                              settings["verify"])  # fmt: skip
+    set_threads(settings["threads"], settings["threads"])  # this worker process's own setting
     return create_app(model, Limits(**settings["limits"]))
