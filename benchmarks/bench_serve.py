@@ -328,8 +328,9 @@ def write_markdown(result: dict, path: Path) -> None:
         "## Targets", "",
         *table(result["verdicts"], ["target", "wanted", "measured", "met"]), "",
         "## /embed over HTTP", "",
-        f"Real server (`seqtwins serve`: uvicorn, 1 worker, 1 encoder thread) and httpx clients (asyncio) in one "
-        f"other process on the same cores; sequences of {LENGTH} known items; "
+        "Real server (`seqtwins serve`: uvicorn, 1 worker, 1 encoder thread) and httpx "
+        "clients (asyncio) in one other process on the same cores; sequences of "
+        f"{LENGTH} known items; "
         f"{result['seconds']} s per cell after a warm-up. Latency is client-side round trip.", "",
         *table(result["http"], ["sequences_per_request", "clients", "requests",
                                 "sequences_per_s", "requests_per_s", "p50_ms", "p99_ms",
@@ -344,8 +345,8 @@ def write_markdown(result: dict, path: Path) -> None:
                                  "queries", "ivf_query_ms", "flat_query_ms"]), "",
         "`clustered`: 2,000 Gaussian taste centres plus noise (sd 0.5 per dimension); "
         "`isotropic`: standard normal, no structure. Query times are single queries "
-        "(batch 1, 1 FAISS thread), best of 3 rounds. nprobe is chosen at build time by the index itself "
-        "(doubled until recall@20 on 500 sampled users reaches 0.95).", "",
+        "(batch 1, 1 FAISS thread), best of 3 rounds. nprobe is chosen at build time by the "
+        "index itself (doubled until recall@20 on 500 sampled users reaches 0.95).", "",
     ]  # fmt: skip
     path.write_text("\n".join(lines))
 
