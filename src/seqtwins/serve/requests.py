@@ -23,12 +23,12 @@ async def read_body(
     (a declared Content-Length over the limit is refused before reading)."""
     declared = content_length or ""
     if declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise over_limit(limits, "max_body_bytes", int(declared), "the body", 413)
+        raise over_limit(limits, "max_body_bytes", int(declared), "the body size in bytes", 413)
     parts, size = [], 0
     async for chunk in chunks:
         size += len(chunk)
         if size > limits.max_body_bytes:
-            raise over_limit(limits, "max_body_bytes", size, "the body (at least)", 413)
+            raise over_limit(limits, "max_body_bytes", size, "the body size in bytes (so far)", 413)
         parts.append(chunk)
     return b"".join(parts)
 
