@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ from typer.testing import CliRunner
 from seqtwins.cli import app
 from seqtwins.serve.limits import Limits
 from seqtwins.serve.model import nearest_users
-from seqtwins.serve.server import ENV, app_from_env
+from seqtwins.serve.server import ENV, app_from_env, worker_settings
 from tests.serve.conftest import live_server
 
 runner = CliRunner()
@@ -74,9 +73,7 @@ def test_serve_cli_runs_the_real_server(tiny_run):
 def test_worker_processes_load_the_run_from_the_environment(tiny_run, monkeypatch):
     """What each process of `serve --workers N` runs (uvicorn's factory)."""
     data, run = tiny_run
-    settings = {"run": str(run), "data": str(data), "which": "last", "verify": False,
-                "limits": asdict(Limits(max_batch=3)), "threads": 1}  # fmt: skip
-    monkeypatch.setenv(ENV, json.dumps(settings))
+    monkeypatch.setenv(ENV, worker_settings(run, data, "last", Limits(max_batch=3), 1))
     before = torch.get_num_threads()
     try:
         app = app_from_env()

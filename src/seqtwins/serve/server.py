@@ -98,16 +98,24 @@ def serve(
     if which not in ("best", "last"):
         raise SeqtwinsError(f"--checkpoint {which!r} must be best or last")
     Run.open(run_dir).encoder(which, SequenceDataset.open(data_dir, verify=verify))
-    os.environ[ENV] = json.dumps(
-        {
-            "run": str(Path(run_dir).resolve()),
-            "data": str(Path(data_dir).resolve()),
-            "which": which,
-            "verify": False,
-            "limits": asdict(limits),
-        }  # fmt: skip
-    )  # the workers skip the hash: checked here, once
-    uvicorn.run("seqtwins.serve.server:app_from_env", factory=True, workers=workers, **options)
+    # the workers skip the hash: checked here, once
+    os.environ[ENV] = worker_settings(run_dir, data_dir, which, limits, threads)
+    try:
+        uvicorn.run("seqtwins.serve.server:app_from_env", factory=True, workers=workers,
+                    **options)  # fmt: skip
+    finally:
+        os.environ.pop(ENV, None)
+
+
+def worker_settings(
+    run_dir: Path | str, data_dir: Path | str, which: str, limits: Limits, threads: int
+) -> str:
+    """The JSON that :func:`app_from_env` reads in each worker process (a checked run: the
+    workers do not recompute the dataset hash)."""
+    return json.dumps(
+        {"run": str(Path(run_dir).resolve()), "data": str(Path(data_dir).resolve()),
+         "which": which, "verify": False, "limits": asdict(limits), "threads": threads}
+    )  # fmt: skip
 
 
 def app_from_env() -> Any:
