@@ -5,8 +5,8 @@ Embeddings are L2-normalised, so inner product = cosine. Up to
 inverted-file index (``IndexIVFFlat``, about sqrt(N) lists, as the FAISS guidelines
 suggest for N around a million) whose ``nprobe`` is chosen at build time: it is doubled
 until recall@k against exact search, measured on a sample of the users themselves,
-reaches :attr:`IndexConfig.recall_target`. The measured recall is kept and reported
-(``GET /info``, ``seqtwins neighbors``).
+reaches :attr:`IndexConfig.recall_target`, then narrowed by bisection. The measured
+recall is kept and reported (``GET /info``, ``seqtwins neighbors``).
 
 Used by ``seqtwins neighbors`` (:func:`seqtwins.serve.model.nearest_users`) and
 ``POST /neighbors``.
@@ -30,7 +30,8 @@ class IndexConfig:
     nlist: int | None = None
     """IVF lists; default ``round(sqrt(N))`` (FAISS guideline: sqrt(N) to 16 sqrt(N))."""
     recall_target: float = 0.95
-    """IVF only: the smallest power-of-two ``nprobe`` reaching this recall@k is used."""
+    """IVF only: ``nprobe`` is the smallest found (doubling, then 3 bisection steps) that
+    reaches this recall@k on the calibration queries."""
     recall_k: int = 20
     """The k of the recall measured when choosing ``nprobe``."""
     calibration_queries: int = 500
@@ -104,20 +105,33 @@ class NeighborIndex:
         return out
 
     def _calibrate(self, x: np.ndarray, cfg: IndexConfig, rng: np.random.Generator) -> None:
-        """Choose ``nprobe``: doubled until recall@k vs exact search reaches the target."""
+        """Choose ``nprobe``: doubled until recall@k vs exact search reaches the target,
+        then bisected (3 steps) between the last miss and the first hit."""
         faiss = _faiss()
         k = min(cfg.recall_k, self.size)
         queries = x[rng.choice(self.size, min(self.size, cfg.calibration_queries), replace=False)]
         _, exact = faiss.knn(queries, x, k, faiss.METRIC_INNER_PRODUCT)  # (Q, k) brute force
-        nlist = int(self.index.nlist)
-        nprobe = 1
-        while True:
+
+        def recall(nprobe: int) -> float:
             self.index.nprobe = nprobe
-            _, found = self.index.search(queries, k)
-            self.nprobe, self.recall = nprobe, recall_at_k(found, exact)
-            if self.recall >= cfg.recall_target or nprobe >= nlist:
-                return
-            nprobe = min(2 * nprobe, nlist)
+            return recall_at_k(self.index.search(queries, k)[1], exact)
+
+        nlist = int(self.index.nlist)
+        miss, hit = 0, 1
+        got = recall(hit)
+        while got < cfg.recall_target and hit < nlist:
+            miss, hit = hit, min(2 * hit, nlist)
+            got = recall(hit)
+        for _ in range(3):
+            mid = (miss + hit) // 2
+            if mid <= miss or got < cfg.recall_target:
+                break
+            r = recall(mid)
+            if r >= cfg.recall_target:
+                hit, got = mid, r
+            else:
+                miss = mid
+        self.index.nprobe, self.nprobe, self.recall = hit, hit, got
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Cosine scores and rows ``(Q, k)`` of the nearest users of each query (Q, D),
