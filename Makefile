@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pulls a multi-GB CUDA build instead.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench-prepare bench-large bench-train evidence evidence-quick tune clean
+.PHONY: demo test lint bench-prepare bench-large bench-train bench-serve evidence evidence-quick tune clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench-large: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train.py
+
+# /embed throughput and latency, ONNX Runtime vs torch, FAISS on 1M users (docs/serve.md)
+bench-serve: $(STAMP)
+	$(PY) benchmarks/bench_serve.py
 
 # The evidence study (docs/evidence.md) reads the real datasets from $SEQTWINS_DATA,
 # ../shared/data unless set. (Only these targets: `make test` skips real-data tests when

@@ -228,6 +228,91 @@ def embed(
     )
 
 
+Checkpoint = Annotated[str, typer.Option(help="Checkpoint: best (on valid) or last.")]
+
+
+@command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="A run directory (seqtwins pretrain).")],
+    data: Annotated[Path, typer.Option("--data", help="The run's dataset directory.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (each loads the run).")] = 1,
+    checkpoint: Checkpoint = "best",
+    max_batch: Annotated[int, typer.Option(help="Most sequences per /embed request.")] = 256,
+    max_sequence_length: Annotated[
+        int, typer.Option(help="Most item ids per sequence in a request.")
+    ] = 1000,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4 << 20,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    threads: Annotated[
+        int,
+        typer.Option(help="torch and FAISS threads per worker (more workers scale better)."),
+    ] = 1,
+    verify: Verify = True,
+) -> None:
+    """Serve embeddings and nearest users over HTTP (JSON; docs/serve.md)."""
+    from seqtwins.serve.limits import Limits
+    from seqtwins.serve.server import serve as run_server
+    from seqtwins.settings import build
+
+    given = {"max_batch": max_batch, "max_sequence_length": max_sequence_length,
+             "max_body_bytes": max_body_bytes}  # fmt: skip
+    try:
+        limits = build(Limits, {**given, "batch_rows": max(512, max_batch)})
+    except SeqtwinsError as e:  # named as the flag typed: --max-batch=0 must be ...
+        raise SeqtwinsError(_as_flag(str(e), set(given), [])) from None
+    run_server(run, data, host=host, port=port, workers=workers, which=checkpoint,
+               verify=verify, limits=limits, access_log=access_log, threads=threads)  # fmt: skip
+
+
+@command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory (seqtwins pretrain).")],
+    out: Annotated[Path, typer.Option("--out", help="Output file, e.g. model.onnx.")],
+    format: Annotated[str, typer.Option("--format", help="onnx.")] = "onnx",
+    checkpoint: Checkpoint = "best",
+) -> None:
+    """Export the encoder (pooling included) for other runtimes: ONNX, dynamic batch and
+    length."""
+    from seqtwins.serve.export import export_onnx
+
+    summary = export_onnx(run, out, which=checkpoint, fmt=format)
+    console.print(
+        f"wrote {summary.out} (opset {summary.opset}, items (batch, length <= "
+        f"{summary.max_len}) -> user_embedding (batch, {summary.dim})); ONNX Runtime matches "
+        f"torch within {summary.max_abs_diff:.2g} on {summary.checked} sequences",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@command()
+def neighbors(
+    run: Annotated[Path, typer.Argument(help="A run directory (seqtwins pretrain).")],
+    data: Annotated[Path, typer.Option("--data", help="The run's dataset directory.")],
+    user: Annotated[str, typer.Option("--user", help="A user_id of the dataset.")],
+    k: Annotated[int, typer.Option("-k", help="How many neighbours.")] = 20,
+    checkpoint: Checkpoint = "best",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    verify: Verify = True,
+) -> None:
+    """The dataset users nearest to one user (cosine of embeddings, FAISS)."""
+    from seqtwins.serve.model import nearest_users
+
+    found = nearest_users(run, data, user, k=k, which=checkpoint, verify=verify)
+    if as_json:
+        import json
+
+        rows = [{"user": u, "score": s} for u, s in found.neighbors]
+        typer.echo(json.dumps({"user": found.user, "neighbors": rows, "index": found.index}))
+        return
+    typer.echo("rank\tuser_id\tcosine")
+    for rank, (other, score) in enumerate(found.neighbors, 1):
+        typer.echo(f"{rank}\t{other}\t{score:.4f}")
+
+
 @command()
 def prepare(
     input: Annotated[Path, typer.Argument(help="A log file or a MovieLens / S3-Rec folder.")],

@@ -1,0 +1,161 @@
+"""A run loaded once for serving: encoder, id maps and the dataset users' embeddings.
+
+Everything is opened through the owners (:class:`seqtwins.run.Run` for the encoder,
+:class:`seqtwins.data.dataset.SequenceDataset` for the item and user ids); dataset users
+are embedded with :func:`seqtwins.models.encoder.embed_users`, the function ``seqtwins
+embed`` uses, so ``/users/{id}/embedding`` returns the row ``seqtwins embed`` writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.errors import SeqtwinsError
+from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_users
+from seqtwins.run import Run, item_index
+from seqtwins.serve import import_extra
+from seqtwins.serve.neighbors import IndexConfig, NeighborIndex, neighbors_of_row
+
+ItemId = str | int
+"""An original item id as a client sends it (JSON string or integer)."""
+
+
+@dataclass
+class Mapped:
+    """Sequences of original item ids mapped to item indices.
+
+    ``sequences[i]`` holds row i's known items (the most recent ``encoder.max_len``),
+    ``unknown[i]`` the ids of row i the dataset does not know (skipped), and ``empty`` the
+    rows without any known item (they get no embedding)."""
+
+    sequences: list[np.ndarray]
+    unknown: list[list[ItemId]]
+    empty: list[int] = field(default_factory=list)
+
+
+class LoadedModel:
+    """One run's encoder with its dataset's id maps, ready to embed and search."""
+
+    def __init__(
+        self,
+        run: Run,
+        ds: SequenceDataset,
+        encoder: SequenceEncoder,
+        which: str,
+        index_cfg: IndexConfig | None = None,
+    ) -> None:
+        self.run, self.ds, self.encoder, self.which = run, ds, encoder, which
+        self.items = item_index(ds)
+        self.user_ids: list[str] = ds.users["user_id"].cast(pl.String).to_list()
+        self.user_rows = {u: i for i, u in enumerate(self.user_ids)}
+        self.splits: list[str] = ds.users["split"].to_list()
+        self.max_len = encoder.cfg.max_len
+        # the rows `seqtwins embed` writes: same function, same batches
+        self.user_vectors = embed_users(encoder, ds, np.arange(ds.num_users))  # (U, D)
+        self.index = NeighborIndex.build(self.user_vectors, index_cfg or IndexConfig())
+
+    @classmethod
+    def load(
+        cls,
+        run_dir: Path | str,
+        data_dir: Path | str,
+        which: str = "best",
+        verify: bool = True,
+        index_cfg: IndexConfig | None = None,
+    ) -> LoadedModel:
+        """Open the run and its dataset (the run must have been trained on it)."""
+        if which not in ("best", "last"):
+            raise SeqtwinsError(f"--checkpoint {which!r} must be best or last")
+        run = Run.open(run_dir)
+        ds = SequenceDataset.open(data_dir, verify=verify)
+        encoder = run.encoder(which, ds)
+        return cls(run, ds, encoder, which, index_cfg)
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.cfg.dim
+
+    def map_sequences(self, sequences: Sequence[Sequence[ItemId]]) -> Mapped:
+        """Original item ids -> index arrays; unknown ids reported per row, not fatal."""
+        lookup, keep = self.items, self.max_len
+        out = Mapped([], [])
+        for row, seq in enumerate(sequences):
+            known: list[int] = []
+            unknown: list[ItemId] = []
+            for item in seq:
+                idx = lookup.get(str(item))
+                if idx is None:
+                    unknown.append(item)
+                else:
+                    known.append(idx)
+            out.sequences.append(np.asarray(known[-keep:], dtype=np.int64))
+            out.unknown.append(unknown)
+            if not known:
+                out.empty.append(row)
+        return out
+
+    def embed(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """Embeddings ``(len(sequences), D)`` float32 of non-empty item-index sequences."""
+        with torch.inference_mode():
+            return embed_item_lists(self.encoder, sequences, max(1, len(sequences)))
+
+    def user_row(self, user: str) -> int | None:
+        return self.user_rows.get(user)
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /info`` reports about the run, its dataset and the index."""
+        cfg = self.run.config
+        return {
+            "run": str(self.run.path),
+            "checkpoint": self.which,
+            "data": str(self.ds.path),
+            "data_hash": self.ds.content_hash,
+            "objective": cfg.objective,
+            "dim": self.dim,
+            "max_len": self.max_len,
+            "pooling": cfg.encoder.pooling,
+            "items": self.ds.num_items,
+            "users": self.ds.num_users,
+            "index": self.index.describe(),
+        }
+
+
+@dataclass
+class Neighbors:
+    """What ``seqtwins neighbors`` found for one user."""
+
+    user: str
+    neighbors: list[tuple[str, float]]
+    index: dict[str, Any]
+
+
+def nearest_users(
+    run_dir: Path | str,
+    data_dir: Path | str,
+    user: str,
+    k: int = 20,
+    which: str = "best",
+    verify: bool = True,
+    cfg: IndexConfig | None = None,
+) -> Neighbors:
+    """The ``k`` dataset users nearest to ``user`` (cosine of their embeddings)."""
+    if k < 1:
+        raise SeqtwinsError(f"-k {k} must be at least 1")
+    import_extra("faiss")  # the missing extra is one line before any work
+    model = LoadedModel.load(run_dir, data_dir, which, verify, cfg)
+    row = model.user_row(user)
+    if row is None:
+        raise SeqtwinsError(
+            f"user {user!r} is not in dataset {model.ds.path} ({model.ds.num_users} users); "
+            "give a user_id of its users.parquet"
+        )
+    found = neighbors_of_row(model.index, model.user_vectors, row, k)
+    return Neighbors(user, [(model.user_ids[r], s) for r, s in found], model.index.describe())
