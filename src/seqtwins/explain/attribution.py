@@ -4,9 +4,9 @@ Two methods, both over the items the encoder reads (the last ``encoder.max_len``
 the user's history), and both explaining a scalar *target* of the user embedding:
 
 - **integrated gradients** (:func:`integrated_gradients`, Sundararajan et al. 2017,
-  Captum ``LayerIntegratedGradients``) on the encoder's item-embedding layer (and its
-  category-embedding layer when the run uses categories: the two are summed into the
-  item's input vector). The baseline is the all-zero item vector, the padding row of the
+  Captum ``LayerIntegratedGradients``) on the encoder's item-embedding layer (with the
+  category embedding added in, as one layer, when the run uses categories: the item's
+  whole input vector). The baseline is the all-zero item vector, the padding row of the
   table: every position keeps its position embedding and attention mask, only the item
   information is integrated from nothing to the item. Per item, the attribution is the
   sum over the embedding width; by completeness the items' attributions add up to
@@ -68,21 +68,40 @@ def compact(ids: Tensor) -> Tensor:
     return torch.gather(ids, 1, order)
 
 
+class _ItemVectors(torch.nn.Module):
+    """An item's whole input vector as one layer: item embedding + category embedding
+    (what :meth:`SequenceEncoder.item_vectors` adds), so that integrated gradients
+    attributes both together and padding still maps to zero."""
+
+    def __init__(self, item_emb: torch.nn.Embedding, cat_emb: torch.nn.Embedding, codes: Tensor):
+        super().__init__()
+        self.item_emb, self.cat_emb, self.codes = item_emb, cat_emb, codes
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.item_emb(ids) + self.cat_emb(self.codes[ids])
+
+
 @contextmanager
 def dense(encoder: SequenceEncoder) -> Iterator[SequenceEncoder]:
-    """The encoder on its dense path (no token packing) while the block runs, in eval mode.
+    """The encoder on its dense path (no token packing) while the block runs, in eval mode,
+    with its item and category embeddings as one layer (``item_emb``).
 
     Packing changes the item-embedding layer's output shape with the number of padding
     tokens, which differs between an input and its all-padding baseline; the dense path
-    computes the same embedding (packing is a CPU speed optimisation only). Config and mode
-    are restored on exit."""
+    computes the same embedding (packing is a CPU speed optimisation only). Config, layers
+    and mode are restored on exit."""
     cfg, was_training = encoder.cfg, encoder.training
+    item_emb, cat_emb = encoder.item_emb, encoder.cat_emb
     encoder.cfg = dataclasses.replace(cfg, pack_threshold=1.0)
     encoder.eval()
+    if cat_emb is not None:
+        encoder.item_emb = _ItemVectors(item_emb, cat_emb, encoder.item_cat_codes)  # type: ignore[assignment]
+        encoder.cat_emb = None
     try:
         yield encoder
     finally:
         encoder.cfg = cfg
+        encoder.item_emb, encoder.cat_emb = item_emb, cat_emb
         encoder.train(was_training)
 
 
@@ -125,10 +144,6 @@ def _window(items: np.ndarray | Tensor) -> Tensor:
     return ids
 
 
-def _layers(encoder: SequenceEncoder) -> list[torch.nn.Module]:
-    return [encoder.item_emb] + ([encoder.cat_emb] if encoder.cat_emb is not None else [])
-
-
 Head = Callable[[Tensor], Tensor]
 """Scores of each user embedding: ``(B, D)`` -> ``(B, K)``; attributions explain one
 column per user."""
@@ -137,10 +152,9 @@ column per user."""
 def _ig(enc: SequenceEncoder, ids: Tensor, head: Head, columns: list[int], steps: int) -> Tensor:
     """(B, T) integrated-gradients attributions of ``head(embed(ids))[b, columns[b]]``;
     ``enc`` is on its dense path (:func:`dense`)."""
-    lig = captum().LayerIntegratedGradients(lambda x: head(enc.embed(x)), _layers(enc))
+    lig = captum().LayerIntegratedGradients(lambda x: head(enc.embed(x)), enc.item_emb)
     out = lig.attribute(ids, baselines=torch.zeros_like(ids), target=columns, n_steps=steps)
-    parts = out if isinstance(out, list | tuple) else [out]
-    return sum(p.detach().sum(-1) for p in parts)  # (B, T): over width and layers
+    return out.detach().sum(-1)  # (B, T): summed over the embedding width
 
 
 def _occlusion(enc: SequenceEncoder, ids: Tensor, head: Head, columns: list[int]) -> Tensor:
@@ -183,15 +197,13 @@ def integrated_gradients(
 
 def zero_items(encoder: SequenceEncoder, ids: Tensor) -> Tensor:
     """Embeddings of ``ids`` (B, T) with every item (and category) vector zero: the
-    integrated-gradients baseline, computed independently of Captum (forward hooks)."""
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, o: torch.zeros_like(o)) for m in _layers(encoder)
-    ]
-    try:
-        return encoder.embed(ids)
-    finally:
-        for h in hooks:
-            h.remove()
+    integrated-gradients baseline, computed independently of Captum (a forward hook)."""
+    with dense(encoder) as enc:
+        hook = enc.item_emb.register_forward_hook(lambda _m, _i, o: torch.zeros_like(o))
+        try:
+            return enc.embed(ids)
+        finally:
+            hook.remove()
 
 
 def occlusion(encoder: SequenceEncoder, items: np.ndarray | Tensor, target: Target) -> np.ndarray:

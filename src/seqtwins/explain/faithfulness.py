@@ -31,6 +31,7 @@ import torch
 from seqtwins.data.batching import histories
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.probe import cpu_threads
 from seqtwins.evaluate.tasks import build_task
 from seqtwins.explain.attribution import batch_attributions, embed_windows
 from seqtwins.explain.probe import TaskProbe, fit_task_probe
@@ -126,12 +127,29 @@ def faithfulness(
     draws: int = 3,
     seed: int = 0,
     checkpoint: str = "best",
+    threads: int = 1,
 ) -> dict[str, Any]:
     """The deletion test of ``run`` on ``task`` over up to ``users`` labelled test users
-    (a seeded random sample of those with more than ``max(ks)`` window items)."""
+    (a seeded random sample of those with more than ``max(ks)`` window items), with
+    ``threads`` torch / BLAS threads (restored after)."""
     bad = sorted(set(methods) - set(METHODS))
     if bad:
         raise SeqtwinsError(f"unknown attribution method(s) {bad}; choose from {METHODS}")
+    with cpu_threads(threads):
+        return _faithfulness(run, data, task, users, ks, methods, draws, seed, checkpoint)
+
+
+def _faithfulness(
+    run: Path | str | Run,
+    data: Path | str,
+    task: str,
+    users: int,
+    ks: Sequence[int],
+    methods: Sequence[str],
+    draws: int,
+    seed: int,
+    checkpoint: str,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     r = run if isinstance(run, Run) else Run.open(run)
     ds = SequenceDataset.open(data)

@@ -18,8 +18,10 @@ def _num(v: Any) -> str:
 def _frame_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     table = Table(title=title, title_justify="left")
     for c in columns:
-        numeric = rows and isinstance(rows[0].get(c), int | float) and not isinstance(
-            rows[0].get(c), bool
+        numeric = (
+            rows
+            and isinstance(rows[0].get(c), int | float)
+            and not isinstance(rows[0].get(c), bool)
         )
         table.add_column(c.replace("_", " "), justify="right" if numeric else "left")
     for r in rows:
