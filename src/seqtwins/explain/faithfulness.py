@@ -21,7 +21,7 @@ A method no better than random has ratios near 1 (or below); that is what is rep
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 def compare(
     windows: Sequence[np.ndarray],
-    orders: dict[str, Sequence[np.ndarray]],
+    orders: Mapping[str, Sequence[np.ndarray]],
     confidence: Confidence,
     ks: Sequence[int] = KS,
     draws: int = 3,

@@ -286,17 +286,18 @@ def _explain(
         task_cols, targets["task"] = _task_columns(ld, tp, window, e, u)
         columns.update(task_cols)
     seqs = ld.ds.sequences
+    n_history = int(seqs.history_end[u] - seqs.offsets[u])
     info = {
         "id": str(user),
         "index": u,
         "split": str(ld.ds.users["split"][u]),
-        "history_items": int(seqs.history_end[u] - seqs.offsets[u]),
+        "history_items": n_history,
         "explained_items": len(window),
     }
     notes = []
-    if info["history_items"] > len(window):
+    if n_history > len(window):
         notes.append(
-            f"the encoder reads the last {len(window)} of {info['history_items']} history "
+            f"the encoder reads the last {len(window)} of {n_history} history "
             "items (encoder.max_len); older items have no influence"
         )
     return Explanation(
