@@ -152,7 +152,7 @@ def _faithfulness(
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     r = run if isinstance(run, Run) else Run.open(run)
-    ds = SequenceDataset.open(data)
+    ds = SequenceDataset.open(data, mmap=False)
     encoder = r.encoder(checkpoint, ds)
     task_obj = build_task(ds, task)
     emb = embed_users(encoder, ds, np.arange(ds.num_users))
