@@ -230,8 +230,8 @@ def explain_user(
     :func:`seqtwins.evaluate.tasks.available_tasks`). ``k``: nearest users / items shown.
     ``items``: None lists the nearest items where the objective has item vectors; True
     requires them (SeqtwinsError for a run without); False skips them. ``threads``: torch
-    and BLAS threads while it runs (restored after): one thread answered 10x faster than two
-    on the shared 2-core machine (many small ops, each a thread barrier)."""
+    and BLAS threads while it runs (restored after): one thread answered faster than two
+    on the shared 2-core machine, 7-10x (many small ops, each a thread barrier)."""
     t0 = time.perf_counter()
     if k < 1:
         raise SeqtwinsError(f"-k {k} must be >= 1")
