@@ -623,6 +623,40 @@ def report(
 
 
 @command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="A run directory (seqtwins pretrain).")],
+    data: Annotated[Path, typer.Option("--data", help="The run's dataset directory.")],
+    user: Annotated[str, typer.Option("--user", help="The user's id (users.parquet user_id).")],
+    task: Annotated[
+        str | None,
+        typer.Option("--task", help="Also explain this task's probe prediction (as evaluate)."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Nearest users / items to list.")] = 10,
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    items: Annotated[
+        bool | None,
+        typer.Option(
+            "--items/--no-items",
+            help="Nearest items by the run's item tower (default: where the objective has one).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    verify: Verify = True,
+) -> None:
+    """Why a user's embedding is what it is: per-item attributions (Captum), nearest users
+    and the items they share, nearest items. See docs/explain.md."""
+    from seqtwins.explain import explain_user
+    from seqtwins.explain.render import render_explanation
+
+    result = explain_user(run, data, user, task=task, k=k, checkpoint=checkpoint, items=items,
+                          verify=verify)  # fmt: skip
+    if as_json:
+        typer.echo(result.to_json())
+    else:
+        render_explanation(result, console)
+
+
+@command()
 def tune(
     experiment: Annotated[
         Path | None, typer.Argument(help="Experiment YAML (default: the embedded demo).")

@@ -164,7 +164,11 @@ def plot_embedding_map(
             label=str(name)[:24],
             linewidths=0,
         )
-    ax.set_title(f"{title or 'test-user embeddings'} ({how}, n={len(emb)})", fontsize=10)
+    _draw_centroids(ax, xy, labels, top, cmap)
+    ax.set_title(
+        f"{title or 'test-user embeddings'} ({how}, n={len(emb)}; X = category centroid)",
+        fontsize=10,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(
@@ -173,6 +177,34 @@ def plot_embedding_map(
     path = Path(path)
     _save(fig, path)
     return path
+
+
+def _draw_centroids(
+    ax: Any, xy: np.ndarray, labels: np.ndarray, top: list[int], cmap: list[Any]
+) -> None:
+    """Mark each coloured category's centroid on the 2-D map (seqtwins.explain.global_views)."""
+    from seqtwins.explain.global_views import class_centroids
+
+    for i, (x, y) in enumerate(class_centroids(xy, labels, top)):
+        ax.scatter([x], [y], marker="X", s=150, color=cmap[i % len(cmap)], edgecolors="black",
+                   linewidths=1.2, zorder=5)  # fmt: skip
+
+
+def _global_view_lines(
+    res: Mapping[str, Any], labels: np.ndarray, embs: Mapping[str, np.ndarray], names: Sequence[str]
+) -> list[str]:
+    """Principal directions of each map's embeddings and the categories and items at their
+    ends (seqtwins.explain.global_views; items when the evaluated dataset can be read)."""
+    from seqtwins.explain.global_views import global_views, map_holders, markdown
+
+    dset = res.get("dataset", {})
+    found = map_holders(str(dset.get("path")), str(dset.get("content_hash")), len(labels))
+    holders, items = (None, None) if isinstance(found, str) else found
+    note = found if isinstance(found, str) else None
+    lines: list[str] = []
+    for m, e in embs.items():
+        lines += markdown(global_views(e, labels, names, holders, items), m, note)
+    return lines
 
 
 FLOOR_COLOURS = {
@@ -456,6 +488,7 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
                     e, labels, names, out / name, title=f"{m}: test users by {task or 'label'}"
                 )
                 lines += [f"### Test-user embedding map `{m}`", "", f"![{m}]({name})", ""]
+            lines += _global_view_lines(res, labels, embs, names)
         secs = res.get("seconds")
         if secs:
             lines += ["Seconds per method: " + ", ".join(f"{k} {v:g}" for k, v in secs.items()), ""]

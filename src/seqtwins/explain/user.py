@@ -1,0 +1,309 @@
+"""``seqtwins explain``: why the model places one user where it does.
+
+:func:`explain_user` opens a run and its dataset, embeds every user with the run's
+checkpoint, and returns an :class:`Explanation` of one user:
+
+- the items the encoder reads (the last ``encoder.max_len`` of the user's history) with
+  their attributions to the **embedding** (target: the embedding's length along its own
+  direction, :func:`~seqtwins.explain.attribution.self_projection`) by integrated gradients
+  and by occlusion (removal), and with ``task`` also to the **probe's score of its
+  predicted class** (the probe fitted as ``evaluate`` fits it,
+  :mod:`seqtwins.explain.probe`);
+- the nearest users by cosine of the embeddings, and the history items each shares with
+  the user;
+- for runs whose objective has an item tower (``dual``, ``barlow+next``,
+  :mod:`seqtwins.evaluate.native`), the items that tower ranks highest for the user.
+
+See docs/explain.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from seqtwins.data.batching import histories
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.native import NATIVE_OBJECTIVES, ItemTower, has_item_tower
+from seqtwins.evaluate.probe import cpu_threads
+from seqtwins.evaluate.tasks import build_task
+from seqtwins.explain.attribution import (
+    integrated_gradients,
+    occlusion,
+    probe_score,
+    self_projection,
+)
+from seqtwins.explain.probe import TaskProbe, fit_task_probe
+from seqtwins.models.encoder import SequenceEncoder, embed_users
+from seqtwins.run import Run
+
+SCHEMA = "seqtwins.explain/1"
+EMBEDDING_TARGET = "projection of the embedding on its own direction, <e', e/|e|>"
+
+
+@dataclass
+class Explanation:
+    """One user's explanation. :meth:`table` is the history with its attributions."""
+
+    run: str
+    dataset: str
+    checkpoint: str
+    user: dict[str, Any]
+    history: pl.DataFrame
+    """position, item_id, category, ig_embedding, occlusion_embedding (and ig_task,
+    occlusion_task with a task), oldest first."""
+    targets: dict[str, Any]
+    neighbours: pl.DataFrame
+    """rank, user_id, cosine, shared (count), shared_items (list of item ids)."""
+    items: pl.DataFrame | None
+    """rank, item_id, score, in_history; None where the objective has no item vectors."""
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> pl.DataFrame:
+        """The user's history items with their attributions (one row per item)."""
+        return self.history
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "run": self.run,
+            "dataset": self.dataset,
+            "checkpoint": self.checkpoint,
+            "user": self.user,
+            "targets": self.targets,
+            "history": self.history.to_dicts(),
+            "neighbours": self.neighbours.to_dicts(),
+            "items": None if self.items is None else self.items.to_dicts(),
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
+
+@dataclass
+class _Loaded:
+    ds: SequenceDataset
+    encoder: SequenceEncoder
+    tower: ItemTower | None
+    item_ids: np.ndarray  # (vocab,) original item id of each item index ("" for pad, MASK)
+    item_cats: np.ndarray  # (vocab,) first-listed category ("" none)
+
+
+def _load(run: Run, data: Path | str, which: str, items: bool | None, verify: bool) -> _Loaded:
+    # in memory, not memory-mapped: embedding every user slices each history, and a slice
+    # of a memmap costs ~50 us more (1.3 of 5.2 s of embedding Beauty's 22k users)
+    ds = SequenceDataset.open(data, mmap=False, verify=verify)
+    run.check_dataset(ds)
+    objective = run.config.objective
+    if items and objective not in NATIVE_OBJECTIVES:
+        raise SeqtwinsError(
+            f"{run.path} (objective {objective}) has no item vectors, so it has no nearest "
+            f"items; only {', '.join(NATIVE_OBJECTIVES)} runs do (drop --items)"
+        )
+    tower = None
+    if objective in NATIVE_OBJECTIVES and items is not False:
+        model = run.objective(which, ds)
+        encoder = model.encoder if has_item_tower(model) else run.encoder(which, ds)
+        tower = ItemTower(model) if has_item_tower(model) else None
+    else:
+        encoder = run.encoder(which, ds)
+    assert isinstance(encoder, SequenceEncoder)
+    item_ids = np.full(ds.vocab_size, "", dtype=object)
+    idx = ds.items["item_idx"].to_numpy()
+    item_ids[idx] = ds.items["item_id"].cast(pl.String).to_numpy()
+    item_cats = np.full(ds.vocab_size, "", dtype=object)
+    if ds.has_categories:
+        codes, names = ds.item_categories()
+        named = codes >= 0
+        item_cats[named] = np.asarray(names, dtype=object)[codes[named]]
+    return _Loaded(ds, encoder, tower, item_ids, item_cats)
+
+
+def _user_index(ds: SequenceDataset, user: str) -> int:
+    hits = np.flatnonzero((ds.users["user_id"].cast(pl.String) == str(user)).to_numpy())
+    if not len(hits):
+        raise SeqtwinsError(
+            f"user {user!r} is not in dataset {ds.path} ({ds.num_users} users); give a "
+            "user_id of its users.parquet (seqtwins inspect lists the fields)"
+        )
+    return int(hits[0])
+
+
+def _neighbours(ld: _Loaded, emb: np.ndarray, u: int, k: int) -> pl.DataFrame:
+    norms = np.linalg.norm(emb, axis=1)
+    unit = emb / np.maximum(norms, 1e-12)[:, None]  # (U, D)
+    cos = unit @ unit[u]  # (U,)
+    cos[u] = -np.inf
+    top = np.argsort(-cos, kind="stable")[:k]
+    seqs = ld.ds.sequences
+    own = set(histories(seqs, [u])[0].tolist())
+    user_ids = ld.ds.users["user_id"].cast(pl.String).to_numpy()
+    shared = [sorted(own & set(h.tolist())) for h in histories(seqs, top)]
+    return pl.DataFrame(
+        {
+            "rank": np.arange(1, len(top) + 1),
+            "user_id": [str(user_ids[v]) for v in top],
+            "cosine": cos[top].astype(np.float64),
+            "shared": [len(s) for s in shared],
+            "shared_items": [[str(ld.item_ids[i]) for i in s] for s in shared],
+        },
+        schema_overrides={"shared_items": pl.List(pl.String)},
+    )
+
+
+def _nearest_items(ld: _Loaded, e: torch.Tensor, u: int, k: int) -> pl.DataFrame | None:
+    if ld.tower is None:
+        return None
+    logits = ld.tower.logits(e.reshape(1, -1))[0]  # (N,) column j = item_idx j + 1
+    top = torch.topk(logits, min(k, logits.shape[0])).indices.numpy() + 1
+    own = set(histories(ld.ds.sequences, [u])[0].tolist())
+    return pl.DataFrame(
+        {
+            "rank": np.arange(1, len(top) + 1),
+            "item_id": [str(ld.item_ids[i]) for i in top],
+            "category": [str(ld.item_cats[i]) for i in top],
+            "score": logits[top - 1].double().numpy(),
+            "in_history": [int(i) in own for i in top],
+        }
+    )
+
+
+def _task_columns(
+    ld: _Loaded, tp: TaskProbe, window: np.ndarray, e: torch.Tensor, u: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    col = int(tp.predicted(e.reshape(1, -1), np.array([u]))[0])
+    target = probe_score(tp.probe, col)
+    ig, base, gap = integrated_gradients(ld.encoder, window, target)
+    occ = occlusion(ld.encoder, window, target)
+    task = tp.task
+    truth: Any = None
+    if task.targets is not None:
+        row = task.targets[u]
+        truth = [task.class_names[c] for c in row.indices] if row.nnz else None
+    elif task.labels[u] >= 0:
+        truth = task.class_names[int(task.labels[u])]
+    info = {
+        "task": task.name,
+        "predicted": tp.class_name(col),
+        "score": float(target(e.reshape(1, -1))[0]),
+        "confidence": float(tp.confidence(e.reshape(1, -1), np.array([col]))[0]),
+        "truth": truth,
+        "probe": {
+            "solver": tp.solver,
+            "n_train": tp.n_train,
+            "selection": {
+                k: v for k, v in tp.probe.selection.items() if isinstance(v, int | float | str)
+            },
+        },  # fmt: skip
+        "ig_baseline": base,
+        "ig_sum": float(ig.sum()),
+        "ig_gap": gap,
+    }
+    return {"ig_task": ig, "occlusion_task": occ}, info
+
+
+def explain_user(
+    run: Path | str | Run,
+    data: Path | str,
+    user: str,
+    task: str | None = None,
+    k: int = 10,
+    checkpoint: str = "best",
+    items: bool | None = None,
+    verify: bool = True,
+    threads: int = 1,
+) -> Explanation:
+    """Explain user ``user`` (an original ``user_id``) of dataset ``data`` under ``run``.
+
+    ``task``: also attribute the probe's predicted class (a task of
+    :func:`seqtwins.evaluate.tasks.available_tasks`). ``k``: nearest users / items shown.
+    ``items``: None lists the nearest items where the objective has item vectors; True
+    requires them (SeqtwinsError for a run without); False skips them. ``threads``: torch
+    and BLAS threads while it runs (restored after): one thread answered faster than two
+    on the shared 2-core machine, 7-10x (many small ops, each a thread barrier)."""
+    t0 = time.perf_counter()
+    if k < 1:
+        raise SeqtwinsError(f"-k {k} must be >= 1")
+    with cpu_threads(threads):
+        ex = _explain(run, data, user, task, k, checkpoint, items, verify)
+    ex.seconds = time.perf_counter() - t0
+    return ex
+
+
+def _explain(
+    run: Path | str | Run,
+    data: Path | str,
+    user: str,
+    task: str | None,
+    k: int,
+    checkpoint: str,
+    items: bool | None,
+    verify: bool,
+) -> Explanation:
+    r = run if isinstance(run, Run) else Run.open(run)
+    if not r.has_checkpoint(checkpoint):
+        raise SeqtwinsError(f"{r.path} has no {checkpoint} checkpoint; train it first")
+    ld = _load(r, data, checkpoint, items, verify)
+    u = _user_index(ld.ds, user)
+    tp = None
+    if task is not None:
+        task_obj = build_task(ld.ds, task)  # unknown / unsupported task: one line
+    emb = embed_users(ld.encoder, ld.ds, np.arange(ld.ds.num_users))  # (U, D)
+    if task is not None:
+        tp = fit_task_probe(ld.ds, task_obj, emb)
+    window = histories(ld.ds.sequences, [u], ld.encoder.cfg.max_len)[0]
+    if not len(window):
+        raise SeqtwinsError(f"user {user!r} has no history items; nothing to explain")
+    e = torch.from_numpy(emb[u])
+    target = self_projection(e)
+    ig, base, gap = integrated_gradients(ld.encoder, window, target)
+    columns: dict[str, Any] = {
+        "position": np.arange(1, len(window) + 1),
+        "item_id": [str(ld.item_ids[i]) for i in window],
+        "category": [str(ld.item_cats[i]) for i in window],
+        "ig_embedding": ig,
+        "occlusion_embedding": occlusion(ld.encoder, window, target),
+    }
+    targets: dict[str, Any] = {
+        "embedding": {
+            "target": EMBEDDING_TARGET,
+            "value": float(np.linalg.norm(emb[u])),
+            "ig_baseline": base,
+            "ig_sum": float(ig.sum()),
+            "ig_gap": gap,
+        },  # fmt: skip
+    }
+    if tp is not None:
+        task_cols, targets["task"] = _task_columns(ld, tp, window, e, u)
+        columns.update(task_cols)
+    seqs = ld.ds.sequences
+    n_history = int(seqs.history_end[u] - seqs.offsets[u])
+    info = {
+        "id": str(user),
+        "index": u,
+        "split": str(ld.ds.users["split"][u]),
+        "history_items": n_history,
+        "explained_items": len(window),
+    }
+    notes = []
+    if n_history > len(window):
+        notes.append(
+            f"the encoder reads the last {len(window)} of {n_history} history "
+            "items (encoder.max_len); older items have no influence"
+        )
+    return Explanation(
+        run=str(r.path), dataset=str(ld.ds.path), checkpoint=checkpoint, user=info,
+        history=pl.DataFrame(columns), targets=targets,
+        neighbours=_neighbours(ld, emb, u, k), items=_nearest_items(ld, e, u, k), notes=notes,
+    )  # fmt: skip

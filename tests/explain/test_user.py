@@ -1,0 +1,119 @@
+"""explain_user and ``seqtwins explain``: content, JSON schema, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from seqtwins.cli import app
+from seqtwins.data.batching import histories
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.evaluate.protocol import evaluate_embeddings
+from seqtwins.evaluate.tasks import build_task
+from seqtwins.explain import SCHEMA, explain_user
+from seqtwins.explain.probe import fit_task_probe
+from seqtwins.models.encoder import embed_users
+from seqtwins.run import Run
+
+runner = CliRunner()
+USER = "user7"
+
+
+def test_explanation_of_a_dual_run(explain_runs: dict[str, Path]) -> None:
+    ex = explain_user(explain_runs["dual"], explain_runs["data"], USER, task="favorite_category",
+                      k=4)  # fmt: skip
+    ds = SequenceDataset.open(explain_runs["data"])
+    u = int(np.flatnonzero(ds.users["user_id"].to_numpy() == USER)[0])
+    window = histories(ds.sequences, [u], Run.open(explain_runs["dual"]).config.encoder.max_len)[0]
+    table = ex.table()
+    assert isinstance(table, pl.DataFrame) and len(table) == len(window)
+    assert table.columns == ["position", "item_id", "category", "ig_embedding",
+                             "occlusion_embedding", "ig_task", "occlusion_task"]  # fmt: skip
+    ids = ds.items["item_id"].to_list()
+    assert table["item_id"].to_list() == [ids[i - 1] for i in window]
+    for col, key in (("ig_embedding", "embedding"), ("ig_task", "task")):
+        t = ex.targets[key]
+        assert table[col].sum() == pytest.approx(t["ig_sum"])
+        assert abs(t["ig_gap"]) < 1e-3 * max(1.0, abs(t["ig_sum"]))
+    # nearest users: cosine recomputed from the run's own embeddings, shared items exact
+    emb = embed_users(
+        Run.open(explain_runs["dual"]).encoder("best", ds), ds, np.arange(ds.num_users)
+    )
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    cos = unit @ unit[u]
+    nb = ex.neighbours
+    assert len(nb) == 4 and USER not in nb["user_id"].to_list()
+    assert nb["cosine"].to_list() == pytest.approx(sorted(np.delete(cos, u))[::-1][:4], abs=1e-5)
+    first = int(np.flatnonzero(ds.users["user_id"].to_numpy() == nb["user_id"][0])[0])
+    own, theirs = histories(ds.sequences, [u, first])
+    assert sorted(nb["shared_items"][0]) == sorted(ids[i - 1] for i in set(own) & set(theirs))
+    assert ex.items is not None and len(ex.items) == 4
+    assert ex.items["score"].is_sorted(descending=True)
+
+
+def test_probe_is_the_one_evaluate_fits(explain_runs: dict[str, Path]) -> None:
+    """Fraction 1.0, seed 0: the same labelled subset and the same selection as evaluate."""
+    ds = SequenceDataset.open(explain_runs["data"])
+    emb = embed_users(Run.open(explain_runs["barlow"]).encoder("best", ds), ds,
+                      np.arange(ds.num_users))  # fmt: skip
+    tp = fit_task_probe(ds, build_task(ds, "favorite_category"), emb)
+    res = evaluate_embeddings(ds, {"m": emb}, tasks=["favorite_category"], fractions=[1.0],
+                              seeds=[0], include_majority=False, include_history=False)  # fmt: skip
+    run = next(c for c in res["cells"] if c["method"] == "m")["runs"][0]
+    assert run["n_train"] == tp.n_train
+    assert run["selection"] == tp.probe.selection
+
+
+def test_cli_table_and_json(explain_runs: dict[str, Path]) -> None:
+    base = ["explain", str(explain_runs["barlow"]), "--data", str(explain_runs["data"]),
+            "--user", USER, "-k", "3"]  # fmt: skip
+    shown = runner.invoke(app, base)
+    assert shown.exit_code == 0, shown.output
+    assert "nearest users" in shown.output and "integrated gradients" in shown.output
+    assert "nearest items" not in shown.output  # barlow has no item vectors
+    out = runner.invoke(app, [*base, "--json", "--task", "segment"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert doc["schema"] == SCHEMA
+    assert set(doc) == {"schema", "run", "dataset", "checkpoint", "user", "targets",
+                        "history", "neighbours", "items", "notes", "seconds"}  # fmt: skip
+    assert doc["user"]["id"] == USER and doc["items"] is None and doc["checkpoint"] == "best"
+    assert set(doc["targets"]) == {"embedding", "task"}
+    assert set(doc["targets"]["task"]) >= {"task", "predicted", "confidence", "score", "probe"}
+    assert 0.0 <= doc["targets"]["task"]["confidence"] <= 1.0  # a logistic probe: a softmax
+    row = doc["history"][0]
+    assert set(row) == {"position", "item_id", "category", "ig_embedding",
+                        "occlusion_embedding", "ig_task", "occlusion_task"}  # fmt: skip
+    assert all(isinstance(row[k], float) for k in row if k.startswith(("ig_", "occlusion_")))
+    assert len(doc["neighbours"]) == 3
+    assert set(doc["neighbours"][0]) == {"rank", "user_id", "cosine", "shared", "shared_items"}
+    dual = runner.invoke(app, ["explain", str(explain_runs["dual"]), "--data",
+                               str(explain_runs["data"]), "--user", USER, "--json"])  # fmt: skip
+    items = json.loads(dual.output)["items"]
+    assert len(items) == 10 and set(items[0]) == {"rank", "item_id", "category", "score",
+                                                  "in_history"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--user", "nobody"], "user 'nobody' is not in dataset"),
+        (["--user", USER, "--items"], "has no item vectors"),
+        (["--user", USER, "--task", "nope"], "unknown task 'nope'"),
+        (["--user", USER, "-k", "0"], "-k 0 must be >= 1"),
+        (["--user", USER, "--checkpoint", "middle"], "must be best or last"),
+    ],
+)
+def test_cli_bad_input_is_one_line(
+    explain_runs: dict[str, Path], extra: list[str], message: str
+) -> None:
+    res = runner.invoke(app, ["explain", str(explain_runs["barlow"]), "--data",
+                              str(explain_runs["data"]), *extra])  # fmt: skip
+    assert res.exit_code == 2
+    assert message in res.output and len(res.output.strip().splitlines()) == 1
+    assert "Traceback" not in res.output
