@@ -315,6 +315,20 @@ def prepare(
     work_dir: Annotated[
         Path | None, typer.Option(help="Folder for out-of-core buckets (default: beside --out).")
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Keep interactions at or after this time (epoch s or ISO date)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Keep interactions before this time: the window is [since, until)."),
+    ] = None,
+    update: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier dataset: keep its item ids and user splits, append new items."
+        ),
+    ] = None,
 ) -> None:
     """Turn a raw interaction log into a canonical dataset directory.
 
@@ -333,6 +347,7 @@ def prepare(
         "max_len": max_len, "holdout": holdout, "min_history": min_history,
         "split_seed": split_seed, "pseudonymize": pseudonymize, "salt_file": salt_file,
         "work_dir": work_dir, "overwrite": overwrite or None,
+        "since": since, "until": until, "update": update,
     }  # fmt: skip
     options = _prepare_options(config or [], flags, split, memory_budget, overrides or [])
     with tuned_process():  # an entry point: gc off and glibc malloc tuned while it runs
