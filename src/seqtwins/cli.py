@@ -157,6 +157,24 @@ def pretrain(
         ),
     ] = None,
     verify: Verify = True,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Continue this earlier run on the new data (an incremental update; its "
+            "config is the default).",
+        ),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="With --init: naive, replay, distill or replay+distill (default)."),
+    ] = None,
+    incremental: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--incremental", help="With --init: key=value, e.g. replay_users=5000, compat=false."
+        ),
+    ] = None,
 ) -> None:
     """Pretrain a user encoder with Barlow Twins, the dual encoder, or both combined.
 
@@ -169,11 +187,14 @@ def pretrain(
     if resume and backend is not None:
         raise SeqtwinsError("--resume continues with the run's saved train.backend; drop --backend")
     extra = [f"train.backend={backend}"] if backend is not None else []
+    inc = [*(incremental or []), *([f"strategy={strategy}"] if strategy is not None else [])]
+    if init is None and inc:
+        raise SeqtwinsError("--strategy / --incremental need --init OLD_RUN (the run to update)")
     with collected_warnings() as caught:
         summary = run_pretrain(
             data, out, objective=objective, config=config or [],
             overrides=[*(overrides or []), *extra], resume=resume, progress=progress,
-            overwrite=overwrite, verify=verify,
+            overwrite=overwrite, verify=verify, init=init, incremental=inc,
         )  # fmt: skip
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
