@@ -480,8 +480,13 @@ def download(
 @command()
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(help="Run directories (seqtwins pretrain).")],
-    data: Annotated[Path, typer.Option("--data", help="The runs' dataset directory.")],
-    out: Annotated[Path, typer.Option("--out", help="Results file (eval.json).")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="The runs' dataset directory (with --compat: optional)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Results file (eval.json; with --compat: JSON).")
+    ] = None,
     tasks: Annotated[
         list[str] | None, typer.Option("--tasks", help="Tasks (default: all supported).")
     ] = None,
@@ -506,10 +511,24 @@ def evaluate(
     ] = "best",
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
     verify: Verify = True,
+    compat: Annotated[
+        bool,
+        typer.Option(
+            "--compat",
+            help="Give OLD_RUN NEW_RUN: score probes fitted on the old run's embeddings on "
+            "the new run's (as a fraction of their score on the old ones).",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate runs and the floors with few labels, on identical labelled subsets."""
     from seqtwins.api import evaluate as evaluate_runs
     from seqtwins.evaluate.runs import BASELINES
+
+    if compat:
+        _evaluate_compat(runs, data, out, tasks, checkpoint, verify)
+        return
+    if data is None or out is None:
+        raise SeqtwinsError("evaluate needs --data (the runs' dataset) and --out (eval.json)")
 
     results = evaluate_runs(
         runs, data, out, tasks=tasks, fractions=fractions or (0.01, 0.05, 0.1, 0.25, 1.0),
@@ -523,6 +542,23 @@ def evaluate(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _evaluate_compat(
+    runs: list[Path], data: Path | None, out: Path | None, tasks: list[str] | None,
+    checkpoint: str, verify: bool,
+) -> None:  # fmt: skip
+    """``evaluate --compat OLD_RUN NEW_RUN``: one line per task (docs/incremental.md)."""
+    from seqtwins.files import write_json
+    from seqtwins.incremental.compat import compat_lines, compat_scores
+
+    if len(runs) != 2:
+        raise SeqtwinsError(f"--compat takes two runs, OLD_RUN NEW_RUN; got {len(runs)}")
+    result = compat_scores(runs[0], runs[1], data, tasks, checkpoint, verify=verify)
+    if out is not None:
+        write_json(out, result)
+    for line in compat_lines(result):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @command()

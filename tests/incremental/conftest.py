@@ -54,3 +54,13 @@ def old_run(windows, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "old"
     pretrain(windows[0], run, tiny_cfg(), progress=False)
     return run
+
+
+@pytest.fixture(scope="package")
+def update_run(windows, old_run, tmp_path_factory) -> Path:
+    """One epoch of the default update of ``old_run`` on the new window."""
+    from seqtwins.api import pretrain as api_pretrain
+
+    run = tmp_path_factory.mktemp("runs") / "new"
+    api_pretrain(windows[1], run, init=old_run, overrides=["train.epochs=1"], progress=False)
+    return run

@@ -19,10 +19,8 @@ from seqtwins.run import Run
 runner = CliRunner()
 
 
-def test_update_grows_the_table_and_records_its_lineage(windows, old_run, tmp_path):
-    new = tmp_path / "new"
-    pretrain(windows[1], new, init=old_run, overrides=["train.epochs=1"], progress=False,
-             incremental=["strategy=replay+distill"])  # fmt: skip
+def test_update_grows_the_table_and_records_its_lineage(windows, old_run, update_run):
+    new = update_run  # the default strategy: replay+distill, with the compatibility loss
     w1, w2 = (SequenceDataset.open(p) for p in windows)
     record = json.loads((new / "incremental.json").read_text())
     assert record["parent_run"] == str(old_run)
@@ -42,8 +40,6 @@ def test_update_grows_the_table_and_records_its_lineage(windows, old_run, tmp_pa
 
 
 def test_attach_keeps_old_rows_by_original_id(windows, old_run):
-    from seqtwins.config import build
-    from seqtwins.distributed import World  # noqa: F401  (setup needs no world here)
     from seqtwins.incremental.config import IncrementalConfig
     from seqtwins.incremental.update import start_update
     from seqtwins.models.encoder import build_encoder
@@ -51,7 +47,6 @@ def test_attach_keeps_old_rows_by_original_id(windows, old_run):
 
     parent = Run.open(old_run)
     w2 = SequenceDataset.open(windows[1])
-    cfg = build(type(parent.config), {}, overrides=[])
     cfg = parent.config
     update, train_ds = start_update(Run(old_run.parent / "x"), w2, cfg, old_run,
                                     IncrementalConfig(strategy="naive"), False)  # fmt: skip
