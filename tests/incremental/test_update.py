@@ -115,3 +115,15 @@ def test_killed_update_resumes_exactly(windows, old_run, tmp_path, monkeypatch):
     assert _losses(full) == _losses(killed)
     assert np.isfinite(_losses(full)).all()
     assert (full / "incremental.json").read_text() == (killed / "incremental.json").read_text()
+
+
+def test_experiment_init_names_an_objective_and_updates_it(windows, old_run, tmp_path):
+    from seqtwins.experiment import ExperimentConfig, pretrain_run
+
+    with pytest.raises(ValueError, match="init.dual names no objective"):
+        ExperimentConfig(data={"synth": {}}, objectives={"barlow": {}}, init={"dual": "x"})
+    cfg = Run.open(old_run).config
+    run = pretrain_run(cfg, windows[1], tmp_path / "run", False, lambda *_: None,
+                       (str(old_run), {"strategy": "naive", "compat": False}))  # fmt: skip
+    record = json.loads((run / "incremental.json").read_text())
+    assert record["incremental"]["strategy"] == "naive" and not record["incremental"]["compat"]
