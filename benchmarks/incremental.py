@@ -7,7 +7,8 @@ Per dataset, the log is cut into three consecutive time windows W1, W2, W3 at th
 
 - ``base``: pretrained from scratch on W1 (``--epochs``);
 - for each strategy: ``base`` updated on W2, that run updated on W3 (``--update-epochs``
-  each, ``pretrain --init``);
+  each, ``pretrain --init``); ``naive`` is plain fine-tuning, without the compatibility
+  loss that the other strategies keep on (the default);
 - ``scratch``: pretrained from scratch on everything up to the end of W3 (``--epochs``).
 
 Measured with ridge probes on the headline tasks (:mod:`seqtwins.incremental.compat`):
@@ -123,8 +124,14 @@ def train(data: Path, run: Path, epochs: int, init: Path | None = None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pretrain(data, run, overrides=[f"train.epochs={epochs}"], progress=False, init=init,
-                 incremental=[f"strategy={strategy}"] if strategy else [])  # fmt: skip
+                 incremental=strategy_settings(strategy) if strategy else [])  # fmt: skip
     return time.perf_counter() - t0
+
+
+def strategy_settings(strategy: str) -> list[str]:
+    """``naive`` is plain fine-tuning (no compatibility loss either: the contrast); the
+    others keep the defaults (compatibility loss on)."""
+    return [f"strategy={strategy}", *(["compat=false"] if strategy == "naive" else [])]
 
 
 def ratios(result: dict[str, Any], key: str) -> dict[str, float | None]:

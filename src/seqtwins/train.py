@@ -332,6 +332,9 @@ def _pretrain(
     if init[0] is not None or was_update:
         from seqtwins.incremental.update import start_update
 
+        if world.size > 1:
+            raise SeqtwinsError("--init (an incremental update) trains in one process; run it "
+                                "without torchrun")  # fmt: skip
         update, ds = start_update(run, ds, cfg, init[0], init[1], was_update)
     cfg, train_users = _training_users(ds, cfg, world)
     with ExitStack() as held:

@@ -26,8 +26,10 @@ class IncrementalConfig:
     replay_fraction: float = 0.5
     """Reservoir size as a fraction of the new dataset's training users (when
     ``replay_users`` is unset)."""
-    distill_weight: float = 1.0
-    """Weight of the distillation loss (``distill`` strategies)."""
+    distill_weight: float = 5.0
+    """Weight of the distillation loss (``distill`` strategies). The relative L2 losses
+    start near 0.02 while the Barlow Twins loss is about 1: 5 makes them matter (not
+    tuned; docs/incremental.md shows what it gave)."""
     distill_loss: str = "l2"
     """``l2``: relative squared error between predicted and old embeddings (zero when they
     agree); ``barlow``: the Barlow Twins loss between them, as CaSSLe does."""
@@ -36,8 +38,8 @@ class IncrementalConfig:
     ones, by pulling them towards the old embeddings of the same sequences (the "influence"
     idea of Shen et al., CVPR 2020, "Towards Backward-Compatible Representation Learning",
     with the old embedding space as the fixed target). On by default."""
-    compat_weight: float = 1.0
-    """Weight of the compatibility loss."""
+    compat_weight: float = 5.0
+    """Weight of the compatibility loss (as ``distill_weight``: not tuned)."""
     which: str = "best"
     """Checkpoint of the old run to start from and distil from: ``best`` or ``last``."""
     seed: int = 0
