@@ -288,8 +288,14 @@ def run_experiment(
     data_dir = build_data(cfg, root / "data", say)
     _check_tasks(cfg, data_dir)
     runs = {
-        obj: pretrain_run(cfg.pretrain_config(obj), data_dir, root / "runs" / obj, progress, say,
-                          ((cfg.init or {}).get(obj), cfg.incremental))  # fmt: skip
+        obj: pretrain_run(
+            cfg.pretrain_config(obj),
+            data_dir,
+            root / "runs" / obj,
+            progress,
+            say,
+            ((cfg.init or {}).get(obj), cfg.incremental),
+        )
         for obj in cfg.objectives
     }
     ev = cfg.evaluate
