@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pulls a multi-GB CUDA build instead.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench-prepare bench-large bench-train bench-serve evidence evidence-quick tune clean
+.PHONY: demo test lint bench-prepare bench-large bench-train bench-serve evidence evidence-quick tune incremental clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ bench-serve: $(STAMP)
 # The evidence study (docs/evidence.md) reads the real datasets from $SEQTWINS_DATA,
 # ../shared/data unless set. (Only these targets: `make test` skips real-data tests when
 # SEQTWINS_DATA is unset.)
-evidence evidence-quick tune: export SEQTWINS_DATA ?= $(abspath ../shared/data)
+evidence evidence-quick tune incremental: export SEQTWINS_DATA ?= $(abspath ../shared/data)
 
 evidence: $(STAMP)
 	$(PY) benchmarks/evidence.py
@@ -53,6 +53,11 @@ evidence-quick: $(STAMP)
 # (pruned/failed ones are made up), 20 epochs per trial, no pruning before epoch 8 (40 %).
 tune: $(STAMP)
 	$(PY) benchmarks/evidence.py --tune ml-1m yelp beauty lastfm --trials 24 --tune-epochs 20
+
+# The incremental-pretraining study (docs/incremental.md): three time windows of a synthetic
+# log with planted drift, ml-latest-small and ML-1M; every strategy against forgetting.
+incremental: $(STAMP)
+	$(PY) benchmarks/incremental.py
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache .mypy_cache .ruff_cache

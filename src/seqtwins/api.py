@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from seqtwins.config import PretrainConfig, build, load_yaml
+from seqtwins.config import PretrainConfig, build, load_yaml, to_dict
 from seqtwins.data.options import PrepareSummary
 from seqtwins.embed import EmbedSummary
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.proxy import headline_proxy
 from seqtwins.evaluate.runs import evaluate_runs as evaluate
+from seqtwins.incremental.config import IncrementalConfig
 from seqtwins.run import Run
 from seqtwins.train import RunSummary
 from seqtwins.train import pretrain as train_pretrain
@@ -103,20 +104,42 @@ def pretrain(
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     verify: bool = True,
+    init: PathLike | None = None,
+    incremental: Mapping[str, Any] | Iterable[str] = (),
 ) -> RunSummary:
     """Pretrain an encoder on ``data_dir`` into the run folder ``run_dir``, selecting the
     best epoch on valid users as ``seqtwins pretrain`` does; open the result with
     ``Run.open(run_dir)``. The config is ``cfg``, or built from ``config``, ``objective``
     and ``overrides`` (:func:`pretrain_config`); with ``resume`` give none of them (the
-    run's saved config is used). See :func:`seqtwins.train.pretrain` for the rest."""
+    run's saved config is used). See :func:`seqtwins.train.pretrain` for the rest.
+
+    ``init`` (an earlier run) makes this an incremental update (docs/incremental.md): the
+    config then starts from the old run's, and ``incremental`` holds the settings of
+    :class:`~seqtwins.incremental.IncrementalConfig` (a mapping, or ``key=value`` texts)."""
     config, overrides = list(config), list(overrides)
     if cfg is not None and (config or overrides or objective):
         raise SeqtwinsError("give either cfg or config/overrides/objective, not both")
+    inc = None
+    if init is not None:
+        if resume:
+            raise SeqtwinsError(
+                "--resume continues an update with its recorded --init; drop --init"
+            )
+        inc = incremental_config(incremental)
+        config = [to_dict(Run.open(init).config), *config]  # an update keeps the old config
     if cfg is None and (not resume or config or overrides or objective):
         cfg = pretrain_config(config, overrides, objective)
     return train_pretrain(data_dir, run_dir, cfg, resume=resume, progress=progress,
                           overwrite=overwrite, on_epoch=on_epoch, proxy=headline_proxy,
-                          verify=verify)  # fmt: skip
+                          verify=verify, init=init, incremental=inc)  # fmt: skip
+
+
+def incremental_config(settings: Mapping[str, Any] | Iterable[str] = ()) -> IncrementalConfig:
+    """:class:`~seqtwins.incremental.IncrementalConfig` from a mapping or ``key=value``
+    texts (``strategy=replay``); a bad value is one line naming ``incremental.<key>``."""
+    if isinstance(settings, Mapping):
+        return build(IncrementalConfig, settings, prefix="incremental")
+    return build(IncrementalConfig, overrides=list(settings), prefix="incremental")
 
 
 def embed(

@@ -157,6 +157,24 @@ def pretrain(
         ),
     ] = None,
     verify: Verify = True,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Continue this earlier run on the new data (an incremental update; its "
+            "config is the default).",
+        ),
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="With --init: naive, replay, distill or replay+distill (default)."),
+    ] = None,
+    incremental: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--incremental", help="With --init: key=value, e.g. replay_users=5000, compat=false."
+        ),
+    ] = None,
 ) -> None:
     """Pretrain a user encoder with Barlow Twins, the dual encoder, or both combined.
 
@@ -169,11 +187,14 @@ def pretrain(
     if resume and backend is not None:
         raise SeqtwinsError("--resume continues with the run's saved train.backend; drop --backend")
     extra = [f"train.backend={backend}"] if backend is not None else []
+    inc = [*(incremental or []), *([f"strategy={strategy}"] if strategy is not None else [])]
+    if init is None and inc:
+        raise SeqtwinsError("--strategy / --incremental need --init OLD_RUN (the run to update)")
     with collected_warnings() as caught:
         summary = run_pretrain(
             data, out, objective=objective, config=config or [],
             overrides=[*(overrides or []), *extra], resume=resume, progress=progress,
-            overwrite=overwrite, verify=verify,
+            overwrite=overwrite, verify=verify, init=init, incremental=inc,
         )  # fmt: skip
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
@@ -414,6 +435,20 @@ def prepare(
     work_dir: Annotated[
         Path | None, typer.Option(help="Folder for out-of-core buckets (default: beside --out).")
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Keep interactions at or after this time (epoch s or ISO date)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Keep interactions before this time: the window is [since, until)."),
+    ] = None,
+    update: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier dataset: keep its item ids and user splits, append new items."
+        ),
+    ] = None,
 ) -> None:
     """Turn a raw interaction log into a canonical dataset directory.
 
@@ -433,6 +468,7 @@ def prepare(
         "split_seed": split_seed, "pseudonymize": pseudonymize, "salt_file": salt_file,
         "key_file": key_file, "min_item_users": min_item_users, "rare_items": rare_items,
         "work_dir": work_dir, "overwrite": overwrite or None,
+        "since": since, "until": until, "update": update,
     }  # fmt: skip
     options = _prepare_options(config or [], flags, split, memory_budget, overrides or [])
     with tuned_process():  # an entry point: gc off and glibc malloc tuned while it runs
@@ -544,8 +580,13 @@ def download(
 @command()
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(help="Run directories (seqtwins pretrain).")],
-    data: Annotated[Path, typer.Option("--data", help="The runs' dataset directory.")],
-    out: Annotated[Path, typer.Option("--out", help="Results file (eval.json).")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="The runs' dataset directory (with --compat: optional)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Results file (eval.json; with --compat: JSON).")
+    ] = None,
     tasks: Annotated[
         list[str] | None, typer.Option("--tasks", help="Tasks (default: all supported).")
     ] = None,
@@ -570,10 +611,24 @@ def evaluate(
     ] = "best",
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
     verify: Verify = True,
+    compat: Annotated[
+        bool,
+        typer.Option(
+            "--compat",
+            help="Give OLD_RUN NEW_RUN: score probes fitted on the old run's embeddings on "
+            "the new run's (as a fraction of their score on the old ones).",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate runs and the floors with few labels, on identical labelled subsets."""
     from seqtwins.api import evaluate as evaluate_runs
     from seqtwins.evaluate.runs import BASELINES
+
+    if compat:
+        _evaluate_compat(runs, data, out, tasks, checkpoint, verify)
+        return
+    if data is None or out is None:
+        raise SeqtwinsError("evaluate needs --data (the runs' dataset) and --out (eval.json)")
 
     results = evaluate_runs(
         runs, data, out, tasks=tasks, fractions=fractions or (0.01, 0.05, 0.1, 0.25, 1.0),
@@ -587,6 +642,23 @@ def evaluate(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _evaluate_compat(
+    runs: list[Path], data: Path | None, out: Path | None, tasks: list[str] | None,
+    checkpoint: str, verify: bool,
+) -> None:  # fmt: skip
+    """``evaluate --compat OLD_RUN NEW_RUN``: one line per task (docs/incremental.md)."""
+    from seqtwins.files import write_json
+    from seqtwins.incremental.compat import compat_lines, compat_scores
+
+    if len(runs) != 2:
+        raise SeqtwinsError(f"--compat takes two runs, OLD_RUN NEW_RUN; got {len(runs)}")
+    result = compat_scores(runs[0], runs[1], data, tasks, checkpoint, verify=verify)
+    if out is not None:
+        write_json(out, result)
+    for line in compat_lines(result):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @command()

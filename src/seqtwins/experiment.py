@@ -114,11 +114,19 @@ class ExperimentConfig:
     evaluate: EvalSpec = field(default_factory=EvalSpec)
     tune: TuneSpec = field(default_factory=TuneSpec)
     """How ``seqtwins tune`` searches hyper-parameters (budget and search space)."""
+    init: dict[str, str] | None = None
+    """Objective -> an earlier run to update (``pretrain --init``; docs/incremental.md):
+    that objective continues from it on this experiment's data."""
+    incremental: dict[str, Any] = field(default_factory=dict)
+    """Settings of the updates in ``init`` (``IncrementalConfig`` by field name)."""
 
     def __post_init__(self) -> None:
         for name in self.objectives:
             if name not in OBJECTIVES:
                 raise ValueError(f"objectives.{name} is not one of {', '.join(OBJECTIVES)}")
+        for name in self.init or {}:
+            if name not in self.objectives:
+                raise ValueError(f"init.{name} names no objective of this experiment")
         if not self.objectives:
             raise ValueError("objectives must list at least one objective")
         self.tune.check_objectives(list(self.objectives))
@@ -201,11 +209,16 @@ def build_data(cfg: ExperimentConfig, data_dir: Path, say: Any = print) -> Path:
 
 
 def pretrain_run(
-    cfg: PretrainConfig, data_dir: Path, run_dir: Path, progress: bool, say: Any = print
+    cfg: PretrainConfig,
+    data_dir: Path,
+    run_dir: Path,
+    progress: bool,
+    say: Any = print,
+    init: tuple[str | None, dict[str, Any]] = (None, {}),
 ) -> Path:
     """Train one objective; skip a finished run, resume an interrupted one with the same
     config (from scratch when it stopped before its first checkpoint), retrain when the
-    config changed."""
+    config changed. ``init``: an earlier run to update and the update's settings."""
     from seqtwins.evaluate.proxy import headline_proxy
     from seqtwins.train import pretrain
 
@@ -219,8 +232,14 @@ def pretrain_run(
         return run_dir
     resume = same and run.has_checkpoint("last")
     say(f"pretrain {cfg.objective}: {'resuming' if resume else 'training'} -> {run_dir}")
+    inc = None
+    if init[0] is not None and not resume:
+        from seqtwins.incremental.config import IncrementalConfig
+
+        inc = build(IncrementalConfig, init[1], prefix="incremental")
     pretrain(data_dir, run_dir, None if resume else cfg, resume=resume, progress=progress,
-             overwrite=True, proxy=headline_proxy)  # fmt: skip
+             overwrite=True, proxy=headline_proxy, init=None if resume else init[0],
+             incremental=inc)  # fmt: skip
     return run_dir
 
 
@@ -269,7 +288,14 @@ def run_experiment(
     data_dir = build_data(cfg, root / "data", say)
     _check_tasks(cfg, data_dir)
     runs = {
-        obj: pretrain_run(cfg.pretrain_config(obj), data_dir, root / "runs" / obj, progress, say)
+        obj: pretrain_run(
+            cfg.pretrain_config(obj),
+            data_dir,
+            root / "runs" / obj,
+            progress,
+            say,
+            ((cfg.init or {}).get(obj), cfg.incremental),
+        )
         for obj in cfg.objectives
     }
     ev = cfg.evaluate

@@ -12,6 +12,9 @@
     summary.json         written when training ends
     model_card.md        written when training ends, rewritten by evaluate / report
                          (:mod:`seqtwins.model_card`)
+    incremental.json     an update (``pretrain --init OLD``): lineage (parent run, parent and
+                         new data hashes), its settings and the item table's growth
+    replay.parquet       an update: the replay reservoir it continued (seqtwins.incremental)
 
 Everything else asks :class:`Run`: training creates and locks it, ``embed`` /
 ``evaluate`` / ``run`` / ``tune`` open it and ask for its config, checkpoints and encoder.
@@ -40,7 +43,12 @@ import polars as pl
 import yaml
 from torch import nn
 
-from seqtwins.checkpoint import TrainState, load_checkpoint, load_model_tensors, non_finite
+from seqtwins.checkpoint import (
+    TrainState,
+    load_model_tensors,
+    load_state_dict_strict,
+    non_finite,
+)
 from seqtwins.config import PretrainConfig, build, load_yaml, read_yaml, to_dict
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
@@ -68,8 +76,14 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 MODEL_CARD = "model_card.md"
 LOCK = ".lock"
+INCREMENTAL = "incremental.json"
+REPLAY = "replay.parquet"
+INCREMENTAL_PREFIX = "incremental."
+"""State-dict keys of what only an update trains (the distillation predictor): not part
+of the objective, left out when a run's objective is loaded."""
 CHECKPOINTS = {"last": "checkpoints/last", "best": "checkpoints/best"}
-_OWNED = (CONFIG, DATASET, METRICS, SUMMARY, MODEL_CARD, "checkpoints", "tensorboard")
+_OWNED = (CONFIG, DATASET, METRICS, SUMMARY, MODEL_CARD, INCREMENTAL, REPLAY, "checkpoints",
+          "tensorboard")  # fmt: skip
 """What a new run replaces in a folder it may reuse (nothing else is touched)."""
 
 
@@ -379,7 +393,12 @@ class Run:
         cfg = self.config
         model = build_objective(cfg.objective, self._new_encoder(ds), cfg.barlow, cfg.dual,
                                 cfg.next)  # fmt: skip
-        load_checkpoint(self.checkpoint(which), model)
+        tensors = load_model_tensors(file)
+        load_state_dict_strict(
+            model,
+            {k: v for k, v in tensors.items() if not k.startswith(INCREMENTAL_PREFIX)},
+            str(self.checkpoint(which)),
+        )
         bad = non_finite(dict(model.state_dict()))
         if bad:
             raise SeqtwinsError(f"{file} holds NaN or infinite weights; retrain the run")

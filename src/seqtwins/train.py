@@ -22,7 +22,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,7 +44,11 @@ from seqtwins.errors import SeqtwinsError
 from seqtwins.model_card import write_model_card
 from seqtwins.models.encoder import SequenceEncoder, autocast, build_encoder, embed_users
 from seqtwins.objectives import build_objective
-from seqtwins.run import Run
+from seqtwins.run import INCREMENTAL, Run
+
+if TYPE_CHECKING:
+    from seqtwins.incremental.config import IncrementalConfig
+    from seqtwins.incremental.update import Update
 
 VALID_EPOCH = 0xFFFF_FFFF  # seeds the fixed validation batches, apart from any real epoch
 VALID_LOSS_USERS = 1024
@@ -228,6 +232,8 @@ class Trainer:
     transform: Transform | None
     proxy: Proxy | None
     total_steps: int
+    update: Update | None = None
+    """An incremental update (``--init``): its lineage is written with the run."""
 
 
 def _after_step(step: int) -> None:
@@ -244,6 +250,8 @@ def pretrain(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     proxy: ProxyFactory | None = None,
     verify: bool = True,
+    init: Path | str | None = None,
+    incremental: IncrementalConfig | None = None,
 ) -> RunSummary:
     """Pretrain an encoder on a dataset directory's training users and write a run folder.
 
@@ -267,6 +275,9 @@ def pretrain(
     raises stops training there (``seqtwins tune`` prunes unpromising trials this way).
 
     ``verify=False`` skips recomputing the dataset's content hash (``--no-verify``).
+
+    ``init`` (an earlier run) makes this an incremental update of it, with the settings
+    ``incremental`` (:mod:`seqtwins.incremental`); a resumed update reads both back.
     """
     run = Run(run_dir)
     cfg = _saved_config(run, cfg) if resume else (cfg or build(PretrainConfig))
@@ -274,7 +285,7 @@ def pretrain(
     try:
         with session(cfg.train.backend, resolve_device(cfg.train.device)) as world:
             return _pretrain(data_dir, run, cfg, resume, progress, overwrite, world, on_epoch,
-                             proxy, verify)  # fmt: skip
+                             proxy, verify, (init, incremental))  # fmt: skip
     finally:
         torch.set_num_threads(threads)
 
@@ -299,9 +310,11 @@ def _pretrain(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     proxy: ProxyFactory | None = None,
     verify: bool = True,
+    init: tuple[Path | str | None, IncrementalConfig | None] = (None, None),
 ) -> RunSummary:
     """:func:`pretrain` in this process's place of the (possibly one-process) world."""
     ds = SequenceDataset.open(data_dir, verify=verify)
+    was_update = resume and (run.path / INCREMENTAL).is_file()  # its lineage: read it back
     if resume:
         run.check_dataset(ds)
         if run.has_checkpoint("best") and not run.has_checkpoint("last"):
@@ -316,11 +329,19 @@ def _pretrain(
                 stacklevel=3,
             )
             resume, overwrite = False, True
+    update = None
+    if init[0] is not None or was_update:
+        from seqtwins.incremental.update import start_update
+
+        if world.size > 1:
+            raise SeqtwinsError("--init (an incremental update) trains in one process; run it "
+                                "without torchrun")  # fmt: skip
+        update, ds = start_update(run, ds, cfg, init[0], init[1], was_update)
     cfg, train_users = _training_users(ds, cfg, world)
     with ExitStack() as held:
         # rank 0 holds the run folder's lock while it trains; its errors reach every rank
         world.on_main(lambda: _claim(held, run, resume, overwrite))
-        t = setup(ds, run, cfg, world, train_users, proxy)
+        t = setup(ds, run, cfg, world, train_users, proxy, update)
         world.barrier()  # every rank has passed its checks before rank 0 writes
         state, log = _start(t, resume, overwrite)
         bar = Progress(progress and world.is_main, t.total_steps, state.step, cfg.train.epochs)
@@ -377,8 +398,10 @@ def setup(
     world: World,
     train_users: np.ndarray,
     proxy: ProxyFactory | None = None,
+    update: Update | None = None,
 ) -> Trainer:
-    """Build the model, optimizer, schedule, augmentation and validation users."""
+    """Build the model, optimizer, schedule, augmentation and validation users; an
+    ``update`` loads the old run's weights and adds its losses."""
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -394,6 +417,8 @@ def setup(
     model = world.prepare(build_objective(cfg.objective, encoder, barlow_cfg, dual_cfg, cfg.next,
                                           item_popularity=popularity,
                                           mask=cfg.mask)).to(device)  # fmt: skip
+    if update is not None:
+        update.attach(model, ds, device)
     transform = build_transform(cfg, ds, train_users)
     total_steps = len(train_users) // tc.batch_size * tc.epochs
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
@@ -403,6 +428,8 @@ def setup(
     ddp = world.wrap(model)  # DistributedDataParallel with several processes
     # dynamic: batches are padded to their own longest sequence, so shapes vary
     step_model = torch.compile(ddp, dynamic=True) if tc.compile else ddp
+    if update is not None:
+        step_model = update.wrap(step_model, encoder, model, device)
     valid_users = ds.split_users("valid")
     if len(valid_users) > tc.valid_users:
         valid_users = np.random.default_rng(tc.seed).choice(
@@ -413,7 +440,7 @@ def setup(
     scorer = proxy(ds, valid_users, tc.seed) if proxy is not None and len(valid_users) else None
     return Trainer(cfg, ds, run, world, device, resolve_precision(tc.precision, device),
                    train_users, valid_users, encoder, model, step_model, opt, sched,
-                   transform, scorer, total_steps)  # fmt: skip
+                   transform, scorer, total_steps, update)  # fmt: skip
 
 
 def _start(t: Trainer, resume: bool, overwrite: bool) -> tuple[TrainState, MetricsLog]:
@@ -427,6 +454,8 @@ def _start(t: Trainer, resume: bool, overwrite: bool) -> tuple[TrainState, Metri
         return state, MetricsLog(t.run.metrics_file, state.metrics_pos, main)
     if main:
         Run.create(t.run.path, t.cfg, t.ds, len(t.train_users), overwrite=overwrite)
+        if t.update is not None:
+            t.update.record(t.run)
     return TrainState(), MetricsLog(t.run.metrics_file, enabled=main)
 
 

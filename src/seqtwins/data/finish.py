@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from seqtwins.data.dataset import SPLITS, Sequences, write_dataset, write_dataset_files
+from seqtwins.data.dataset import (
+    SPLITS,
+    SequenceDataset,
+    Sequences,
+    write_dataset,
+    write_dataset_files,
+)
 from seqtwins.data.formats import RawLog
 from seqtwins.data.memory import peak_rss
 from seqtwins.data.options import PrepareOptions, PrepareSummary
 from seqtwins.data.privacy import key_id, pseudonym_key
 from seqtwins.data.steps import assign_splits
+from seqtwins.data.update import item_lookup, keep_splits, lineage, remap_items
 
 
 @dataclass
@@ -109,10 +116,17 @@ def finish(
     ``seconds`` holds the wall time of the phases done; ``phase`` names the phase in
     progress and its start (it ends where the write begins, timed as ``write``)."""
     p, log = prepared, prepared.log
+    parent = None if options.update is None else SequenceDataset.open(options.update)
+    if parent is not None:  # ids stable across windows: old items first (seqtwins.data.update)
+        lut, item_ids = item_lookup(parent.items["item_id"], p.item_ids)
+        p = replace(p, sequences=remap_items(p.sequences, lut) or p.sequences, item_ids=item_ids)
     items, users = tables(log, p.item_ids, p.user_ids)
     if p.pseudonyms is not None:
         users = users.with_columns(p.pseudonyms.alias("user_id"))
-    split = assign_splits(users.height, options.split, options.split_seed)
+    if parent is None:
+        split = assign_splits(users.height, options.split, options.split_seed)
+    else:
+        split = keep_splits(users["user_id"], parent, options.split, options.split_seed)
     users = users.with_columns(pl.Series("split", split, dtype=pl.String))
     if isinstance(p.sequences, Sequences):
         present = {n for n in ("times", "ratings") if getattr(p.sequences, n) is not None}
@@ -122,6 +136,13 @@ def finish(
         n_interactions = len(np.load(p.sequences["items"], mmap_mode="r", allow_pickle=False))
     stats = prepare_stats(log, p.input_counts, p.dropped, "times" in present, options,
                           p.rare_items)  # fmt: skip
+    extra: dict[str, Any] = {"prepare": stats}
+    if parent is not None:
+        stats["item_order"] = (
+            f"the items of {parent.path} at their item_idx, then new items in ascending "
+            "order of original item id"
+        )
+        extra["parent"] = lineage(parent, items.height, users)
     t_write = time.perf_counter()
     seconds[phase[0]] = t_write - phase[1]
     common: dict[str, Any] = dict(
@@ -129,7 +150,7 @@ def finish(
         users=users,
         source=f"{log.format}:{log.source}",
         params={"format": log.format, **options.to_params()},
-        extra_meta={"prepare": stats},
+        extra_meta=extra,
         overwrite=options.overwrite,
     )
     if isinstance(p.sequences, Sequences):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from seqtwins.data.dataset import SPLITS
 from seqtwins.data.formats import ReaderOptions
 from seqtwins.data.memory import MIN_BUDGET, format_size, parse_size
+from seqtwins.errors import SeqtwinsError
 from seqtwins.settings import build, deep_merge, nest, parse_override
 
 RARE_ITEMS = ("drop", "token")
@@ -72,6 +74,18 @@ class PrepareOptions:
     work_dir: Path | None = None
     """Folder for the out-of-core buckets (default: a temporary folder beside ``out``, so
     that the finished arrays are moved into place, not copied)."""
+    since: int | None = None
+    """Time window: keep interactions at or after this time (epoch seconds, UTC; ``--since``
+    and YAML also take an ISO date or date-time). ``None``: no lower bound. The window is
+    half-open, ``[since, until)``, so consecutive windows never share an interaction; it
+    applies before every other filter. A log without times is refused."""
+    until: int | None = None
+    """Time window: keep interactions before this time (see ``since``); ``None``: no bound."""
+    update: Path | None = None
+    """An earlier dataset this one updates (``--update OLD``): its items keep their
+    ``item_idx`` (matched by original id; items absent from this log stay in the table) and
+    new items are appended after them; its users keep their split, new users are split by
+    ``split`` / ``split_seed``. ``meta.json`` records the parent's path and content hash."""
 
     def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the first invalid setting by its field name (the key
@@ -115,6 +129,10 @@ class PrepareOptions:
             self.key_file is None or self.salt_file is None,
             "key_file and salt_file are both set; give one key file",
         )
+        need(
+            self.since is None or self.until is None or self.since < self.until,
+            f"since={self.since} must be before until={self.until} (the window is [since, until))",
+        )
 
     def to_params(self) -> dict[str, Any]:
         """JSON-able parameters for ``meta.json`` (paths as strings, no key material)."""
@@ -128,6 +146,11 @@ class PrepareOptions:
         out.pop("overwrite")
         out.pop("memory_budget")  # resources, not data: the same dataset either way
         out.pop("work_dir")
+        for name in ("since", "until", "update"):  # recorded only when set: meta.json of
+            if out[name] is None:  # a dataset prepared without them is unchanged
+                out.pop(name)
+        if self.update is not None:
+            out["update"] = str(self.update)
         out["split"] = list(self.split)
         return {**out, "reader": reader}
 
@@ -215,7 +238,30 @@ def options_data(data: Mapping[str, Any]) -> dict[str, Any]:
     budget = out.get("memory_budget")
     if isinstance(budget, str):
         out["memory_budget"] = parse_size(budget, "memory_budget")
+    for name in ("since", "until"):
+        if isinstance(out.get(name), str | date):
+            out[name] = parse_time(out[name], name)
     return out
+
+
+def parse_time(value: str | date, key: str) -> int:
+    """Epoch seconds (UTC) from ``value``: integer seconds, or an ISO-8601 date or date-time
+    (``2003-01-31``, ``2003-01-31T12:00``, ``...+02:00``; without an offset it is UTC).
+    A bad value is a one-line error naming ``key``."""
+    # YAML reads an unquoted date as a date
+    text = value.isoformat() if isinstance(value, date) else value.strip()
+    if text.lstrip("+-").isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise SeqtwinsError(
+            f"{key}={text!r} must be epoch seconds or an ISO date like 2003-01-31 or "
+            "2003-01-31T12:00:00"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())
 
 
 def build_options(

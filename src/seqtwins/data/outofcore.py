@@ -52,6 +52,7 @@ from seqtwins.data.memory import current_rss, format_size
 from seqtwins.data.options import PrepareOptions, PrepareSummary
 from seqtwins.data.steps import (
     UserRows,
+    check_window,
     chronological_order,
     counts,
     drop_threshold,
@@ -395,6 +396,7 @@ def prepare_out_of_core(scan: LogScan, out: Path, options: PrepareOptions) -> Pr
             f"--min-rating needs ratings, but {scan.source} has none (name the column with "
             "--rating-col)"
         )
+    check_window(options, "time" in scan.roles, scan.source)
     base = Path(options.work_dir or out.parent)
     what = "--work-dir" if options.work_dir else "--out"
     with write_errors(base, what):

@@ -76,6 +76,7 @@ from seqtwins.data.outofcore import prepare_out_of_core
 from seqtwins.data.privacy import check_key_source
 from seqtwins.data.steps import (
     UserRows,
+    check_window,
     chronological_order,
     counts,
     history_bounds,
@@ -89,6 +90,7 @@ from seqtwins.data.steps import (
     user_order,
     user_steps,
 )
+from seqtwins.data.update import check_parent
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import clean_stale
 
@@ -157,6 +159,8 @@ def check_output(input: Path, out: Path, options: PrepareOptions) -> None:
                 "elsewhere"
             )
     check_out(out, options.overwrite)
+    if options.update is not None:
+        check_parent(Path(options.update), out)
     if options.work_dir is not None:
         clean_stale(Path(options.work_dir) / out.name)
 
@@ -670,6 +674,7 @@ def _build(log: RawLog, ordered: _Ordered, options: PrepareOptions) -> Prepared:
             f"--min-rating needs ratings, but {log.source} has none (name the column with "
             "--rating-col)"
         )
+    check_window(options, ordered.times is not None, log.source)
     dropped: dict[str, int] = {}
     user_ids, item_ids = ordered.user_ids, ordered.item_ids
     n_users, n_items = len(user_ids), len(item_ids)

@@ -5,8 +5,9 @@ out-of-core path (:mod:`seqtwins.data.outofcore`) runs the per-user steps bucket
 and the k-core rounds over the saved buckets. In order:
 
 - :func:`chronological_order`: rows sorted by (user, time), ties in file order;
-- :func:`user_steps`: rating threshold, de-duplication, ``max_len`` and short users, on
-  :class:`UserRows` (each user's rows, contiguous); they look at one user at a time;
+- :func:`user_steps`: time window (:func:`time_window`), rating threshold,
+  de-duplication, ``max_len`` and short users, on :class:`UserRows` (each user's rows,
+  contiguous); they look at one user at a time;
 - :func:`kcore_thresholds` / :func:`kcore_round` / :func:`kcore`: the iterative k-core,
   :func:`kcore_dropped` its counts; with ``min_item_users`` in ``drop`` mode, "at least K
   distinct users" (:func:`item_users`) is one more item condition of the k-core, and
@@ -110,21 +111,57 @@ class UserRows:
         )
 
 
+def has_window(options: PrepareOptions) -> bool:
+    """Whether ``options`` cut a time window (``since`` / ``until``)."""
+    return options.since is not None or options.until is not None
+
+
+def check_window(options: PrepareOptions, has_times: bool, source: str) -> None:
+    """Refuse a time window on a log without times (S3-Rec files have none), before any
+    work."""
+    if has_window(options) and not has_times:
+        raise SeqtwinsError(
+            f"--since/--until need interaction times, but {source} has none (S3-Rec files "
+            "carry no timestamps); name the time column with --time-col, or drop the window"
+        )
+
+
+def time_window(rows: UserRows, options: PrepareOptions, dropped: dict[str, int]) -> UserRows:
+    """Keep the rows with ``since <= time < until`` (half-open: consecutive windows share
+    no interaction); counts into ``dropped`` (``time_window_*``). A row filter: it commutes
+    with the stable chronological order, so it runs after it."""
+    assert rows.times is not None  # check_window refused a log without times
+    keep = np.ones(len(rows.times), dtype=bool)
+    if options.since is not None:
+        keep &= rows.times >= options.since
+    if options.until is not None:
+        keep &= rows.times < options.until
+    empty_before = int(np.count_nonzero(rows.cu == 0))
+    dropped["time_window_interactions"] = int(len(keep) - np.count_nonzero(keep))
+    rows = rows.keep(keep)
+    dropped["time_window_users"] = int(np.count_nonzero(rows.cu == 0)) - empty_before
+    return rows
+
+
 def user_steps(
     rows: UserRows, n_items: int, options: PrepareOptions, dropped: dict[str, int]
 ) -> UserRows:
-    """The steps that look at one user at a time: rating threshold, de-duplication,
-    ``max_len`` and dropping short users (counted into ``dropped``). They need no global
-    state, so out of core they run bucket by bucket; counts add up across buckets."""
+    """The steps that look at one user at a time: time window, rating threshold,
+    de-duplication, ``max_len`` and dropping short users (counted into ``dropped``). They
+    need no global state, so out of core they run bucket by bucket; counts add up across
+    buckets."""
     n_users = len(rows.cu)
+    if has_window(options):
+        rows = time_window(rows, options, dropped)
     # filtering by rating commutes with the (stable) chronological order: done after it
     if options.min_rating is not None:
         assert rows.ratings is not None
+        empty_before = int(np.count_nonzero(rows.cu == 0))  # 0 unless a window emptied some
         keep = rows.ratings >= options.min_rating
         dropped["low_rating_interactions"] = int(len(keep) - np.count_nonzero(keep))
         rows = rows.keep(keep)
         # every user had rows before (codes come from the rows): those without now
-        dropped["low_rating_users"] = int(np.count_nonzero(rows.cu == 0))
+        dropped["low_rating_users"] = int(np.count_nonzero(rows.cu == 0)) - empty_before
     if options.dedup:
         ucode = rows.user_codes()
         pair = ucode.astype(np.int64) * n_items + rows.icode
@@ -355,6 +392,7 @@ def no_users_left(source: str, dropped: dict[str, int], options: PrepareOptions)
     rare = drop_threshold(options) > 1
     return SeqtwinsError(
         f"no users left after filtering {source} (dropped: {what or 'nothing'}); relax "
+        f"{'--since / --until / ' if has_window(options) else ''}"
         f"--min-rating / --min-user-count / --min-item-count / --min-history"
         + (" / --min-item-users" if rare else "")
         + f" (now {options.min_rating} / {options.min_user_count} / {options.min_item_count} / "

@@ -1,0 +1,54 @@
+"""``evaluate --compat OLD NEW``: an old probe on new embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from seqtwins.cli import app
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.incremental.compat import compat_scores, reindex
+from seqtwins.incremental.growth import vocab_map
+
+runner = CliRunner()
+
+
+def test_reindex_drops_unknown_items_and_keeps_the_rest_in_order(windows):
+    w1, w2 = (SequenceDataset.open(p) for p in windows)
+    lut = vocab_map(w1.items["item_id"], w2.items["item_id"])
+    r = reindex(w2, lut)
+    s, t = w2.sequences, r.sequences
+    known = lut[np.asarray(s.items)] > 0
+    assert t.num_interactions == int(known.sum()) and int(t.items.max()) <= w1.num_items
+    for u in (0, 5, w2.num_users - 1):
+        hist = np.asarray(s.items[s.offsets[u] : s.history_end[u]])
+        want = w1.items["item_id"].to_numpy()[lut[hist][lut[hist] > 0] - 1]
+        got = w1.items["item_id"].to_numpy()[
+            np.asarray(t.items[t.offsets[u] : t.history_end[u]]) - 1
+        ]
+        assert got.tolist() == want.tolist()
+    same = reindex(w1, np.arange(w1.vocab_size))  # the identity changes nothing
+    assert np.array_equal(same.sequences.items, w1.sequences.items)
+
+
+def test_a_run_is_fully_compatible_with_itself(old_run):
+    result = compat_scores(old_run, old_run)
+    assert result["tasks"] and all(r["compat"] == 1.0 for r in result["tasks"].values())
+
+
+def test_cli_compat_of_an_update(windows, old_run, update_run, tmp_path):
+    out = tmp_path / "compat.json"
+    r = runner.invoke(app, ["evaluate", "--compat", str(old_run), str(update_run), "--out",
+                            str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["data"] == str(windows[0])  # by default: the old run's dataset
+    row = result["tasks"]["future_items"]
+    assert row["compat"] == row["old_probe_on_new"] / row["old"]
+    assert "future_items (recall@10)" in r.output
+    r = runner.invoke(app, ["evaluate", "--compat", str(old_run)])
+    assert r.exit_code == 2 and "--compat takes two runs" in r.output
+    r = runner.invoke(app, ["evaluate", str(old_run)])
+    assert r.exit_code == 2 and "evaluate needs --data" in r.output
