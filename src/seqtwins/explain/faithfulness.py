@@ -32,7 +32,7 @@ from seqtwins.data.batching import histories
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.probe import cpu_threads
-from seqtwins.evaluate.tasks import build_task
+from seqtwins.evaluate.tasks import Task, build_task
 from seqtwins.explain.attribution import batch_attributions, embed_windows
 from seqtwins.explain.probe import TaskProbe, fit_task_probe
 from seqtwins.models.encoder import SequenceEncoder, embed_users
@@ -156,14 +156,54 @@ def _faithfulness(
     encoder = r.encoder(checkpoint, ds)
     task_obj = build_task(ds, task)
     emb = embed_users(encoder, ds, np.arange(ds.num_users))
-    tp = fit_task_probe(ds, task_obj, emb)
-    max_len = encoder.cfg.max_len
-    test = task_obj.labelled(ds.split_users("test"))
-    lengths = np.array([len(w) for w in histories(ds.sequences, test, max_len)])
-    eligible = test[lengths > max(ks)]
+    loaded = time.perf_counter() - t0
+    out = deletion_test(encoder, ds, task_obj, emb, users, ks, methods, draws, seed)
+    if "reason" in out:
+        raise SeqtwinsError(f"{out['reason']} of {ds.path}; choose another task")
+    out["seconds"]["setup"] = round(out["seconds"]["setup"] + loaded, 2)
+    out.update(run=str(r.path), dataset=str(ds.path), objective=r.config.objective,
+               checkpoint=checkpoint)  # fmt: skip
+    return out
+
+
+def eligible_users(
+    ds: SequenceDataset, task: Task, max_len: int, ks: Sequence[int] = KS
+) -> tuple[np.ndarray, int]:
+    """The labelled test users of ``task`` with more than ``max(ks)`` items in their window
+    (the last ``max_len`` history items), and how many test users are labelled."""
+    test = task.labelled(ds.split_users("test"))
+    lengths = np.array([len(w) for w in histories(ds.sequences, test, max_len)], dtype=np.int64)
+    return test[lengths > max(ks)], len(test)
+
+
+def deletion_test(
+    encoder: SequenceEncoder,
+    ds: SequenceDataset,
+    task: Task,
+    emb: np.ndarray,
+    users: int = 500,
+    ks: Sequence[int] = KS,
+    methods: Sequence[str] = METHODS,
+    draws: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The deletion test of ``encoder`` (whose embeddings of every user are ``emb`` (U, D))
+    on ``task`` over up to ``users`` eligible test users (:func:`eligible_users`, a seeded
+    random sample), in the caller's threads: :func:`compare`'s result plus the task, the
+    probe's solver, the eligible and labelled test users, the mean confidence before
+    removal and the seconds spent. Without an eligible user: ``users`` 0 and ``reason``."""
+    t0 = time.perf_counter()
+    eligible, n_test = eligible_users(ds, task, encoder.cfg.max_len, ks)
+    info: dict[str, Any] = {"task": task.name, "eligible_test_users": int(len(eligible)),
+                            "labelled_test_users": int(n_test)}  # fmt: skip
+    if len(eligible) == 0:
+        return {"ks": list(ks), "users": 0, **info, "reason": (
+            f"no labelled test user of task {task.name!r} has more than {max(ks)} items "
+            "in the encoder's window")}  # fmt: skip
+    tp = fit_task_probe(ds, task, emb)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.permutation(eligible)[:users])
-    windows = histories(ds.sequences, chosen, max_len)
+    windows = histories(ds.sequences, chosen, encoder.cfg.max_len)
     columns = tp.predicted(torch.from_numpy(emb[chosen]), chosen)
 
     def confidence(ws: list[np.ndarray]) -> np.ndarray:
@@ -174,11 +214,7 @@ def _faithfulness(
     orders = _attribution_orders(encoder, windows, columns, tp, methods)
     t2 = time.perf_counter()
     out = compare(windows, orders, confidence, ks, draws, seed)
-    out.update(
-        run=str(r.path), dataset=str(ds.path), objective=r.config.objective, task=task,
-        checkpoint=checkpoint, probe_solver=tp.solver, eligible_test_users=int(len(eligible)),
-        labelled_test_users=int(len(test)), confidence=float(confidence(windows).mean()),
-        seconds={"setup": round(t1 - t0, 2), "attribution": round(t2 - t1, 2),
-                 "deletion": round(time.perf_counter() - t2, 2)},
-    )  # fmt: skip
+    out.update(info, probe_solver=tp.solver, confidence=float(confidence(windows).mean()),
+               seconds={"setup": round(t1 - t0, 2), "attribution": round(t2 - t1, 2),
+                        "deletion": round(time.perf_counter() - t2, 2)})  # fmt: skip
     return out
