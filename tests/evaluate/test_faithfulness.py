@@ -16,10 +16,11 @@ from seqtwins.cli import app
 from seqtwins.config import PretrainConfig, build
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.faithfulness import FAITHFULNESS, SCHEMA, plan_deletion_test
+from seqtwins.evaluate.faithfulness import FAITHFULNESS, SCHEMA
 from seqtwins.evaluate.protocol import evaluate_embeddings, load_results, save_results
 from seqtwins.evaluate.report import write_report
 from seqtwins.evaluate.tasks import headline_tasks
+from seqtwins.explain.faithfulness import plan_deletion_test
 from seqtwins.run import Run
 from seqtwins.train import pretrain
 from tests.helpers import tiny_dataset

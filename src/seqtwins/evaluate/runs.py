@@ -20,7 +20,7 @@ import copy
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,13 +28,7 @@ import torch
 from seqtwins.data.batching import histories, pad_right
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.faithfulness import (
-    DEFAULT_USERS,
-    FAITHFULNESS,
-    DeletionPlan,
-    plan_deletion_test,
-    run_deletion_test,
-)
+from seqtwins.evaluate.faithfulness import DEFAULT_USERS, FAITHFULNESS
 from seqtwins.evaluate.protocol import (
     FLOOR_METHODS,
     PER_USER,
@@ -55,6 +49,9 @@ from seqtwins.files import (
 from seqtwins.model_card import update_model_cards
 from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
 from seqtwins.run import Run
+
+if TYPE_CHECKING:  # imported when asked for: explanations are an optional extra
+    from seqtwins.explain.faithfulness import DeletionPlan
 
 BASELINES = FLOOR_METHODS
 """The floors ``seqtwins evaluate`` can add beside the runs (all of them by default)."""
@@ -155,7 +152,11 @@ def evaluate_runs(
             )
     encoders = [run.encoder(checkpoint, ds) for run in runs]
     objectives = [run.config.objective for run in runs]
-    deletion = plan_deletion_test(ds, encoders, faithfulness_users) if faithfulness else None
+    deletion = None
+    if faithfulness:
+        from seqtwins.explain.faithfulness import plan_deletion_test
+
+        deletion = plan_deletion_test(ds, encoders, faithfulness_users)
     with file_lock(out):
         check_outputs(out)  # again, now that no other seqtwins process writes it
         results = _evaluate(runs, encoders, objectives, ds, out, tasks, fractions, seeds,
@@ -223,6 +224,8 @@ def _evaluate(
             results[PER_USER].setdefault(task, {"users": entry["users"], "values": {}})
             results[PER_USER][task]["values"].update(entry["values"])
     if deletion is not None:
+        from seqtwins.explain.faithfulness import run_deletion_test
+
         by_name = dict(zip(names, encoders, strict=True))
         results[FAITHFULNESS] = run_deletion_test(deletion, ds, by_name, methods, say)
     results["runs"] = {n: str(Path(r)) for n, r in zip(names, run_dirs, strict=True)}
