@@ -100,6 +100,7 @@ def test_run_never_replaces_a_data_folder_seqtwins_did_not_write(tmp_path):
     [
         ("evaluate.fractions=[2.0]", "evaluate.fractions=[2.0] must be label shares in (0, 1]"),
         ("evaluate.seeds=0", "evaluate.seeds=0 must be >= 1"),
+        ("evaluate.faithfulness_users=0", "evaluate.faithfulness_users=0 must be >= 1"),
         ("evaluate.protocol=knn", "evaluate.protocol='knn' must be one of"),
         ("evaluate.baselines=[popular]", "evaluate.baselines: unknown ['popular']"),
     ],

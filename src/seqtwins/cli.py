@@ -609,6 +609,16 @@ def evaluate(
             help="Checkpoint of every run: best (selected on valid users) or last (fixed epochs)."
         ),
     ] = "best",
+    faithfulness: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the deletion test of each run's attributions (needs Captum; "
+            "docs/explain.md)."
+        ),
+    ] = False,
+    faithfulness_users: Annotated[
+        int, typer.Option(help="Test users of the deletion test, per run.")
+    ] = 500,
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
     verify: Verify = True,
     compat: Annotated[
@@ -633,7 +643,8 @@ def evaluate(
     results = evaluate_runs(
         runs, data, out, tasks=tasks, fractions=fractions or (0.01, 0.05, 0.1, 0.25, 1.0),
         seeds=seeds, protocol=protocol, baselines=baselines or BASELINES, progress=progress,
-        verify=verify, checkpoint=checkpoint,
+        verify=verify, checkpoint=checkpoint, faithfulness=faithfulness,
+        faithfulness_users=faithfulness_users,
     )  # fmt: skip
     console.print(
         f"evaluated {', '.join(results['methods'])} ({checkpoint} checkpoints) on "

@@ -78,6 +78,11 @@ class EvalSpec:
     end-to-end fine-tuning of each run at the smallest fraction)."""
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     """Floors evaluated identically beside the trained runs."""
+    faithfulness: bool = False
+    """Also run the deletion test of each run's attributions (``--faithfulness``; needs
+    Captum, docs/explain.md)."""
+    faithfulness_users: int = 500
+    """Test users of the deletion test, per run (``--faithfulness-users``)."""
 
     def __post_init__(self) -> None:
         """Checked up front, not after hours of pretraining (task names need the data:
@@ -87,6 +92,8 @@ class EvalSpec:
             raise ValueError(f"evaluate.fractions={self.fractions} must be label shares in (0, 1]")
         if self.seeds < 1:
             raise ValueError(f"evaluate.seeds={self.seeds} must be >= 1")
+        if self.faithfulness_users < 1:
+            raise ValueError(f"evaluate.faithfulness_users={self.faithfulness_users} must be >= 1")
         if self.protocol not in PROTOCOLS:
             raise ValueError(
                 f"evaluate.protocol={self.protocol!r} must be one of {', '.join(PROTOCOLS)}"
@@ -304,6 +311,7 @@ def run_experiment(
     evaluate_runs(
         list(runs.values()), data_dir, eval_json, tasks=ev.tasks, fractions=ev.fractions,
         seeds=ev.seeds, protocol=ev.protocol, baselines=ev.baselines, progress=progress,
+        faithfulness=ev.faithfulness, faithfulness_users=ev.faithfulness_users,
     )  # fmt: skip
     report_dir = root / "report"
     write_report([eval_json], report_dir)

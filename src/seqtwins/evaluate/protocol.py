@@ -64,6 +64,7 @@ from scipy.stats import rankdata
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.faithfulness import FAITHFULNESS, check_section
 from seqtwins.evaluate.probe import (
     Prediction,
     ProbeConfig,
@@ -601,6 +602,8 @@ def load_results(path: Path | str) -> dict[str, Any]:
     for key in ("cells", "tasks", "methods", "fractions"):
         if key not in data:
             raise SeqtwinsError(f"{path} lacks {key!r}; rerun `seqtwins evaluate`")
+    if FAITHFULNESS in data:  # optional: eval.json files without the deletion test stay valid
+        check_section(data[FAITHFULNESS], path)
     return data
 
 

@@ -23,6 +23,11 @@ directory**::
 
 ``cross_correlation`` may also map several methods to paths (``{"<method>": "<path>"}``).
 Both parts are optional; an absent part is not plotted.
+
+The key ``"faithfulness"`` (``seqtwins evaluate --faithfulness``,
+:mod:`seqtwins.evaluate.faithfulness`) adds the section "Faithfulness (deletion test)": per
+run a table of the confidence drops, AUCs and ratios to random, a sentence per attribution
+method (2x random or more, better, or no better than random) and the deletion curves.
 """
 
 from __future__ import annotations
@@ -394,6 +399,143 @@ def _task_section(results: Mapping[str, Any], task: str, plot: str) -> list[str]
     return lines
 
 
+# --- faithfulness (the deletion test) ------------------------------------------------------
+
+METHOD_NAMES = {"ig": "integrated gradients", "occlusion": "occlusion"}
+"""How the report names the attribution methods of the deletion test."""
+
+
+def plot_deletion_curves(section: Mapping[str, Any], path: Path | str) -> Path:
+    """Mean confidence drop against k, one panel per run: each attribution method and
+    random removal (dashed), from eval.json's ``faithfulness`` section."""
+    runs = {n: r for n, r in section["runs"].items() if r["users"] > 0}
+    fig = Figure(figsize=(4.2 * max(1, len(runs)), 3.4))
+    x = [0, *section["ks"]]
+    for j, (name, run) in enumerate(runs.items()):
+        ax = fig.add_subplot(1, max(1, len(runs)), j + 1)
+        ax.plot(x, [0.0, *run["random"]["drop"]], "--x", color="#777777", label="random")
+        for m, s in run["methods"].items():
+            ax.plot(x, [0.0, *s["drop"]], "-o", markersize=4, label=METHOD_NAMES.get(m, m))
+        ax.set_xlabel("items removed (k)")
+        ax.set_ylabel("confidence drop")
+        ax.set_title(f"{name}: {section['task']} (n={run['users']})", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    _save(fig, path)
+    return path
+
+
+def _verdict(s: Mapping[str, Any], random: Mapping[str, Any], k: int) -> str:
+    """One sentence on an attribution method against random removal: no better (a drop or
+    area not above random's, i.e. a ratio <= 1), 2x or more at k, or better but short of
+    2x; ratios are undefined where random removal did not lower the confidence."""
+    a_k, b_k, a_auc, b_auc = s["drop"][-1], random["drop"][-1], s["auc"], random["auc"]
+    r_k, r_auc = s.get("drop_ratio_at_k"), s.get("auc_ratio")
+    ratios = f"drop@{k} ratio {_fmt(r_k, 2)}, AUC ratio {_fmt(r_auc, 2)}"
+    if a_k <= b_k or a_auc <= b_auc:
+        return f"**no better than random** ({ratios})"
+    if r_k is None or r_auc is None:
+        return (
+            f"lowered the confidence where random removal did not (drop@{k} {a_k:.4f} vs "
+            f"random {b_k:.4f}, AUC {a_auc:.4f} vs {b_auc:.4f}; no ratio to a drop <= 0)"
+        )
+    if r_k >= 2:
+        return f"beat random by 2x or more at k={k} ({ratios})"
+    return f"better than random, but by less than 2x at k={k} ({ratios})"
+
+
+def _users_note(section: Mapping[str, Any], run: Mapping[str, Any]) -> str:
+    asked = section["users_requested"]
+    text = (
+        f"{run['users']} test users (a seeded sample of {run.get('eligible_test_users', '?')} "
+        f"eligible of {run.get('labelled_test_users', '?')} labelled)"
+    )
+    if run["users"] < asked:
+        text += (
+            f"; **fewer than the {asked} asked for**: the dataset has only "
+            f"{run.get('eligible_test_users', '?')} labelled test users of `{section['task']}` "
+            f"with more than {max(section['ks'])} items in the window, so the numbers are "
+            "noisier"
+        )
+    return text
+
+
+def _faithfulness_run_lines(section: Mapping[str, Any], name: str) -> list[str]:
+    run = section["runs"][name]
+    ks = section["ks"]
+    if run["users"] == 0:
+        return [f"**`{name}`**: not measured: {run.get('reason', 'no test users')}.", ""]
+    secs = sum(v for v in (run.get("seconds") or {}).values() if isinstance(v, int | float))
+    lines = [
+        f"**`{name}`**: {_users_note(section, run)}; probe solver "
+        f"`{run.get('probe_solver', '?')}`; mean confidence before removal "
+        f"{_fmt(run.get('confidence'))}; {secs:.1f} s.",
+        "",
+        "| removal | " + " | ".join(f"drop@{k}" for k in ks) + " | AUC | AUC ratio | "
+        f"drop@{ks[-1]} ratio |",
+        "|---|" + "---:|" * (len(ks) + 3),
+    ]
+    rows = [("random", run["random"])] + [
+        (f"top-k {METHOD_NAMES.get(m, m)}", s) for m, s in run["methods"].items()
+    ]
+    for label, s in rows:
+        lines.append(
+            f"| {label} | " + " | ".join(_fmt(v, 4) for v in s["drop"]) + f" | {_fmt(s['auc'], 4)}"
+            f" | {_fmt(s.get('auc_ratio'), 2)} | {_fmt(s.get('drop_ratio_at_k'), 2)} |"
+        )
+    lines.append("")
+    for m, s in run["methods"].items():
+        lines.append(f"- {METHOD_NAMES.get(m, m)}: {_verdict(s, run['random'], ks[-1])}.")
+    return [*lines, ""]
+
+
+def _faithfulness_lines(res: Mapping[str, Any], out: Path, prefix: str) -> list[str]:
+    """The "Faithfulness (deletion test)" section from eval.json's ``faithfulness`` key
+    (``seqtwins evaluate --faithfulness``; nothing when the key is absent)."""
+    from seqtwins.evaluate.faithfulness import FAITHFULNESS
+
+    section = res.get(FAITHFULNESS)
+    if not section:
+        return []
+    ks, task = section["ks"], section["task"]
+    eligible = section.get("eligible_by_task") or {}
+    if eligible.get(task, 0) >= section["users_requested"]:
+        why = (f"the first headline task with at least {section['users_requested']} eligible "
+               "test users")  # fmt: skip
+    else:
+        why = (f"no headline task has {section['users_requested']} eligible test users, so "
+               "the one with the most")  # fmt: skip
+    counts = ", ".join(f"`{t}` {n}" for t, n in eligible.items())
+    lines = [
+        "### Faithfulness (deletion test)",
+        "",
+        f"Does an attribution point at the items a prediction rests on? For each run, the "
+        f"probe of `{task}` (fitted as in the tables, at label budget 100 %, seed 0) predicts a "
+        "class "
+        "for every test user from the full window; the drop is its confidence in that class "
+        f"before minus after removing the user's k most attributed items, k = {ks[0]}..{ks[-1]} "
+        "(integrated gradients, occlusion), or k random items (the mean of "
+        f"{section.get('random_draws', '?')} random orders per user). AUC = area under the "
+        f"mean-drop curve from (0, 0) to ({ks[-1]}, drop@{ks[-1]}); ratio = attribution / "
+        f"random. The target: top-{ks[-1]} attributed removal lowers the confidence at least "
+        f"twice as much as {ks[-1]} random removals (drop@{ks[-1]} ratio >= 2). docs/explain.md "
+        "describes the test.",
+        "",
+        f"Task `{task}`: {why} (eligible = labelled, more than {ks[-1]} items in the window: "
+        f"{counts}).",
+        "",
+    ]
+    if any(r["users"] > 0 for r in section["runs"].values()):
+        name = f"{prefix}deletion_curves.png"
+        plot_deletion_curves(section, out / name)
+        lines += [f"![deletion curves]({name})", ""]
+    for run_name in section["runs"]:
+        lines += _faithfulness_run_lines(section, run_name)
+    return lines
+
+
 REPORT_KIND = "report"
 REPORT_TITLE = "# seqtwins evaluation report"
 
@@ -489,6 +631,7 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
                 )
                 lines += [f"### Test-user embedding map `{m}`", "", f"![{m}]({name})", ""]
             lines += _global_view_lines(res, labels, embs, names)
+        lines += _faithfulness_lines(res, out, prefix)
         secs = res.get("seconds")
         if secs:
             lines += ["Seconds per method: " + ", ".join(f"{k} {v:g}" for k, v in secs.items()), ""]

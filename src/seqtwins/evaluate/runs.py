@@ -9,7 +9,9 @@ them: the majority class (popularity on set tasks), the user's own history (``hi
 (``random-init``) and TF-IDF + truncated SVD to the same dimension, on the whole history
 (``tfidf-svd``) and on the encoder's window (``tfidf-svd-window``). With
 ``protocol="finetune"`` the frozen-embedding methods are probed linearly and every run is
-also fine-tuned end to end (encoder + linear head, early stopping on valid users).
+also fine-tuned end to end (encoder + linear head, early stopping on valid users). With
+``faithfulness=True`` each run's attributions also take the deletion test
+(:mod:`seqtwins.evaluate.faithfulness`), recorded under the eval.json key ``faithfulness``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import copy
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ import torch
 from seqtwins.data.batching import histories, pad_right
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
+from seqtwins.evaluate.faithfulness import DEFAULT_USERS, FAITHFULNESS
 from seqtwins.evaluate.protocol import (
     FLOOR_METHODS,
     PER_USER,
@@ -46,6 +49,9 @@ from seqtwins.files import (
 from seqtwins.model_card import update_model_cards
 from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
 from seqtwins.run import Run
+
+if TYPE_CHECKING:  # imported when asked for: explanations are an optional extra
+    from seqtwins.explain.faithfulness import DeletionPlan
 
 BASELINES = FLOOR_METHODS
 """The floors ``seqtwins evaluate`` can add beside the runs (all of them by default)."""
@@ -117,12 +123,16 @@ def evaluate_runs(
     finetune_fractions: Sequence[float] | None = None,
     verify: bool = True,
     checkpoint: str = "best",
+    faithfulness: bool = False,
+    faithfulness_users: int = DEFAULT_USERS,
 ) -> dict[str, Any]:
     """Evaluate runs and floors on ``data_dir``; write ``out`` (eval.json) and its
     artifacts (``<out stem>_artifacts/*.npy`` and the per-user values ``per_user.npz``)
     and return the results. ``verify=False`` skips recomputing the dataset's content hash
     (``--no-verify``); ``checkpoint`` is the checkpoint of every run that is evaluated
-    (``best`` or ``last``, recorded in the results)."""
+    (``best`` or ``last``, recorded in the results). ``faithfulness`` adds the deletion
+    test of every run's attributions over up to ``faithfulness_users`` test users
+    (:mod:`seqtwins.evaluate.faithfulness`; needs Captum)."""
     if protocol not in PROTOCOLS:
         raise SeqtwinsError(f"--protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
     if checkpoint not in CHECKPOINTS:
@@ -142,11 +152,16 @@ def evaluate_runs(
             )
     encoders = [run.encoder(checkpoint, ds) for run in runs]
     objectives = [run.config.objective for run in runs]
+    deletion = None
+    if faithfulness:
+        from seqtwins.explain.faithfulness import plan_deletion_test
+
+        deletion = plan_deletion_test(ds, encoders, faithfulness_users)
     with file_lock(out):
         check_outputs(out)  # again, now that no other seqtwins process writes it
         results = _evaluate(runs, encoders, objectives, ds, out, tasks, fractions, seeds,
                             protocol, baselines, progress, finetune_fractions,
-                            checkpoint)  # fmt: skip
+                            checkpoint, deletion)  # fmt: skip
     update_model_cards(out)  # each run's model_card.md gets these metrics
     return results
 
@@ -165,6 +180,7 @@ def _evaluate(
     progress: bool,
     finetune_fractions: Sequence[float] | None,
     checkpoint: str = "best",
+    deletion: DeletionPlan | None = None,
 ) -> dict[str, Any]:
     run_dirs = [run.path for run in runs]
     names = method_names([Path(r) for r in run_dirs], objectives)
@@ -207,6 +223,11 @@ def _evaluate(
         for task, entry in ft[PER_USER].items():
             results[PER_USER].setdefault(task, {"users": entry["users"], "values": {}})
             results[PER_USER][task]["values"].update(entry["values"])
+    if deletion is not None:
+        from seqtwins.explain.faithfulness import run_deletion_test
+
+        by_name = dict(zip(names, encoders, strict=True))
+        results[FAITHFULNESS] = run_deletion_test(deletion, ds, by_name, methods, say)
     results["runs"] = {n: str(Path(r)) for n, r in zip(names, run_dirs, strict=True)}
     results["checkpoint"] = checkpoint
     clean_stale(out)
