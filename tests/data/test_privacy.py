@@ -123,7 +123,7 @@ def test_short_keys_are_refused_in_one_line(tmp_path, monkeypatch):
     (tmp_path / "short").write_text("hunter2\n")
     with pytest.raises(SeqtwinsError, match=r"key in --key-file .*short is 7 bytes.*token_hex"):
         prepare(src, tmp_path / "a", PrepareOptions(pseudonymize=True, key_file=tmp_path / "short"))
-    with pytest.raises(SeqtwinsError, match=f"key in --salt-file .*short is 7 bytes"):
+    with pytest.raises(SeqtwinsError, match="key in --salt-file .*short is 7 bytes"):
         prepare(
             src, tmp_path / "b", PrepareOptions(pseudonymize=True, salt_file=tmp_path / "short")
         )
@@ -132,6 +132,6 @@ def test_short_keys_are_refused_in_one_line(tmp_path, monkeypatch):
         prepare(src, tmp_path / "c", PrepareOptions(pseudonymize=True))
     monkeypatch.setenv(KEY_ENV, "x" * 16)  # the minimum is accepted
     prepare(src, tmp_path / "d", PrepareOptions(pseudonymize=True))
-    r = CliRunner().invoke(app, ["prepare", str(src), "--out", str(tmp_path / "e"),
-                                 "--pseudonymize", "--key-file", str(tmp_path / "short")])  # fmt: skip
+    args = ["--out", str(tmp_path / "e"), "--pseudonymize", "--key-file", str(tmp_path / "short")]
+    r = CliRunner().invoke(app, ["prepare", str(src), *args])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
