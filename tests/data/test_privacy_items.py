@@ -176,6 +176,8 @@ def test_token_name_clash_and_bad_values(tmp_path):
     for args, word in (
         (["--min-item-users", "0"], "--min-item-users=0 must be >= 1"),
         (["--min-item-users", "2", "--rare-items", "keep"], "--rare-items"),
+        (["--rare-items", "token"], "--rare-items=token does nothing without min_item_users"),
+        (["--set", "rare_items=token"], "(--min-item-users N)"),
     ):
         r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"), *args])
         assert r.exit_code == 2 and word in r.output and len(r.output.strip().splitlines()) == 1
