@@ -10,8 +10,8 @@
     checkpoints/last/    the latest checkpoint (model, optimizer, RNG, TrainState)
     checkpoints/best/    the checkpoint with the best validation score (selected on valid users)
     summary.json         written when training ends
-    model_card.md        written when training ends, rewritten by evaluate / report
-                         (:mod:`seqtwins.model_card`)
+    model_card.md        written when training ends, rewritten by evaluate (rendered by
+                         :mod:`seqtwins.model_card`, written by :meth:`Run.write_model_card`)
 
 Everything else asks :class:`Run`: training creates and locks it, ``embed`` /
 ``evaluate`` / ``run`` / ``tune`` open it and ask for its config, checkpoints and encoder.
@@ -26,6 +26,7 @@ From Python::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -231,7 +232,8 @@ class Run:
         path.mkdir(parents=True, exist_ok=True)
         write_marker(path, KIND)
         users = len(ds.split_users("train")) if train_users is None else int(train_users)
-        lineage = Lineage(str(ds.path), ds.content_hash, ds.num_items, ds.vocab_size,
+        # absolute: the model card and `Run.dataset` find it from any working directory
+        lineage = Lineage(os.path.abspath(ds.path), ds.content_hash, ds.num_items, ds.vocab_size,
                           users, seqtwins_version())  # fmt: skip
         # dataset.json first: a folder with config.yaml always has its lineage too
         write_json(path / DATASET, asdict(lineage))
@@ -291,6 +293,18 @@ class Run:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.summary_file, summary)
+
+    def write_model_card(self, text: str) -> Path:
+        """Write ``model_card.md`` (atomically: a reader sees the old card or the new one),
+        only into a folder seqtwins wrote as a run. Training writes it under its lock when
+        it ends; ``evaluate`` rewrites it with its metrics."""
+        if not self.is_ours():
+            raise SeqtwinsError(
+                f"{self.path} is not a seqtwins run; its {MODEL_CARD} is left alone"
+            )
+        path = self.path / MODEL_CARD
+        atomic_write(path, text)
+        return path
 
     def checkpoint(self, which: str = "best") -> Path:
         """The folder of checkpoint ``which`` (``best`` or ``last``); it may not exist."""

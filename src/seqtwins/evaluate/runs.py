@@ -147,7 +147,7 @@ def evaluate_runs(
         results = _evaluate(runs, encoders, objectives, ds, out, tasks, fractions, seeds,
                             protocol, baselines, progress, finetune_fractions,
                             checkpoint)  # fmt: skip
-    update_model_cards(out)  # each run's model_card.md gets these metrics
+    update_model_cards(out, ds.path)  # each run's model_card.md gets these metrics
     return results
 
 
