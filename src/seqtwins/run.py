@@ -70,6 +70,17 @@ SUMMARY = "summary.json"
 MODEL_CARD = "model_card.md"
 LOCK = ".lock"
 CHECKPOINTS = {"last": "checkpoints/last", "best": "checkpoints/best"}
+"""The checkpoints a run keeps: name -> folder inside the run."""
+
+
+def check_checkpoint(which: str, setting: str = "--checkpoint") -> str:
+    """``which`` when it names a checkpoint a run keeps (:data:`CHECKPOINTS`), else the
+    one-line error naming ``setting``."""
+    if which not in CHECKPOINTS:
+        raise SeqtwinsError(f"{setting} {which!r} must be one of {', '.join(sorted(CHECKPOINTS))}")
+    return which
+
+
 _OWNED = (CONFIG, DATASET, METRICS, SUMMARY, MODEL_CARD, "checkpoints", "tensorboard")
 """What a new run replaces in a folder it may reuse (nothing else is touched)."""
 

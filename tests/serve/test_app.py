@@ -51,7 +51,8 @@ def test_health_and_info(url, loaded, tiny_run):
     info = httpx.get(f"{url}/info").json()
     assert info["data_hash"] == loaded.ds.content_hash
     assert (info["dim"], info["objective"], info["items"], info["users"]) == (16, "barlow", 40, 240)
-    assert info["run"] == str(tiny_run[1]) and info["checkpoint"] == "best"
+    assert info["run"] == tiny_run[1].name and info["checkpoint"] == "best"
+    assert "data" not in info and str(tiny_run[1].parent) not in json.dumps(info)  # no paths
     assert info["index"]["kind"] == "flat"
     assert info["limits"]["max_batch"] == Limits().max_batch
 

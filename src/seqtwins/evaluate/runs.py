@@ -45,7 +45,7 @@ from seqtwins.files import (
 )
 from seqtwins.model_card import update_model_cards
 from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
-from seqtwins.run import Run
+from seqtwins.run import Run, check_checkpoint
 
 BASELINES = FLOOR_METHODS
 """The floors ``seqtwins evaluate`` can add beside the runs (all of them by default)."""
@@ -53,7 +53,6 @@ BARLOW_OBJECTIVES = ("barlow", "barlow+next", "barlow+mask")
 """Objectives whose model is a :class:`~seqtwins.objectives.barlow.BarlowObjective` (a
 projector and a cross-correlation matrix to plot)."""
 PROTOCOLS = ("linear", "mlp", "finetune")
-CHECKPOINTS = ("best", "last")
 ARTIFACTS_KIND = "eval-artifacts"
 
 
@@ -125,8 +124,7 @@ def evaluate_runs(
     (``best`` or ``last``, recorded in the results)."""
     if protocol not in PROTOCOLS:
         raise SeqtwinsError(f"--protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
-    if checkpoint not in CHECKPOINTS:
-        raise SeqtwinsError(f"--checkpoint {checkpoint!r} must be one of {', '.join(CHECKPOINTS)}")
+    check_checkpoint(checkpoint)
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise SeqtwinsError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")

@@ -20,7 +20,7 @@ import torch
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_users
-from seqtwins.run import Run, item_index
+from seqtwins.run import Run, check_checkpoint, item_index
 from seqtwins.serve import import_extra
 from seqtwins.serve.neighbors import IndexConfig, NeighborIndex, neighbors_of_row
 
@@ -72,8 +72,7 @@ class LoadedModel:
         index_cfg: IndexConfig | None = None,
     ) -> LoadedModel:
         """Open the run and its dataset (the run must have been trained on it)."""
-        if which not in ("best", "last"):
-            raise SeqtwinsError(f"--checkpoint {which!r} must be best or last")
+        check_checkpoint(which)
         run = Run.open(run_dir)
         ds = SequenceDataset.open(data_dir, verify=verify)
         encoder = run.encoder(which, ds)
@@ -114,9 +113,8 @@ class LoadedModel:
         """What ``GET /info`` reports about the run, its dataset and the index."""
         cfg = self.run.config
         return {
-            "run": str(self.run.path),
+            "run": self.run.path.resolve().name,  # a name, never a path of the server
             "checkpoint": self.which,
-            "data": str(self.ds.path),
             "data_hash": self.ds.content_hash,
             "objective": cfg.objective,
             "dim": self.dim,

@@ -19,7 +19,7 @@ import torch
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
-from seqtwins.run import Run
+from seqtwins.run import Run, check_checkpoint
 from seqtwins.serve import import_extra
 from seqtwins.serve.limits import Limits
 
@@ -95,8 +95,7 @@ def serve(
         finally:
             set_threads(*previous)
         return
-    if which not in ("best", "last"):
-        raise SeqtwinsError(f"--checkpoint {which!r} must be best or last")
+    check_checkpoint(which)
     Run.open(run_dir).encoder(which, SequenceDataset.open(data_dir, verify=verify))
     # the workers skip the hash: checked here, once
     os.environ[ENV] = worker_settings(run_dir, data_dir, which, limits, threads)
