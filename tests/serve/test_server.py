@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import httpx
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from seqtwins.cli import app
 from seqtwins.serve.limits import Limits
 from seqtwins.serve.model import nearest_users
-from seqtwins.serve.server import ENV, app_from_env, worker_settings
+from seqtwins.serve.server import ENV, app_from_env, set_threads, worker_settings
 from tests.serve.conftest import live_server
 
 runner = CliRunner()
@@ -74,12 +75,13 @@ def test_worker_processes_load_the_run_from_the_environment(tiny_run, monkeypatc
     """What each process of `serve --workers N` runs (uvicorn's factory)."""
     data, run = tiny_run
     monkeypatch.setenv(ENV, worker_settings(run, data, "last", Limits(max_batch=3), 1))
-    before = torch.get_num_threads()
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
     try:
         app = app_from_env()
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    finally:  # both are process-wide: the tests after this one get them back
+        set_threads(*before)
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
     with live_server(app) as url:
         info = httpx.get(f"{url}/info").json()
         assert (info["checkpoint"], info["limits"]["max_batch"]) == ("last", 3)
