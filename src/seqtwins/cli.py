@@ -259,7 +259,7 @@ def serve(
     given = {"max_batch": max_batch, "max_sequence_length": max_sequence_length,
              "max_body_bytes": max_body_bytes}  # fmt: skip
     try:
-        limits = build(Limits, {**given, "batch_rows": max(512, max_batch)})
+        limits = build(Limits, given)
     except SeqtwinsError as e:  # named as the flag typed: --max-batch=0 must be ...
         raise SeqtwinsError(_as_flag(str(e), set(given), [])) from None
     run_server(run, data, host=host, port=port, workers=workers, which=checkpoint,
@@ -305,8 +305,7 @@ def neighbors(
     if as_json:
         import json
 
-        rows = [{"user": u, "score": s} for u, s in found.neighbors]
-        typer.echo(json.dumps({"user": found.user, "neighbors": rows, "index": found.index}))
+        typer.echo(json.dumps(found.as_dict()))
         return
     typer.echo("rank\tuser_id\tcosine")
     for rank, (other, score) in enumerate(found.neighbors, 1):

@@ -209,7 +209,8 @@ def _export_new(
         with _writer(tmp, encoder.cfg.dim, with_split=False):
             pass
         return EmbedSummary(tmp, 0, encoder.cfg.dim)
-    mapped, unknown = map_items(item_index(ds), raw)
+    mapped, dropped = map_items(item_index(ds), raw)
+    unknown = sum(len(d) for d in dropped)
     keep = [i for i, m in enumerate(mapped) if len(m)]
     empty = len(mapped) - len(keep)
     where = str(path) if shard[1] == 1 else f"{path} rows {first}-{stop - 1}"

@@ -172,13 +172,14 @@ def item_index(ds: SequenceDataset) -> dict[str, int]:
 
 def map_items(
     lookup: dict[str, int], sequences: Sequence[Sequence[Any]]
-) -> tuple[list[np.ndarray], int]:
-    """Original item ids -> index arrays (ids unknown to the dataset dropped) and the
-    number dropped."""
-    mapped = [
-        np.array([lookup[str(x)] for x in s if str(x) in lookup], np.int64) for s in sequences
-    ]
-    unknown = sum(len(s) for s in sequences) - sum(len(m) for m in mapped)
+) -> tuple[list[np.ndarray], list[list[Any]]]:
+    """Original item ids (matched as text: 7 and "7" are one id) -> index arrays (ids
+    unknown to the dataset dropped), and each row's dropped ids as given."""
+    mapped, unknown = [], []
+    for seq in sequences:
+        found = [lookup.get(str(x)) for x in seq]
+        mapped.append(np.array([i for i in found if i is not None], np.int64))
+        unknown.append([x for x, i in zip(seq, found, strict=True) if i is None])
     return mapped, unknown
 
 
@@ -432,7 +433,8 @@ class Run:
             ds = ds if ds is not None else self.dataset(verify)
             encoder = self.encoder(which, ds)
             self._embedders[which] = (ds, encoder)
-        mapped, unknown = map_items(item_index(ds), sequences)
+        mapped, dropped = map_items(item_index(ds), sequences)
+        unknown = sum(len(d) for d in dropped)
         empty = [i for i, m in enumerate(mapped) if not len(m)]
         if empty:
             raise SeqtwinsError(

@@ -95,7 +95,7 @@ def test_serve_cli_bad_inputs(tiny_run, tmp_path):
     one_line_error(["serve", str(tmp_path / "none"), "--data", str(data)], "is not a seqtwins run")
     one_line_error([*base, "--workers", "0"], "--workers 0 must be at least 1")
     one_line_error([*base, "--threads", "0"], "--threads 0 must be at least 1")
-    one_line_error([*base, "--checkpoint", "worst"], "must be best or last")
+    one_line_error([*base, "--checkpoint", "worst"], "must be one of best, last")
     one_line_error([*base, "--max-batch", "0"], "--max-batch=0 must be a positive integer")
     one_line_error([*base, "--port", "70000"], "--port 70000 must be in 0..65535")
     one_line_error(["serve", str(run), "--data", str(tmp_path)], "meta.json")
@@ -152,3 +152,10 @@ def test_seqtwins_does_not_import_the_serve_extra():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_limits_own_the_coalescing_size():
+    assert Limits().batch_rows == 512 and Limits(max_batch=1000).batch_rows == 1000
+    assert Limits(max_batch=8, batch_rows=64).batch_rows == 64
+    with pytest.raises(ValueError, match="batch_rows=4 must be >= max_batch=8"):
+        Limits(max_batch=8, batch_rows=4)

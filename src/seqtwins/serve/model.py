@@ -20,7 +20,7 @@ import torch
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_users
-from seqtwins.run import Run, check_checkpoint, item_index
+from seqtwins.run import Run, check_checkpoint, item_index, map_items
 from seqtwins.serve import import_extra
 from seqtwins.serve.neighbors import IndexConfig, NeighborIndex, neighbors_of_row
 
@@ -84,22 +84,9 @@ class LoadedModel:
 
     def map_sequences(self, sequences: Sequence[Sequence[ItemId]]) -> Mapped:
         """Original item ids -> index arrays; unknown ids reported per row, not fatal."""
-        lookup, keep = self.items, self.max_len
-        out = Mapped([], [])
-        for row, seq in enumerate(sequences):
-            known: list[int] = []
-            unknown: list[ItemId] = []
-            for item in seq:
-                idx = lookup.get(str(item))
-                if idx is None:
-                    unknown.append(item)
-                else:
-                    known.append(idx)
-            out.sequences.append(np.asarray(known[-keep:], dtype=np.int64))
-            out.unknown.append(unknown)
-            if not known:
-                out.empty.append(row)
-        return out
+        mapped, unknown = map_items(self.items, sequences)
+        empty = [row for row, m in enumerate(mapped) if not len(m)]
+        return Mapped([m[-self.max_len :] for m in mapped], unknown, empty)
 
     def embed(self, sequences: list[np.ndarray]) -> np.ndarray:
         """Embeddings ``(len(sequences), D)`` float32 of non-empty item-index sequences."""
@@ -133,6 +120,11 @@ class Neighbors:
     user: str
     neighbors: list[tuple[str, float]]
     index: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: ``{"user", "neighbors": [{"user", "score"}, ...], "index"}``."""
+        rows = [{"user": u, "score": s} for u, s in self.neighbors]
+        return {"user": self.user, "neighbors": rows, "index": self.index}
 
 
 def nearest_users(
