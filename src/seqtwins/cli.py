@@ -120,6 +120,7 @@ def inspect(
     directory: Annotated[Path, typer.Argument(help="A dataset directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     verify: Verify = True,
+    embeddings: Embeddings = None,
 ) -> None:
     """Counts, sequence lengths, categories, splits and fields of a dataset directory."""
     from seqtwins.data.inspect import inspect_dataset, render_summary
@@ -229,6 +230,10 @@ def embed(
 
 
 Checkpoint = Annotated[str, typer.Option(help="Checkpoint: best (on valid) or last.")]
+Embeddings = Annotated[
+    Path | None,
+    typer.Option(help="The dataset users' embeddings from `seqtwins embed` (not recomputed)."),
+]
 
 
 @command()
@@ -250,6 +255,7 @@ def serve(
         typer.Option(help="torch and FAISS threads per worker (more workers scale better)."),
     ] = 1,
     verify: Verify = True,
+    embeddings: Embeddings = None,
 ) -> None:
     """Serve embeddings and nearest users over HTTP (JSON; docs/serve.md)."""
     from seqtwins.serve.limits import Limits
@@ -263,7 +269,8 @@ def serve(
     except SeqtwinsError as e:  # named as the flag typed: --max-batch=0 must be ...
         raise SeqtwinsError(_as_flag(str(e), set(given), [])) from None
     run_server(run, data, host=host, port=port, workers=workers, which=checkpoint,
-               verify=verify, limits=limits, access_log=access_log, threads=threads)  # fmt: skip
+               verify=verify, limits=limits, access_log=access_log, threads=threads,
+               embeddings=embeddings)  # fmt: skip
 
 
 @command()
@@ -297,11 +304,13 @@ def neighbors(
     checkpoint: Checkpoint = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     verify: Verify = True,
+    embeddings: Embeddings = None,
 ) -> None:
     """The dataset users nearest to one user (cosine of embeddings, FAISS)."""
     from seqtwins.serve.model import nearest_users
 
-    found = nearest_users(run, data, user, k=k, which=checkpoint, verify=verify)
+    found = nearest_users(run, data, user, k=k, which=checkpoint, verify=verify,
+                          embeddings=embeddings)  # fmt: skip
     if as_json:
         import json
 

@@ -25,6 +25,7 @@ From Python::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -386,6 +387,15 @@ class Run:
                 f"{self.path} has no {which} checkpoint; train it with seqtwins pretrain"
             )
         return file
+
+    def model_digest(self, which: str = "best") -> str:
+        """SHA-256 (hex) of checkpoint ``which``'s weights file: names exactly the encoder
+        that made a file of embeddings (:mod:`seqtwins.embed` records it)."""
+        digest = hashlib.sha256()
+        with open(self._model_file(which), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def encoder(self, which: str = "best", ds: SequenceDataset | None = None) -> SequenceEncoder:
         """The trained encoder (checkpoint ``which``), strictly loaded, in eval mode.

@@ -159,3 +159,41 @@ def test_limits_own_the_coalescing_size():
     assert Limits(max_batch=8, batch_rows=64).batch_rows == 64
     with pytest.raises(ValueError, match="batch_rows=4 must be >= max_batch=8"):
         Limits(max_batch=8, batch_rows=4)
+
+
+def test_embeddings_file_instead_of_re_embedding(tiny_run, loaded, tmp_path):
+    """--embeddings reads `seqtwins embed`'s file: the same vectors, the same neighbours;
+    a file made otherwise is one line."""
+    from seqtwins.embed import export_embeddings
+    from seqtwins.serve.model import LoadedModel
+
+    data, run = tiny_run
+    emb = tmp_path / "users.parquet"
+    export_embeddings(run, data, emb, chunk_users=100)
+    fast = LoadedModel.load(run, data, embeddings=emb)
+    np.testing.assert_allclose(fast.user_vectors, loaded.user_vectors, atol=1e-6)
+    for user in ("user100", "user3"):
+        a = nearest_users(run, data, user, k=10, embeddings=emb)
+        b = nearest_users(run, data, user, k=10)
+        assert [u for u, _ in a.neighbors] == [u for u, _ in b.neighbors]
+        np.testing.assert_allclose([s for _, s in a.neighbors], [s for _, s in b.neighbors])
+    result = runner.invoke(app, ["neighbors", str(run), "--data", str(data), "--user", "user3",
+                                 "-k", "10", "--json", "--embeddings", str(emb)])  # fmt: skip
+    assert result.exit_code == 0 and json.loads(result.output)["user"] == "user3"
+    assert [n["user"] for n in json.loads(result.output)["neighbors"]] == [
+        u for u, _ in b.neighbors
+    ]
+    export_embeddings(run, data, tmp_path / "last.parquet", which="last")
+    export_embeddings(run, data, tmp_path / "shard.parquet", shard=(0, 2))
+    seqs = tmp_path / "seqs.jsonl"
+    seqs.write_text('["it1", "it2"]\n')
+    export_embeddings(run, data, tmp_path / "new.parquet", sequences_file=seqs)
+    base = ["neighbors", str(run), "--data", str(data), "--user", "user3", "--embeddings"]
+    one_line_error([*base, str(tmp_path / "last.parquet")], "checkpoint")
+    one_line_error(
+        [*base, str(tmp_path / "shard.parquet")], "holds 120 rows, not the dataset's 240"
+    )
+    one_line_error(
+        [*base, str(tmp_path / "new.parquet")], "data_hash, checkpoint, model_sha256 differ"
+    )
+    one_line_error([*base, str(seqs)], "is not a file written by `seqtwins embed`")

@@ -18,6 +18,7 @@ import polars as pl
 import torch
 
 from seqtwins.data.dataset import SequenceDataset
+from seqtwins.embed import read_user_embeddings
 from seqtwins.errors import SeqtwinsError
 from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_users
 from seqtwins.run import Run, check_checkpoint, item_index, map_items
@@ -51,6 +52,7 @@ class LoadedModel:
         encoder: SequenceEncoder,
         which: str,
         index_cfg: IndexConfig | None = None,
+        user_vectors: np.ndarray | None = None,
     ) -> None:
         self.run, self.ds, self.encoder, self.which = run, ds, encoder, which
         self.items = item_index(ds)
@@ -58,8 +60,10 @@ class LoadedModel:
         self.user_rows = {u: i for i, u in enumerate(self.user_ids)}
         self.splits: list[str] = ds.users["split"].to_list()
         self.max_len = encoder.cfg.max_len
-        # the rows `seqtwins embed` writes: same function, same batches
-        self.user_vectors = embed_users(encoder, ds, np.arange(ds.num_users))  # (U, D)
+        # the rows `seqtwins embed` writes: read from its file, else the same function
+        if user_vectors is None:  # every user through the encoder: the slow part of a start
+            user_vectors = embed_users(encoder, ds, np.arange(ds.num_users))
+        self.user_vectors = user_vectors  # (U, D)
         self.index = NeighborIndex.build(self.user_vectors, index_cfg or IndexConfig())
 
     @classmethod
@@ -70,13 +74,17 @@ class LoadedModel:
         which: str = "best",
         verify: bool = True,
         index_cfg: IndexConfig | None = None,
+        embeddings: Path | str | None = None,
     ) -> LoadedModel:
-        """Open the run and its dataset (the run must have been trained on it)."""
+        """Open the run and its dataset (the run must have been trained on it). The dataset
+        users' embeddings are read from ``embeddings`` (a ``seqtwins embed`` file of this
+        run, checkpoint and dataset) when given, else computed now."""
         check_checkpoint(which)
         run = Run.open(run_dir)
         ds = SequenceDataset.open(data_dir, verify=verify)
         encoder = run.encoder(which, ds)
-        return cls(run, ds, encoder, which, index_cfg)
+        vectors = None if embeddings is None else read_user_embeddings(embeddings, run, which, ds)
+        return cls(run, ds, encoder, which, index_cfg, vectors)
 
     @property
     def dim(self) -> int:
@@ -135,12 +143,13 @@ def nearest_users(
     which: str = "best",
     verify: bool = True,
     cfg: IndexConfig | None = None,
+    embeddings: Path | str | None = None,
 ) -> Neighbors:
     """The ``k`` dataset users nearest to ``user`` (cosine of their embeddings)."""
     if k < 1:
         raise SeqtwinsError(f"-k {k} must be at least 1")
     import_extra("faiss")  # the missing extra is one line before any work
-    model = LoadedModel.load(run_dir, data_dir, which, verify, cfg)
+    model = LoadedModel.load(run_dir, data_dir, which, verify, cfg, embeddings)
     row = model.user_row(user)
     if row is None:
         raise SeqtwinsError(
