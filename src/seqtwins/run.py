@@ -321,9 +321,7 @@ class Run:
 
     def checkpoint(self, which: str = "best") -> Path:
         """The folder of checkpoint ``which`` (``best`` or ``last``); it may not exist."""
-        if which not in CHECKPOINTS:
-            raise SeqtwinsError(f"checkpoint {which!r} must be best or last")
-        return self.path / CHECKPOINTS[which]
+        return self.path / CHECKPOINTS[check_checkpoint(which, "checkpoint")]
 
     def has_checkpoint(self, which: str = "last") -> bool:
         return (self.checkpoint(which) / "state.json").is_file()
