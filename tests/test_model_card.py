@@ -15,9 +15,16 @@ from seqtwins.data.formats import ReaderOptions
 from seqtwins.data.options import PrepareOptions
 from seqtwins.data.prepare import prepare
 from seqtwins.data.privacy import KEY_ENV, key_id
+from seqtwins.evaluate.protocol import RESULTS_SCHEMA
 from seqtwins.evaluate.report import write_report
 from seqtwins.evaluate.runs import evaluate_runs
-from seqtwins.model_card import MODEL_CARD, render_model_card, result_limitations
+from seqtwins.model_card import (
+    MODEL_CARD,
+    render_model_card,
+    result_limitations,
+    update_model_cards,
+    write_model_card,
+)
 from seqtwins.train import pretrain
 from tests.data.test_privacy_pipeline import TINY_PRETRAIN, raw_id, write_log
 from tests.helpers import tiny_dataset
@@ -50,7 +57,7 @@ def test_card_after_pretrain(trained):
     assert KEY not in card and "rawuser-" not in card
 
 
-def test_card_gets_the_metrics_after_evaluate_and_report(trained, monkeypatch):
+def test_card_gets_the_metrics_after_evaluate_not_report(trained, monkeypatch):
     monkeypatch.setitem(sys.modules, "umap", None)
     out = trained / "eval.json"
     evaluate_runs(
@@ -77,9 +84,11 @@ def test_card_gets_the_metrics_after_evaluate_and_report(trained, monkeypatch):
     assert "| future_categories | map | 50% |" in card
     assert "too small to compare" in card  # 20 test users here
     assert KEY not in card and "rawuser-" not in card
+    assert f"the metrics of `{out}`" in card and f"From `{out}`" in card  # which eval.json
     (trained / "run" / MODEL_CARD).unlink()
     write_report([out], trained / "report")
-    assert (trained / "run" / MODEL_CARD).read_text() == card  # the same records, same card
+    assert not (trained / "run" / MODEL_CARD).exists()  # report never writes run folders
+    assert write_model_card(trained / "run", out).read_text() == card  # same records, same card
 
 
 def test_card_of_a_dataset_not_made_by_prepare(tmp_path):
@@ -141,3 +150,37 @@ def test_a_damaged_summary_is_named_not_fatal(trained, tmp_path):
     (run / "summary.json").write_text("{oops")
     card = render_model_card(run)
     assert "no readable summary.json" in card and "objective: `barlow`" in card
+
+
+def test_card_keeps_the_privacy_facts_from_another_working_directory(
+    trained, tmp_path, monkeypatch
+):
+    """A run trained on a relative dataset path, its card rendered from elsewhere."""
+    shutil.copytree(trained / "data", tmp_path / "a" / "data")
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = build(PretrainConfig, TINY_PRETRAIN, {"objective": "barlow"})
+    pretrain("data", "run", cfg, progress=False)
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    run = tmp_path / "a" / "run"
+    card = render_model_card(run)
+    assert "pseudonymised (HMAC-SHA256" in card and "time range: 2020-09-13" in card
+    # a run recorded before paths were absolute: the dataset the caller opened is used
+    info = json.loads((run / "dataset.json").read_text())
+    (run / "dataset.json").write_text(json.dumps({**info, "path": "data"}))
+    assert "no longer at that path" in render_model_card(run)
+    card = write_model_card(run, data_dir=tmp_path / "a" / "data").read_text()
+    assert "pseudonymised (HMAC-SHA256" in card and "no longer at that path" not in card
+
+
+def test_a_malformed_eval_cell_is_one_warning_not_a_traceback(trained, tmp_path):
+    res = {"schema": RESULTS_SCHEMA, "fractions": [1.0], "protocol": "linear",
+           "runs": {"barlow": str(trained / "run")}, **_results(0.5, 0.4)}  # fmt: skip
+    res["tasks"]["next_category"]["headline"] = True
+    res["cells"][1]["runs"] = [{"status": "ok"}]  # damaged by hand: no n_train
+    bad = tmp_path / "eval.json"
+    bad.write_text(json.dumps(res))
+    before = (trained / "run" / MODEL_CARD).read_text()
+    with pytest.warns(UserWarning, match=r"could not update .*model_card.md from .*eval.json"):
+        assert update_model_cards(bad) == []
+    assert (trained / "run" / MODEL_CARD).read_text() == before

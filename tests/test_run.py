@@ -75,7 +75,7 @@ def test_a_run_is_marked_and_records_its_lineage(data, trained):
     assert run.config.objective == "barlow"
     assert run.checkpoint("best") == trained / "checkpoints" / "best"
     assert run.state("last").epoch == 2 and run.finished
-    with pytest.raises(SeqtwinsError, match="must be best or last"):
+    with pytest.raises(SeqtwinsError, match="must be one of best, last"):
         run.checkpoint("middle")
 
 

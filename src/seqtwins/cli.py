@@ -120,6 +120,7 @@ def inspect(
     directory: Annotated[Path, typer.Argument(help="A dataset directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     verify: Verify = True,
+    embeddings: Embeddings = None,
 ) -> None:
     """Counts, sequence lengths, categories, splits and fields of a dataset directory."""
     from seqtwins.data.inspect import inspect_dataset, render_summary
@@ -250,6 +251,10 @@ def embed(
 
 
 Checkpoint = Annotated[str, typer.Option(help="Checkpoint: best (on valid) or last.")]
+Embeddings = Annotated[
+    Path | None,
+    typer.Option(help="The dataset users' embeddings from `seqtwins embed` (not recomputed)."),
+]
 
 
 @command()
@@ -271,6 +276,7 @@ def serve(
         typer.Option(help="torch and FAISS threads per worker (more workers scale better)."),
     ] = 1,
     verify: Verify = True,
+    embeddings: Embeddings = None,
 ) -> None:
     """Serve embeddings and nearest users over HTTP (JSON; docs/serve.md)."""
     from seqtwins.serve.limits import Limits
@@ -280,11 +286,12 @@ def serve(
     given = {"max_batch": max_batch, "max_sequence_length": max_sequence_length,
              "max_body_bytes": max_body_bytes}  # fmt: skip
     try:
-        limits = build(Limits, {**given, "batch_rows": max(512, max_batch)})
+        limits = build(Limits, given)
     except SeqtwinsError as e:  # named as the flag typed: --max-batch=0 must be ...
         raise SeqtwinsError(_as_flag(str(e), set(given), [])) from None
     run_server(run, data, host=host, port=port, workers=workers, which=checkpoint,
-               verify=verify, limits=limits, access_log=access_log, threads=threads)  # fmt: skip
+               verify=verify, limits=limits, access_log=access_log, threads=threads,
+               embeddings=embeddings)  # fmt: skip
 
 
 @command()
@@ -318,16 +325,17 @@ def neighbors(
     checkpoint: Checkpoint = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     verify: Verify = True,
+    embeddings: Embeddings = None,
 ) -> None:
     """The dataset users nearest to one user (cosine of embeddings, FAISS)."""
     from seqtwins.serve.model import nearest_users
 
-    found = nearest_users(run, data, user, k=k, which=checkpoint, verify=verify)
+    found = nearest_users(run, data, user, k=k, which=checkpoint, verify=verify,
+                          embeddings=embeddings)  # fmt: skip
     if as_json:
         import json
 
-        rows = [{"user": u, "score": s} for u, s in found.neighbors]
-        typer.echo(json.dumps({"user": found.user, "neighbors": rows, "index": found.index}))
+        typer.echo(json.dumps(found.as_dict()))
         return
     typer.echo("rank\tuser_id\tcosine")
     for rank, (other, score) in enumerate(found.neighbors, 1):

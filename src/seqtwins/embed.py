@@ -46,12 +46,15 @@ class EmbedSummary:
     empty_sequences: int = 0
 
 
-def _writer(out: Path, dim: int, with_split: bool) -> pq.ParquetWriter:
+def _writer(
+    out: Path, dim: int, with_split: bool, provenance: dict[str, str] | None = None
+) -> pq.ParquetWriter:
+    meta = {**METADATA, **{k.encode(): v.encode() for k, v in (provenance or {}).items()}}
     fields = [pa.field("user_id", pa.string())]
     if with_split:
         fields.append(pa.field("split", pa.string()))
     fields.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
-    return pq.ParquetWriter(out, pa.schema(fields, metadata=METADATA))
+    return pq.ParquetWriter(out, pa.schema(fields, metadata=meta))
 
 
 def is_embeddings_file(path: Path) -> bool:
@@ -109,7 +112,11 @@ def export_embeddings(
     out = Path(out)
     _check_out(out)
     ds = SequenceDataset.open(data_dir, verify=verify)
-    encoder = Run.open(run_dir).encoder(which, ds)
+    run = Run.open(run_dir)
+    encoder = run.encoder(which, ds)
+    # what made the rows: read back by the server (read_user_embeddings)
+    provenance = {"data_hash": ds.content_hash, "checkpoint": which,
+                  "model_sha256": run.model_digest(which)}  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device)
     with file_lock(out):
@@ -117,7 +124,7 @@ def export_embeddings(
         clean_stale(out)
         with atomic_file(out) as tmp:
             if sequences_file is None:
-                summary = _export_dataset(encoder, ds, tmp, chunk_users, shard)
+                summary = _export_dataset(encoder, ds, tmp, chunk_users, shard, provenance)
             else:
                 summary = _export_new(encoder, ds, Path(sequences_file), tmp, chunk_users, shard)
     summary.out = out
@@ -130,17 +137,55 @@ def _export_dataset(
     tmp: Path,
     chunk: int,
     shard: tuple[int, int] = (0, 1),
+    provenance: dict[str, str] | None = None,
 ) -> EmbedSummary:
     ids = ds.users["user_id"].to_list()
     splits = ds.users["split"].to_list()
     dim = encoder.cfg.dim
     first, stop = shard_range(ds.num_users, *shard)
-    with _writer(tmp, dim, with_split=True) as w:
+    with _writer(tmp, dim, with_split=True, provenance=provenance) as w:
         for start in range(first, stop, chunk):
             users = np.arange(start, min(start + chunk, stop))
             emb = embed_users(encoder, ds, users)
             w.write_table(_table(ids[start : users[-1] + 1], emb, splits[start : users[-1] + 1]))
     return EmbedSummary(tmp, stop - first, dim)
+
+
+PROVENANCE = ("data_hash", "checkpoint", "model_sha256")
+"""Schema metadata of a dataset export: the dataset's content hash, the checkpoint and the
+SHA-256 of its weights (:meth:`seqtwins.run.Run.model_digest`)."""
+
+
+def read_user_embeddings(
+    path: Path | str, run: Run, which: str, ds: SequenceDataset, setting: str = "--embeddings"
+) -> np.ndarray:
+    """The ``(U, D)`` float32 embeddings of every user of ``ds`` (row i = user_idx i) from a
+    ``seqtwins embed`` export of that dataset by checkpoint ``which`` of ``run``; one line
+    naming ``setting`` when the file was made otherwise (another run, checkpoint or
+    dataset content, a shard, ``--sequences``)."""
+    path = Path(path)
+    redo = f"make it with `seqtwins embed {run.path} --data {ds.path} --which {which}`"
+    if not path.is_file() or not is_embeddings_file(path):
+        raise SeqtwinsError(f"{setting} {path} is not a file written by `seqtwins embed`; {redo}")
+    meta = pq.read_schema(path).metadata or {}
+    got = {k: meta.get(k.encode(), b"").decode() for k in PROVENANCE}
+    want = {"data_hash": ds.content_hash, "checkpoint": which,
+            "model_sha256": run.model_digest(which)}  # fmt: skip
+    bad = [k for k in PROVENANCE if got[k] != want[k]]
+    if bad:
+        raise SeqtwinsError(
+            f"{setting} {path} was not made by this run's {which} checkpoint from this "
+            f"dataset ({', '.join(bad)} differ); {redo}"
+        )
+    table = pq.read_table(path, columns=["user_id", "embedding"])
+    ids = ds.users["user_id"].cast(pl.String).to_list()
+    if table.num_rows != len(ids) or table.column("user_id").to_pylist() != ids:
+        raise SeqtwinsError(
+            f"{setting} {path} holds {table.num_rows} rows, not the dataset's {len(ids)} "
+            f"users in order (a shard?); {redo} and no --shard"
+        )
+    flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)  # (U, D)
 
 
 def read_sequences_file(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -209,7 +254,8 @@ def _export_new(
         with _writer(tmp, encoder.cfg.dim, with_split=False):
             pass
         return EmbedSummary(tmp, 0, encoder.cfg.dim)
-    mapped, unknown = map_items(item_index(ds), raw)
+    mapped, dropped = map_items(item_index(ds), raw)
+    unknown = sum(len(d) for d in dropped)
     keep = [i for i, m in enumerate(mapped) if len(m)]
     empty = len(mapped) - len(keep)
     where = str(path) if shard[1] == 1 else f"{path} rows {first}-{stop - 1}"

@@ -171,6 +171,23 @@ def _expand(value: str) -> str:
     return expanded
 
 
+KEY_PATHS = ("key_file", "salt_file")
+"""``data.prepare`` settings naming where the pseudonymisation key is: never written out."""
+
+
+def public_dict(cfg: Any) -> dict[str, Any]:
+    """``cfg`` (an experiment or its ``data`` section) as written to ``experiment.yaml`` or
+    ``data.spec.json``: the key file paths replaced by ``"<set>"`` (docs/privacy.md: no
+    output holds the key or its path)."""
+    out = to_dict(cfg)
+    prepare = (out.get("data", out) or {}).get("prepare")
+    if isinstance(prepare, dict):
+        for name in KEY_PATHS:
+            if prepare.get(name) is not None:
+                prepare[name] = "<set>"
+    return out
+
+
 def _marker_matches(marker: Path, spec: dict[str, Any]) -> bool:
     try:
         return bool(json.loads(marker.read_text(encoding="utf-8")) == spec)
@@ -189,7 +206,7 @@ class ExperimentResult:
 
 def build_data(cfg: ExperimentConfig, data_dir: Path, say: Any = print) -> Path:
     """Create the experiment's dataset directory, or reuse it when its spec is unchanged."""
-    spec = to_dict(cfg.data)
+    spec = public_dict(cfg.data)
     marker = data_dir.parent / "data.spec.json"
     if (data_dir / "meta.json").is_file() and _marker_matches(marker, spec):
         say(f"data: reusing {data_dir}")
@@ -291,7 +308,7 @@ def run_experiment(
                       kinds=(EXPERIMENT_KIND,))  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     write_marker(root, EXPERIMENT_KIND)
-    atomic_write(root / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write(root / "experiment.yaml", yaml.safe_dump(public_dict(cfg), sort_keys=False))
     data_dir = build_data(cfg, root / "data", say)
     _check_tasks(cfg, data_dir)
     runs = {

@@ -10,8 +10,8 @@
     checkpoints/last/    the latest checkpoint (model, optimizer, RNG, TrainState)
     checkpoints/best/    the checkpoint with the best validation score (selected on valid users)
     summary.json         written when training ends
-    model_card.md        written when training ends, rewritten by evaluate / report
-                         (:mod:`seqtwins.model_card`)
+    model_card.md        written when training ends, rewritten by evaluate (rendered by
+                         :mod:`seqtwins.model_card`, written by :meth:`Run.write_model_card`)
     incremental.json     an update (``pretrain --init OLD``): lineage (parent run, parent and
                          new data hashes), its settings and the item table's growth
     replay.parquet       an update: the replay reservoir it continued (seqtwins.incremental)
@@ -28,7 +28,9 @@ From Python::
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -82,6 +84,17 @@ INCREMENTAL_PREFIX = "incremental."
 """State-dict keys of what only an update trains (the distillation predictor): not part
 of the objective, left out when a run's objective is loaded."""
 CHECKPOINTS = {"last": "checkpoints/last", "best": "checkpoints/best"}
+"""The checkpoints a run keeps: name -> folder inside the run."""
+
+
+def check_checkpoint(which: str, setting: str = "--checkpoint") -> str:
+    """``which`` when it names a checkpoint a run keeps (:data:`CHECKPOINTS`), else the
+    one-line error naming ``setting``."""
+    if which not in CHECKPOINTS:
+        raise SeqtwinsError(f"{setting} {which!r} must be one of {', '.join(sorted(CHECKPOINTS))}")
+    return which
+
+
 _OWNED = (CONFIG, DATASET, METRICS, SUMMARY, MODEL_CARD, INCREMENTAL, REPLAY, "checkpoints",
           "tensorboard")  # fmt: skip
 """What a new run replaces in a folder it may reuse (nothing else is touched)."""
@@ -174,13 +187,14 @@ def item_index(ds: SequenceDataset) -> dict[str, int]:
 
 def map_items(
     lookup: dict[str, int], sequences: Sequence[Sequence[Any]]
-) -> tuple[list[np.ndarray], int]:
-    """Original item ids -> index arrays (ids unknown to the dataset dropped) and the
-    number dropped."""
-    mapped = [
-        np.array([lookup[str(x)] for x in s if str(x) in lookup], np.int64) for s in sequences
-    ]
-    unknown = sum(len(s) for s in sequences) - sum(len(m) for m in mapped)
+) -> tuple[list[np.ndarray], list[list[Any]]]:
+    """Original item ids (matched as text: 7 and "7" are one id) -> index arrays (ids
+    unknown to the dataset dropped), and each row's dropped ids as given."""
+    mapped, unknown = [], []
+    for seq in sequences:
+        found = [lookup.get(str(x)) for x in seq]
+        mapped.append(np.array([i for i in found if i is not None], np.int64))
+        unknown.append([x for x, i in zip(seq, found, strict=True) if i is None])
     return mapped, unknown
 
 
@@ -245,7 +259,8 @@ class Run:
         path.mkdir(parents=True, exist_ok=True)
         write_marker(path, KIND)
         users = len(ds.split_users("train")) if train_users is None else int(train_users)
-        lineage = Lineage(str(ds.path), ds.content_hash, ds.num_items, ds.vocab_size,
+        # absolute: the model card and `Run.dataset` find it from any working directory
+        lineage = Lineage(os.path.abspath(ds.path), ds.content_hash, ds.num_items, ds.vocab_size,
                           users, seqtwins_version())  # fmt: skip
         # dataset.json first: a folder with config.yaml always has its lineage too
         write_json(path / DATASET, asdict(lineage))
@@ -306,11 +321,21 @@ class Run:
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.summary_file, summary)
 
+    def write_model_card(self, text: str) -> Path:
+        """Write ``model_card.md`` (atomically: a reader sees the old card or the new one),
+        only into a folder seqtwins wrote as a run. Training writes it under its lock when
+        it ends; ``evaluate`` rewrites it with its metrics."""
+        if not self.is_ours():
+            raise SeqtwinsError(
+                f"{self.path} is not a seqtwins run; its {MODEL_CARD} is left alone"
+            )
+        path = self.path / MODEL_CARD
+        atomic_write(path, text)
+        return path
+
     def checkpoint(self, which: str = "best") -> Path:
         """The folder of checkpoint ``which`` (``best`` or ``last``); it may not exist."""
-        if which not in CHECKPOINTS:
-            raise SeqtwinsError(f"checkpoint {which!r} must be best or last")
-        return self.path / CHECKPOINTS[which]
+        return self.path / CHECKPOINTS[check_checkpoint(which, "checkpoint")]
 
     def has_checkpoint(self, which: str = "last") -> bool:
         return (self.checkpoint(which) / "state.json").is_file()
@@ -375,6 +400,15 @@ class Run:
             )
         return file
 
+    def model_digest(self, which: str = "best") -> str:
+        """SHA-256 (hex) of checkpoint ``which``'s weights file: names exactly the encoder
+        that made a file of embeddings (:mod:`seqtwins.embed` records it)."""
+        digest = hashlib.sha256()
+        with open(self._model_file(which), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
     def encoder(self, which: str = "best", ds: SequenceDataset | None = None) -> SequenceEncoder:
         """The trained encoder (checkpoint ``which``), strictly loaded, in eval mode.
 
@@ -426,7 +460,8 @@ class Run:
             ds = ds if ds is not None else self.dataset(verify)
             encoder = self.encoder(which, ds)
             self._embedders[which] = (ds, encoder)
-        mapped, unknown = map_items(item_index(ds), sequences)
+        mapped, dropped = map_items(item_index(ds), sequences)
+        unknown = sum(len(d) for d in dropped)
         empty = [i for i, m in enumerate(mapped) if not len(m)]
         if empty:
             raise SeqtwinsError(

@@ -105,7 +105,7 @@ def test_dataset_key_for_a_later_step(tmp_path, monkeypatch):
     prepare(src, tmp_path / "plain", PrepareOptions())
     meta = json.loads((tmp_path / "p" / "meta.json").read_text())
     assert dataset_key(meta, "p") == KEY.encode()
-    (tmp_path / "wrong").write_text("another key")
+    (tmp_path / "wrong").write_text("another key, long enough")
     with pytest.raises(SeqtwinsError, match="not the one p was pseudonymised with"):
         dataset_key(meta, "p", key_file=tmp_path / "wrong")
     monkeypatch.delenv(KEY_ENV)
@@ -115,3 +115,23 @@ def test_dataset_key_for_a_later_step(tmp_path, monkeypatch):
     with pytest.raises(SeqtwinsError, match="is not pseudonymised"):
         dataset_key(plain, "plain")
     assert pseudonym_key(None, None, {KEY_ENV: f"  {KEY} "}) == KEY.encode()
+
+
+def test_short_keys_are_refused_in_one_line(tmp_path, monkeypatch):
+    """meta.json's key id lets anyone test guessed keys offline: no short keys."""
+    src = _log(tmp_path)
+    (tmp_path / "short").write_text("hunter2\n")
+    with pytest.raises(SeqtwinsError, match=r"key in --key-file .*short is 7 bytes.*token_hex"):
+        prepare(src, tmp_path / "a", PrepareOptions(pseudonymize=True, key_file=tmp_path / "short"))
+    with pytest.raises(SeqtwinsError, match="key in --salt-file .*short is 7 bytes"):
+        prepare(
+            src, tmp_path / "b", PrepareOptions(pseudonymize=True, salt_file=tmp_path / "short")
+        )
+    monkeypatch.setenv(KEY_ENV, "x" * 15)
+    with pytest.raises(SeqtwinsError, match=f"key in {KEY_ENV} is 15 bytes"):
+        prepare(src, tmp_path / "c", PrepareOptions(pseudonymize=True))
+    monkeypatch.setenv(KEY_ENV, "x" * 16)  # the minimum is accepted
+    prepare(src, tmp_path / "d", PrepareOptions(pseudonymize=True))
+    args = ["--out", str(tmp_path / "e"), "--pseudonymize", "--key-file", str(tmp_path / "short")]
+    r = CliRunner().invoke(app, ["prepare", str(src), *args])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output

@@ -176,63 +176,45 @@ def test_token_name_clash_and_bad_values(tmp_path):
     for args, word in (
         (["--min-item-users", "0"], "--min-item-users=0 must be >= 1"),
         (["--min-item-users", "2", "--rare-items", "keep"], "--rare-items"),
+        (["--rare-items", "token"], "--rare-items=token does nothing without min_item_users"),
+        (["--set", "rare_items=token"], "(--min-item-users N)"),
     ):
         r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"), *args])
         assert r.exit_code == 2 and word in r.output and len(r.output.strip().splitlines()) == 1
         assert not (tmp_path / "o").exists()
 
 
-def test_cli_and_experiment_key(tmp_path):
-    rows = [
-        (u, i, t)
-        for t, (u, i) in enumerate(
-            [
-                ("a", "x"),
-                ("a", "y"),
-                ("a", "rare"),
-                ("a", "z"),
-                ("b", "x"),
-                ("b", "y"),
-                ("b", "z"),
-                ("b", "w"),
-                ("c", "w"),
-                ("c", "x"),
-                ("c", "y"),
-                ("c", "z"),
-            ]
-        )
-    ]
-    src = _log(tmp_path / "log.csv", rows)
-    r = runner.invoke(
-        app,
-        [
-            "prepare",
-            str(src),
-            "--out",
-            str(tmp_path / "o"),
-            "--min-item-users",
-            "2",
-            "--holdout",
-            "1",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    assert "rare items (fewer than 2 users): 1 items, 1 interactions dropped" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "prepare",
-            str(src),
-            "--out",
-            str(tmp_path / "s"),
-            "--set",
-            "min_item_users=2",
-            "--set",
-            "rare_items=token",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    assert RARE_TOKEN in SequenceDataset.open(tmp_path / "s").items["item_id"].to_list()
-    assert np.array_equal(
-        SequenceDataset.open(tmp_path / "s").sequences.offsets, [0, 4, 8, 12]
-    )  # token mode keeps every interaction
+def test_cli_flags_set_keys_and_experiment_give_one_dataset(tmp_path):
+    """The rare-item and pseudonymisation settings as CLI flags, as ``--set`` keys and as an
+    experiment's ``data.prepare`` keys (with a key file) make the same dataset."""
+    import yaml
+
+    from seqtwins.data.privacy import pseudonym
+    from seqtwins.experiment import build_data, load_experiment
+
+    pairs = ["ax", "ay", "a-rare", "az", "bx", "by", "bz", "bw", "cw", "cx", "cy", "cz"]
+    src = _log(tmp_path / "log.csv", [(p[0], p[1:], t) for t, p in enumerate(pairs)])
+    key = tmp_path / "keys" / "k"
+    key.parent.mkdir()
+    key.write_text("a-test-key-of-at-least-16-bytes\n")
+    flags = ["--min-item-users", "2", "--rare-items", "token", "--pseudonymize"]
+    sets = ["min_item_users=2", "rare_items=token", "pseudonymize=true", f"key_file={key}"]
+    cli = {
+        "flags": [*flags, "--key-file", str(key)],
+        "set": [x for kv in sets for x in ("--set", kv)],
+    }
+    for name, args in cli.items():
+        r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / name),
+                                "--holdout", "1", *args])  # fmt: skip
+        assert r.exit_code == 0, r.output
+    prep = {"input": str(src), "holdout": 1, "min_item_users": 2, "rare_items": "token",
+            "pseudonymize": True, "key_file": str(key)}  # fmt: skip
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({"data": {"prepare": prep}}))
+    build_data(load_experiment(tmp_path / "exp.yaml", []), tmp_path / "exp" / "data", print)
+    made = {n: SequenceDataset.open(tmp_path / n) for n in ("flags", "set", "exp/data")}
+    assert len({ds.content_hash for ds in made.values()}) == 1
+    ds = made["exp/data"]
+    assert RARE_TOKEN in ds.items["item_id"].to_list()  # the token, not a drop
+    assert np.array_equal(ds.sequences.offsets, [0, 4, 8, 12])  # every interaction kept
+    want = sorted(pseudonym(u, key.read_bytes().strip()) for u in "abc")
+    assert sorted(ds.users["user_id"].to_list()) == want  # pseudonyms under that key

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -74,8 +75,16 @@ TINY_PRETRAIN = {
 }
 
 
-def test_no_raw_user_id_in_any_output(tmp_path, monkeypatch):
+@pytest.mark.parametrize("key_from", ["env", "key_file"])
+def test_no_raw_user_id_in_any_output(tmp_path, monkeypatch, key_from):
     log = write_log(tmp_path / "in")
+    key_file = tmp_path / "secret-keyfile-9f3a.key"
+    extra = {}
+    if key_from == "key_file":
+        key_file.write_text(KEY + "\n")
+        extra = {"key_file": str(key_file)}
+    else:
+        monkeypatch.setenv(KEY_ENV, KEY)
     exp = tmp_path / "exp.yaml"
     exp.write_text(
         yaml.safe_dump(
@@ -87,6 +96,7 @@ def test_no_raw_user_id_in_any_output(tmp_path, monkeypatch):
                         "items_file": str(tmp_path / "in" / "items.csv"),
                         "pseudonymize": True,
                         "min_item_users": 3,
+                        **extra,
                     }
                 },
                 "pretrain": TINY_PRETRAIN,
@@ -100,7 +110,6 @@ def test_no_raw_user_id_in_any_output(tmp_path, monkeypatch):
             }
         )
     )
-    monkeypatch.setenv(KEY_ENV, KEY)
     monkeypatch.setitem(sys.modules, "umap", None)  # the report's map by PCA: no JIT wait
     out = tmp_path / "out"
     r = runner.invoke(app, ["run", str(exp), "--out", str(out)])
@@ -122,6 +131,7 @@ def test_no_raw_user_id_in_any_output(tmp_path, monkeypatch):
     for name, data in [*scanned.items(), ("terminal output", logs)]:
         assert b"rawuser-" not in data, name  # the common prefix: no raw id, whole or cut
         assert KEY.encode() not in data, name
+        assert key_file.name.encode() not in data, name  # nor where the key is
     assert not any(raw in data for raw in raws for data in scanned.values())
     # the negative control: the same search finds the ids in the raw log
     assert raw_id(42).encode() in log.read_bytes()

@@ -57,6 +57,7 @@ def test_axes_are_dynamic_and_provenance_is_recorded(exported, loaded):
     assert meta["seqtwins"] == "encoder" and meta["data_hash"] == loaded.ds.content_hash
     assert (meta["dim"], meta["max_len"], meta["pooling"]) == ("16", "12", "mean")
     assert meta["checkpoint"] == "best" and meta["objective"] == "barlow"
+    assert meta["run"] == "run" and not any("/" in v for v in meta.values())  # no server path
     s = session(exported)
     assert onnx_embed(s, np.ones((1, 1), np.int64)).shape == (1, 16)
     assert onnx_embed(s, np.ones((300, 12), np.int64)).shape == (300, 16)
@@ -84,7 +85,7 @@ def test_export_cli_bad_inputs_are_one_line(exported, tiny_run, tmp_path):
         (["--out", str(foreign)], "was not written by seqtwins"),
         (["--out", str(tmp_path)], "is a folder"),
         (["--out", str(exported), "--format", "tflite"], "--format 'tflite' is not supported"),
-        (["--out", str(exported), "--checkpoint", "worst"], "must be best or last"),
+        (["--out", str(exported), "--checkpoint", "worst"], "must be one of best, last"),
     ]:
         result = runner.invoke(app, ["export", str(run), *bad])
         assert result.exit_code == 2 and text in result.output, result.output
@@ -92,3 +93,35 @@ def test_export_cli_bad_inputs_are_one_line(exported, tiny_run, tmp_path):
     assert foreign.read_bytes() == b"not mine" and exported.stat().st_mtime_ns == mtime
     result = runner.invoke(app, ["export", str(tmp_path / "none"), "--out", str(exported)])
     assert result.exit_code == 2 and "is not a seqtwins run" in result.output
+
+
+def test_a_file_that_cannot_be_onnx_is_not_parsed(exported, tmp_path, monkeypatch):
+    from seqtwins.serve.export import is_onnx_export
+
+    big = tmp_path / "video.onnx"
+    big.write_bytes(b"\x00" * 4096)  # does not start like a ModelProto
+    calls = []
+    real = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert not is_onnx_export(big) and not is_onnx_export(tmp_path / "absent") and not calls
+    assert is_onnx_export(exported) and len(calls) == 1
+
+
+def test_exporter_and_runtime_failures_are_one_line(tiny_run, tmp_path, monkeypatch):
+    import seqtwins.serve.export as export
+
+    _, run = tiny_run
+    out = tmp_path / "m.onnx"
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("the exporter broke\nsecond line of its traceback")
+
+    for target in ("write_onnx", "_mark"):
+        with monkeypatch.context() as m:
+            m.setattr(export, target, boom)
+            result = runner.invoke(app, ["export", str(run), "--out", str(out)])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+        assert f"exporting run {run} to ONNX failed (RuntimeError: the exporter broke)" in (
+            result.output.replace("\n", "")
+        )
+        assert not out.exists()

@@ -73,3 +73,20 @@ def test_index_config_is_validated():
         IndexConfig(recall_target=1.5)
     with pytest.raises(ValueError, match=r"index.nlist=0"):
         IndexConfig(nlist=0)
+
+
+def test_ivf_recall_is_that_of_what_is_served_self_excluded():
+    """The calibration queries are indexed users: counting the query as its own hit
+    inflated the recall (at k=2 a found self alone gave 0.5)."""
+    x = clustered(4000, centers=400)
+    cfg = IndexConfig(ivf_above=1000, recall_target=0.6, recall_k=2, calibration_queries=400)
+    index = NeighborIndex.build(x, cfg)
+    assert index.describe()["recall_k"] == 2 and index.recall is not None
+    rows = np.random.default_rng(9).choice(len(x), 1000, replace=False)
+    _, exact = brute_force(x, x[rows], 3)
+    hits = 0
+    for row, want in zip(rows, exact, strict=True):
+        served = [r for r, _ in neighbors_of_row(index, x, int(row), 2)]
+        hits += len(set(served) & set(want[want != row][:2].tolist()))
+    served_recall = hits / (2 * len(rows))
+    assert abs(index.recall - served_recall) < 0.06

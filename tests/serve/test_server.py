@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import httpx
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from seqtwins.cli import app
 from seqtwins.serve.limits import Limits
 from seqtwins.serve.model import nearest_users
-from seqtwins.serve.server import ENV, app_from_env, worker_settings
+from seqtwins.serve.server import ENV, app_from_env, set_threads, worker_settings
 from tests.serve.conftest import live_server
 
 runner = CliRunner()
@@ -74,12 +75,13 @@ def test_worker_processes_load_the_run_from_the_environment(tiny_run, monkeypatc
     """What each process of `serve --workers N` runs (uvicorn's factory)."""
     data, run = tiny_run
     monkeypatch.setenv(ENV, worker_settings(run, data, "last", Limits(max_batch=3), 1))
-    before = torch.get_num_threads()
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
     try:
         app = app_from_env()
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    finally:  # both are process-wide: the tests after this one get them back
+        set_threads(*before)
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
     with live_server(app) as url:
         info = httpx.get(f"{url}/info").json()
         assert (info["checkpoint"], info["limits"]["max_batch"]) == ("last", 3)
@@ -93,7 +95,7 @@ def test_serve_cli_bad_inputs(tiny_run, tmp_path):
     one_line_error(["serve", str(tmp_path / "none"), "--data", str(data)], "is not a seqtwins run")
     one_line_error([*base, "--workers", "0"], "--workers 0 must be at least 1")
     one_line_error([*base, "--threads", "0"], "--threads 0 must be at least 1")
-    one_line_error([*base, "--checkpoint", "worst"], "must be best or last")
+    one_line_error([*base, "--checkpoint", "worst"], "must be one of best, last")
     one_line_error([*base, "--max-batch", "0"], "--max-batch=0 must be a positive integer")
     one_line_error([*base, "--port", "70000"], "--port 70000 must be in 0..65535")
     one_line_error(["serve", str(run), "--data", str(tmp_path)], "meta.json")
@@ -150,3 +152,48 @@ def test_seqtwins_does_not_import_the_serve_extra():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_limits_own_the_coalescing_size():
+    assert Limits().batch_rows == 512 and Limits(max_batch=1000).batch_rows == 1000
+    assert Limits(max_batch=8, batch_rows=64).batch_rows == 64
+    with pytest.raises(ValueError, match="batch_rows=4 must be >= max_batch=8"):
+        Limits(max_batch=8, batch_rows=4)
+
+
+def test_embeddings_file_instead_of_re_embedding(tiny_run, loaded, tmp_path):
+    """--embeddings reads `seqtwins embed`'s file: the same vectors, the same neighbours;
+    a file made otherwise is one line."""
+    from seqtwins.embed import export_embeddings
+    from seqtwins.serve.model import LoadedModel
+
+    data, run = tiny_run
+    emb = tmp_path / "users.parquet"
+    export_embeddings(run, data, emb, chunk_users=100)
+    fast = LoadedModel.load(run, data, embeddings=emb)
+    np.testing.assert_allclose(fast.user_vectors, loaded.user_vectors, atol=1e-6)
+    for user in ("user100", "user3"):
+        a = nearest_users(run, data, user, k=10, embeddings=emb)
+        b = nearest_users(run, data, user, k=10)
+        assert [u for u, _ in a.neighbors] == [u for u, _ in b.neighbors]
+        np.testing.assert_allclose([s for _, s in a.neighbors], [s for _, s in b.neighbors])
+    result = runner.invoke(app, ["neighbors", str(run), "--data", str(data), "--user", "user3",
+                                 "-k", "10", "--json", "--embeddings", str(emb)])  # fmt: skip
+    assert result.exit_code == 0 and json.loads(result.output)["user"] == "user3"
+    assert [n["user"] for n in json.loads(result.output)["neighbors"]] == [
+        u for u, _ in b.neighbors
+    ]
+    export_embeddings(run, data, tmp_path / "last.parquet", which="last")
+    export_embeddings(run, data, tmp_path / "shard.parquet", shard=(0, 2))
+    seqs = tmp_path / "seqs.jsonl"
+    seqs.write_text('["it1", "it2"]\n')
+    export_embeddings(run, data, tmp_path / "new.parquet", sequences_file=seqs)
+    base = ["neighbors", str(run), "--data", str(data), "--user", "user3", "--embeddings"]
+    one_line_error([*base, str(tmp_path / "last.parquet")], "checkpoint")
+    one_line_error(
+        [*base, str(tmp_path / "shard.parquet")], "holds 120 rows, not the dataset's 240"
+    )
+    one_line_error(
+        [*base, str(tmp_path / "new.parquet")], "data_hash, checkpoint, model_sha256 differ"
+    )
+    one_line_error([*base, str(seqs)], "is not a file written by `seqtwins embed`")

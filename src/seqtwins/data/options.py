@@ -126,6 +126,11 @@ class PrepareOptions:
             f"rare_items={self.rare_items!r} must be one of {', '.join(RARE_ITEMS)}",
         )
         need(
+            self.rare_items != "token" or self.min_item_users is not None,
+            "rare_items=token does nothing without min_item_users: set min_item_users "
+            "(--min-item-users N) too, or leave rare_items unset",
+        )
+        need(
             self.key_file is None or self.salt_file is None,
             "key_file and salt_file are both set; give one key file",
         )

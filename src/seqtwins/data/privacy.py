@@ -13,7 +13,8 @@ Where the key comes from (:func:`pseudonym_key`), first match wins:
 3. the environment variable :data:`KEY_ENV` (``SEQTWINS_PSEUDONYM_KEY``).
 
 The key is never written to any output. A dataset records only :func:`key_id`, a short
-keyed digest of the key (not the key, and no help in finding it), so that a later step
+keyed digest of the key (not the key; but anyone can test a guessed key against it,
+hence keys of at least :data:`MIN_KEY_BYTES` bytes), so that a later step
 that needs the key (an incremental update, a lookup by raw id) can tell a wrong key from
 the right one (:func:`dataset_key`). Rotation: docs/privacy.md.
 """
@@ -34,7 +35,13 @@ KEY_BYTES = 32
 """Length of a generated key (256 bits, the HMAC-SHA256 block-size guidance of RFC 2104)."""
 KEY_ENV = "SEQTWINS_PSEUDONYM_KEY"
 """The environment variable that holds the key when no key file is given."""
-HOW_TO_MAKE = "make one with: openssl rand -hex 32 > FILE (docs/privacy.md)"
+MIN_KEY_BYTES = 16
+"""The shortest key accepted (128 bits). ``meta.json`` records :func:`key_id`, so anyone
+holding a dataset can test guessed keys offline: a short or memorable key would fall."""
+HOW_TO_MAKE = (
+    'make one with: python -c "import secrets; print(secrets.token_hex(32))" > FILE '
+    "(docs/privacy.md)"
+)
 _KEY_ID_MESSAGE = b"seqtwins pseudonym key id v1"
 
 
@@ -49,7 +56,8 @@ def missing_key(what: str = "--pseudonymize") -> SeqtwinsError:
 def load_or_create_key(salt_file: Path) -> bytes:
     """The key stored in ``salt_file``; a new random key is written (mode 0600) if absent.
 
-    The file holds the key as hex text; any non-empty content is accepted as the key.
+    The file holds the key as hex text (a created one: 64 hex characters of
+    :data:`KEY_BYTES` random bytes); content shorter than :data:`MIN_KEY_BYTES` is refused.
     """
     salt_file = Path(salt_file)
     if not salt_file.exists():
@@ -76,13 +84,23 @@ def read_key_file(path: Path, what: str = "--key-file") -> bytes:
         raise SeqtwinsError(f"cannot read {what} {path} ({e.strerror})") from e
     if not key:
         raise SeqtwinsError(f"{what} {path} is empty; put a key in it ({HOW_TO_MAKE})")
+    return strong(key, f"{what} {path}")
+
+
+def strong(key: bytes, where: str) -> bytes:
+    """``key``, or the one-line error when it is shorter than :data:`MIN_KEY_BYTES`."""
+    if len(key) < MIN_KEY_BYTES:
+        raise SeqtwinsError(
+            f"the key in {where} is {len(key)} bytes, shorter than {MIN_KEY_BYTES}: a short "
+            f"key can be guessed from a dataset's key id; {HOW_TO_MAKE}"
+        )
     return key
 
 
 def env_key(environ: Mapping[str, str] | None = None) -> bytes | None:
     """The key in :data:`KEY_ENV` (stripped), ``None`` when unset or blank."""
     value = (os.environ if environ is None else environ).get(KEY_ENV, "").strip()
-    return value.encode("utf-8") if value else None
+    return strong(value.encode("utf-8"), KEY_ENV) if value else None
 
 
 def check_key_source(

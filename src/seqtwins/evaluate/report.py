@@ -47,7 +47,6 @@ from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.protocol import FLOOR_METHODS, load_results
 from seqtwins.evaluate.tasks import MIN_TEST_USERS
 from seqtwins.files import atomic_file, atomic_write, check_replaceable, write_marker
-from seqtwins.model_card import update_model_cards
 
 GAIN_PAIR = ("barlow", "dual")
 """The report's headline comparison: relative gain of the first over the second."""
@@ -637,6 +636,4 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
             lines += ["Seconds per method: " + ", ".join(f"{k} {v:g}" for k, v in secs.items()), ""]
     report = out / "report.md"
     atomic_write(report, "\n".join(lines) + "\n")
-    for p, _res, _arrays in loaded:  # the runs' model cards get these metrics too
-        update_model_cards(p)
     return report

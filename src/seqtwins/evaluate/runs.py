@@ -48,7 +48,7 @@ from seqtwins.files import (
 )
 from seqtwins.model_card import update_model_cards
 from seqtwins.models.encoder import SequenceEncoder, build_encoder, embed_users
-from seqtwins.run import Run
+from seqtwins.run import Run, check_checkpoint
 
 if TYPE_CHECKING:  # imported when asked for: explanations are an optional extra
     from seqtwins.explain.faithfulness import DeletionPlan
@@ -59,7 +59,6 @@ BARLOW_OBJECTIVES = ("barlow", "barlow+next", "barlow+mask")
 """Objectives whose model is a :class:`~seqtwins.objectives.barlow.BarlowObjective` (a
 projector and a cross-correlation matrix to plot)."""
 PROTOCOLS = ("linear", "mlp", "finetune")
-CHECKPOINTS = ("best", "last")
 ARTIFACTS_KIND = "eval-artifacts"
 
 
@@ -135,8 +134,7 @@ def evaluate_runs(
     (:mod:`seqtwins.evaluate.faithfulness`; needs Captum)."""
     if protocol not in PROTOCOLS:
         raise SeqtwinsError(f"--protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
-    if checkpoint not in CHECKPOINTS:
-        raise SeqtwinsError(f"--checkpoint {checkpoint!r} must be one of {', '.join(CHECKPOINTS)}")
+    check_checkpoint(checkpoint)
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise SeqtwinsError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
@@ -162,7 +160,7 @@ def evaluate_runs(
         results = _evaluate(runs, encoders, objectives, ds, out, tasks, fractions, seeds,
                             protocol, baselines, progress, finetune_fractions,
                             checkpoint, deletion)  # fmt: skip
-    update_model_cards(out)  # each run's model_card.md gets these metrics
+    update_model_cards(out, ds.path)  # each run's model_card.md gets these metrics
     return results
 
 

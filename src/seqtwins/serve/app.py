@@ -108,8 +108,10 @@ async def embed(request: Request) -> JSONResponse:
     "skipped"}``: row i's embedding (null for a row without any known item), the ids of
     row i the dataset does not know, and the rows that got no embedding."""
     model, limits, batcher = _state(request)
-    sequences = parse_embed(await _payload(request, limits), limits)
-    mapped = model.map_sequences(sequences)
+    payload = await _payload(request, limits)
+    # validating and mapping a large body is CPU work: off the event loop
+    sequences = await run_in_threadpool(parse_embed, payload, limits)
+    mapped = await run_in_threadpool(model.map_sequences, sequences)
     skipped = set(mapped.empty)
     rows = [i for i in range(len(sequences)) if i not in skipped]
     embeddings: list[list[float] | None] = [None] * len(sequences)
@@ -159,7 +161,7 @@ async def neighbors(request: Request) -> JSONResponse:
             neighbors_of_row, model.index, model.user_vectors, row, query.k
         )
     else:
-        mapped = model.map_sequences([query.items or []])
+        mapped = await run_in_threadpool(model.map_sequences, [query.items or []])
         extra["unknown_items"] = mapped.unknown[0]
         if mapped.empty:
             raise ApiError(422, "'items' holds no item known to the dataset")

@@ -34,7 +34,7 @@ from seqtwins.data.batching import pad_right
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import atomic_file, check_replaceable, clean_stale, file_lock
 from seqtwins.models.encoder import SequenceEncoder
-from seqtwins.run import Run
+from seqtwins.run import Run, check_checkpoint
 from seqtwins.serve import import_extra
 
 FORMATS = ("onnx",)
@@ -67,9 +67,25 @@ class ExportSummary:
     checked: int
 
 
+MAX_ONNX_BYTES = 2**31
+"""An ONNX file without external data is one protobuf message, at most 2 GiB."""
+
+
 def is_onnx_export(path: Path) -> bool:
-    """True for an ONNX file written by :func:`export_onnx` (marked in its metadata)."""
+    """True for an ONNX file written by :func:`export_onnx` (marked in its metadata).
+
+    Only a plausible ONNX file is parsed: a regular file under :data:`MAX_ONNX_BYTES` that
+    starts like a ``ModelProto`` (field 1, ``ir_version``, a varint: byte 0x08); anything
+    else that sits at ``--out`` is not read beyond its first byte."""
     onnx = import_extra("onnx")
+    try:
+        if not path.is_file() or not 0 < path.stat().st_size <= MAX_ONNX_BYTES:
+            return False
+        with open(path, "rb") as f:
+            if f.read(1) != b"\x08":
+                return False
+    except OSError:
+        return False
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # not ONNX at all (protobuf raises several error types)
@@ -128,8 +144,7 @@ def export_onnx(
     """Write the encoder of run ``run_dir`` (checkpoint ``which``) to ``out`` as ONNX."""
     if fmt not in FORMATS:
         raise SeqtwinsError(f"--format {fmt!r} is not supported; use {', '.join(FORMATS)}")
-    if which not in ("best", "last"):
-        raise SeqtwinsError(f"--checkpoint {which!r} must be best or last")
+    check_checkpoint(which)
     import_extra("onnxscript")  # the exporter needs it
     ort = import_extra("onnxruntime")
     out = Path(out)
@@ -140,16 +155,23 @@ def export_onnx(
     encoder = run.encoder(which)
     cfg, lineage = encoder.cfg, run.lineage
     test = parity_sequences(lineage.num_items, cfg.max_len)
-    meta = {"run": str(run.path), "checkpoint": which, "data_hash": lineage.content_hash,
+    meta = {"run": run.path.resolve().name, "checkpoint": which, "data_hash": lineage.content_hash,
             "objective": run.config.objective, "dim": str(cfg.dim), "max_len": str(cfg.max_len),
             "pooling": cfg.pooling, "num_items": str(lineage.num_items)}  # fmt: skip
     with file_lock(out):
         check_replaceable(out, "--out", owned=is_onnx_export)
         clean_stale(out)
         with atomic_file(out) as tmp:
-            write_onnx(encoder, tmp)
-            _mark(tmp, meta)
-            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            try:
+                write_onnx(encoder, tmp)
+                _mark(tmp, meta)
+                session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            except Exception as e:  # the exporter and the runtime raise many error types
+                why = (str(e).strip().splitlines() or [""])[0][:200]
+                raise SeqtwinsError(
+                    f"exporting run {run.path} to ONNX failed ({type(e).__name__}: {why}); "
+                    f"nothing was written to {out}"
+                ) from e
             with torch.inference_mode():
                 want = encoder.embed(test).numpy()  # (rows, D), the packed CPU path
             diff = float(np.abs(onnx_embed(session, test) - want).max())

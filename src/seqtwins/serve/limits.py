@@ -25,10 +25,13 @@ class Limits:
     items are encoded; the rest of a long sequence is parsed and dropped."""
     max_k: int = 1000
     """Most neighbours one ``/neighbors`` request may ask for (422)."""
-    batch_rows: int = 512
-    """Most sequences the server coalesces into one encoder call (a speed setting)."""
+    batch_rows: int = 0
+    """Most sequences the server coalesces into one encoder call (a speed setting); 0 (the
+    default): ``max(512, max_batch)``, so one largest request always fits one call."""
 
     def __post_init__(self) -> None:
+        if self.batch_rows == 0 and isinstance(self.max_batch, int):
+            object.__setattr__(self, "batch_rows", max(512, self.max_batch))
         for name in ("max_body_bytes", "max_batch", "max_sequence_length", "max_k", "batch_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

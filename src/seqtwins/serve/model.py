@@ -18,9 +18,10 @@ import polars as pl
 import torch
 
 from seqtwins.data.dataset import SequenceDataset
+from seqtwins.embed import read_user_embeddings
 from seqtwins.errors import SeqtwinsError
 from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_users
-from seqtwins.run import Run, item_index
+from seqtwins.run import Run, check_checkpoint, item_index, map_items
 from seqtwins.serve import import_extra
 from seqtwins.serve.neighbors import IndexConfig, NeighborIndex, neighbors_of_row
 
@@ -51,6 +52,7 @@ class LoadedModel:
         encoder: SequenceEncoder,
         which: str,
         index_cfg: IndexConfig | None = None,
+        user_vectors: np.ndarray | None = None,
     ) -> None:
         self.run, self.ds, self.encoder, self.which = run, ds, encoder, which
         self.items = item_index(ds)
@@ -58,8 +60,10 @@ class LoadedModel:
         self.user_rows = {u: i for i, u in enumerate(self.user_ids)}
         self.splits: list[str] = ds.users["split"].to_list()
         self.max_len = encoder.cfg.max_len
-        # the rows `seqtwins embed` writes: same function, same batches
-        self.user_vectors = embed_users(encoder, ds, np.arange(ds.num_users))  # (U, D)
+        # the rows `seqtwins embed` writes: read from its file, else the same function
+        if user_vectors is None:  # every user through the encoder: the slow part of a start
+            user_vectors = embed_users(encoder, ds, np.arange(ds.num_users))
+        self.user_vectors = user_vectors  # (U, D)
         self.index = NeighborIndex.build(self.user_vectors, index_cfg or IndexConfig())
 
     @classmethod
@@ -70,14 +74,17 @@ class LoadedModel:
         which: str = "best",
         verify: bool = True,
         index_cfg: IndexConfig | None = None,
+        embeddings: Path | str | None = None,
     ) -> LoadedModel:
-        """Open the run and its dataset (the run must have been trained on it)."""
-        if which not in ("best", "last"):
-            raise SeqtwinsError(f"--checkpoint {which!r} must be best or last")
+        """Open the run and its dataset (the run must have been trained on it). The dataset
+        users' embeddings are read from ``embeddings`` (a ``seqtwins embed`` file of this
+        run, checkpoint and dataset) when given, else computed now."""
+        check_checkpoint(which)
         run = Run.open(run_dir)
         ds = SequenceDataset.open(data_dir, verify=verify)
         encoder = run.encoder(which, ds)
-        return cls(run, ds, encoder, which, index_cfg)
+        vectors = None if embeddings is None else read_user_embeddings(embeddings, run, which, ds)
+        return cls(run, ds, encoder, which, index_cfg, vectors)
 
     @property
     def dim(self) -> int:
@@ -85,22 +92,9 @@ class LoadedModel:
 
     def map_sequences(self, sequences: Sequence[Sequence[ItemId]]) -> Mapped:
         """Original item ids -> index arrays; unknown ids reported per row, not fatal."""
-        lookup, keep = self.items, self.max_len
-        out = Mapped([], [])
-        for row, seq in enumerate(sequences):
-            known: list[int] = []
-            unknown: list[ItemId] = []
-            for item in seq:
-                idx = lookup.get(str(item))
-                if idx is None:
-                    unknown.append(item)
-                else:
-                    known.append(idx)
-            out.sequences.append(np.asarray(known[-keep:], dtype=np.int64))
-            out.unknown.append(unknown)
-            if not known:
-                out.empty.append(row)
-        return out
+        mapped, unknown = map_items(self.items, sequences)
+        empty = [row for row, m in enumerate(mapped) if not len(m)]
+        return Mapped([m[-self.max_len :] for m in mapped], unknown, empty)
 
     def embed(self, sequences: list[np.ndarray]) -> np.ndarray:
         """Embeddings ``(len(sequences), D)`` float32 of non-empty item-index sequences."""
@@ -114,9 +108,8 @@ class LoadedModel:
         """What ``GET /info`` reports about the run, its dataset and the index."""
         cfg = self.run.config
         return {
-            "run": str(self.run.path),
+            "run": self.run.path.resolve().name,  # a name, never a path of the server
             "checkpoint": self.which,
-            "data": str(self.ds.path),
             "data_hash": self.ds.content_hash,
             "objective": cfg.objective,
             "dim": self.dim,
@@ -136,6 +129,11 @@ class Neighbors:
     neighbors: list[tuple[str, float]]
     index: dict[str, Any]
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: ``{"user", "neighbors": [{"user", "score"}, ...], "index"}``."""
+        rows = [{"user": u, "score": s} for u, s in self.neighbors]
+        return {"user": self.user, "neighbors": rows, "index": self.index}
+
 
 def nearest_users(
     run_dir: Path | str,
@@ -145,12 +143,13 @@ def nearest_users(
     which: str = "best",
     verify: bool = True,
     cfg: IndexConfig | None = None,
+    embeddings: Path | str | None = None,
 ) -> Neighbors:
     """The ``k`` dataset users nearest to ``user`` (cosine of their embeddings)."""
     if k < 1:
         raise SeqtwinsError(f"-k {k} must be at least 1")
     import_extra("faiss")  # the missing extra is one line before any work
-    model = LoadedModel.load(run_dir, data_dir, which, verify, cfg)
+    model = LoadedModel.load(run_dir, data_dir, which, verify, cfg, embeddings)
     row = model.user_row(user)
     if row is None:
         raise SeqtwinsError(

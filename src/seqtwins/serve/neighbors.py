@@ -6,7 +6,9 @@ inverted-file index (``IndexIVFFlat``, about sqrt(N) lists, as the FAISS guideli
 suggest for N around a million) whose ``nprobe`` is chosen at build time: it is doubled
 until recall@k against exact search, measured on a sample of the users themselves,
 reaches :attr:`IndexConfig.recall_target`, then narrowed by bisection. The measured
-recall is kept and reported (``GET /info``, ``seqtwins neighbors``).
+recall is kept and reported (``GET /info``, ``seqtwins neighbors``) with its k
+(``recall_k``, 20 by default: the default k served); each query user is left out of its
+own neighbours, as ``/neighbors`` does.
 
 Used by ``seqtwins neighbors`` (:func:`seqtwins.serve.model.nearest_users`) and
 ``POST /neighbors``.
@@ -73,6 +75,14 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return hits / exact.size
 
 
+def without_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` ids (Q, k) of each row of ``found`` (Q, k + 1) other than the
+    query's own row ``rows[i]`` (the last one is dropped where the query is absent)."""
+    keep = found != rows[:, None]  # (Q, k + 1)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept entries first, in order
+    return np.take_along_axis(found, order, 1)
+
+
 class NeighborIndex:
     """A FAISS index over L2-normalised user embeddings (row i = user row i)."""
 
@@ -80,6 +90,7 @@ class NeighborIndex:
         self.index, self.kind, self.size, self.dim = index, kind, size, dim
         self.nprobe: int | None = None
         self.recall: float | None = None  # measured recall@k of IVF vs exact
+        self.recall_k: int | None = None  # the k of that recall, self excluded
 
     @classmethod
     def build(cls, vectors: np.ndarray, cfg: IndexConfig | None = None) -> NeighborIndex:
@@ -106,15 +117,27 @@ class NeighborIndex:
 
     def _calibrate(self, x: np.ndarray, cfg: IndexConfig, rng: np.random.Generator) -> None:
         """Choose ``nprobe``: doubled until recall@k vs exact search reaches the target,
-        then bisected (3 steps) between the last miss and the first hit."""
+        then bisected (3 steps) between the last miss and the first hit.
+
+        The calibration queries are indexed users, and ``/neighbors`` never returns a user
+        as its own neighbour: both sides search k + 1 and drop the query itself, so the
+        recall measured is the recall of what is served."""
         faiss = _faiss()
-        k = min(cfg.recall_k, self.size)
-        queries = x[rng.choice(self.size, min(self.size, cfg.calibration_queries), replace=False)]
-        _, exact = faiss.knn(queries, x, k, faiss.METRIC_INNER_PRODUCT)  # (Q, k) brute force
+        k = min(cfg.recall_k, self.size - 1)
+        self.recall_k = k
+        if k < 1:
+            self.index.nprobe, self.nprobe, self.recall = 1, 1, 1.0
+            return
+        rows = np.sort(
+            rng.choice(self.size, min(self.size, cfg.calibration_queries), replace=False)
+        )
+        queries = x[rows]  # (Q, D)
+        _, exact = faiss.knn(queries, x, k + 1, faiss.METRIC_INNER_PRODUCT)  # brute force
+        exact = without_self(exact, rows, k)  # (Q, k)
 
         def recall(nprobe: int) -> float:
             self.index.nprobe = nprobe
-            return recall_at_k(self.index.search(queries, k)[1], exact)
+            return recall_at_k(without_self(self.index.search(queries, k + 1)[1], rows, k), exact)
 
         nlist = int(self.index.nlist)
         miss, hit = 0, 1
@@ -143,7 +166,12 @@ class NeighborIndex:
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "users": self.size}
         if self.kind == "ivf":
-            out |= {"nlist": int(self.index.nlist), "nprobe": self.nprobe, "recall": self.recall}
+            out |= {
+                "nlist": int(self.index.nlist),
+                "nprobe": self.nprobe,
+                "recall": self.recall,
+                "recall_k": self.recall_k,
+            }
         return out
 
 

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from seqtwins.data.dataset import SequenceDataset
+from seqtwins.embed import read_user_embeddings
 from seqtwins.errors import SeqtwinsError
-from seqtwins.run import Run
+from seqtwins.run import Run, check_checkpoint
 from seqtwins.serve import import_extra
 from seqtwins.serve.limits import Limits
 
@@ -67,6 +68,7 @@ def serve(
     limits: Limits | None = None,
     access_log: bool = True,
     threads: int = 1,
+    embeddings: Path | str | None = None,
 ) -> None:
     """Serve run ``run_dir`` (trained on ``data_dir``) until interrupted.
 
@@ -88,18 +90,20 @@ def serve(
         from seqtwins.serve.app import create_app
         from seqtwins.serve.model import LoadedModel
 
-        model = LoadedModel.load(run_dir, data_dir, which, verify)
+        model = LoadedModel.load(run_dir, data_dir, which, verify, embeddings=embeddings)
         previous = set_threads(threads, threads)
         try:
             uvicorn.run(create_app(model, limits), **options)
         finally:
             set_threads(*previous)
         return
-    if which not in ("best", "last"):
-        raise SeqtwinsError(f"--checkpoint {which!r} must be best or last")
-    Run.open(run_dir).encoder(which, SequenceDataset.open(data_dir, verify=verify))
+    check_checkpoint(which)
+    run, ds = Run.open(run_dir), SequenceDataset.open(data_dir, verify=verify)
+    run.encoder(which, ds)
+    if embeddings is not None:  # a wrong file is one line here, not one per worker
+        read_user_embeddings(embeddings, run, which, ds)
     # the workers skip the hash: checked here, once
-    os.environ[ENV] = worker_settings(run_dir, data_dir, which, limits, threads)
+    os.environ[ENV] = worker_settings(run_dir, data_dir, which, limits, threads, embeddings)
     try:
         uvicorn.run("seqtwins.serve.server:app_from_env", factory=True, workers=workers,
                     **options)  # fmt: skip
@@ -108,13 +112,19 @@ def serve(
 
 
 def worker_settings(
-    run_dir: Path | str, data_dir: Path | str, which: str, limits: Limits, threads: int
+    run_dir: Path | str,
+    data_dir: Path | str,
+    which: str,
+    limits: Limits,
+    threads: int,
+    embeddings: Path | str | None = None,
 ) -> str:
     """The JSON that :func:`app_from_env` reads in each worker process (a checked run: the
     workers do not recompute the dataset hash)."""
     return json.dumps(
         {"run": str(Path(run_dir).resolve()), "data": str(Path(data_dir).resolve()),
-         "which": which, "verify": False, "limits": asdict(limits), "threads": threads}
+         "which": which, "verify": False, "limits": asdict(limits), "threads": threads,
+         "embeddings": None if embeddings is None else str(Path(embeddings).resolve())}
     )  # fmt: skip
 
 
@@ -125,6 +135,6 @@ def app_from_env() -> Any:
 
     settings = json.loads(os.environ[ENV])
     model = LoadedModel.load(settings["run"], settings["data"], settings["which"],
-                             settings["verify"])  # fmt: skip
+                             settings["verify"], embeddings=settings.get("embeddings"))  # fmt: skip
     set_threads(settings["threads"], settings["threads"])  # this worker process's own setting
     return create_app(model, Limits(**settings["limits"]))
