@@ -233,9 +233,9 @@ def embed(
     """Export user embeddings (the encoder's pooled output) to Parquet."""
     from seqtwins.distributed import parse_shard
     from seqtwins.embed import export_embeddings
+    from seqtwins.run import check_checkpoint
 
-    if which not in ("best", "last"):
-        raise SeqtwinsError(f"--which {which!r} must be best or last")
+    check_checkpoint(which, "--which")
     part = parse_shard(shard) if shard is not None else (0, 1)
     with collected_warnings() as caught:
         summary = export_embeddings(run, data, out, sequences_file=sequences, which=which,
@@ -732,6 +732,7 @@ def explain(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    embeddings: Embeddings = None,
     verify: Verify = True,
 ) -> None:
     """Why a user's embedding is what it is: per-item attributions (Captum), nearest users
@@ -740,7 +741,7 @@ def explain(
     from seqtwins.explain.render import render_explanation
 
     result = explain_user(run, data, user, task=task, k=k, checkpoint=checkpoint, items=items,
-                          verify=verify)  # fmt: skip
+                          verify=verify, embeddings=embeddings)  # fmt: skip
     if as_json:
         typer.echo(result.to_json())
     else:

@@ -106,7 +106,7 @@ def test_cli_table_and_json(explain_runs: dict[str, Path]) -> None:
         (["--user", USER, "--items"], "has no item vectors"),
         (["--user", USER, "--task", "nope"], "unknown task 'nope'"),
         (["--user", USER, "-k", "0"], "-k 0 must be >= 1"),
-        (["--user", USER, "--checkpoint", "middle"], "must be best or last"),
+        (["--user", USER, "--checkpoint", "middle"], "must be one of best, last"),
     ],
 )
 def test_cli_bad_input_is_one_line(
@@ -117,3 +117,24 @@ def test_cli_bad_input_is_one_line(
     assert res.exit_code == 2
     assert message in res.output and len(res.output.strip().splitlines()) == 1
     assert "Traceback" not in res.output
+
+
+def test_embeddings_file_gives_the_same_answer(
+    explain_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """--embeddings reads `seqtwins embed`'s export instead of embedding every user: the same
+    neighbours and the same task attributions; a file of another checkpoint is one line."""
+    from seqtwins.embed import export_embeddings
+
+    run, data = explain_runs["dual"], explain_runs["data"]
+    emb = tmp_path / "users.parquet"
+    export_embeddings(run, data, emb)
+    a = explain_user(run, data, USER, task="favorite_category", k=4)
+    b = explain_user(run, data, USER, task="favorite_category", k=4, embeddings=emb)
+    assert a.neighbours["user_id"].to_list() == b.neighbours["user_id"].to_list()
+    np.testing.assert_allclose(b.neighbours["cosine"], a.neighbours["cosine"], atol=1e-5)
+    np.testing.assert_allclose(b.table()["ig_task"], a.table()["ig_task"], atol=1e-4)
+    export_embeddings(run, data, tmp_path / "last.parquet", which="last")
+    result = runner.invoke(app, ["explain", str(run), "--data", str(data), "--user", USER,
+                                 "--embeddings", str(tmp_path / "last.parquet")])  # fmt: skip
+    assert result.exit_code == 2 and "checkpoint" in result.output

@@ -31,6 +31,7 @@ import torch
 
 from seqtwins.data.batching import histories
 from seqtwins.data.dataset import SequenceDataset
+from seqtwins.embed import read_user_embeddings
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.native import NATIVE_OBJECTIVES, ItemTower, has_item_tower
 from seqtwins.evaluate.probe import cpu_threads
@@ -223,6 +224,7 @@ def explain_user(
     items: bool | None = None,
     verify: bool = True,
     threads: int = 1,
+    embeddings: Path | str | None = None,
 ) -> Explanation:
     """Explain user ``user`` (an original ``user_id``) of dataset ``data`` under ``run``.
 
@@ -231,12 +233,15 @@ def explain_user(
     ``items``: None lists the nearest items where the objective has item vectors; True
     requires them (SeqtwinsError for a run without); False skips them. ``threads``: torch
     and BLAS threads while it runs (restored after): one thread answered faster than two
-    on the shared 2-core machine, 7-10x (many small ops, each a thread barrier)."""
+    on the shared 2-core machine, 7-10x (many small ops, each a thread barrier).
+    ``embeddings``: a ``seqtwins embed`` export of this dataset by this checkpoint (checked
+    by :func:`seqtwins.embed.read_user_embeddings`), read instead of embedding every user
+    for the neighbours and the probe: most of an answer's time otherwise."""
     t0 = time.perf_counter()
     if k < 1:
         raise SeqtwinsError(f"-k {k} must be >= 1")
     with cpu_threads(threads):
-        ex = _explain(run, data, user, task, k, checkpoint, items, verify)
+        ex = _explain(run, data, user, task, k, checkpoint, items, verify, embeddings)
     ex.seconds = time.perf_counter() - t0
     return ex
 
@@ -250,6 +255,7 @@ def _explain(
     checkpoint: str,
     items: bool | None,
     verify: bool,
+    embeddings: Path | str | None,
 ) -> Explanation:
     r = run if isinstance(run, Run) else Run.open(run)
     if not r.has_checkpoint(checkpoint):
@@ -259,7 +265,10 @@ def _explain(
     tp = None
     if task is not None:
         task_obj = build_task(ld.ds, task)  # unknown / unsupported task: one line
-    emb = embed_users(ld.encoder, ld.ds, np.arange(ld.ds.num_users))  # (U, D)
+    if embeddings is None:
+        emb = embed_users(ld.encoder, ld.ds, np.arange(ld.ds.num_users))  # (U, D)
+    else:
+        emb = read_user_embeddings(embeddings, r, checkpoint, ld.ds)
     if task is not None:
         tp = fit_task_probe(ld.ds, task_obj, emb)
     window = histories(ld.ds.sequences, [u], ld.encoder.cfg.max_len)[0]
