@@ -332,9 +332,10 @@ def write_markdown(result: dict, path: Path) -> None:
         f"Command: `{result['command']}`", "",
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, "
         f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, faiss-cpu {m['faiss-cpu']}. "
-        f"**Shared**: load average {result['load_before']} before and {result['load_after']} "
-        "after the run (other jobs used the same 2 cores), so absolute numbers are noisy; the "
-        "ratios inside one table were measured side by side.", "",
+        f"Load average {result['load_before']} before and {result['load_after']} after the "
+        "run (1/5/15-minute means: anything above the benchmark's own load is other work on "
+        "the same cores); the machine is shared, so compare ratios measured side by side "
+        "inside one table.", "",
         "## Targets", "",
         *table(result["verdicts"], ["target", "wanted", "measured", "met"]), "",
         "## /embed over HTTP", "",
