@@ -274,7 +274,7 @@ def _explain(
     window = histories(ld.ds.sequences, [u], ld.encoder.cfg.max_len)[0]
     if not len(window):
         raise SeqtwinsError(f"user {user!r} has no history items; nothing to explain")
-    e = torch.from_numpy(emb[u])
+    e = torch.from_numpy(np.array(emb[u]))  # a copy: rows read from Parquet are read-only
     target = self_projection(e)
     ig, base, gap = integrated_gradients(ld.encoder, window, target)
     columns: dict[str, Any] = {
