@@ -148,3 +148,28 @@ def test_cli_window_update_and_bad_parent(tmp_path):
     assert r.exit_code == 2 and "since='soon' must be epoch seconds" in r.output
     r = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "e"), "--since", "500"])
     assert r.exit_code == 2 and "time window interactions" in r.output
+
+
+def test_update_of_a_pseudonymised_dataset_needs_its_key(tmp_path, monkeypatch):
+    """The update's users are matched to the old ones by id: with the old key they keep
+    their splits; another key, or no pseudonymisation on one side, is one line (each old
+    user would otherwise silently become a new one)."""
+    src = windowed_log(tmp_path / "log.parquet")
+    monkeypatch.setenv("SEQTWINS_PSEUDONYM_KEY", "k" * 32)
+    prepare(src, tmp_path / "old", PrepareOptions(until=50, pseudonymize=True))
+    prepare(src, tmp_path / "new",
+            PrepareOptions(since=50, update=tmp_path / "old", pseudonymize=True))  # fmt: skip
+    old, new = SequenceDataset.open(tmp_path / "old"), SequenceDataset.open(tmp_path / "new")
+    both = new.users.join(old.users, on="user_id", suffix="_old")
+    assert both.height > 0 and (both["split"] == both["split_old"]).all()
+    with pytest.raises(SeqtwinsError, match="is pseudonymised and this dataset would not be"):
+        prepare(src, tmp_path / "raw", PrepareOptions(since=50, update=tmp_path / "old"))
+    monkeypatch.setenv("SEQTWINS_PSEUDONYM_KEY", "z" * 32)
+    with pytest.raises(SeqtwinsError, match="not the one .* was pseudonymised with"):
+        prepare(src, tmp_path / "other",
+                PrepareOptions(since=50, update=tmp_path / "old", pseudonymize=True))  # fmt: skip
+    prepare(src, tmp_path / "plain", PrepareOptions(until=50))
+    with pytest.raises(SeqtwinsError, match="is not pseudonymised and this dataset would be"):
+        prepare(src, tmp_path / "mixed",
+                PrepareOptions(since=50, update=tmp_path / "plain", pseudonymize=True))  # fmt: skip
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "other").exists()

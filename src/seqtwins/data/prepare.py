@@ -160,7 +160,7 @@ def check_output(input: Path, out: Path, options: PrepareOptions) -> None:
             )
     check_out(out, options.overwrite)
     if options.update is not None:
-        check_parent(Path(options.update), out)
+        check_parent(Path(options.update), out, options)
     if options.work_dir is not None:
         clean_stale(Path(options.work_dir) / out.name)
 

@@ -14,6 +14,7 @@ so the result is the same on each.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -23,13 +24,17 @@ import numpy as np
 import polars as pl
 
 from seqtwins.data.dataset import SPLITS, SequenceDataset, Sequences, is_dataset, shown
+from seqtwins.data.options import PrepareOptions
+from seqtwins.data.privacy import dataset_key
 from seqtwins.data.steps import assign_splits
 from seqtwins.errors import SeqtwinsError
 
 
-def check_parent(parent: Path, out: Path) -> None:
-    """Refuse an ``--update`` that is not a dataset, or that is ``--out`` itself (before
-    any work)."""
+def check_parent(parent: Path, out: Path, options: PrepareOptions | None = None) -> None:
+    """Refuse an ``--update`` that is not a dataset, or that is ``--out`` itself, or whose
+    user ids the new window's would not match (pseudonymised one way and not the other, or
+    under another key: every old user would silently become a new one) -- before any
+    work."""
     if not is_dataset(parent):
         raise SeqtwinsError(
             f"--update {shown(parent)} is not a seqtwins dataset; give the dataset this one "
@@ -39,6 +44,24 @@ def check_parent(parent: Path, out: Path) -> None:
         raise SeqtwinsError(
             f"--update {shown(parent)} is --out itself; write the update to another folder"
         )
+    if options is not None:
+        _check_pseudonyms(json.loads((parent / "meta.json").read_text(encoding="utf-8")),
+                          shown(parent), options)  # fmt: skip
+
+
+def _check_pseudonyms(meta: Mapping[str, Any], where: str, options: PrepareOptions) -> None:
+    """The update's users must be named as the parent's: both raw ids, or both pseudonyms
+    under the parent's key (:func:`seqtwins.data.privacy.dataset_key` checks the key)."""
+    was = bool((meta.get("prepare") or {}).get("pseudonymized"))
+    if was != options.pseudonymize:
+        how = (("is", "would not be", "add --pseudonymize with the key it was made with")
+               if was else ("is not", "would be", "drop --pseudonymize"))  # fmt: skip
+        raise SeqtwinsError(
+            f"--update {where} {how[0]} pseudonymised and this dataset {how[1]}: its users "
+            f"would not match the old ones; {how[2]}"
+        )
+    if was:
+        dataset_key(meta, f"--update {where}", options.key_file or options.salt_file)
 
 
 def item_lookup(old_ids: pl.Series, kept_ids: pl.Series) -> tuple[np.ndarray, pl.Series]:
