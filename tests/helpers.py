@@ -50,6 +50,20 @@ def tiny_dataset(
     )
 
 
+def tiny_run(root: Path, epochs: int = 1, objective: str = "barlow") -> tuple[Path, Path]:
+    """(dataset, run) under ``root``: :func:`tiny_dataset` and ``epochs`` of ``objective``
+    at the tiny test sizes (``tests.test_train.TINY``)."""
+    from seqtwins.config import PretrainConfig, build
+    from seqtwins.train import pretrain
+    from tests.test_train import TINY
+
+    data = tiny_dataset(root / "ds")
+    cfg = build(PretrainConfig, {"objective": objective},
+                overrides=[*TINY, f"train.epochs={epochs}"])  # fmt: skip
+    pretrain(data, root / "run", cfg, progress=False)
+    return data, root / "run"
+
+
 def spawn_ranks(worker: Callable[..., None], nprocs: int, *args: object) -> None:
     """``torch.multiprocessing.spawn`` of ``worker(rank, *args)`` on ``nprocs`` processes.
 

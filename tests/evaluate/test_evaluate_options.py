@@ -10,12 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from seqtwins.cli import app
-from seqtwins.config import PretrainConfig, build
 from seqtwins.evaluate.protocol import FLOOR_METHODS
 from seqtwins.run import Run
-from seqtwins.train import pretrain
-from tests.helpers import tiny_dataset
-from tests.test_train import TINY
+from tests.helpers import tiny_run
 
 runner = CliRunner()
 FAST = ["--tasks", "favorite_category", "--fractions", "1.0", "--seeds", "1", "--no-progress"]
@@ -23,11 +20,7 @@ FAST = ["--tasks", "favorite_category", "--fractions", "1.0", "--seeds", "1", "-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("opts")
-    data = tiny_dataset(root / "ds")
-    cfg = build(PretrainConfig, {"objective": "barlow"}, overrides=[*TINY, "train.epochs=2"])
-    pretrain(data, root / "run", cfg, progress=False)
-    return data, root / "run"
+    return tiny_run(tmp_path_factory.mktemp("opts"), epochs=2)
 
 
 def test_last_checkpoint_is_used_and_recorded(trained, tmp_path, monkeypatch) -> None:

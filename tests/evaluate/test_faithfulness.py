@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from seqtwins.cli import app
-from seqtwins.config import PretrainConfig, build
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.faithfulness import FAITHFULNESS, SCHEMA
@@ -22,9 +21,7 @@ from seqtwins.evaluate.report import write_report
 from seqtwins.evaluate.tasks import headline_tasks
 from seqtwins.explain.faithfulness import plan_deletion_test
 from seqtwins.run import Run
-from seqtwins.train import pretrain
-from tests.helpers import tiny_dataset
-from tests.test_train import TINY
+from tests.helpers import tiny_run
 
 pytest.importorskip("captum")
 runner = CliRunner()
@@ -35,11 +32,7 @@ HEADING = "### Faithfulness (deletion test)"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("faith")
-    data = tiny_dataset(root / "ds")
-    cfg = build(PretrainConfig, {"objective": "barlow"}, overrides=[*TINY, "train.epochs=1"])
-    pretrain(data, root / "run", cfg, progress=False)
-    return data, root / "run"
+    return tiny_run(tmp_path_factory.mktemp("faith"), epochs=1)
 
 
 def _eligible(ds: SequenceDataset, task_name: str, max_len: int) -> int:

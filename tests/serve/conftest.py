@@ -12,20 +12,13 @@ from typing import Any
 
 import pytest
 
-from seqtwins.config import PretrainConfig, build
-from seqtwins.train import pretrain
-from tests.helpers import tiny_dataset
-from tests.test_train import TINY
+from tests.helpers import tiny_run as make_tiny_run
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(dataset, run): 240 users, 40 items, dim 16, max_len 12, one epoch of barlow."""
-    root = tmp_path_factory.mktemp("serve")
-    data = tiny_dataset(root / "ds")
-    cfg = build(PretrainConfig, {"objective": "barlow"}, overrides=[*TINY, "train.epochs=1"])
-    pretrain(data, root / "run", cfg, progress=False)
-    return data, root / "run"
+    return make_tiny_run(tmp_path_factory.mktemp("serve"), epochs=1)
 
 
 @pytest.fixture(scope="session")
