@@ -20,30 +20,59 @@ The package itself is callable: ``seqtwins.evaluate(runs, data, out, ...)`` is
 package, and Python binds a subpackage to its parent's attribute once it is imported).
 """
 
+import importlib
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from seqtwins.evaluate.baselines import tfidf_svd_embeddings
-from seqtwins.evaluate.probe import Prediction, ProbeConfig, fit_probe, score
-from seqtwins.evaluate.protocol import (
-    DEFAULT_FRACTIONS,
-    Finetuner,
-    Scorer,
-    evaluate_embeddings,
-    load_results,
-    save_results,
-    write_metrics_jsonl,
-)
-from seqtwins.evaluate.significance import compare, load_per_user, paired_bootstrap
-from seqtwins.evaluate.tasks import (
-    MIN_TEST_USERS,
-    Task,
-    available_tasks,
-    build_task,
-    build_tasks,
-    headline_tasks,
-)
+if TYPE_CHECKING:
+    from seqtwins.evaluate.baselines import tfidf_svd_embeddings
+    from seqtwins.evaluate.probe import Prediction, ProbeConfig, fit_probe, score
+    from seqtwins.evaluate.protocol import (
+        DEFAULT_FRACTIONS,
+        Finetuner,
+        Scorer,
+        evaluate_embeddings,
+        load_results,
+        save_results,
+        write_metrics_jsonl,
+    )
+    from seqtwins.evaluate.significance import compare, load_per_user, paired_bootstrap
+    from seqtwins.evaluate.tasks import (
+        MIN_TEST_USERS,
+        Task,
+        available_tasks,
+        build_task,
+        build_tasks,
+        headline_tasks,
+    )
+
+_LAZY = {
+    "tfidf_svd_embeddings": "baselines",
+    "Prediction": "probe",
+    "ProbeConfig": "probe",
+    "fit_probe": "probe",
+    "score": "probe",
+    "DEFAULT_FRACTIONS": "protocol",
+    "Finetuner": "protocol",
+    "Scorer": "protocol",
+    "evaluate_embeddings": "protocol",
+    "load_results": "protocol",
+    "save_results": "protocol",
+    "write_metrics_jsonl": "protocol",
+    "compare": "significance",
+    "load_per_user": "significance",
+    "paired_bootstrap": "significance",
+    "MIN_TEST_USERS": "tasks",
+    "Task": "tasks",
+    "available_tasks": "tasks",
+    "build_task": "tasks",
+    "build_tasks": "tasks",
+    "headline_tasks": "tasks",
+}
+"""The package's names and the submodule each lives in, imported on first use (PEP 562):
+``import seqtwins.evaluate.native`` (what ``seqtwins explain`` and ``serve`` need) does not
+import scikit-learn through the TF-IDF baseline."""
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -68,6 +97,18 @@ __all__ = [
     "tfidf_svd_embeddings",
     "write_metrics_jsonl",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 class _CallableModule(types.ModuleType):

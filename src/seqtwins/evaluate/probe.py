@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.stats import rankdata
 from threadpoolctl import ThreadpoolController
 
 from seqtwins.errors import SeqtwinsError
@@ -418,6 +417,8 @@ def binary_auc(y: np.ndarray, s: np.ndarray) -> float | None:
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return None
+    from scipy.stats import rankdata  # scipy.stats is slow to import: on use
+
     ranks = rankdata(s)  # average ranks for ties
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

@@ -60,7 +60,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import rankdata
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
@@ -208,6 +207,8 @@ def history_prediction(task: Task, users: np.ndarray) -> Prediction | None:
         return None
     hist = task.history[np.asarray(users, dtype=np.int64)]  # (n, C) csr
     prior = np.zeros(hist.shape[1]) if task.history_prior is None else task.history_prior
+    from scipy.stats import rankdata  # scipy.stats is slow to import: on use
+
     # dense ranks of the prior, scaled into [0, 0.5]: never outweighs one count
     tie = 0.5 * rankdata(prior, method="dense") / (len(prior) + 1)  # (C,)
     classes = np.arange(hist.shape[1], dtype=np.int64)
