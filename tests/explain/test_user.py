@@ -15,7 +15,8 @@ from seqtwins.data.batching import histories
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.evaluate.protocol import evaluate_embeddings
 from seqtwins.evaluate.tasks import build_task
-from seqtwins.explain import SCHEMA, explain_user
+from seqtwins.errors import SeqtwinsError
+from seqtwins.explain import SCHEMA, Explainer, explain_user
 from seqtwins.explain.probe import fit_task_probe
 from seqtwins.models.encoder import embed_users
 from seqtwins.run import Run
@@ -138,3 +139,41 @@ def test_embeddings_file_gives_the_same_answer(
     result = runner.invoke(app, ["explain", str(run), "--data", str(data), "--user", USER,
                                  "--embeddings", str(tmp_path / "last.parquet")])  # fmt: skip
     assert result.exit_code == 2 and "checkpoint" in result.output
+
+
+def _answer(ex_dict: dict[str, object]) -> dict[str, object]:
+    """An explanation's JSON without its timing."""
+    return {k: v for k, v in ex_dict.items() if k != "seconds"}
+
+
+def test_explainer_reused_answers_as_explain_user(explain_runs: dict[str, Path]) -> None:
+    """One Explainer answers many users without loading again: each answer equals
+    explain_user's, asking twice gives the same answer, and a task's probe is fitted once."""
+    run, data = explain_runs["dual"], explain_runs["data"]
+    explainer = Explainer.load(run, data)
+    first = explainer.explain(USER, task="favorite_category", k=4)
+    probe = explainer.probe("favorite_category")
+    again = explainer.explain(USER, task="favorite_category", k=4)
+    assert explainer.probe("favorite_category") is probe  # cached, not refitted
+    assert _answer(again.to_dict()) == _answer(first.to_dict())
+    once = explain_user(run, data, USER, task="favorite_category", k=4)
+    assert _answer(once.to_dict()) == _answer(first.to_dict())
+    assert _answer(explainer.explain("user12", k=3).to_dict()) == _answer(
+        explain_user(run, data, "user12", k=3).to_dict()
+    )
+    # items=False leaves the nearest items out of one answer; the explainer still has them
+    assert explainer.explain(USER, k=2, items=False).items is None
+    assert explainer.explain(USER, k=2).items is not None
+
+
+def test_explainer_bad_input(explain_runs: dict[str, Path]) -> None:
+    explainer = Explainer.load(explain_runs["barlow"], explain_runs["data"])
+    with pytest.raises(SeqtwinsError, match="has no item vectors"):
+        explainer.explain(USER, items=True)
+    with pytest.raises(SeqtwinsError, match="user 'nobody' is not in dataset"):
+        explainer.explain("nobody")
+    with pytest.raises(SeqtwinsError, match="unknown task 'nope'"):
+        explainer.explain(USER, task="nope")
+    with pytest.raises(SeqtwinsError, match="-k 0 must be >= 1"):
+        explainer.explain(USER, k=0)
+    assert explainer.explain(USER, k=1).items is None  # barlow: no item vectors

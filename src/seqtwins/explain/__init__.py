@@ -4,7 +4,8 @@
   gradients on the item-embedding layer, occlusion by removing one item;
 - :mod:`~seqtwins.explain.probe` — a task's probe fitted as ``seqtwins evaluate`` fits it,
   and its confidence;
-- :mod:`~seqtwins.explain.user` — :func:`explain_user`, what ``seqtwins explain`` prints;
+- :mod:`~seqtwins.explain.user` — :func:`explain_user`, what ``seqtwins explain`` prints, and
+  :class:`Explainer`, which loads a run once and explains many users (``seqtwins serve``);
 - :mod:`~seqtwins.explain.faithfulness` — the deletion test: attributed vs random items;
 - :mod:`~seqtwins.explain.global_views` — the report's global views: principal directions,
   the categories and items that move them, category centroids on the 2-D map.
@@ -12,6 +13,6 @@
 Captum is imported on first use (``pip install "seqtwins[explain]"``).
 """
 
-from seqtwins.explain.user import SCHEMA, Explanation, explain_user
+from seqtwins.explain.user import SCHEMA, Explainer, Explanation, explain_user
 
-__all__ = ["SCHEMA", "Explanation", "explain_user"]
+__all__ = ["SCHEMA", "Explainer", "Explanation", "explain_user"]

@@ -1,7 +1,9 @@
 """``seqtwins explain``: why the model places one user where it does.
 
 :func:`explain_user` opens a run and its dataset, embeds every user with the run's
-checkpoint, and returns an :class:`Explanation` of one user:
+checkpoint, and returns an :class:`Explanation` of one user; an :class:`Explainer` does
+the loading once and then explains any number of users (``seqtwins serve``'s
+``/users/{id}/explain``). An explanation holds:
 
 - the items the encoder reads (the last ``encoder.max_len`` of the user's history) with
   their attributions to the **embedding** (target: the embedding's length along its own
@@ -20,7 +22,9 @@ See docs/explain.md.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,34 +96,9 @@ class Explanation:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False)
 
 
-@dataclass
-class _Loaded:
-    ds: SequenceDataset
-    encoder: SequenceEncoder
-    tower: ItemTower | None
-    item_ids: np.ndarray  # (vocab,) original item id of each item index ("" for pad, MASK)
-    item_cats: np.ndarray  # (vocab,) first-listed category ("" none)
-
-
-def _load(run: Run, data: Path | str, which: str, items: bool | None, verify: bool) -> _Loaded:
-    # in memory, not memory-mapped: embedding every user slices each history, and a slice
-    # of a memmap costs ~50 us more (1.3 of 5.2 s of embedding Beauty's 22k users)
-    ds = SequenceDataset.open(data, mmap=False, verify=verify)
-    run.check_dataset(ds)
-    objective = run.config.objective
-    if items and objective not in NATIVE_OBJECTIVES:
-        raise SeqtwinsError(
-            f"{run.path} (objective {objective}) has no item vectors, so it has no nearest "
-            f"items; only {', '.join(NATIVE_OBJECTIVES)} runs do (drop --items)"
-        )
-    tower = None
-    if objective in NATIVE_OBJECTIVES and items is not False:
-        model = run.objective(which, ds)
-        encoder = model.encoder if has_item_tower(model) else run.encoder(which, ds)
-        tower = ItemTower(model) if has_item_tower(model) else None
-    else:
-        encoder = run.encoder(which, ds)
-    assert isinstance(encoder, SequenceEncoder)
+def _item_names(ds: SequenceDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(vocab,) original item id of each item index ("" for pad, MASK) and (vocab,) its
+    first-listed category ("" none)."""
     item_ids = np.full(ds.vocab_size, "", dtype=object)
     idx = ds.items["item_idx"].to_numpy()
     item_ids[idx] = ds.items["item_id"].cast(pl.String).to_numpy()
@@ -128,90 +107,256 @@ def _load(run: Run, data: Path | str, which: str, items: bool | None, verify: bo
         codes, names = ds.item_categories()
         named = codes >= 0
         item_cats[named] = np.asarray(names, dtype=object)[codes[named]]
-    return _Loaded(ds, encoder, tower, item_ids, item_cats)
+    return item_ids, item_cats
 
 
-def _user_index(ds: SequenceDataset, user: str) -> int:
-    hits = np.flatnonzero((ds.users["user_id"].cast(pl.String) == str(user)).to_numpy())
-    if not len(hits):
-        raise SeqtwinsError(
-            f"user {user!r} is not in dataset {ds.path} ({ds.num_users} users); give a "
-            "user_id of its users.parquet (seqtwins inspect lists the fields)"
-        )
-    return int(hits[0])
-
-
-def _neighbours(ld: _Loaded, emb: np.ndarray, u: int, k: int) -> pl.DataFrame:
-    norms = np.linalg.norm(emb, axis=1)
-    unit = emb / np.maximum(norms, 1e-12)[:, None]  # (U, D)
-    cos = unit @ unit[u]  # (U,)
-    cos[u] = -np.inf
-    top = np.argsort(-cos, kind="stable")[:k]
-    seqs = ld.ds.sequences
-    own = set(histories(seqs, [u])[0].tolist())
-    user_ids = ld.ds.users["user_id"].cast(pl.String).to_numpy()
-    shared = [sorted(own & set(h.tolist())) for h in histories(seqs, top)]
-    return pl.DataFrame(
-        {
-            "rank": np.arange(1, len(top) + 1),
-            "user_id": [str(user_ids[v]) for v in top],
-            "cosine": cos[top].astype(np.float64),
-            "shared": [len(s) for s in shared],
-            "shared_items": [[str(ld.item_ids[i]) for i in s] for s in shared],
-        },
-        schema_overrides={"shared_items": pl.List(pl.String)},
+def _no_items_error(run: Run) -> SeqtwinsError:
+    return SeqtwinsError(
+        f"{run.path} (objective {run.config.objective}) has no item vectors, so it has no "
+        f"nearest items; only {', '.join(NATIVE_OBJECTIVES)} runs do (drop --items)"
     )
 
 
-def _nearest_items(ld: _Loaded, e: torch.Tensor, u: int, k: int) -> pl.DataFrame | None:
-    if ld.tower is None:
-        return None
-    logits = ld.tower.logits(e.reshape(1, -1))[0]  # (N,) column j = item_idx j + 1
-    top = torch.topk(logits, min(k, logits.shape[0])).indices.numpy() + 1
-    own = set(histories(ld.ds.sequences, [u])[0].tolist())
-    return pl.DataFrame(
-        {
-            "rank": np.arange(1, len(top) + 1),
-            "item_id": [str(ld.item_ids[i]) for i in top],
-            "category": [str(ld.item_cats[i]) for i in top],
-            "score": logits[top - 1].double().numpy(),
-            "in_history": [int(i) in own for i in top],
+class Explainer:
+    """A run, its dataset and its users' embeddings, loaded once to explain many users.
+
+    :meth:`explain` is what :func:`explain_user` returns for one user; the embeddings of
+    every user (for the neighbours and the probes) are computed (or read) on the first
+    answer and kept, and so is each task's fitted probe. Explanations of one
+    :class:`Explainer` run one at a time (a lock): Captum's integrated gradients hook the
+    encoder's embedding layer while they run, so give the explainer an encoder no other
+    thread uses (:meth:`load` opens its own)."""
+
+    def __init__(
+        self,
+        run: Run,
+        ds: SequenceDataset,
+        encoder: SequenceEncoder,
+        checkpoint: str,
+        tower: ItemTower | None = None,
+        embeddings: np.ndarray | None = None,
+    ) -> None:
+        self.run, self.ds, self.encoder, self.checkpoint = run, ds, encoder, checkpoint
+        self.tower = tower
+        self.item_ids, self.item_cats = _item_names(ds)
+        self.user_ids: np.ndarray = ds.users["user_id"].cast(pl.String).to_numpy()
+        self._rows: dict[str, int] = {}
+        for i, uid in enumerate(self.user_ids.tolist()):
+            self._rows.setdefault(uid, i)
+        self._emb = embeddings  # (U, D), or None until the first answer embeds every user
+        self._probes: dict[str, TaskProbe] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        run: Path | str | Run,
+        data: Path | str | SequenceDataset,
+        checkpoint: str = "best",
+        items: bool | None = None,
+        verify: bool = True,
+        embeddings: Path | str | np.ndarray | None = None,
+    ) -> Explainer:
+        """Open ``run`` (a directory or a :class:`Run`) and its dataset (a directory, or
+        an open :class:`SequenceDataset`; the run must have been trained on it: the content
+        hashes are compared) and load the checkpoint's encoder, with the item tower where
+        the objective has one. ``items``: False skips loading the tower, True requires one
+        (SeqtwinsError for a run without). ``embeddings``: a ``seqtwins embed`` export of
+        this dataset by this checkpoint (checked by
+        :func:`seqtwins.embed.read_user_embeddings`), or the (U, D) array of those rows,
+        used instead of embedding every user."""
+        r = run if isinstance(run, Run) else Run.open(run)
+        if not r.has_checkpoint(checkpoint):
+            raise SeqtwinsError(f"{r.path} has no {checkpoint} checkpoint; train it first")
+        # in memory, not memory-mapped: embedding every user slices each history, and a slice
+        # of a memmap costs ~50 us more (1.3 of 5.2 s of embedding Beauty's 22k users)
+        ds = data if isinstance(data, SequenceDataset) else SequenceDataset.open(
+            data, mmap=False, verify=verify
+        )  # fmt: skip
+        r.check_dataset(ds)
+        objective = r.config.objective
+        if items and objective not in NATIVE_OBJECTIVES:
+            raise _no_items_error(r)
+        tower = None
+        if objective in NATIVE_OBJECTIVES and items is not False:
+            model = r.objective(checkpoint, ds)
+            encoder = model.encoder if has_item_tower(model) else r.encoder(checkpoint, ds)
+            tower = ItemTower(model) if has_item_tower(model) else None
+        else:
+            encoder = r.encoder(checkpoint, ds)
+        assert isinstance(encoder, SequenceEncoder)
+        emb = embeddings
+        if emb is not None and not isinstance(emb, np.ndarray):
+            emb = read_user_embeddings(emb, r, checkpoint, ds)
+        return cls(r, ds, encoder, checkpoint, tower, emb)
+
+    def user_index(self, user: str) -> int:
+        """The dataset row of user ``user`` (an original ``user_id``); SeqtwinsError if
+        the dataset has no such user."""
+        row = self._rows.get(str(user))
+        if row is None:
+            raise SeqtwinsError(
+                f"user {user!r} is not in dataset {self.ds.path} ({self.ds.num_users} users); "
+                "give a user_id of its users.parquet (seqtwins inspect lists the fields)"
+            )
+        return row
+
+    def embeddings(self) -> np.ndarray:
+        """(U, D) every user's embedding by this checkpoint (computed once)."""
+        if self._emb is None:
+            self._emb = embed_users(self.encoder, self.ds, np.arange(self.ds.num_users))
+        return self._emb
+
+    def probe(self, task: str) -> TaskProbe:
+        """``task``'s probe fitted as ``evaluate`` fits it (:mod:`seqtwins.explain.probe`),
+        fitted once per task (call it under the explainer's lock, as :meth:`explain`
+        does)."""
+        tp = self._probes.get(task)
+        if tp is None:
+            task_obj = build_task(self.ds, task)  # unknown / unsupported task: one line
+            tp = self._probes[task] = fit_task_probe(self.ds, task_obj, self.embeddings())
+        return tp
+
+    def explain(
+        self,
+        user: str,
+        task: str | None = None,
+        k: int = 10,
+        items: bool | None = None,
+        threads: int | None = 1,
+    ) -> Explanation:
+        """Explain user ``user``; the arguments as :func:`explain_user`'s. ``threads``
+        None leaves the process's torch and BLAS threads as they are."""
+        t0 = time.perf_counter()
+        if k < 1:
+            raise SeqtwinsError(f"-k {k} must be >= 1")
+        if items and self.tower is None:
+            raise _no_items_error(self.run)
+        limit = nullcontext() if threads is None else cpu_threads(threads)
+        with self._lock, limit:
+            ex = self._explain(user, task, k, items)
+        ex.seconds = time.perf_counter() - t0
+        return ex
+
+    def _explain(self, user: str, task: str | None, k: int, items: bool | None) -> Explanation:
+        u = self.user_index(user)
+        tp = None if task is None else self.probe(task)  # an unknown task: before embedding
+        emb = self.embeddings()
+        window = histories(self.ds.sequences, [u], self.encoder.cfg.max_len)[0]
+        if not len(window):
+            raise SeqtwinsError(f"user {user!r} has no history items; nothing to explain")
+        e = torch.from_numpy(np.array(emb[u]))  # a copy: rows read from Parquet are read-only
+        target = self_projection(e)
+        ig, base, gap = integrated_gradients(self.encoder, window, target)
+        columns: dict[str, Any] = {
+            "position": np.arange(1, len(window) + 1),
+            "item_id": [str(self.item_ids[i]) for i in window],
+            "category": [str(self.item_cats[i]) for i in window],
+            "ig_embedding": ig,
+            "occlusion_embedding": occlusion(self.encoder, window, target),
         }
-    )
+        targets: dict[str, Any] = {
+            "embedding": {
+                "target": EMBEDDING_TARGET,
+                "value": float(np.linalg.norm(emb[u])),
+                "ig_baseline": base,
+                "ig_sum": float(ig.sum()),
+                "ig_gap": gap,
+            },  # fmt: skip
+        }
+        if tp is not None:
+            task_cols, targets["task"] = self._task_columns(tp, window, e, u)
+            columns.update(task_cols)
+        seqs = self.ds.sequences
+        n_history = int(seqs.history_end[u] - seqs.offsets[u])
+        info = {
+            "id": str(user),
+            "index": u,
+            "split": str(self.ds.users["split"][u]),
+            "history_items": n_history,
+            "explained_items": len(window),
+        }
+        notes = []
+        if n_history > len(window):
+            notes.append(
+                f"the encoder reads the last {len(window)} of {n_history} history "
+                "items (encoder.max_len); older items have no influence"
+            )
+        nearest = None if items is False else self._nearest_items(e, u, k)
+        return Explanation(
+            run=str(self.run.path), dataset=str(self.ds.path), checkpoint=self.checkpoint,
+            user=info, history=pl.DataFrame(columns), targets=targets,
+            neighbours=self._neighbours(emb, u, k), items=nearest, notes=notes,
+        )  # fmt: skip
 
-
-def _task_columns(
-    ld: _Loaded, tp: TaskProbe, window: np.ndarray, e: torch.Tensor, u: int
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    col = int(tp.predicted(e.reshape(1, -1), np.array([u]))[0])
-    target = probe_score(tp.probe, col)
-    ig, base, gap = integrated_gradients(ld.encoder, window, target)
-    occ = occlusion(ld.encoder, window, target)
-    task = tp.task
-    truth: Any = None
-    if task.targets is not None:
-        row = task.targets[u]
-        truth = [task.class_names[c] for c in row.indices] if row.nnz else None
-    elif task.labels[u] >= 0:
-        truth = task.class_names[int(task.labels[u])]
-    info = {
-        "task": task.name,
-        "predicted": tp.class_name(col),
-        "score": float(target(e.reshape(1, -1))[0]),
-        "confidence": float(tp.confidence(e.reshape(1, -1), np.array([col]))[0]),
-        "truth": truth,
-        "probe": {
-            "solver": tp.solver,
-            "n_train": tp.n_train,
-            "selection": {
-                k: v for k, v in tp.probe.selection.items() if isinstance(v, int | float | str)
+    def _neighbours(self, emb: np.ndarray, u: int, k: int) -> pl.DataFrame:
+        norms = np.linalg.norm(emb, axis=1)
+        unit = emb / np.maximum(norms, 1e-12)[:, None]  # (U, D)
+        cos = unit @ unit[u]  # (U,)
+        cos[u] = -np.inf
+        top = np.argsort(-cos, kind="stable")[:k]
+        seqs = self.ds.sequences
+        own = set(histories(seqs, [u])[0].tolist())
+        shared = [sorted(own & set(h.tolist())) for h in histories(seqs, top)]
+        return pl.DataFrame(
+            {
+                "rank": np.arange(1, len(top) + 1),
+                "user_id": [str(self.user_ids[v]) for v in top],
+                "cosine": cos[top].astype(np.float64),
+                "shared": [len(s) for s in shared],
+                "shared_items": [[str(self.item_ids[i]) for i in s] for s in shared],
             },
-        },  # fmt: skip
-        "ig_baseline": base,
-        "ig_sum": float(ig.sum()),
-        "ig_gap": gap,
-    }
-    return {"ig_task": ig, "occlusion_task": occ}, info
+            schema_overrides={"shared_items": pl.List(pl.String)},
+        )
+
+    def _nearest_items(self, e: torch.Tensor, u: int, k: int) -> pl.DataFrame | None:
+        if self.tower is None:
+            return None
+        logits = self.tower.logits(e.reshape(1, -1))[0]  # (N,) column j = item_idx j + 1
+        top = torch.topk(logits, min(k, logits.shape[0])).indices.numpy() + 1
+        own = set(histories(self.ds.sequences, [u])[0].tolist())
+        return pl.DataFrame(
+            {
+                "rank": np.arange(1, len(top) + 1),
+                "item_id": [str(self.item_ids[i]) for i in top],
+                "category": [str(self.item_cats[i]) for i in top],
+                "score": logits[top - 1].double().numpy(),
+                "in_history": [int(i) in own for i in top],
+            }
+        )
+
+    def _task_columns(
+        self, tp: TaskProbe, window: np.ndarray, e: torch.Tensor, u: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        col = int(tp.predicted(e.reshape(1, -1), np.array([u]))[0])
+        target = probe_score(tp.probe, col)
+        ig, base, gap = integrated_gradients(self.encoder, window, target)
+        occ = occlusion(self.encoder, window, target)
+        task = tp.task
+        truth: Any = None
+        if task.targets is not None:
+            row = task.targets[u]
+            truth = [task.class_names[c] for c in row.indices] if row.nnz else None
+        elif task.labels[u] >= 0:
+            truth = task.class_names[int(task.labels[u])]
+        info = {
+            "task": task.name,
+            "predicted": tp.class_name(col),
+            "score": float(target(e.reshape(1, -1))[0]),
+            "confidence": float(tp.confidence(e.reshape(1, -1), np.array([col]))[0]),
+            "truth": truth,
+            "probe": {
+                "solver": tp.solver,
+                "n_train": tp.n_train,
+                "selection": {
+                    k: v for k, v in tp.probe.selection.items() if isinstance(v, int | float | str)
+                },
+            },  # fmt: skip
+            "ig_baseline": base,
+            "ig_sum": float(ig.sum()),
+            "ig_gap": gap,
+        }
+        return {"ig_task": ig, "occlusion_task": occ}, info
 
 
 def explain_user(
@@ -226,7 +371,9 @@ def explain_user(
     threads: int = 1,
     embeddings: Path | str | None = None,
 ) -> Explanation:
-    """Explain user ``user`` (an original ``user_id``) of dataset ``data`` under ``run``.
+    """Explain user ``user`` (an original ``user_id``) of dataset ``data`` under ``run``:
+    ``Explainer.load(run, data, ...).explain(user, ...)``, for one answer (an
+    :class:`Explainer` kept answers many without loading again).
 
     ``task``: also attribute the probe's predicted class (a task of
     :func:`seqtwins.evaluate.tasks.available_tasks`). ``k``: nearest users / items shown.
@@ -236,83 +383,13 @@ def explain_user(
     on the shared 2-core machine, 7-10x (many small ops, each a thread barrier).
     ``embeddings``: a ``seqtwins embed`` export of this dataset by this checkpoint (checked
     by :func:`seqtwins.embed.read_user_embeddings`), read instead of embedding every user
-    for the neighbours and the probe: most of an answer's time otherwise."""
+    for the neighbours and the probe: most of an answer's time otherwise. ``seconds`` of
+    the result includes the loading."""
     t0 = time.perf_counter()
     if k < 1:
         raise SeqtwinsError(f"-k {k} must be >= 1")
     with cpu_threads(threads):
-        ex = _explain(run, data, user, task, k, checkpoint, items, verify, embeddings)
+        explainer = Explainer.load(run, data, checkpoint, items, verify, embeddings)
+        ex = explainer.explain(user, task, k, items, threads=None)
     ex.seconds = time.perf_counter() - t0
     return ex
-
-
-def _explain(
-    run: Path | str | Run,
-    data: Path | str,
-    user: str,
-    task: str | None,
-    k: int,
-    checkpoint: str,
-    items: bool | None,
-    verify: bool,
-    embeddings: Path | str | None,
-) -> Explanation:
-    r = run if isinstance(run, Run) else Run.open(run)
-    if not r.has_checkpoint(checkpoint):
-        raise SeqtwinsError(f"{r.path} has no {checkpoint} checkpoint; train it first")
-    ld = _load(r, data, checkpoint, items, verify)
-    u = _user_index(ld.ds, user)
-    tp = None
-    if task is not None:
-        task_obj = build_task(ld.ds, task)  # unknown / unsupported task: one line
-    if embeddings is None:
-        emb = embed_users(ld.encoder, ld.ds, np.arange(ld.ds.num_users))  # (U, D)
-    else:
-        emb = read_user_embeddings(embeddings, r, checkpoint, ld.ds)
-    if task is not None:
-        tp = fit_task_probe(ld.ds, task_obj, emb)
-    window = histories(ld.ds.sequences, [u], ld.encoder.cfg.max_len)[0]
-    if not len(window):
-        raise SeqtwinsError(f"user {user!r} has no history items; nothing to explain")
-    e = torch.from_numpy(np.array(emb[u]))  # a copy: rows read from Parquet are read-only
-    target = self_projection(e)
-    ig, base, gap = integrated_gradients(ld.encoder, window, target)
-    columns: dict[str, Any] = {
-        "position": np.arange(1, len(window) + 1),
-        "item_id": [str(ld.item_ids[i]) for i in window],
-        "category": [str(ld.item_cats[i]) for i in window],
-        "ig_embedding": ig,
-        "occlusion_embedding": occlusion(ld.encoder, window, target),
-    }
-    targets: dict[str, Any] = {
-        "embedding": {
-            "target": EMBEDDING_TARGET,
-            "value": float(np.linalg.norm(emb[u])),
-            "ig_baseline": base,
-            "ig_sum": float(ig.sum()),
-            "ig_gap": gap,
-        },  # fmt: skip
-    }
-    if tp is not None:
-        task_cols, targets["task"] = _task_columns(ld, tp, window, e, u)
-        columns.update(task_cols)
-    seqs = ld.ds.sequences
-    n_history = int(seqs.history_end[u] - seqs.offsets[u])
-    info = {
-        "id": str(user),
-        "index": u,
-        "split": str(ld.ds.users["split"][u]),
-        "history_items": n_history,
-        "explained_items": len(window),
-    }
-    notes = []
-    if n_history > len(window):
-        notes.append(
-            f"the encoder reads the last {len(window)} of {n_history} history "
-            "items (encoder.max_len); older items have no influence"
-        )
-    return Explanation(
-        run=str(r.path), dataset=str(ld.ds.path), checkpoint=checkpoint, user=info,
-        history=pl.DataFrame(columns), targets=targets,
-        neighbours=_neighbours(ld, emb, u, k), items=_nearest_items(ld, e, u, k), notes=notes,
-    )  # fmt: skip
