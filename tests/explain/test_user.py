@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from seqtwins.cli import app
 from seqtwins.data.batching import histories
 from seqtwins.data.dataset import SequenceDataset
+from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.protocol import evaluate_embeddings
 from seqtwins.evaluate.tasks import build_task
-from seqtwins.errors import SeqtwinsError
 from seqtwins.explain import SCHEMA, Explainer, explain_user
 from seqtwins.explain.probe import fit_task_probe
 from seqtwins.models.encoder import embed_users

@@ -4,6 +4,7 @@ Endpoints (request and response examples: docs/serve.md)::
 
     POST /embed                  {"sequences": [[item id, ...], ...]} -> embeddings
     GET  /users/{id}/embedding   a dataset user's embedding (as `seqtwins embed` writes it)
+    GET  /users/{id}/explain     why: what `seqtwins explain --json` prints (?task=&k=&items=)
     POST /neighbors              {"user": id, "k": 20} or {"items": [...], "k": 20}
     GET  /health                 {"status": "ok"}
     GET  /info                   run, checkpoint, data hash, dim, objective, item count, ...
@@ -29,8 +30,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from seqtwins.errors import SeqtwinsError
 from seqtwins.serve.batching import MicroBatcher
-from seqtwins.serve.limits import ApiError, Limits
+from seqtwins.serve.limits import ApiError, Limits, over_limit
 from seqtwins.serve.model import LoadedModel
 from seqtwins.serve.neighbors import neighbors_of_row
 from seqtwins.serve.requests import parse_embed, parse_json, parse_neighbors, read_body
@@ -62,6 +64,7 @@ def create_app(model: LoadedModel, limits: Limits | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _internal_error)
     app.add_api_route("/embed", embed, methods=["POST"])
     app.add_api_route("/users/{user_id:path}/embedding", user_embedding, methods=["GET"])
+    app.add_api_route("/users/{user_id:path}/explain", user_explanation, methods=["GET"])
     app.add_api_route("/neighbors", neighbors, methods=["POST"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/info", info, methods=["GET"])
@@ -147,6 +150,66 @@ async def user_embedding(request: Request, user_id: str) -> JSONResponse:
             "embedding": model.user_vectors[row].tolist(),
         }  # fmt: skip
     )
+
+
+async def user_explanation(
+    request: Request, user_id: str, task: str | None = None, k: int = 10,
+    items: bool | None = None,
+) -> JSONResponse:  # fmt: skip
+    """Why a dataset user's embedding is what it is: the JSON of ``seqtwins explain --json``
+    (schema ``seqtwins.explain/1``; ``run`` and ``dataset`` are names, not server paths).
+    Query: ``task`` (also explain that task's probe), ``k`` (nearest users / items, 10),
+    ``items`` (true: nearest items required, false: left out; default: where the run has
+    an item tower)."""
+    model, limits, _ = _state(request)
+    _user_row(model, user_id)
+    if k < 1:
+        raise ApiError(422, f"'k' must be a positive integer, not {k}")
+    if k > limits.max_k:
+        raise over_limit(limits, "max_k", k, "'k'")
+    body = await run_in_threadpool(_explain, model, user_id, task, k, items)
+    return JSONResponse(body)
+
+
+def _explain(
+    model: LoadedModel, user: str, task: str | None, k: int, items: bool | None
+) -> dict[str, Any]:
+    """The explanation's JSON (in a worker thread: loading the explainer on the first
+    request, the attributions, a task's probe on its first request are CPU work)."""
+    from seqtwins.evaluate.tasks import available_tasks
+    from seqtwins.explain.attribution import captum
+
+    if task is not None and task not in (tasks := available_tasks(model.ds)):
+        raise ApiError(422, f"unknown task {task!r}; this dataset's tasks are: {', '.join(tasks)}")
+    objective = model.run.config.objective
+    try:
+        captum()
+    except SeqtwinsError as e:
+        raise ApiError(501, str(e)) from None
+    explainer = model.explainer()
+    if items and explainer.tower is None:
+        raise ApiError(
+            422, f"the run (objective {objective}) has no item vectors, so it has no nearest "
+            "items; drop items=true",
+        )  # fmt: skip
+    try:
+        ex = explainer.explain(user, task, k, items, threads=None)  # the server's threads
+    except SeqtwinsError as e:
+        raise ApiError(422, _no_paths(model, str(e))) from None
+    return {**ex.to_dict(), "run": model.run.path.resolve().name, "dataset": _data_name(model)}
+
+
+def _data_name(model: LoadedModel) -> str:
+    return model.ds.path.resolve().name
+
+
+def _no_paths(model: LoadedModel, message: str) -> str:
+    """``message`` with the server's run and dataset paths replaced by their names."""
+    for path, name in ((model.ds.path, _data_name(model)),
+                       (model.run.path, model.run.path.resolve().name)):  # fmt: skip
+        for form in sorted({str(path.resolve()), str(path)}, key=len, reverse=True):
+            message = message.replace(form, name)
+    return message
 
 
 async def neighbors(request: Request) -> JSONResponse:

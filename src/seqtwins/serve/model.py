@@ -8,10 +8,11 @@ embed`` uses, so ``/users/{id}/embedding`` returns the row ``seqtwins embed`` wr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -24,6 +25,9 @@ from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_use
 from seqtwins.run import Run, check_checkpoint, item_index, map_items
 from seqtwins.serve import import_extra
 from seqtwins.serve.neighbors import IndexConfig, NeighborIndex, neighbors_of_row
+
+if TYPE_CHECKING:
+    from seqtwins.explain.user import Explainer
 
 ItemId = str | int
 """An original item id as a client sends it (JSON string or integer)."""
@@ -65,6 +69,8 @@ class LoadedModel:
             user_vectors = embed_users(encoder, ds, np.arange(ds.num_users))
         self.user_vectors = user_vectors  # (U, D)
         self.index = NeighborIndex.build(self.user_vectors, index_cfg or IndexConfig())
+        self._explainer: Explainer | None = None
+        self._explainer_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -103,6 +109,20 @@ class LoadedModel:
 
     def user_row(self, user: str) -> int | None:
         return self.user_rows.get(user)
+
+    def explainer(self) -> Explainer:
+        """The :class:`~seqtwins.explain.user.Explainer` of ``/users/{id}/explain``, built on
+        first use from this run, dataset and users' embeddings (no second pass over the
+        users). It opens its own encoder, and the item tower where the objective has one:
+        Captum hooks the encoder it explains, which must not be the one ``/embed`` runs."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                from seqtwins.explain.user import Explainer
+
+                self._explainer = Explainer.load(
+                    self.run, self.ds, self.which, embeddings=self.user_vectors
+                )
+            return self._explainer
 
     def info(self) -> dict[str, Any]:
         """What ``GET /info`` reports about the run, its dataset and the index."""
