@@ -1,8 +1,8 @@
 """Serving a trained encoder where other systems live (docs/serve.md).
 
 - :mod:`seqtwins.serve.app`: ``seqtwins serve``, an HTTP JSON service (FastAPI + uvicorn)
-  over one loaded run: ``/embed``, ``/users/{id}/embedding``, ``/neighbors``, ``/health``,
-  ``/info``.
+  over one loaded run: ``/embed``, ``/users/{id}/embedding``, ``/users/{id}/explain``,
+  ``/neighbors``, ``/health``, ``/info``.
 - :mod:`seqtwins.serve.model`: the run loaded once (encoder, item and user id maps, the
   dataset users' embeddings) and the parsing of item id sequences.
 - :mod:`seqtwins.serve.batching`: concurrent requests coalesced into one encoder call.
