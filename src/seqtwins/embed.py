@@ -177,15 +177,21 @@ def read_user_embeddings(
             f"{setting} {path} was not made by this run's {which} checkpoint from this "
             f"dataset ({', '.join(bad)} differ); {redo}"
         )
-    table = pq.read_table(path, columns=["user_id", "embedding"])
+    # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas
+    table = pq.ParquetFile(path).read(columns=["user_id", "embedding"])
     ids = ds.users["user_id"].cast(pl.String).to_list()
     if table.num_rows != len(ids) or table.column("user_id").to_pylist() != ids:
         raise SeqtwinsError(
             f"{setting} {path} holds {table.num_rows} rows, not the dataset's {len(ids)} "
             f"users in order (a shard?); {redo} and no --shard"
         )
-    flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
-    return np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)  # (U, D)
+    flat = table.column("embedding").combine_chunks().flatten()  # (U * D,) float32
+    if flat.null_count:  # NaN where a value is missing
+        values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32)
+    else:  # the buffer itself (read-only): Array.to_numpy imports pandas, ~1 s of a start
+        values = np.frombuffer(flat.buffers()[1], np.float32, flat.offset + len(flat))
+        values = values[flat.offset :]
+    return values.reshape(table.num_rows, -1)  # (U, D)
 
 
 def read_sequences_file(path: Path) -> tuple[list[str], list[list[str]]]:
