@@ -177,3 +177,5 @@ def test_explainer_bad_input(explain_runs: dict[str, Path]) -> None:
     with pytest.raises(SeqtwinsError, match="-k 0 must be >= 1"):
         explainer.explain(USER, k=0)
     assert explainer.explain(USER, k=1).items is None  # barlow: no item vectors
+    with pytest.raises(SeqtwinsError, match=r"embeddings of shape \(3, 4\) are not"):
+        Explainer.load(explain_runs["barlow"], explain_runs["data"], embeddings=np.zeros((3, 4)))

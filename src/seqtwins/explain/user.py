@@ -188,6 +188,11 @@ class Explainer:
         emb = embeddings
         if emb is not None and not isinstance(emb, np.ndarray):
             emb = read_user_embeddings(emb, r, checkpoint, ds)
+        elif emb is not None and emb.shape != (ds.num_users, encoder.cfg.dim):
+            raise SeqtwinsError(
+                f"embeddings of shape {emb.shape} are not the dataset's {ds.num_users} users "
+                f"x the encoder's dim {encoder.cfg.dim}"
+            )
         return cls(r, ds, encoder, checkpoint, tower, emb)
 
     def user_index(self, user: str) -> int:
