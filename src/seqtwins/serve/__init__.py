@@ -11,7 +11,7 @@
   ``/neighbors``).
 - :mod:`seqtwins.serve.export`: ``seqtwins export --format onnx``.
 
-FastAPI, uvicorn, ONNX and FAISS come with the ``serve`` extra and are imported only
+FastAPI, uvicorn, orjson, ONNX and FAISS come with the ``serve`` extra and are imported only
 here, when used: ``import seqtwins`` and the other commands do not need them.
 """
 

@@ -24,9 +24,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -38,6 +40,17 @@ from seqtwins.serve.neighbors import neighbors_of_row
 from seqtwins.serve.requests import parse_embed, parse_json, parse_neighbors, read_body
 
 log = logging.getLogger("seqtwins.serve")
+
+
+class JSONResponse(Response):
+    """A JSON response encoded by orjson: NumPy arrays (embeddings) are written straight
+    from their buffers, float32 as the shortest text that reads back to the same float32.
+    Half of an ``/embed`` request's time went to the standard library's encoder."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def create_app(model: LoadedModel, limits: Limits | None = None) -> FastAPI:
@@ -117,10 +130,10 @@ async def embed(request: Request) -> JSONResponse:
     mapped = await run_in_threadpool(model.map_sequences, sequences)
     skipped = set(mapped.empty)
     rows = [i for i in range(len(sequences)) if i not in skipped]
-    embeddings: list[list[float] | None] = [None] * len(sequences)
+    embeddings: list[np.ndarray | None] = [None] * len(sequences)
     if rows:
         vectors = await batcher.submit([mapped.sequences[i] for i in rows])  # (R, D)
-        for i, v in zip(rows, vectors.tolist(), strict=True):
+        for i, v in zip(rows, vectors, strict=True):
             embeddings[i] = v
     return JSONResponse(
         {
@@ -147,7 +160,7 @@ async def user_embedding(request: Request, user_id: str) -> JSONResponse:
         {
             "user": user_id,
             "split": model.splits[row],
-            "embedding": model.user_vectors[row].tolist(),
+            "embedding": model.user_vectors[row],
         }  # fmt: skip
     )
 
@@ -244,5 +257,5 @@ async def info(request: Request) -> JSONResponse:
     model, limits, batcher = _state(request)
     stats = batcher.stats
     batching = {"requests": stats.requests, "encoder_calls": stats.calls, "rows": stats.rows,
-                "largest_call": stats.largest}  # fmt: skip
+                "largest_call": stats.largest, "queued": batcher.queued}  # fmt: skip
     return JSONResponse({**model.info(), "limits": limits.as_dict(), "batching": batching})

@@ -72,6 +72,12 @@ class MicroBatcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the encoder (not counting the call in progress)."""
+        waiting = self._queue.qsize() if self._queue is not None else 0
+        return waiting + (self._carry is not None)
+
     async def submit(self, rows: list[np.ndarray]) -> np.ndarray:
         """Embeddings ``(len(rows), D)`` of ``rows``, encoded with whatever else waits."""
         if self._queue is None:

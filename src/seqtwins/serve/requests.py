@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from seqtwins.serve.limits import ApiError, Limits, over_limit
 from seqtwins.serve.model import ItemId
 
@@ -38,8 +40,8 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise ApiError(400, "the body is empty; send a JSON object")
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, too deep
+        return orjson.loads(body)
+    except ValueError as e:  # orjson.JSONDecodeError: bad syntax, bad UTF-8, too deep
         reason = getattr(e, "msg", None) or type(e).__name__
         raise ApiError(400, f"the body is not valid JSON ({reason})") from None
 

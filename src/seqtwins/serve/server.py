@@ -77,6 +77,7 @@ def serve(
     cores to HTTP and to the other workers, and keeps OpenMP from spinning on a busy
     machine (benchmarks/results/serve.md)."""
     import_extra("fastapi")
+    import_extra("orjson")
     uvicorn = import_extra("uvicorn")
     import_extra("faiss")
     if workers < 1:
