@@ -179,3 +179,23 @@ def test_explainer_bad_input(explain_runs: dict[str, Path]) -> None:
     assert explainer.explain(USER, k=1).items is None  # barlow: no item vectors
     with pytest.raises(SeqtwinsError, match=r"embeddings of shape \(3, 4\) are not"):
         Explainer.load(explain_runs["barlow"], explain_runs["data"], embeddings=np.zeros((3, 4)))
+
+
+def test_explain_imports_no_scikit_learn() -> None:
+    """`seqtwins explain` and the service's explainer do not pay for scikit-learn, scipy.stats
+    or pandas at start (the evaluation package's names are imported on first use)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, seqtwins.cli, seqtwins.explain.user, seqtwins.explain.render, "
+        "seqtwins.evaluate; from seqtwins.evaluate import build_task, ProbeConfig; "
+        "print(sorted(m for m in ('sklearn', 'scipy.stats', 'pandas') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert done.stdout.strip() == "[]"
+    # the lazy names still resolve, and the package is still callable
+    import seqtwins.evaluate as evaluate
+
+    assert callable(evaluate) and evaluate.tfidf_svd_embeddings.__name__ == "tfidf_svd_embeddings"
