@@ -61,6 +61,22 @@ def test_ivf_above_the_threshold_reaches_its_recall_target():
     assert recall_at_k(rows, want) >= 0.9
 
 
+@pytest.mark.parametrize(("storage", "atol"), [("fp16", 2e-3), ("float32", 1e-5)])
+def test_ivf_storage_keeps_the_cosines(storage, atol):
+    """Both storages find the same neighbours where the lists are all probed, and score
+    them with the cosine (float16 vectors: within its precision)."""
+    x = clustered(5_000)
+    cfg = IndexConfig(ivf_above=1_000, nlist=10, storage=storage, calibration_queries=100)
+    index = NeighborIndex.build(x, cfg)
+    assert index.describe()["storage"] == storage
+    index.index.nprobe = 10  # every list: exact up to the storage's rounding
+    q = x[:50]
+    scores, rows = index.search(q, 10)
+    want_scores, want_rows = brute_force(x, q, 10)
+    assert recall_at_k(rows, want_rows) >= 0.98
+    np.testing.assert_allclose(scores, want_scores, atol=atol)
+
+
 def test_recall_at_k_and_normalized():
     assert recall_at_k(np.array([[1, 2], [3, -1]]), np.array([[2, 1], [3, 4]])) == 0.75
     x = normalized(np.array([[3.0, 4.0], [0.0, 0.0]]))
@@ -73,6 +89,8 @@ def test_index_config_is_validated():
         IndexConfig(recall_target=1.5)
     with pytest.raises(ValueError, match=r"index.nlist=0"):
         IndexConfig(nlist=0)
+    with pytest.raises(ValueError, match=r"index.storage='pq' must be one of fp16, float32"):
+        IndexConfig(storage="pq")
 
 
 def test_ivf_recall_is_that_of_what_is_served_self_excluded():
