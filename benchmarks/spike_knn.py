@@ -166,6 +166,22 @@ def bootstrap(diff: np.ndarray, base: np.ndarray, n: int = BOOTSTRAP) -> dict[st
     }
 
 
+def _epochs(run: Run) -> dict[str, Any]:
+    """The validation epochs a run recorded and the best of them (proxy score): also for
+    a run stopped before its scheduled epochs, whose ``best`` checkpoint is that epoch."""
+    valid = [
+        rec
+        for line in run.metrics_file.read_text(encoding="utf-8").splitlines()
+        if line.strip() and (rec := json.loads(line)).get("event") == "valid"
+    ]
+    best = max(valid, key=lambda r: r["score"]) if valid else None
+    return {
+        "epochs_done": len(valid),
+        "best_epoch": None if best is None else best["epoch"],
+        "proxy_by_epoch": [round(r["score"], 4) for r in valid],
+    }
+
+
 def machine_state() -> dict[str, Any]:
     """Cores, CPU, versions and the load average at the time of writing (a shared machine)."""
     import torch
@@ -244,11 +260,13 @@ def score(
     for frac in FRACTIONS:
         for method in [MAJORITY, *methods]:
             t0 = time.perf_counter()
-            seed_metrics, seed_values = [], []
+            seed_metrics: list[dict[str, Any]] = []
+            seed_values: list[np.ndarray] = []
             for s in SEEDS:
                 sub = labelled_subset(orders[s], task.labels, frac)
                 metrics, _sel, values = _score_method(ct_rep, method, sub, s)
                 seed_metrics.append(metrics)
+                assert values is not None  # recall@10 has per-user values
                 seed_values.append(values)
             mean = {m: float(np.mean([x[m] for x in seed_metrics])) for m in task.metrics}
             vals = np.mean(np.stack(seed_values), axis=0)
@@ -340,8 +358,8 @@ def score(
                 "checkpoint": checkpoint,
                 "objective": run.config.objective,
                 "epochs": run.config.train.epochs,
-                "best_epoch": run.summary().get("best_epoch") if run.finished else None,
                 "finished": run.finished,
+                **_epochs(run),
             }
             for n, r, run in zip(names, run_dirs, runs, strict=True)
         },  # fmt: skip
