@@ -420,9 +420,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append("| pair | difference | interval | relative | interval |")
     lines.append("|---|---|---|---|---|")
     for pair, c in result["compare"].items():
+        # a base mean near zero in some resamples makes the relative interval meaningless
+        rel = (
+            f"[{c['rel_lo']:+.1%}, {c['rel_hi']:+.1%}]"
+            if abs(c["rel_hi"]) <= 10 and abs(c["rel_lo"]) <= 10
+            else "unstable (base near 0)"
+        )
         lines.append(
             f"| {pair} | {c['mean_diff']:+.4f} | [{c['diff_lo']:+.4f}, {c['diff_hi']:+.4f}] | "
-            f"{c['rel']:+.1%} | [{c['rel_lo']:+.1%}, {c['rel_hi']:+.1%}] |"
+            f"{c['rel']:+.1%} | {rel} |"
         )
     return "\n".join(lines) + "\n"
 
