@@ -426,8 +426,9 @@ def markdown(result: dict[str, Any]) -> str:
             if abs(c["rel_hi"]) <= 10 and abs(c["rel_lo"]) <= 10
             else "unstable (base near 0)"
         )
+        name = pair.replace("|", " probe, labels ")  # "barlow|0.01": the probe at 1 %
         lines.append(
-            f"| {pair} | {c['mean_diff']:+.4f} | [{c['diff_lo']:+.4f}, {c['diff_hi']:+.4f}] | "
+            f"| {name} | {c['mean_diff']:+.4f} | [{c['diff_lo']:+.4f}, {c['diff_hi']:+.4f}] | "
             f"{c['rel']:+.1%} | {rel} |"
         )
     return "\n".join(lines) + "\n"
