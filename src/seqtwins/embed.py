@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,13 +186,27 @@ def read_user_embeddings(
             f"{setting} {path} holds {table.num_rows} rows, not the dataset's {len(ids)} "
             f"users in order (a shard?); {redo} and no --shard"
         )
-    flat = table.column("embedding").combine_chunks().flatten()  # (U * D,) float32
-    if flat.null_count:  # NaN where a value is missing
-        values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32)
-    else:  # the buffer itself (read-only): Array.to_numpy imports pandas, ~1 s of a start
-        values = np.frombuffer(flat.buffers()[1], np.float32, flat.offset + len(flat))
-        values = values[flat.offset :]
-    return values.reshape(table.num_rows, -1)  # (U, D)
+    flat = table.column("embedding").combine_chunks().flatten()  # (U * D,)
+    if flat.null_count:
+        raise SeqtwinsError(f"{setting} {path} has {flat.null_count} missing values; {redo}")
+    if flat.type != pa.float32():  # written by hand or by another tool: read as float32
+        flat = flat.cast(pa.float32())
+    # the buffer itself (read-only): Array.to_numpy imports pandas, ~1 s of a start
+    values = np.frombuffer(flat.buffers()[1], np.float32, flat.offset + len(flat))
+    vectors = values[flat.offset :].reshape(table.num_rows, -1)  # (U, D)
+    check_finite(vectors, ids, f"{setting} {path}")
+    return vectors
+
+
+def check_finite(vectors: np.ndarray, user_ids: Sequence[str], source: str) -> None:
+    """One line when a user's embedding (a row of ``vectors``) holds NaN or infinity: a
+    broken checkpoint or file must not be served or searched as if it were fine."""
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        raise SeqtwinsError(
+            f"{source}: the embeddings of {len(bad)} users are not finite (first: user "
+            f"{user_ids[bad[0]]!r}); the checkpoint or the file is broken"
+        )
 
 
 def read_sequences_file(path: Path) -> tuple[list[str], list[list[str]]]:

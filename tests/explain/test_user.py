@@ -199,3 +199,70 @@ def test_explain_imports_no_scikit_learn() -> None:
     import seqtwins.evaluate as evaluate
 
     assert callable(evaluate) and evaluate.tfidf_svd_embeddings.__name__ == "tfidf_svd_embeddings"
+
+
+def test_more_neighbours_asked_than_users(explain_runs: dict[str, Path]) -> None:
+    """k past the number of users lists every other user, never the user itself, and the
+    JSON stays finite."""
+    run, data = explain_runs["barlow"], explain_runs["data"]
+    n = SequenceDataset.open(data).num_users
+    ex = Explainer.load(run, data).explain(USER, k=n + 50)
+    assert len(ex.neighbours) == n - 1 and USER not in ex.neighbours["user_id"].to_list()
+    assert np.isfinite(ex.neighbours["cosine"].to_numpy()).all()
+    json.loads(ex.to_json())
+
+
+def test_embeddings_file_types_and_broken_values(
+    explain_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """An export rewritten as float64 reads as the same float32 rows; one with a NaN, or a
+    missing value, is one line (never served or searched as if it were fine)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seqtwins.embed import export_embeddings, read_user_embeddings
+
+    run_dir, data = explain_runs["barlow"], explain_runs["data"]
+    path = tmp_path / "users.parquet"
+    export_embeddings(run_dir, data, path)
+    run, ds = Run.open(run_dir), SequenceDataset.open(data)
+    want = read_user_embeddings(path, run, "best", ds)
+    table = pq.read_table(path)
+    col = table.schema.get_field_index("embedding")
+
+    def rewrite(values: pa.Array, name: str) -> Path:
+        out = tmp_path / name
+        dim = table.column("embedding").type.list_size
+        emb = pa.FixedSizeListArray.from_arrays(values, dim)
+        pq.write_table(table.set_column(col, "embedding", emb), out)
+        return out
+
+    flat = table.column("embedding").combine_chunks().flatten().to_numpy()
+    wide = rewrite(pa.array(flat.astype(np.float64)), "f64.parquet")
+    np.testing.assert_array_equal(read_user_embeddings(wide, run, "best", ds), want)
+    nan = flat.copy()
+    nan[5] = np.nan
+    with pytest.raises(SeqtwinsError, match="embeddings of 1 users are not finite"):
+        read_user_embeddings(rewrite(pa.array(nan), "nan.parquet"), run, "best", ds)
+    hole = pa.array([None if i == 5 else float(v) for i, v in enumerate(flat)], pa.float32())
+    with pytest.raises(SeqtwinsError, match="1 missing values"):
+        read_user_embeddings(rewrite(hole, "hole.parquet"), run, "best", ds)
+
+
+def test_reading_an_export_imports_no_pandas(explain_runs: dict[str, Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from seqtwins.embed import export_embeddings
+
+    run, data = explain_runs["barlow"], explain_runs["data"]
+    export_embeddings(run, data, tmp_path / "users.parquet")
+    code = (
+        "import sys; from seqtwins.embed import read_user_embeddings; "
+        "from seqtwins.run import Run; from seqtwins.data.dataset import SequenceDataset; "
+        f"read_user_embeddings({str(tmp_path / 'users.parquet')!r}, Run.open({str(run)!r}), "
+        f"'best', SequenceDataset.open({str(data)!r})); print('pandas' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert done.stdout.strip() == "False"

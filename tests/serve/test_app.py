@@ -134,7 +134,11 @@ def test_malformed_json_is_400(url, content, text):
         ({"sequences": [[{"id": 1}]]}, "not an object"),
         ({"sequences": [[None]]}, "not null"),
         # past 64 bits a JSON integer is read as a number: not an id, never an overflow
-        ({"sequences": [[2**70]]}, "sequences[0][0] must be an item id"),
+        (
+            {"sequences": [[2**70]]},
+            "sequences[0][0] must be an item id (string or integer), "
+            "not an integer past 64 bits (send such ids as strings)",
+        ),
     ],
 )
 def test_wrong_types_are_422(url, payload, text):
@@ -226,8 +230,8 @@ def test_concurrent_clients_get_their_own_rows(url, loaded):
 
 
 def test_requests_that_wait_together_share_an_encoder_call(loaded, monkeypatch):
-    """While one call is in the encoder (held here until the 15 other requests are queued),
-    the requests sent meanwhile must go to the encoder together, not one call each."""
+    """While one request is in the encoder (held here until 15 others are queued), the
+    requests sent meanwhile must go to the encoder together, not one call each."""
     real = loaded.embed
     held = threading.Event()
 
@@ -243,10 +247,10 @@ def test_requests_that_wait_together_share_an_encoder_call(loaded, monkeypatch):
     app = create_app(loaded)
     seqs = [history_ids(loaded, u) for u in range(16)]
     with live_server(app) as base:
-        start = threading.Barrier(16)
 
         def client(u: int) -> list[float]:
-            start.wait()
+            if u > 0:  # the others once request 0 is in the encoder
+                assert held.wait(30)
             r = httpx.post(f"{base}/embed", json={"sequences": [seqs[u]]}, timeout=60)
             return r.json()["embeddings"]
 

@@ -144,8 +144,9 @@ class Explainer:
         for i, uid in enumerate(self.user_ids.tolist()):
             self._rows.setdefault(uid, i)
         self._emb = embeddings  # (U, D), or None until the first answer embeds every user
+        self._unit: np.ndarray | None = None  # (U, D) the rows of _emb at unit length
         self._probes: dict[str, TaskProbe] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     @classmethod
     def load(
@@ -208,19 +209,28 @@ class Explainer:
 
     def embeddings(self) -> np.ndarray:
         """(U, D) every user's embedding by this checkpoint (computed once)."""
-        if self._emb is None:
-            self._emb = embed_users(self.encoder, self.ds, np.arange(self.ds.num_users))
-        return self._emb
+        with self._lock:
+            if self._emb is None:
+                self._emb = embed_users(self.encoder, self.ds, np.arange(self.ds.num_users))
+            return self._emb
+
+    def unit_embeddings(self) -> np.ndarray:
+        """(U, D) the embeddings at unit length, for cosines (computed once)."""
+        with self._lock:
+            if self._unit is None:
+                emb = self.embeddings()
+                self._unit = emb / np.maximum(np.linalg.norm(emb, axis=1), 1e-12)[:, None]
+            return self._unit
 
     def probe(self, task: str) -> TaskProbe:
         """``task``'s probe fitted as ``evaluate`` fits it (:mod:`seqtwins.explain.probe`),
-        fitted once per task (call it under the explainer's lock, as :meth:`explain`
-        does)."""
-        tp = self._probes.get(task)
-        if tp is None:
-            task_obj = build_task(self.ds, task)  # unknown / unsupported task: one line
-            tp = self._probes[task] = fit_task_probe(self.ds, task_obj, self.embeddings())
-        return tp
+        fitted once per task."""
+        with self._lock:
+            tp = self._probes.get(task)
+            if tp is None:
+                task_obj = build_task(self.ds, task)  # unknown / unsupported task: one line
+                tp = self._probes[task] = fit_task_probe(self.ds, task_obj, self.embeddings())
+            return tp
 
     def explain(
         self,
@@ -232,15 +242,15 @@ class Explainer:
     ) -> Explanation:
         """Explain user ``user``; the arguments as :func:`explain_user`'s. ``threads``
         None leaves the process's torch and BLAS threads as they are."""
-        t0 = time.perf_counter()
         if k < 1:
             raise SeqtwinsError(f"-k {k} must be >= 1")
         if items and self.tower is None:
             raise _no_items_error(self.run)
         limit = nullcontext() if threads is None else cpu_threads(threads)
         with self._lock, limit:
+            t0 = time.perf_counter()  # the work, not the wait for another explanation
             ex = self._explain(user, task, k, items)
-        ex.seconds = time.perf_counter() - t0
+            ex.seconds = time.perf_counter() - t0
         return ex
 
     def _explain(self, user: str, task: str | None, k: int, items: bool | None) -> Explanation:
@@ -291,15 +301,14 @@ class Explainer:
         return Explanation(
             run=str(self.run.path), dataset=str(self.ds.path), checkpoint=self.checkpoint,
             user=info, history=pl.DataFrame(columns), targets=targets,
-            neighbours=self._neighbours(emb, u, k), items=nearest, notes=notes,
+            neighbours=self._neighbours(u, k), items=nearest, notes=notes,
         )  # fmt: skip
 
-    def _neighbours(self, emb: np.ndarray, u: int, k: int) -> pl.DataFrame:
-        norms = np.linalg.norm(emb, axis=1)
-        unit = emb / np.maximum(norms, 1e-12)[:, None]  # (U, D)
+    def _neighbours(self, u: int, k: int) -> pl.DataFrame:
+        unit = self.unit_embeddings()  # (U, D)
         cos = unit @ unit[u]  # (U,)
         cos[u] = -np.inf
-        top = np.argsort(-cos, kind="stable")[:k]
+        top = np.argsort(-cos, kind="stable")[: min(k, len(cos) - 1)]  # never u itself
         seqs = self.ds.sequences
         own = set(histories(seqs, [u])[0].tolist())
         shared = [sorted(own & set(h.tolist())) for h in histories(seqs, top)]

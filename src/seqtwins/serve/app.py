@@ -19,6 +19,7 @@ This module imports FastAPI: import it only after
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,6 +72,7 @@ def create_app(model: LoadedModel, limits: Limits | None = None) -> FastAPI:
         lifespan=lifespan,
     )  # fmt: skip
     app.state.model, app.state.limits, app.state.batcher = model, limits, batcher
+    app.state.explain_lock = asyncio.Lock()
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -180,7 +182,10 @@ async def user_explanation(
         raise ApiError(422, f"'k' must be a positive integer, not {k}")
     if k > limits.max_k:
         raise over_limit(limits, "max_k", k, "'k'")
-    body = await run_in_threadpool(_explain, model, user_id, task, k, items)
+    # one explanation at a time (the explainer's encoder is hooked while it runs): the others
+    # wait here, on the event loop, not in the worker threads /embed and /neighbors need
+    async with request.app.state.explain_lock:
+        body = await run_in_threadpool(_explain, model, user_id, task, k, items)
     return JSONResponse(body)
 
 
@@ -199,7 +204,10 @@ def _explain(
         captum()
     except SeqtwinsError as e:
         raise ApiError(501, str(e)) from None
-    explainer = model.explainer()
+    try:
+        explainer = model.explainer()
+    except SeqtwinsError as e:  # the checkpoint or dataset went away since the start
+        raise ApiError(503, f"cannot load the explainer: {_no_paths(model, str(e))}") from None
     if items and explainer.tower is None:
         raise ApiError(
             422, f"the run (objective {objective}) has no item vectors, so it has no nearest "

@@ -19,7 +19,7 @@ import polars as pl
 import torch
 
 from seqtwins.data.dataset import SequenceDataset
-from seqtwins.embed import read_user_embeddings
+from seqtwins.embed import check_finite, read_user_embeddings
 from seqtwins.errors import SeqtwinsError
 from seqtwins.models.encoder import SequenceEncoder, embed_item_lists, embed_users
 from seqtwins.run import Run, check_checkpoint, item_index, map_items
@@ -67,6 +67,7 @@ class LoadedModel:
         # the rows `seqtwins embed` writes: read from its file, else the same function
         if user_vectors is None:  # every user through the encoder: the slow part of a start
             user_vectors = embed_users(encoder, ds, np.arange(ds.num_users))
+            check_finite(user_vectors, self.user_ids, f"{run.path} ({which} checkpoint)")
         self.user_vectors = user_vectors  # (U, D)
         self.index = NeighborIndex.build(self.user_vectors, index_cfg or IndexConfig())
         self._explainer: Explainer | None = None

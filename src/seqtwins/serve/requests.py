@@ -56,6 +56,9 @@ def _object(payload: Any, allowed: set[str]) -> dict[str, Any]:
 
 
 def _kind(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+        # orjson reads an integer past 64 bits as a number
+        return "an integer past 64 bits (send such ids as strings)"
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
              int: "an integer", float: "a number", type(None): "null"}  # fmt: skip
     return names.get(type(value), type(value).__name__)
