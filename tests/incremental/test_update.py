@@ -16,6 +16,8 @@ from seqtwins.cli import app
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.run import Run
 
+from .conftest import tiny_cfg
+
 runner = CliRunner()
 
 
@@ -127,3 +129,86 @@ def test_experiment_init_names_an_objective_and_updates_it(windows, old_run, tmp
                        (str(old_run), {"strategy": "naive", "compat": False}))  # fmt: skip
     record = json.loads((run / "incremental.json").read_text())
     assert record["incremental"]["strategy"] == "naive" and not record["incremental"]["compat"]
+
+
+@pytest.mark.parametrize("objective", ["barlow", "dual", "barlow+next", "barlow+mask"])
+def test_the_steps_own_first_view_embedding_is_the_encoders(windows, objective):
+    """The update reads the new embedding of the first view (or the context) from the
+    training step's own pass (``SequenceEncoder.tap``) instead of encoding it again: for
+    every objective that recorded pass is the encoder's embedding of that view."""
+    from seqtwins.data.batching import PretrainBatches, batch_plan
+    from seqtwins.incremental.update import first_view
+    from seqtwins.models.encoder import build_encoder
+    from seqtwins.objectives import build_objective
+
+    cfg = tiny_cfg(f"objective={objective}")
+    ds = SequenceDataset.open(windows[1])
+    users = ds.split_users("train")
+    hist = ds.sequences.history_lengths()
+    users = users[hist[users] >= 2]
+    torch.manual_seed(0)
+    pop = np.bincount(ds.sequences.items, minlength=ds.vocab_size).astype(np.float64)
+    model = build_objective(objective, build_encoder(cfg.encoder, ds), cfg.barlow, cfg.dual,
+                            cfg.next, pop, cfg.mask).eval()  # fmt: skip
+    plan = batch_plan(users, hist, cfg.train.batch_size, 0, 0, bucket=True)
+    batch = PretrainBatches(ds.sequences, plan, objective, cfg.encoder.max_len, 0, 0,
+                            train_mod.build_transform(cfg, ds, users), (0, 1),
+                            train_mod.item_masking(cfg, ds))[0]  # fmt: skip
+    view = batch["view_a"] if "view_a" in batch else batch["context"]
+    with model.encoder.tap() as taps:
+        loss, _ = model(batch)
+    assert model.encoder._taps is None  # recording stops with the block
+    z = first_view(taps, view)
+    assert z is not None and z.requires_grad and torch.isfinite(loss)
+    with torch.no_grad():
+        torch.testing.assert_close(z.detach(), model.encoder.embed(view), rtol=1e-5, atol=1e-5)
+    assert first_view([], view) is None and first_view([z[:1]], view) is None
+
+
+def test_update_step_adds_the_losses_on_the_steps_own_embedding(windows, old_run):
+    """``UpdateStep`` adds ``w * distill + w * compat`` computed from the step's own embedding
+    of the first view and the frozen old encoder's embedding of the same view (items the old
+    table lacks left out), and does not run the new encoder a second time."""
+    from seqtwins.data.batching import PretrainBatches, batch_plan
+    from seqtwins.incremental.config import IncrementalConfig
+    from seqtwins.incremental.losses import compat_loss, distill_loss
+    from seqtwins.incremental.update import left_pack, start_update
+    from seqtwins.models.encoder import build_encoder
+    from seqtwins.objectives import build_objective
+
+    parent = Run.open(old_run)
+    cfg = parent.config
+    w2 = SequenceDataset.open(windows[1])
+    inc = IncrementalConfig(distill_weight=2.0, compat_weight=3.0)
+    update, train_ds = start_update(Run(old_run.parent / "y"), w2, cfg, old_run, inc, False)
+    torch.manual_seed(0)
+    model = build_objective(cfg.objective, build_encoder(cfg.encoder, train_ds), cfg.barlow,
+                            cfg.dual, cfg.next)  # fmt: skip
+    update.attach(model, train_ds, torch.device("cpu"))
+    model.eval()  # no dropout: the reference below must see the same embeddings
+    step = update.wrap(model, model.encoder, model, torch.device("cpu"))
+    users = train_ds.split_users("train")
+    hist = train_ds.sequences.history_lengths()
+    plan = batch_plan(users, hist, cfg.train.batch_size, 0, 0, bucket=True)
+    batch = PretrainBatches(train_ds.sequences, plan, "barlow", cfg.encoder.max_len, 0, 0,
+                            train_mod.build_transform(cfg, train_ds, users))[0]  # fmt: skip
+    passes = []
+    hook = model.encoder.register_forward_pre_hook(lambda *a: passes.append(1))
+    embeds = []
+    real_embed = model.encoder.embed
+    model.encoder.embed = lambda items: embeds.append(items.shape) or real_embed(items)
+    loss, logs = step(batch)
+    model.encoder.embed = real_embed
+    hook.remove()
+    assert len(embeds) == 1 and not passes  # only the objective's own pass of both views
+    with torch.no_grad():
+        base, _ = model(batch)
+        view = batch["view_a"]
+        old_view = left_pack(torch.from_numpy(update.new_to_old)[view])
+        seen = (old_view != 0).any(1)
+        z_old = update.old_encoder.embed(old_view)[seen]
+        z_new = model.encoder.embed(view)[seen]
+        pred = model.get_submodule("incremental.predictor")(z_new)
+        want = base + 2.0 * distill_loss(pred, z_old) + 3.0 * compat_loss(z_new, z_old)
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-5, atol=1e-6)
+    assert {"distill", "compat"} <= logs.keys()

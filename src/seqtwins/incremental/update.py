@@ -221,7 +221,14 @@ def left_pack(items: Tensor) -> Tensor:
 
 class UpdateStep:
     """A training step plus ``distill_weight * distill + compat_weight * compat`` on the
-    first view (or the context) of each batch, against the frozen old encoder."""
+    first view (or the context) of each batch, against the frozen old encoder.
+
+    The new embedding of that view is the one the training step itself computed (read with
+    :meth:`SequenceEncoder.tap`: every objective's first embedding pass starts with the
+    first view or the context), so the update adds no second pass of the new encoder: the
+    distillation and compatibility losses see the very features the objective trains on,
+    as CaSSLe distils them. The old encoder runs once per batch on that same view, without
+    gradients."""
 
     def __init__(
         self,
@@ -236,15 +243,19 @@ class UpdateStep:
         self.predictor, self.new_to_old, self.inc = predictor, new_to_old, inc
 
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        loss, logs = self.step(batch)
         view = batch["view_a"] if "view_a" in batch else batch["context"]  # (B, T)
+        with self.encoder.tap() as taps:
+            loss, logs = self.step(batch)
         with torch.no_grad():
             old_view = left_pack(self.new_to_old[view])
             seen = (old_view != PAD).any(1)  # rows with at least one known item
-            z_old = self.old.embed(old_view)[seen]  # (B', D)
-        if not bool(seen.any()):
-            return loss, logs
-        z_new = self.encoder.embed(view)[seen]  # (B', D)
+            if not bool(seen.any()):
+                return loss, logs
+            z_old = self.old.embed(old_view[seen])  # (B', D)
+        z_new = first_view(taps, view)
+        if z_new is None:  # the step's pass was not recorded (e.g. compiled away): encode
+            z_new = self.encoder.embed(view)
+        z_new = z_new[seen]  # (B', D)
         inc = self.inc
         if self.predictor is not None and inc.distill_weight > 0:
             d = distill_loss(self.predictor(z_new), z_old, inc.distill_loss)
@@ -255,3 +266,12 @@ class UpdateStep:
             loss = loss + inc.compat_weight * c
             logs = {**logs, "compat": float(c.detach())}
         return loss, logs
+
+
+def first_view(taps: list[Tensor], view: Tensor) -> Tensor | None:
+    """The ``(B, D)`` embeddings of ``view`` (B, T) among a training step's recorded passes:
+    the first ``B`` rows of its first pass (the objectives stack the first view first);
+    ``None`` when nothing usable was recorded."""
+    if not taps or taps[0].dim() != 2 or taps[0].shape[0] < view.shape[0]:
+        return None
+    return taps[0][: view.shape[0]]

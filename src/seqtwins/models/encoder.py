@@ -25,8 +25,8 @@ Speed notes (measured in ``benchmarks/bench_train.py``):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -303,6 +303,7 @@ class SequenceEncoder(nn.Module):
         )
         self.ln_f = nn.LayerNorm(d)
         self.group_rows = 32  # sequences per attention group on the packed path (speed only)
+        self._taps: list[Tensor] | None = None  # see tap()
         self.reset_parameters()
 
     @property
@@ -402,7 +403,7 @@ class SequenceEncoder(nn.Module):
 
         An all-padding row gets the zero vector with ``mean`` / ``last`` pooling.
         """
-        return self._pool(self._encode(items))
+        return self._tapped(self._pool(self._encode(items)))
 
     def embed_with_states(self, items: Tensor, where: Tensor) -> tuple[Tensor, Tensor]:
         """User embeddings ``(B, D)`` and, from the same pass, the token states ``(M, D)``
@@ -415,7 +416,25 @@ class SequenceEncoder(nn.Module):
         """
         enc = self._encode(items)
         skip = 1 if self.cls_token is not None else 0
-        return self._pool(enc), enc.at(where, skip)
+        return self._tapped(self._pool(enc)), enc.at(where, skip)
+
+    @contextmanager
+    def tap(self) -> Iterator[list[Tensor]]:
+        """Record the user embeddings ``(B, D)`` of every :meth:`embed` /
+        :meth:`embed_with_states` pass made inside the block, in order, as computed (with
+        their autograd history). An incremental update uses it to read the training step's
+        own embedding of the first view instead of encoding that view a second time."""
+        taps: list[Tensor] = []
+        self._taps = taps
+        try:
+            yield taps
+        finally:
+            self._taps = None
+
+    def _tapped(self, pooled: Tensor) -> Tensor:
+        if self._taps is not None:
+            self._taps.append(pooled)
+        return pooled
 
     def _pool(self, enc: _Encoded) -> Tensor:
         """Pool encoded token states into user embeddings ``(B, D)``."""
