@@ -67,7 +67,10 @@ def test_packed_and_dense_paths_agree_with_gradients(pooling: str, group_rows: i
         outs.append(e.detach())
         grads.append(torch.cat([p.grad.flatten() for p in enc.parameters() if p.grad is not None]))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    # the two paths sum in different orders, and a CPU's kernels choose their own order:
+    # on one of our machines a few of ~5,500 gradient entries differed by 2.7e-5 (7e-4
+    # relative); a path that lets padding leak differs by orders of magnitude more
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-3)
 
 
 def test_packed_path_handles_padding_inside_a_row() -> None:
@@ -151,7 +154,10 @@ def test_category_embedding_is_added_to_items() -> None:
     torch.testing.assert_close(got[0], torch.zeros(16))  # padding
     # categories reach the embedding, and get gradients
     items = torch.tensor([[3, 12, 30, 0]])
-    enc.embed(items).sum().backward()
+    # a random direction, not .sum(): the sum of a normalised output is a constant, whose
+    # gradient is zero (only float noise made it non-zero on some CPUs)
+    weights = torch.randn(1, 16, generator=torch.Generator().manual_seed(1))
+    (enc.embed(items) * weights).sum().backward()
     assert enc.cat_emb.weight.grad is not None
     assert enc.cat_emb.weight.grad[1:3].abs().sum() > 0
     assert enc.cat_emb.weight.grad[0].abs().sum() == 0
