@@ -180,7 +180,7 @@ def read_user_embeddings(
         )
     # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas
     table = pq.ParquetFile(path).read(columns=["user_id", "embedding"])
-    ids = ds.users["user_id"].cast(pl.String).to_list()
+    ids = ds.user_ids
     if table.num_rows != len(ids) or table.column("user_id").to_pylist() != ids:
         raise SeqtwinsError(
             f"{setting} {path} holds {table.num_rows} rows, not the dataset's {len(ids)} "

@@ -22,6 +22,7 @@ seqtwins dataset (:func:`is_dataset`). A reader refuses one whose files do not m
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -603,6 +604,22 @@ class SequenceDataset:
             )
 
     # --- users ----------------------------------------------------------------------
+    @functools.cached_property
+    def user_ids(self) -> list[str]:
+        """Every user's original id as text; entry i is user_idx i."""
+        return self.users["user_id"].cast(pl.String).to_list()
+
+    @functools.cached_property
+    def _user_rows(self) -> dict[str, int]:
+        rows: dict[str, int] = {}
+        for i, uid in enumerate(self.user_ids):
+            rows.setdefault(uid, i)
+        return rows
+
+    def user_row(self, user: str) -> int | None:
+        """The ``user_idx`` of original id ``user`` (its text form), None if absent."""
+        return self._user_rows.get(str(user))
+
     def split_users(self, split: str) -> np.ndarray:
         """``user_idx`` of the users in ``split`` (train / valid / test), ascending."""
         if split not in SPLITS:

@@ -139,10 +139,6 @@ class Explainer:
         self.run, self.ds, self.encoder, self.checkpoint = run, ds, encoder, checkpoint
         self.tower = tower
         self.item_ids, self.item_cats = _item_names(ds)
-        self.user_ids: np.ndarray = ds.users["user_id"].cast(pl.String).to_numpy()
-        self._rows: dict[str, int] = {}
-        for i, uid in enumerate(self.user_ids.tolist()):
-            self._rows.setdefault(uid, i)
         self._emb = embeddings  # (U, D), or None until the first answer embeds every user
         self._unit: np.ndarray | None = None  # (U, D) the rows of _emb at unit length
         self._probes: dict[str, TaskProbe] = {}
@@ -199,7 +195,7 @@ class Explainer:
     def user_index(self, user: str) -> int:
         """The dataset row of user ``user`` (an original ``user_id``); SeqtwinsError if
         the dataset has no such user."""
-        row = self._rows.get(str(user))
+        row = self.ds.user_row(user)
         if row is None:
             raise SeqtwinsError(
                 f"user {user!r} is not in dataset {self.ds.path} ({self.ds.num_users} users); "
@@ -315,7 +311,7 @@ class Explainer:
         return pl.DataFrame(
             {
                 "rank": np.arange(1, len(top) + 1),
-                "user_id": [str(self.user_ids[v]) for v in top],
+                "user_id": [self.ds.user_ids[v] for v in top],
                 "cosine": cos[top].astype(np.float64),
                 "shared": [len(s) for s in shared],
                 "shared_items": [[str(self.item_ids[i]) for i in s] for s in shared],

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import torch
 
 from seqtwins.data.dataset import SequenceDataset
@@ -60,8 +59,7 @@ class LoadedModel:
     ) -> None:
         self.run, self.ds, self.encoder, self.which = run, ds, encoder, which
         self.items = item_index(ds)
-        self.user_ids: list[str] = ds.users["user_id"].cast(pl.String).to_list()
-        self.user_rows = {u: i for i, u in enumerate(self.user_ids)}
+        self.user_ids = ds.user_ids
         self.splits: list[str] = ds.users["split"].to_list()
         self.max_len = encoder.cfg.max_len
         # the rows `seqtwins embed` writes: read from its file, else the same function
@@ -109,7 +107,7 @@ class LoadedModel:
             return embed_item_lists(self.encoder, sequences, max(1, len(sequences)))
 
     def user_row(self, user: str) -> int | None:
-        return self.user_rows.get(user)
+        return self.ds.user_row(user)
 
     def explainer(self) -> Explainer:
         """The :class:`~seqtwins.explain.user.Explainer` of ``/users/{id}/explain``, built on
