@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from seqtwins.incremental.update import Update
 
 VALID_EPOCH = 0xFFFF_FFFF  # seeds the fixed validation batches, apart from any real epoch
-VALID_LOSS_USERS = 1024
+VALID_LOSS_USERS = 512
 """With a proxy, the validation loss (shown, not selected on) uses this many valid users."""
 
 Proxy = Callable[[np.ndarray], float | None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import torch
 
 from seqtwins.data.dataset import SequenceDataset, write_dataset
 from seqtwins.evaluate.proxy import MIN_USERS, headline_proxy
@@ -64,3 +65,21 @@ def test_without_categories_future_items_alone_and_none_when_too_few(tmp_path):
     assert proxy is not None  # future_items needs no categories
     assert proxy(_taste(ds, users)) is not None
     assert headline_proxy(ds, users[: MIN_USERS - 1], seed=0) is None
+
+
+def test_the_same_value_whatever_the_number_of_worker_threads(tmp_path):
+    ds = _ds(tmp_path)
+    users = ds.split_users("valid")
+    proxy = headline_proxy(ds, users, seed=0)
+    assert proxy is not None
+    x = _taste(ds, users) + np.random.default_rng(2).normal(size=(len(users), 4)).astype("f4")
+    before = torch.get_num_threads()
+    try:
+        values = []
+        for threads in (1, 2, 3):  # the proxy runs as many workers as torch has threads
+            torch.set_num_threads(threads)
+            values.append(proxy(x))
+            assert torch.get_num_threads() == threads  # and restores the count
+    finally:
+        torch.set_num_threads(before)
+    assert values[0] is not None and values == [values[0]] * 3

@@ -16,9 +16,9 @@ popularity), so a task with large absolute numbers does not outvote the other.
 To use every valid user once and select honestly, the users are split into :data:`FOLDS`
 folds; each fold in turn is scored by a probe fitted on three other folds, with the L2
 strength chosen on the remaining one of the first fold's split. The floor is computed on
-the same folds, once. The
-ridge solver is closed form, so the whole proxy costs a small fraction of an epoch (the
-``valid`` records of metrics.jsonl say how much: ``proxy_seconds``).
+the same folds, once. The ridge solver is closed form and the (task, fold) probes run on
+as many worker threads as training uses, so the whole proxy costs a small fraction of an
+epoch (the ``valid`` records of metrics.jsonl say how much: ``proxy_seconds``).
 
 Training does not import this module: :func:`headline_proxy` is handed to
 :func:`seqtwins.train.pretrain` as its ``proxy`` factory. A dataset where no headline task
@@ -28,11 +28,13 @@ can be scored gets no proxy (None) and training selects on minus the validation 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from seqtwins.data.dataset import SequenceDataset
 from seqtwins.evaluate.probe import Prediction, ProbeConfig, cpu_threads, fit_probe, score
@@ -66,15 +68,14 @@ class _Part:
     floor: np.ndarray
     """(FOLDS,) the popularity floor's score per fold (NaN where it has none)."""
 
-    def ratio(self, emb: np.ndarray) -> float | None:
-        """Probe score / floor score of the embeddings ``emb`` (m, D) of these users, each
-        the mean over the folds where both scored."""
-        alpha: list[float] = []
+    def fold_score(self, emb: np.ndarray, k: int, alpha: list[float]) -> float | None:
+        """Round ``k``'s probe score of the embeddings ``emb`` (m, D) of these users (see
+        :func:`_per_fold`); the first call chooses the L2 strength, kept in ``alpha``."""
+        return _probe(self, emb, *_round(self.fold, k), alpha)
 
-        def fold_score(fit: np.ndarray, sel: np.ndarray, test: np.ndarray) -> float | None:
-            return _probe(self, emb, fit, sel, test, alpha)
-
-        probe = _per_fold(self.fold, fold_score)
+    def ratio(self, probe: np.ndarray) -> float | None:
+        """Probe score / floor score, from the probe's (FOLDS,) scores per round (NaN where
+        it has none), each the mean over the rounds where both scored."""
         both = np.isfinite(probe) & np.isfinite(self.floor)
         if not both.any() or not self.floor[both].mean() > 0:
             return None
@@ -86,11 +87,17 @@ def _per_fold(fold: np.ndarray, fold_score: FoldScore) -> np.ndarray:
     fold k+1, fit = the rest; NaN where it returned None."""
     out = np.full(FOLDS, np.nan)
     for k in range(FOLDS):
-        test, select = fold == k, fold == (k + 1) % FOLDS
-        value = fold_score(~(test | select), select, test)
+        value = fold_score(*_round(fold, k))
         if value is not None:
             out[k] = value
     return out
+
+
+def _round(fold: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round ``k``'s (fit, select, test) masks: test = fold k, select = fold k+1, fit =
+    the rest."""
+    test, select = fold == k, fold == (k + 1) % FOLDS
+    return ~(test | select), select, test
 
 
 def _rows(m: sp.csr_matrix | None, mask: np.ndarray) -> sp.csr_matrix | None:
@@ -144,6 +151,26 @@ def _part(ds: SequenceDataset, name: str, users: np.ndarray, seed: int) -> _Part
     return replace(part, floor=floor) if np.isfinite(floor).any() else None
 
 
+def _ratios(parts: list[_Part], emb: np.ndarray, pool: ThreadPoolExecutor) -> list[float | None]:
+    """Each part's :meth:`_Part.ratio` for the embeddings ``emb`` of the proxy's users, its
+    rounds spread over ``pool`` (numpy, scipy and torch release the GIL in the algebra):
+    round 0 of every part first, which chooses the part's L2 strength, then the rest. The
+    result does not depend on the number of workers."""
+    alphas: list[list[float]] = [[] for _ in parts]
+    rows = [emb[p.rows] for p in parts]
+    scores = np.full((len(parts), FOLDS), np.nan)
+
+    def run(job: tuple[int, int]) -> None:
+        i, k = job
+        value = parts[i].fold_score(rows[i], k, alphas[i])
+        if value is not None:
+            scores[i, k] = value
+
+    for ks in ([0], range(1, FOLDS)):
+        list(pool.map(run, [(i, k) for i in range(len(parts)) for k in ks]))
+    return [p.ratio(scores[i]) for i, p in enumerate(parts)]
+
+
 def headline_proxy(ds: SequenceDataset, users: np.ndarray, seed: int) -> Proxy | None:
     """The proxy for the valid users ``users`` of ``ds`` (see the module docstring), or None
     when no headline task has enough labelled users among them."""
@@ -155,11 +182,12 @@ def headline_proxy(ds: SequenceDataset, users: np.ndarray, seed: int) -> Proxy |
     def proxy(emb: np.ndarray) -> float | None:
         if not np.isfinite(emb).all():
             return float("nan")  # training stops on it
-        # one thread for torch and BLAS, whatever training uses: the algebra is small, and
-        # OpenBLAS threads beside torch's spinning OpenMP threads ran a 64x64 eigh in 36 ms
-        # instead of 0.3 ms on the 2-core machine
-        with cpu_threads(PROBE.threads):
-            ratios = [r for r in (p.ratio(emb[p.rows]) for p in parts) if r is not None]
+        # as many workers as training has threads, one torch and BLAS thread each: the
+        # algebra is small, and OpenBLAS threads beside torch's spinning OpenMP threads ran
+        # a 64x64 eigh in 36 ms instead of 0.3 ms on the 2-core machine
+        workers = max(1, torch.get_num_threads())
+        with cpu_threads(PROBE.threads), ThreadPoolExecutor(max_workers=workers) as pool:
+            ratios = [r for r in _ratios(parts, emb, pool) if r is not None]
         return float(np.mean(ratios)) if ratios else None
 
     return proxy
