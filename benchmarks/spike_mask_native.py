@@ -1,0 +1,95 @@
+"""Spike (issue 11): can ``barlow+mask`` rank items natively, like ``dual`` does?
+
+``barlow+mask`` trains a BERT4Rec-style head (``MaskedItemHead``: transform of a token
+state, dot products with the encoder's own item table) beside Barlow Twins. ``dual`` is
+scored on ``future_items`` natively, through its item tower, and beats every probed
+embedding there (docs/evidence.md). This scores the masked-item head natively too, with no
+labels, on **valid users only**, two ways:
+
+* ``mask``: BERT4Rec's inference, the user's last ``max_len - 1`` history items followed
+  by a MASK token; the head's scores at the MASK position;
+* ``pooled``: the user embedding (the pooled states of the plain history) through the same
+  head.
+
+beside ``dual:native`` (:func:`seqtwins.evaluate.native.native_scorer`), with the
+protocol's metrics and history exclusion (:func:`seqtwins.evaluate.probe.score`).
+
+    python benchmarks/spike_knn.py train configs/tuned/beauty.yaml out/beauty-data \\
+        out/spike/beauty dual,barlow+mask
+    python benchmarks/spike_mask_native.py out/beauty-data out/spike/beauty/dual \\
+        out/spike/beauty/barlow+mask
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from seqtwins.data.batching import iter_history_batches
+from seqtwins.data.dataset import SequenceDataset
+from seqtwins.evaluate.native import native_scorer
+from seqtwins.evaluate.probe import Prediction, cpu_threads, score
+from seqtwins.evaluate.tasks import FUTURE_ITEMS, build_task
+from seqtwins.models.encoder import PAD, embed_users
+from seqtwins.run import Run
+
+
+@torch.no_grad()
+def mask_scores(
+    model: torch.nn.Module, ds: SequenceDataset, users: np.ndarray
+) -> dict[str, np.ndarray]:
+    """(users, items) scores of the masked-item head of a ``barlow+mask`` model, both ways."""
+    enc, head = model.encoder, model.head
+    table = enc.item_vectors(torch.arange(1, ds.num_items + 1))  # (N, D)
+    mask_id = enc.vocab_size - 1
+    out = {k: np.empty((len(users), ds.num_items), np.float32) for k in ("mask", "pooled")}
+    pos = 0
+    for chunk, items in iter_history_batches(ds.sequences, users, enc.cfg.max_len - 1, 512):
+        rows = torch.arange(len(items))
+        lens = (items != PAD).sum(1)
+        x = F.pad(items, (0, 1), value=PAD)
+        x[rows, lens] = mask_id  # right after the last real item
+        where = torch.zeros_like(x, dtype=torch.bool)
+        where[rows, lens] = True
+        _, states = enc.embed_with_states(x, where)  # (B, D), one state per row
+        out["mask"][pos : pos + len(chunk)] = (head.transform(states) @ table.T).numpy()
+        pooled = enc.embed(items)  # the user embedding of the plain history
+        out["pooled"][pos : pos + len(chunk)] = (head.transform(pooled) @ table.T).numpy()
+        pos += len(chunk)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("dual", type=Path, help="a dual run")
+    ap.add_argument("mask", type=Path, help="a barlow+mask run")
+    ap.add_argument("--checkpoint", default="best")
+    args = ap.parse_args()
+    ds = SequenceDataset.open(args.data)
+    task = build_task(ds, FUTURE_ITEMS)
+    valid = task.labelled(ds.split_users("valid"))
+    classes = np.arange(ds.num_items, dtype=np.int64)
+
+    def metrics(pred: Prediction) -> dict[str, float]:
+        with cpu_threads(1):
+            got = score(pred, task.targets[valid], task.metrics, task.exclude[valid])
+        return {k: round(float(v), 4) for k, v in got.items()}
+
+    dual = Run.open(args.dual)
+    emb = embed_users(dual.encoder(args.checkpoint, ds), ds, np.arange(ds.num_users))
+    scorer = native_scorer(dual.objective(args.checkpoint, ds), emb)
+    result = {"valid users": int(len(valid)), "dual:native": metrics(scorer(task, valid))}
+    model = Run.open(args.mask).objective(args.checkpoint, ds).eval()
+    for how, scores in mask_scores(model, ds, valid).items():
+        result[f"barlow+mask:native({how})"] = metrics(Prediction(scores, classes))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
