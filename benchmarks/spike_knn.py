@@ -14,6 +14,13 @@ history items are removed from the ranking by the protocol itself (``Task.exclud
 every method. The same scorer runs on every embedding (``barlow``, ``dual``,
 ``barlow+next``, the TF-IDF+SVD floors) and on the raw bag of items (binary history
 vectors, cosine: ``items:knn``, classic user-based CF), so the comparison is like for like.
+The scorer has since moved into the library (:func:`seqtwins.evaluate.baselines.neighbours`,
+``knn_prediction``, ``knn_base``; ``items:knn`` at K = 200, p = 1 is ``seqtwins evaluate``'s
+``items-knn`` floor), where neighbours tied in similarity at the K-th place go to the
+smaller ``user_idx`` instead of ``argpartition``'s choice. A rerun can differ from the
+stored results in the fourth digit: Beauty ``items:knn`` (K = 200, p = 1) report half,
+recall@10 stored 0.06275, this script's former code rerun on a 2-core AMD EPYC 0.06288
+(cause not traced: same numpy, scipy and dataset hash), with the tie rule 0.06292.
 
 Measured on **valid users only** (test users are the study's, scored once and never here).
 The labelled valid users are split in two halves (fixed seed): half A selects ``K`` and
@@ -49,6 +56,7 @@ import scipy.sparse as sp
 from _machine import machine_info
 
 from seqtwins.data.dataset import SequenceDataset
+from seqtwins.evaluate.baselines import knn_base, knn_prediction, neighbours
 from seqtwins.evaluate.probe import Prediction, ProbeConfig, cpu_threads
 from seqtwins.evaluate.protocol import (
     MAJORITY,
@@ -59,12 +67,7 @@ from seqtwins.evaluate.protocol import (
     train_order,
 )
 from seqtwins.evaluate.runs import _tfidf_floors, method_names, native_scorers
-from seqtwins.evaluate.tasks import (
-    FUTURE_ITEMS,
-    binary_pattern,
-    build_task,
-    user_item_counts,
-)
+from seqtwins.evaluate.tasks import FUTURE_ITEMS, build_task
 from seqtwins.models.encoder import embed_users
 from seqtwins.run import Run
 
@@ -74,68 +77,8 @@ FRACTIONS = (0.01, 0.05, 0.1)
 SEEDS = (0, 1, 2)
 SPLIT_SEED = 11
 BOOTSTRAP = 2000
-CHUNK = 512
 ITEMS_KNN = "items"
 """Name of the raw bag-of-items method (binary history vectors, no learning)."""
-
-
-# --- the kNN scorer ------------------------------------------------------------------------
-
-
-def unit_rows(x: np.ndarray | sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    if sp.issparse(x):
-        x = sp.csr_matrix(x, dtype=np.float32)
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-        return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ x)
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def neighbours(
-    query: np.ndarray | sp.csr_matrix, base: np.ndarray | sp.csr_matrix, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` most cosine-similar rows of ``base`` for every row of ``query``:
-    indices (n, k) into ``base`` and similarities (n, k), best first."""
-    q, b = unit_rows(query), unit_rows(base)
-    n, k = q.shape[0], min(k, b.shape[0])
-    idx = np.empty((n, k), dtype=np.int64)
-    sim = np.empty((n, k), dtype=np.float32)
-    for a in range(0, n, CHUNK):
-        s = q[a : a + CHUNK] @ b.T
-        s = np.asarray(s.toarray() if sp.issparse(s) else s, dtype=np.float32)  # (c, n_base)
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        ts = np.take_along_axis(s, top, axis=1)
-        order = np.argsort(-ts, axis=1, kind="stable")
-        idx[a : a + CHUNK] = np.take_along_axis(top, order, axis=1)
-        sim[a : a + CHUNK] = np.take_along_axis(ts, order, axis=1)
-    return idx, sim
-
-
-def knn_prediction(
-    idx: np.ndarray, sim: np.ndarray, votes: sp.csr_matrix, prior: np.ndarray, k: int, p: float
-) -> Prediction:
-    """Lazy item scores from the first ``k`` neighbours (``idx``, ``sim`` from
-    :func:`neighbours`): each neighbour's history items (``votes`` (n_base, N) 0/1) weighted
-    by ``max(sim, 0) ** p``; ``prior`` (N,) in [0, 1) breaks ties among unvoted items."""
-    n, n_base = idx.shape[0], votes.shape[0]
-    k = min(k, idx.shape[1])  # a base smaller than k: all of it
-    w = np.maximum(sim[:, :k], 0.0) ** p  # (n, k)
-    # scale the tie-break below the smallest possible positive vote of each user
-    floor = np.where(w > 0, w, np.inf).min(axis=1)
-    floor = np.where(np.isfinite(floor), floor, 1.0).astype(np.float32)
-    classes = np.arange(votes.shape[1], dtype=np.int64)
-
-    def rows(a: int, b: int) -> np.ndarray:
-        m = b - a
-        wm = sp.csr_matrix(
-            (w[a:b].ravel(), idx[a:b, :k].ravel(), np.arange(0, m * k + 1, k)), shape=(m, n_base)
-        )
-        out = (wm @ votes).toarray().astype(np.float32)
-        out += 0.5 * floor[a:b, None] * prior[None, :]
-        return out
-
-    return Prediction.lazy(n, classes, rows)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -287,10 +230,8 @@ def score(
         say(f"{name}: {metrics}")
 
     # kNN: one scorer for every embedding, and for the raw bag of items
-    hist = user_item_counts(ds, future=False)  # (U, N) pretraining histories
-    votes = binary_pattern(hist[train])  # (n_train, N) 0/1
-    pop = np.asarray(votes.sum(axis=0)).ravel()
-    prior = (pop / (pop.max() + 1.0)).astype(np.float32)  # [0, 1), label free
+    history, _, prior = knn_base(ds)  # (U, N) 0/1 pretraining histories; [0, 1) label free
+    votes = history[train]  # (n_train, N)
     n_items = votes.shape[1]
     everyone = Prediction.lazy(
         len(rep),
@@ -300,7 +241,7 @@ def score(
     with cpu_threads(1):
         metrics, values = _test_metrics(ct_rep, everyone)
     record("popularity", "label-free floor", metrics, values)
-    spaces: dict[str, np.ndarray | sp.csr_matrix] = {**methods, ITEMS_KNN: binary_pattern(hist)}
+    spaces: dict[str, np.ndarray | sp.csr_matrix] = {**methods, ITEMS_KNN: history}
     kmax = max(KS)
     grid_rows: list[dict[str, Any]] = []
     for name, space in spaces.items():

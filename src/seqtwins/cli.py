@@ -607,8 +607,8 @@ def evaluate(
         list[str] | None,
         typer.Option(
             "--baselines",
-            help="Floors: majority, history, random-init, tfidf-svd, tfidf-svd-window "
-            "(default: all).",
+            help="Floors: majority, history, items-knn, random-init, tfidf-svd, "
+            "tfidf-svd-window (default: all).",
         ),
     ] = None,
     checkpoint: Annotated[

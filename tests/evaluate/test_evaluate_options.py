@@ -67,3 +67,26 @@ def test_bad_or_missing_checkpoint_is_one_line(trained, tmp_path) -> None:
     assert result.exit_code == 2, result.output
     assert f"--checkpoint last: {copy} has no last checkpoint" in result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_items_knn_floor_is_on_by_default_and_left_out_without_it(trained, tmp_path) -> None:
+    data, run = trained
+    out = tmp_path / "eval.json"
+    args = ["evaluate", str(run), "--data", str(data), "--out", str(out), "--tasks",
+            "future_items", "--fractions", "0.5", "--fractions", "1.0", "--seeds", "2",
+            "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    assert "items-knn" in res["floors"] and "items-knn" in FLOOR_METHODS
+    cells = [c for c in res["cells"] if c["method"] == "items-knn"]
+    assert [c["fraction"] for c in cells] == [0.5, 1.0]
+    assert all(c["protocol"] == "items-knn" and c["status"] == "ok" for c in cells)
+    assert all(r["n_train"] == 0 for c in cells for r in c["runs"])
+    assert cells[0]["mean"] == cells[1]["mean"]
+
+    result = runner.invoke(app, [*args, "--baselines", "majority", "--baselines", "history"])
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    assert "items-knn" not in res["methods"] and res["floors"] == ["majority"]
+    assert all(c["method"] != "items-knn" for c in res["cells"])

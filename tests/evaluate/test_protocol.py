@@ -208,10 +208,11 @@ def test_set_tasks_floors_and_per_user_values(ds: SequenceDataset, kind_embeddin
     assert cats["excluded_classes"] == ["extra"]  # on every item of the fixture: a root
     assert cats["headline"] and items["headline"] and cats["too_small"] and items["too_small"]
     assert cats["kind"] == "multilabel" and items["kind"] == "retrieval"
-    assert res["methods"] == ["majority", "history", "good", "noise"]
-    assert res["floors"] == ["majority", "history"]
+    assert res["methods"] == ["majority", "history", "items-knn", "good", "noise"]
+    assert res["floors"] == ["majority", "history", "items-knn"]
     cells = _cells(res)
     assert ("future_items", "history", 1.0) not in cells  # history applies to categories only
+    assert ("future_categories", "items-knn", 1.0) not in cells  # items-knn to items only
     test = build_task(ds, "future_categories").labelled(ds.split_users("test"))
     task = build_task(ds, "future_categories")
     # history floor: the user's own category counts, ties by the train users' history
@@ -249,6 +250,35 @@ def test_set_tasks_floors_and_per_user_values(ds: SequenceDataset, kind_embeddin
     )
     assert "next_rating_high" not in other["per_user"]  # primary AUC: not a mean over users
     assert set(other["per_user"]["age"]["values"]) == {"majority|1|0", "good|1|0", "noise|1|0"}
+
+
+def test_items_knn_floor_is_label_free_and_optional(ds: SequenceDataset, tmp_path: Path) -> None:
+    """Its cells repeat one answer at every fraction (n_train 0), scored with the history
+    exclusion like every method; include_items_knn=False leaves it out."""
+    from seqtwins.evaluate.baselines import items_knn_scorer
+
+    res = evaluate_embeddings(ds, {}, tasks=["future_items", "kind"], fractions=(0.1, 1.0),
+                              seeds=2)  # fmt: skip
+    assert res["methods"] == ["majority", "items-knn"] and "items-knn" in res["floors"]
+    task = build_task(ds, "future_items")
+    test = task.labelled(ds.split_users("test"))
+    pred = items_knn_scorer(ds)(task, test)
+    assert pred is not None
+    want = score(pred, task.targets[test], task.metrics, exclude=task.exclude[test])
+    cells = {(c["task"], c["method"], c["fraction"]): c
+             for c in load_results(save_results(res, tmp_path / "eval.json"))["cells"]}  # fmt: skip
+    assert ("kind", "items-knn", 1.0) not in cells
+    for frac in (0.1, 1.0):
+        cell = cells[("future_items", "items-knn", frac)]
+        assert cell["protocol"] == "items-knn" and cell["status"] == "ok"
+        assert cell["mean"] == pytest.approx(want)
+        assert all(r["n_train"] == 0 and r["label_free"] for r in cell["runs"])
+        assert len(cell["runs"]) == 2
+    assert want["recall@10"] > cells[("future_items", "majority", 1.0)]["mean"]["recall@10"]
+    assert "items-knn|0.1|1" in res["per_user"]["future_items"]["values"]
+    off = evaluate_embeddings(ds, {}, tasks=["future_items"], fractions=(1.0,), seeds=1,
+                              include_items_knn=False)  # fmt: skip
+    assert off["methods"] == ["majority"] and {c["method"] for c in off["cells"]} == {"majority"}
 
 
 def test_scorers_are_label_free_and_share_the_exclusion(ds: SequenceDataset) -> None:

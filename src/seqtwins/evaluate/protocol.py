@@ -29,9 +29,11 @@ subsets as the embedding methods.
 
 **Label-free methods.** ``scorers`` maps a method name to a :data:`Scorer` (e.g. a
 dual encoder's own item tower, method ``<run>:native``); the built-in ``history`` floor
-(``future_categories``: category counts of the user's own history) is one too. Their
-scores need no labels, so they are computed once per task and their cells repeat the
-result at every fraction and seed (``n_train`` 0), so that tables line up.
+(``future_categories``: category counts of the user's own history) is one too, and so is
+``items-knn`` (``future_items``: user-based collaborative filtering on raw history
+vectors, :func:`seqtwins.evaluate.baselines.items_knn_scorer`). Their scores need no
+labels, so they are computed once per task and their cells repeat the result at every
+fraction and seed (``n_train`` 0), so that tables line up.
 
 **Set tasks** (``multilabel``, ``retrieval``): the truth is ``task.targets``, and the
 per-user exclusion ``task.exclude`` (``future_items``: the user's history items) is applied
@@ -80,7 +82,9 @@ SUBSET_SALT = 0x5EB7
 """First word of every subset RNG seed, so subset orders differ from other seeded streams."""
 MAJORITY = "majority"
 HISTORY = "history"
-FLOOR_METHODS = (MAJORITY, HISTORY, "random-init", "tfidf-svd", "tfidf-svd-window")
+ITEMS_KNN = "items-knn"
+"""The user-kNN floor on raw item lists (:func:`seqtwins.evaluate.baselines.items_knn_scorer`)."""
+FLOOR_METHODS = (MAJORITY, HISTORY, ITEMS_KNN, "random-init", "tfidf-svd", "tfidf-svd-window")
 """Method names the report shows as floors beside every table."""
 RESULTS_SCHEMA = "seqtwins.eval/1"
 PROTOCOLS = ("linear", "mlp")
@@ -420,6 +424,7 @@ def evaluate_embeddings(
     progress: Callable[[str], None] | None = None,
     scorers: Mapping[str, Scorer] | None = None,
     include_history: bool = True,
+    include_items_knn: bool = True,
 ) -> dict[str, Any]:
     """Evaluate user embeddings (and fine-tuning hooks, label-free scorers) on few-label
     downstream tasks.
@@ -428,9 +433,10 @@ def evaluate_embeddings(
     ...) to its (U, D) embedding of every user (row = ``user_idx``). ``protocol`` is the
     probe kind on frozen embeddings (``linear`` or ``mlp``); ``probe`` overrides its
     settings. ``include_majority`` adds the majority-class (popularity) floor as method
-    ``majority``, ``include_history`` the ``history`` floor on the tasks that have it.
-    ``scorers`` adds label-free methods (cells with ``"protocol": "native"``). Returns a
-    JSON-ready dict (see :func:`save_results`) plus ``per_user`` (module docstring).
+    ``majority``, ``include_history`` the ``history`` floor on the tasks that have it,
+    ``include_items_knn`` the ``items-knn`` floor on ``future_items``. ``scorers`` adds
+    label-free methods (cells with ``"protocol": "native"``). Returns a JSON-ready dict
+    (see :func:`save_results`) plus ``per_user`` (module docstring).
     """
     if protocol not in PROTOCOLS:
         raise SeqtwinsError(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
@@ -443,6 +449,7 @@ def evaluate_embeddings(
     hooks = dict(finetuners or {})
     free = dict(scorers or {})
     builtin = [MAJORITY] * include_majority + [HISTORY] * include_history
+    builtin += [ITEMS_KNN] * include_items_knn
     names = [*builtin, *embs, *hooks, *free]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -450,6 +457,10 @@ def evaluate_embeddings(
     if not embs and not hooks and not free and not include_majority:
         raise SeqtwinsError("no methods to evaluate; pass embeddings or fine-tuning hooks")
     task_list = build_tasks(ds, list(tasks) if tasks is not None else None)
+    if include_items_knn:
+        from seqtwins.evaluate.baselines import items_knn_scorer  # imports scikit-learn
+
+        free = {ITEMS_KNN: items_knn_scorer(ds), **free}
     if include_history:
         free = {HISTORY: history_prediction, **free}
     run = _Run(ds, fracs, {s: train_order(ds, s) for s in seed_list}, cfg, protocol,
@@ -458,7 +469,7 @@ def evaluate_embeddings(
     for task in task_list:
         run.task(task)
     used = {c["method"] for c in run.cells}
-    method_names = [m for m in names if m not in (HISTORY, *free) or m in used]
+    method_names = [m for m in names if m not in free or m in used]
     return {
         "schema": RESULTS_SCHEMA,
         "dataset": {
@@ -545,15 +556,16 @@ class _Run:
             self.per_user[task.name] = {"users": test_l.astype(np.int64), "values": per_user}
 
     def _names(self) -> list[str]:
-        """Every method in table order: the floors majority and history first."""
-        builtin = [MAJORITY] * self.majority + [HISTORY] * (HISTORY in self.scorers)
-        native = [m for m in self.scorers if m != HISTORY]
+        """Every method in table order: the floors majority, history and items-knn first."""
+        floors = [m for m in (HISTORY, ITEMS_KNN) if m in self.scorers]
+        native = [m for m in self.scorers if m not in floors]
+        builtin = [MAJORITY] * self.majority + floors
         return [*builtin, *self.embs, *self.hooks, *native]
 
     def _protocol(self, method: str) -> str:
         if method in self.hooks:
             return "finetune"
-        if method in (MAJORITY, HISTORY):
+        if method in (MAJORITY, HISTORY, ITEMS_KNN):
             return method
         return "native" if method in self.scorers else self.protocol
 

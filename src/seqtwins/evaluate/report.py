@@ -2,7 +2,8 @@
 
 For every task and label fraction the report lists each method's mean ± std over the
 seeds, the relative gain of ``barlow`` over ``dual`` (when both were evaluated) and, in
-the same table, the floors (majority class, random-init encoder, TF-IDF + SVD). Plots:
+the same table, the floors (majority class, the user's own history, user-kNN on raw item
+lists, random-init encoder, TF-IDF + SVD). Plots:
 metric vs label fraction per task (log x-axis, error bars = std over seeds), and — when
 the eval.json points to the arrays — the Barlow Twins cross-correlation matrix and a 2-D
 map of test-user embeddings coloured by favourite category.
@@ -214,6 +215,7 @@ def _global_view_lines(
 FLOOR_COLOURS = {
     "majority": "#444444",
     "history": "#bcbd22",
+    "items-knn": "#5f9ea0",  # not in tab10, the methods' palette
     "random-init": "#9a9a9a",
     "tfidf-svd": "#8c564b",
     "tfidf-svd-window": "#c49c94",
@@ -600,12 +602,13 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
             f"{res['fractions']} of the labelled train users, seeds {res.get('seeds')}; the "
             "same labelled subset for every method. Selection on valid users, test users "
             "scored once. Floors (majority class or popularity, the user's own history, "
-            "random-init encoder, TF-IDF + SVD) are shown in italics in every table; `barlow "
-            "vs dual` is the relative gain of the mean. Column headers give the label "
-            "fraction and n, the number of labelled train users in the subset; ± is the "
-            "sample std over seeds (at 100 % every seed has the same subset, so a "
-            "deterministic probe shows ± 0.000). Label-free rows (`history`, `<run>:native`: "
-            "a run's own item tower) use no labels and repeat across fractions.",
+            "user-kNN on raw item lists, random-init encoder, TF-IDF + SVD) are shown in "
+            "italics in every table; `barlow vs dual` is the relative gain of the mean. "
+            "Column headers give the label fraction and n, the number of labelled train "
+            "users in the subset; ± is the sample std over seeds (at 100 % every seed has "
+            "the same subset, so a deterministic probe shows ± 0.000). Label-free rows "
+            "(`history`, `items-knn`, `<run>:native`: a run's own item tower) use no labels "
+            "and repeat across fractions.",
             "",
             "★ marks the headline tasks (multi-label categories and new items of the future "
             "window); the single-label tasks follow for continuity. A task with fewer than "

@@ -5,7 +5,8 @@ selected on valid users during pretraining, or with ``checkpoint="last"`` the la
 A run whose objective has an item tower (``dual``, ``barlow+next``) is also scored natively
 on item rankings, as ``<name>:native`` (:mod:`seqtwins.evaluate.native`). Floors beside
 them: the majority class (popularity on set tasks), the user's own history (``history``,
-``future_categories``), an encoder of the same configuration with untrained weights
+``future_categories``), user-based collaborative filtering on raw item lists
+(``items-knn``, ``future_items``), an encoder of the same configuration with untrained weights
 (``random-init``) and TF-IDF + truncated SVD to the same dimension, on the whole history
 (``tfidf-svd``) and on the encoder's window (``tfidf-svd-window``). With
 ``protocol="finetune"`` the frozen-embedding methods are probed linearly and every run is
@@ -31,6 +32,7 @@ from seqtwins.errors import SeqtwinsError
 from seqtwins.evaluate.faithfulness import DEFAULT_USERS, FAITHFULNESS
 from seqtwins.evaluate.protocol import (
     FLOOR_METHODS,
+    ITEMS_KNN,
     PER_USER,
     RESULTS_SCHEMA,
     Scorer,
@@ -203,7 +205,7 @@ def _evaluate(
         ds, methods, tasks=tasks, fractions=fractions, seeds=seeds, protocol=probe_protocol,
         include_majority="majority" in baselines, progress=say,
         scorers=native_scorers(runs, names, ds, methods, checkpoint),
-        include_history="history" in baselines,
+        include_history="history" in baselines, include_items_knn=ITEMS_KNN in baselines,
     )  # fmt: skip
     if protocol == "finetune":
         ft_fracs = list(finetune_fractions or [min(fractions)])
@@ -214,6 +216,7 @@ def _evaluate(
         ft = evaluate_embeddings(
             ds, {}, tasks=tasks, fractions=ft_fracs, seeds=seeds, protocol="linear",
             finetuners=hooks, include_majority=False, progress=say, include_history=False,
+            include_items_knn=False,
         )  # fmt: skip
         results["cells"].extend(ft["cells"])
         results["methods"].extend(ft["methods"])
