@@ -213,7 +213,8 @@ def items_knn_scorer(
         history, train, prior = knn_base(ds)
         row = np.full(ds.num_users, -1, dtype=np.int64)
         row[train] = np.arange(len(train))  # a train user's own row of the base
-        idx, sim = neighbours(history[users], history[train], k, own=row[users])
-        return knn_prediction(idx, sim, history[train], prior, k, p)
+        base = history[train]  # (n_train, N): the neighbours' vectors and their votes
+        idx, sim = neighbours(history[users], base, k, own=row[users])
+        return knn_prediction(idx, sim, base, prior, k, p)
 
     return scorer
