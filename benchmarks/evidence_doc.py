@@ -32,6 +32,13 @@ from matplotlib.figure import Figure
 FINDINGS = ROOT / "benchmarks" / "evidence_findings.md"
 
 
+def _trial_epochs(history: dict[str, Any]) -> str:
+    """Epochs per trial of a search history, as ``seqtwins tune`` words it in the preset:
+    ``tune.epochs`` when set, else the experiment's own ``pretrain.train.epochs``."""
+    epochs = history.get("epochs")
+    return f"{epochs} epochs" if epochs else "the experiment's epochs"
+
+
 def fairness(main: dict[str, Any], tune: dict[str, Any]) -> str:
     """The fairness rules, with what this study actually did (widths, tuning) filled in."""
     dims = sorted({(p.get("encoder_dim"), p.get("max_len")) for res in main.values()
@@ -39,7 +46,7 @@ def fairness(main: dict[str, Any], tune: dict[str, Any]) -> str:
     tuned: dict[str, set[str]] = {}
     for key, h in tune.items():
         tuned.setdefault(str(h.get("objective") or key.rsplit("-", 1)[-1]), set()).add(
-            f"{h.get('trials_wanted', '?')} trials x {h.get('epochs', '?')} epochs"
+            f"{h.get('trials_wanted', '?')} trials x {_trial_epochs(h)}"
         )
     untuned = [o for o in OBJECTIVES if o not in tuned]
     known = [f"({d}, {m})" for d, m in dims if d is not None]
@@ -317,7 +324,7 @@ def _tune_section(tune: dict[str, Any]) -> list[str]:
             f"`{k}`={v:.4g}" if isinstance(v, float) else f"`{k}`={v}"
             for k, v in (best.get("params") or {}).items()
         )
-        rows.append([key, " / ".join(str(v) for v in states.values()), str(h.get("epochs")),
+        rows.append([key, " / ".join(str(v) for v in states.values()), _trial_epochs(h),
                      _fmt(best.get("value")), params])  # fmt: skip
     lines += _table(["dataset-objective", "complete / pruned / failed", "epochs per trial",
                      "best valid", "best params"], rows)  # fmt: skip

@@ -132,3 +132,15 @@ def test_an_interval_over_a_zero_mean_is_shown_as_missing(evidence: Any) -> None
 
     assert evidence_doc._ci([0.01, 0.2]) == "[+1.0%, +20.0%]"
     assert evidence_doc._ci([None, None]) == "–" and evidence_doc._ci(None) == "–"
+
+
+def test_tuning_budget_names_the_epochs_per_trial(evidence: Any) -> None:
+    import evidence_doc
+
+    tune = {
+        "beauty-barlow": {"objective": "barlow", "trials_wanted": 24, "epochs": None},
+        "ml-1m-barlow": {"objective": "barlow", "trials_wanted": 8, "epochs": 5},
+    }
+    text = evidence_doc.fairness({}, tune)
+    assert "24 trials x the experiment's epochs" in text
+    assert "8 trials x 5 epochs" in text and "None" not in text
