@@ -503,7 +503,12 @@ def run_tune(
 ) -> None:  # fmt: skip
     """``seqtwins tune`` for every objective with the same budget on each dataset; writes the
     preset ``configs/tuned/<name>.yaml`` and copies each search history to
-    ``<results>/tune/<name>-<objective>.json``. ``None`` keeps the experiment file's budget."""
+    ``<results>/tune/<name>-<objective>.json``. ``None`` keeps the experiment file's budget.
+
+    Each Optuna study is kept beside its history (``<name>-<objective>.study.db``, copied
+    back even when the call is interrupted) and seeds ``--out`` where it has none, so a
+    search too long for one sitting resumes on another machine (``seqtwins tune`` checks
+    that the config, space and data are unchanged)."""
     from seqtwins.experiment import load_experiment
     from seqtwins.tune import tune_experiment
 
@@ -514,10 +519,21 @@ def run_tune(
         cfg = _with_objectives(load_experiment(source, budget), OBJECTIVES)
         preset = configs / "tuned" / f"{name}.yaml"
         preset.parent.mkdir(parents=True, exist_ok=True)
-        found = tune_experiment(cfg, out, objectives=list(OBJECTIVES), write_preset=preset,
-                                progress=True, source=_shown(source))  # fmt: skip
+        (results / "tune").mkdir(parents=True, exist_ok=True)
+        studies = {obj: out / name / "tune" / obj / "study.db" for obj in OBJECTIVES}
+        kept = {obj: results / "tune" / f"{name}-{obj}.study.db" for obj in OBJECTIVES}
+        for obj, db in studies.items():
+            if kept[obj].is_file() and not db.exists():
+                db.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(kept[obj], db)
+        try:
+            found = tune_experiment(cfg, out, objectives=list(OBJECTIVES), write_preset=preset,
+                                    progress=True, source=_shown(source))  # fmt: skip
+        finally:
+            for obj, db in studies.items():
+                if db.is_file():
+                    shutil.copyfile(db, kept[obj])
         for obj, r in found.items():
-            (results / "tune").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(r.history, results / "tune" / f"{name}-{obj}.json")
 
 

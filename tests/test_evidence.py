@@ -144,3 +144,33 @@ def test_tuning_budget_names_the_epochs_per_trial(evidence: Any) -> None:
     text = evidence_doc.fairness({}, tune)
     assert "24 trials x the experiment's epochs" in text
     assert "8 trials x 5 epochs" in text and "None" not in text
+
+
+def test_a_search_resumes_from_the_study_kept_beside_its_history(
+    evidence: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(evidence, "OBJECTIVES", ("barlow",))
+    configs, results = tmp_path / "configs", tmp_path / "results"
+    configs.mkdir()
+    spec = {
+        "name": "tiny",
+        "data": {"synth": {"users": 600, "items": 60, "seed": 1}},
+        "pretrain": {
+            "encoder": {"dim": 16, "layers": 1, "ff_dim": 32, "max_len": 20},
+            "augment": {"max_len": 20},
+            "barlow": {"projector": [32, 32]},
+            "train": {"epochs": 1, "batch_size": 64, "patience": 0},
+        },
+        "objectives": {"barlow": {}},
+        "tune": {"startup_trials": 1, "prune": False},
+    }
+    (configs / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    evidence.run_tune(["tiny"], 1, None, tmp_path / "here", results, configs)
+    kept = results / "tune" / "tiny-barlow.study.db"
+    assert kept.is_file()
+
+    # another machine: an empty --out, seeded from the kept study; one trial more is run
+    evidence.run_tune(["tiny"], 2, None, tmp_path / "there", results, configs)
+    trials = json.loads((results / "tune" / "tiny-barlow.json").read_text())["trials"]
+    assert [t["number"] for t in trials] == [0, 1]
+    assert (configs / "tuned" / "tiny.yaml").is_file()
