@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.test_tune import tiny_experiment
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 FC, FI = "future_categories", "future_items"
 
@@ -152,19 +154,7 @@ def test_a_search_resumes_from_the_study_kept_beside_its_history(
     monkeypatch.setattr(evidence, "OBJECTIVES", ("barlow",))
     configs, results = tmp_path / "configs", tmp_path / "results"
     configs.mkdir()
-    spec = {
-        "name": "tiny",
-        "data": {"synth": {"users": 600, "items": 60, "seed": 1}},
-        "pretrain": {
-            "encoder": {"dim": 16, "layers": 1, "ff_dim": 32, "max_len": 20},
-            "augment": {"max_len": 20},
-            "barlow": {"projector": [32, 32]},
-            "train": {"epochs": 1, "batch_size": 64, "patience": 0},
-        },
-        "objectives": {"barlow": {}},
-        "tune": {"startup_trials": 1, "prune": False},
-    }
-    (configs / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    tiny_experiment(configs, objectives={"barlow": {}}, prune=False)  # configs/tiny.yaml
     evidence.run_tune(["tiny"], 1, None, tmp_path / "here", results, configs)
     kept = results / "tune" / "tiny-barlow.study.db"
     assert kept.is_file()
