@@ -105,10 +105,13 @@ def sources(work: Path) -> dict[str, tuple[Path, ReaderOptions]]:
     }  # fmt: skip
 
 
-def windows(src: Path, reader: ReaderOptions, work: Path) -> dict[str, Path]:
-    """W1, W2, W3 (each an update of the one before) and ALL (everything), in ``work``."""
+def windows(src: Path, reader: ReaderOptions, work: Path,
+            test_share: float = 0.1) -> dict[str, Path]:  # fmt: skip
+    """W1, W2, W3 (each an update of the one before) and ALL (everything), in ``work``;
+    ``test_share`` of the users are test users and 10 % valid users (the rest train)."""
+    split = (0.9 - test_share, 0.1, test_share)
     out = {"all": work / "all"}
-    prepare(src, out["all"], PrepareOptions(reader=reader, overwrite=True))
+    prepare(src, out["all"], PrepareOptions(reader=reader, split=split, overwrite=True))
     times = np.asarray(SequenceDataset.open(out["all"], verify=False).sequences.times)
     t1, t2 = (int(x) for x in np.quantile(times, [1 / 3, 2 / 3]))
     cuts = [(None, t1), (t1, t2), (t2, None)]
@@ -116,7 +119,7 @@ def windows(src: Path, reader: ReaderOptions, work: Path) -> dict[str, Path]:
     for k, (a, b) in enumerate(cuts, start=1):
         out[f"w{k}"] = work / f"w{k}"
         prepare(src, out[f"w{k}"], PrepareOptions(reader=reader, since=a, until=b, update=parent,
-                                                  overwrite=True))  # fmt: skip
+                                                  split=split, overwrite=True))  # fmt: skip
         parent = out[f"w{k}"]
     return out
 
@@ -147,18 +150,25 @@ def strategy_settings(spec: str, seed: int = 0) -> list[str]:
             *(["compat=false"] if name == "naive" else []), *own]  # fmt: skip
 
 
+RATIOS = {"new_probe": ("new_probe_ratio", "new_probe_interval"),
+          "old_probe_on_new": ("compat", "compat_interval")}  # fmt: skip
+"""The ratio to the old run's own score of each score of ``compat_scores``, and its 95 %
+paired-bootstrap interval over test users."""
+
+
 def ratios(result: dict[str, Any], key: str) -> dict[str, float | None]:
     """Per task: ``key`` of ``compat_scores`` relative to the old run's own score."""
-    out: dict[str, float | None] = {}
-    for name, row in result["tasks"].items():
-        a, b = row["old"], row[key]
-        out[name] = None if a is None or b is None or a == 0 else b / a
-    return out
+    return {name: row[RATIOS[key][0]] for name, row in result["tasks"].items()}
+
+
+def intervals(result: dict[str, Any], key: str) -> dict[str, list[float] | None]:
+    """Per task: the 95 % interval of :func:`ratios` (None where there is none)."""
+    return {name: row[RATIOS[key][1]] for name, row in result["tasks"].items()}
 
 
 def study(name: str, src: Path, reader: ReaderOptions, work: Path, args: argparse.Namespace,
           say: Any) -> dict[str, Any]:  # fmt: skip
-    data = windows(src, reader, work / "data")
+    data = windows(src, reader, work / "data", args.test_share)
     counts = {k: json.loads((p / "meta.json").read_text())["counts"] for k, p in data.items()}
     runs = work / "runs"
     seconds, cpu = {}, {}
@@ -184,6 +194,12 @@ def study(name: str, src: Path, reader: ReaderOptions, work: Path, args: argpars
             "compat_w1_after_w2": ratios(compat, "old_probe_on_new"),
             "compat_w1_after_w3": ratios(forget, "old_probe_on_new"),
             "plasticity_w3": ratios(plastic, "new_probe"),
+            "intervals": {
+                "retained_w1": intervals(forget, "new_probe"),
+                "compat_w1_after_w2": intervals(compat, "old_probe_on_new"),
+                "compat_w1_after_w3": intervals(forget, "old_probe_on_new"),
+                "plasticity_w3": intervals(plastic, "new_probe"),
+            },  # fmt: skip
             "raw": {"w1": forget["tasks"], "w3": plastic["tasks"], "compat": compat["tasks"]},
         }
         say(f"{name}: {s} retained {rows[s]['retained_w1']} compat "
@@ -194,7 +210,9 @@ def study(name: str, src: Path, reader: ReaderOptions, work: Path, args: argpars
         retime(data, runs, rows, (seconds["scratch"], cpu["scratch"]), args, say)
     scratch_w1 = compat_scores(runs / "base", runs / "scratch", data["w1"])
     return {"counts": counts, "seconds": seconds, "cpu_seconds": cpu, "strategies": rows,
-            "scratch_retained_w1": ratios(scratch_w1, "new_probe")}  # fmt: skip
+            "test_users": {task: row["test_users"] for task, row in forget["tasks"].items()},
+            "scratch_retained_w1": ratios(scratch_w1, "new_probe"),
+            "scratch_retained_w1_interval": intervals(scratch_w1, "new_probe")}  # fmt: skip
 
 
 def retime(data: dict[str, Path], runs: Path, rows: dict[str, Any], first: tuple[float, float],
@@ -238,8 +256,16 @@ def best_of(row: dict[str, Any]) -> None:
         row[key] = min(u[k] for u in t["w3_update"]) / min(s[k] for s in t["scratch"])
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.1%}"
+def _pct(v: float | None, interval: list[float] | None = None) -> str:
+    """``87.2%``, with its 95 % interval when there is one: ``87.2% (61-110)``."""
+    if v is None:
+        return "n/a"
+    return f"{v:.1%}" + ("" if interval is None else f" ({interval[0]:.0%}-{interval[1]:.0%})")
+
+
+def _cell(row: dict[str, Any], key: str, task: str) -> str:
+    """One ratio of a strategy's row, with its interval (results before intervals: none)."""
+    return _pct(row[key].get(task), row.get("intervals", {}).get(key, {}).get(task))
 
 
 def _cost(row: dict[str, Any], key: str) -> str:
@@ -259,7 +285,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {results['machine']['cpu']}, {results['machine']['nproc']} cores (shared "
         "with other jobs while it ran: timings are ratios measured in the same run).  ",
         f"Epochs: {results['epochs']} from scratch, {results['update_epochs']} per update; "
-        f"seed {results.get('seed', 0)}; timing rounds {results.get('timing_rounds', 1)}.  ",
+        f"seed {results.get('seed', 0)}; timing rounds {results.get('timing_rounds', 1)}; "
+        f"test users {results.get('test_share', 0.1):.0%} of each window's.  ",
         f"Load average (1, 5, 15 min) at the start: {results.get('load_start')}, at the end: "
         f"{results.get('load_end')}."
         + (
@@ -272,10 +299,11 @@ def markdown(results: dict[str, Any]) -> str:
         "retained = the final (W3) update's probe score on W1 users relative to the W1 run's "
         "(1 - forgetting); compat = the W1 run's probe on the W2 update's embeddings, as a "
         "fraction of its score on the W1 run's; plasticity = the W3 update's probe score on "
-        "W3 users relative to a run trained from scratch on W1-W3; cost = W3 update time / "
-        "scratch time, in wall seconds (and in process CPU seconds); with several timing rounds "
-        "the fastest update over the fastest scratch run (each round's own ratio: range in "
-        "brackets).",
+        "W3 users relative to a run trained from scratch on W1-W3; in brackets after a ratio, "
+        "its 95 % paired-bootstrap interval over the test users (where recorded); cost = W3 "
+        "update time / scratch time, in wall seconds (and in process CPU seconds); with several "
+        "timing rounds the fastest update over the fastest scratch run (each round's own "
+        "ratio: range in brackets).",
         "",
         "| dataset | strategy | task | retained W1 | compat W1 | plasticity W3 | cost | "
         "cost (CPU) |",
@@ -285,23 +313,30 @@ def markdown(results: dict[str, Any]) -> str:
         for s, row in r["strategies"].items():
             for task in row["retained_w1"]:
                 lines.append(
-                    f"| {ds} | {s} | {task} | {_pct(row['retained_w1'][task])} | "
-                    f"{_pct(row['compat_w1_after_w2'].get(task))} | "
-                    f"{_pct(row['plasticity_w3'].get(task))} | {_cost(row, 'cost')} | "
+                    f"| {ds} | {s} | {task} | {_cell(row, 'retained_w1', task)} | "
+                    f"{_cell(row, 'compat_w1_after_w2', task)} | "
+                    f"{_cell(row, 'plasticity_w3', task)} | {_cost(row, 'cost')} | "
                     f"{_cost(row, 'cpu_cost')} |"
                 )
         for task, v in r["scratch_retained_w1"].items():
-            lines.append(f"| {ds} | (scratch on W1-W3) | {task} | {_pct(v)} | | | 1.00 | 1.00 |")
+            ci = r.get("scratch_retained_w1_interval", {}).get(task)
+            lines.append(f"| {ds} | (scratch on W1-W3) | {task} | {_pct(v, ci)} | | | 1.00 | "
+                         "1.00 |")  # fmt: skip
+    users = [f"{ds}: " + ", ".join(f"{t} {n}" for t, n in r["test_users"].items())
+             for ds, r in results["datasets"].items() if "test_users" in r]  # fmt: skip
+    if users:
+        lines += ["", "Labelled W1 test users (the users behind retained and compat W1): "
+                  + "; ".join(users) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def plots(results: dict[str, Any]) -> None:
+def plots(results: dict[str, Any], folder: Path = PLOTS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    PLOTS.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     keys = [("retained_w1", "retained on W1 (1 - forgetting)"),
             ("compat_w1_after_w2", "old probe on new embeddings"),
             ("plasticity_w3", "W3 score vs from scratch")]  # fmt: skip
@@ -321,7 +356,7 @@ def plots(results: dict[str, Any]) -> None:
         axes[0].legend(fontsize=7)
         fig.suptitle(ds)
         fig.tight_layout()
-        fig.savefig(PLOTS / f"{ds}.png", dpi=110)
+        fig.savefig(folder / f"{ds}.png", dpi=110)
         plt.close(fig)
 
 
@@ -334,6 +369,8 @@ def main() -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="train.seed of every run, and the reservoir's seed"
     )
+    p.add_argument("--test-share", type=float, default=0.1, help="share of the users held "
+                   "out as test users in every window (10 %% are valid users)")  # fmt: skip
     p.add_argument("--timing-rounds", type=int, default=1, help="time the scratch run and "
                    "the W3 updates this many times in all; cost = best over best")  # fmt: skip
     p.add_argument(
@@ -351,7 +388,10 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT.parent / "out" / "incremental")
     p.add_argument("--quick", action="store_true", help="1 epoch each, synthetic data only")
     p.add_argument("--results", type=Path, default=RESULTS / "incremental.json")
+    p.add_argument("--plots", type=Path, default=PLOTS, help="folder of the plots")
     args = p.parse_args()
+    if not 0 < args.test_share < 0.9:
+        raise SystemExit(f"--test-share {args.test_share} must lie in (0, 0.9)")
     if args.render or args.retime:
         results = json.loads(args.results.read_text())
         for name, r in results["datasets"].items() if args.retime else ():
@@ -368,7 +408,7 @@ def main() -> None:
                     best_of(row)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
         args.results.with_suffix(".md").write_text(markdown(results))
-        plots(results)
+        plots(results, args.plots)
         return
     if args.quick:
         args.epochs, args.update_epochs, args.datasets = 1, 1, ["synthetic"]
@@ -378,6 +418,7 @@ def main() -> None:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info("torch", "polars"),
         "epochs": args.epochs, "update_epochs": args.update_epochs, "seed": args.seed,
+        "test_share": args.test_share,
         "timing_rounds": args.timing_rounds,
         "load_start": [round(x, 2) for x in os.getloadavg()], "datasets": {},
     }  # fmt: skip
@@ -390,7 +431,7 @@ def main() -> None:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2) + "\n")  # after each dataset
         args.results.with_suffix(".md").write_text(markdown(results))
-        plots(results)
+        plots(results, args.plots)
     say(markdown(results))
 
 

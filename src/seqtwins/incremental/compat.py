@@ -10,6 +10,13 @@ CVPR 2020, call a model backward-compatible when this holds). A probe fitted on 
 embeddings themselves is scored beside it (``new_probe``): what the new run is worth to a
 downstream model retrained on it.
 
+Both ratios come with a 95 % paired-bootstrap interval over the test users where the
+metric is a mean over users (all but ``auc``;
+:func:`seqtwins.evaluate.significance.paired_bootstrap`: the same users resampled for both
+scores): ``compat_interval`` for ``old_probe_on_new / old`` and ``new_probe_interval`` for
+``new_probe / old``. On a task with few hits (``future_items`` on a few hundred users) a
+ratio of 80 % can be one or two users' hits, and the interval says so.
+
 Both runs embed the same users of one dataset (default: the old run's), each through its
 own item vocabulary, matched by original item id (items a run does not know are left out
 of that run's input).
@@ -24,7 +31,8 @@ import numpy as np
 
 from seqtwins.data.dataset import SequenceDataset, Sequences
 from seqtwins.errors import SeqtwinsError
-from seqtwins.evaluate.probe import ProbeConfig, fit_probe, score
+from seqtwins.evaluate.probe import ProbeConfig, fit_probe, score_users
+from seqtwins.evaluate.significance import paired_bootstrap
 from seqtwins.evaluate.tasks import Task, build_task, headline_tasks
 from seqtwins.incremental.growth import vocab_map
 from seqtwins.models.encoder import embed_users
@@ -63,11 +71,31 @@ def _truth(task: Task, users: np.ndarray) -> Any:
     return task.targets[users] if task.targets is not None else task.labels[users]
 
 
-def _score(task: Task, probe: Any, emb: np.ndarray, users: np.ndarray) -> float | None:
+def _score(
+    task: Task, probe: Any, emb: np.ndarray, users: np.ndarray
+) -> tuple[float | None, np.ndarray | None]:
+    """The task's primary metric, and its per-user values (n,) where it is a mean over
+    users (not for ``auc``)."""
     exclude = task.exclude[users] if task.exclude is not None else None
     pred = probe.predict(emb, lazy=True)
-    value = score(pred, _truth(task, users), (task.primary_metric,), exclude)
-    return value[task.primary_metric]
+    value, per = score_users(pred, _truth(task, users), (task.primary_metric,), exclude)
+    return value[task.primary_metric], per.get(task.primary_metric)
+
+
+def _ratio(
+    a: tuple[float | None, np.ndarray | None], b: tuple[float | None, np.ndarray | None], seed: int
+) -> tuple[float | None, list[float] | None]:
+    """``b / a`` and, when both have per-user values, its 95 % paired-bootstrap interval
+    over users (None as well when a resampled ``a`` scored 0); ``(None, None)`` when ``a``
+    is 0 or missing."""
+    if a[0] is None or b[0] is None or a[0] == 0:
+        return None, None
+    if a[1] is None or b[1] is None:
+        return b[0] / a[0], None
+    boot = paired_bootstrap(b[1], a[1], seed=seed)
+    if boot.gain_low is None or boot.gain_high is None:
+        return b[0] / a[0], None
+    return b[0] / a[0], [1.0 + boot.gain_low, 1.0 + boot.gain_high]
 
 
 def task_compat(
@@ -78,18 +106,20 @@ def task_compat(
     if min(len(tr), len(va), len(te)) == 0:
         return None
     exclude_valid = task.exclude[va] if task.exclude is not None else None
-    row: dict[str, Any] = {"metric": task.primary_metric, "test_users": int(len(te))}
+    got: dict[str, tuple[float | None, np.ndarray | None]] = {}
     for kind in ("old", "new"):
         x = emb[kind]
         probe = fit_probe(x[tr], _truth(task, tr), x[va], _truth(task, va), task.primary_metric,
                           ProbeConfig(solver="ridge"), seed, exclude_valid)  # fmt: skip
         if kind == "old":
-            row["old"] = _score(task, probe, x[te], te)
-            row["old_probe_on_new"] = _score(task, probe, emb["new"][te], te)
+            got["old"] = _score(task, probe, x[te], te)
+            got["old_probe_on_new"] = _score(task, probe, emb["new"][te], te)
         else:
-            row["new_probe"] = _score(task, probe, x[te], te)
-    a, b = row["old"], row["old_probe_on_new"]
-    row["compat"] = None if a is None or b is None or a == 0 else b / a
+            got["new_probe"] = _score(task, probe, x[te], te)
+    row: dict[str, Any] = {"metric": task.primary_metric, "test_users": int(len(te))}
+    row.update({k: v[0] for k, v in got.items()})
+    row["compat"], row["compat_interval"] = _ratio(got["old"], got["old_probe_on_new"], seed)
+    row["new_probe_ratio"], row["new_probe_interval"] = _ratio(got["old"], got["new_probe"], seed)
     return row
 
 
@@ -131,10 +161,20 @@ def compat_lines(result: dict[str, Any]) -> list[str]:
 
     lines = []
     for name, row in result["tasks"].items():
-        ratio = "n/a" if row["compat"] is None else f"{row['compat']:.1%}"
         lines.append(
-            f"{name} ({row['metric']}): old probe on old embeddings {num(row['old'])}, on new "
-            f"ones {num(row['old_probe_on_new'])} = {ratio}; a probe fitted on the new ones "
-            f"{num(row['new_probe'])}"
+            f"{name} ({row['metric']}, {row['test_users']} test users): old probe on old "
+            f"embeddings {num(row['old'])}, on new ones {num(row['old_probe_on_new'])} = "
+            f"{ratio_text(row['compat'], row['compat_interval'])}; a probe fitted on the new "
+            f"ones {num(row['new_probe'])} = "
+            f"{ratio_text(row['new_probe_ratio'], row['new_probe_interval'])}"
         )
     return lines or ["no task had labelled train, valid and test users"]
+
+
+def ratio_text(ratio: float | None, interval: list[float] | None) -> str:
+    """``87.2% (95% CI 61.0-110.3%)``, ``87.2%`` without an interval, or ``n/a``."""
+    if ratio is None:
+        return "n/a"
+    if interval is None:
+        return f"{ratio:.1%}"
+    return f"{ratio:.1%} (95% CI {interval[0]:.1%}-{interval[1]:.1%})"
