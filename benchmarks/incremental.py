@@ -25,7 +25,11 @@ Measured with ridge probes on the headline tasks (:mod:`seqtwins.incremental.com
 
 A strategy may carry settings of its own, ``NAME:key=value,key=value`` (e.g.
 ``replay+distill:replay_fraction=0.25``), to compare settings side by side in one run;
-``--seed`` sets the training seed of every run and the reservoir's seed.
+``--seed`` sets the training seed of every run and the reservoir's seed. By default every
+run trains all its epochs and is read at its last checkpoint (``--checkpoint last``: with
+the product's early stopping, ``base`` on a small window keeps a checkpoint a few steps
+from its initialisation), 30 % of each window's users are test users (``--test-share``),
+and every ratio has a 95 % paired-bootstrap interval over those users.
 
 Datasets: a synthetic log with planted drift (new items in later windows and users whose
 taste moves to another category), ml-latest-small and ML-1M (read from $SEQTWINS_DATA).
@@ -125,16 +129,19 @@ def windows(src: Path, reader: ReaderOptions, work: Path,
 
 
 def train(data: Path, run: Path, epochs: int, seed: int, init: Path | None = None,
-          strategy: str | None = None) -> tuple[float, float]:  # fmt: skip
+          strategy: str | None = None,
+          checkpoint: str = "best") -> tuple[float, float]:  # fmt: skip
     """Wall and process CPU seconds of one pretraining run (from scratch, or an update of
-    ``init``)."""
+    ``init``). With ``checkpoint="last"`` the run trains all its epochs (no early stopping)
+    and an update starts from its parent's last checkpoint."""
     shutil.rmtree(run, ignore_errors=True)
+    fixed = checkpoint == "last"
+    overrides = [f"train.epochs={epochs}", f"train.seed={seed}", *(["train.patience=0"] * fixed)]
+    settings = [*strategy_settings(strategy, seed), *(["which=last"] * fixed)] if strategy else []
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pretrain(data, run, overrides=[f"train.epochs={epochs}", f"train.seed={seed}"],
-                 progress=False, init=init,
-                 incremental=strategy_settings(strategy, seed) if strategy else [])  # fmt: skip
+        pretrain(data, run, overrides=overrides, progress=False, init=init, incremental=settings)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -172,19 +179,21 @@ def study(name: str, src: Path, reader: ReaderOptions, work: Path, args: argpars
     counts = {k: json.loads((p / "meta.json").read_text())["counts"] for k, p in data.items()}
     runs = work / "runs"
     seconds, cpu = {}, {}
-    seconds["base"], cpu["base"] = train(data["w1"], runs / "base", args.epochs, args.seed)
+    ck = args.checkpoint
+    seconds["base"], cpu["base"] = train(data["w1"], runs / "base", args.epochs, args.seed,
+                                         checkpoint=ck)  # fmt: skip
     say(f"{name}: base {seconds['base']:.0f}s")
     seconds["scratch"], cpu["scratch"] = train(data["all"], runs / "scratch", args.epochs,
-                                               args.seed)  # fmt: skip
+                                               args.seed, checkpoint=ck)  # fmt: skip
     say(f"{name}: scratch {seconds['scratch']:.0f}s")
     rows: dict[str, Any] = {}
     for s in args.strategies:
         u2, u3 = runs / f"{s}-w2", runs / f"{s}-w3"
-        (t2, c2) = train(data["w2"], u2, args.update_epochs, args.seed, runs / "base", s)
-        (t3, c3) = train(data["w3"], u3, args.update_epochs, args.seed, u2, s)
-        forget = compat_scores(runs / "base", u3, data["w1"])
-        plastic = compat_scores(runs / "scratch", u3, data["w3"])
-        compat = compat_scores(runs / "base", u2, data["w1"])
+        (t2, c2) = train(data["w2"], u2, args.update_epochs, args.seed, runs / "base", s, ck)
+        (t3, c3) = train(data["w3"], u3, args.update_epochs, args.seed, u2, s, ck)
+        forget = compat_scores(runs / "base", u3, data["w1"], which=ck)
+        plastic = compat_scores(runs / "scratch", u3, data["w3"], which=ck)
+        compat = compat_scores(runs / "base", u2, data["w1"], which=ck)
         rows[s] = {
             "seconds": {"w2": t2, "w3": t3},
             "cpu_seconds": {"w2": c2, "w3": c3},
@@ -208,7 +217,7 @@ def study(name: str, src: Path, reader: ReaderOptions, work: Path, args: argpars
             f"(CPU {rows[s]['cpu_cost_vs_scratch']:.2f})")  # fmt: skip
     if args.timing_rounds > 1:
         retime(data, runs, rows, (seconds["scratch"], cpu["scratch"]), args, say)
-    scratch_w1 = compat_scores(runs / "base", runs / "scratch", data["w1"])
+    scratch_w1 = compat_scores(runs / "base", runs / "scratch", data["w1"], which=ck)
     return {"counts": counts, "seconds": seconds, "cpu_seconds": cpu, "strategies": rows,
             "test_users": {task: row["test_users"] for task, row in forget["tasks"].items()},
             "scratch_retained_w1": ratios(scratch_w1, "new_probe"),
@@ -230,10 +239,11 @@ def retime(data: dict[str, Path], runs: Path, rows: dict[str, Any], first: tuple
     tmp = runs / "retime"
     done = len(scratch)
     for k in range(done, done + args.timing_rounds - 1):
-        scratch.append(train(data["all"], tmp / "scratch", args.epochs, args.seed))
+        scratch.append(train(data["all"], tmp / "scratch", args.epochs, args.seed,
+                             checkpoint=args.checkpoint))  # fmt: skip
         for s in rows:
             updates[s].append(train(data["w3"], tmp / s, args.update_epochs, args.seed,
-                                    runs / f"{s}-w2", s))  # fmt: skip
+                                    runs / f"{s}-w2", s, args.checkpoint))  # fmt: skip
         say(
             f"timing round {k + 1}: scratch {scratch[-1][0]:.0f}s, updates "
             + ", ".join(f"{s} {v[-1][0]:.1f}s" for s, v in updates.items())
@@ -286,7 +296,8 @@ def markdown(results: dict[str, Any]) -> str:
         "with other jobs while it ran: timings are ratios measured in the same run).  ",
         f"Epochs: {results['epochs']} from scratch, {results['update_epochs']} per update; "
         f"seed {results.get('seed', 0)}; timing rounds {results.get('timing_rounds', 1)}; "
-        f"test users {results.get('test_share', 0.1):.0%} of each window's.  ",
+        f"test users {results.get('test_share', 0.1):.0%} of each window's; checkpoints "
+        f"{results.get('checkpoint', 'best')}.  ",
         f"Load average (1, 5, 15 min) at the start: {results.get('load_start')}, at the end: "
         f"{results.get('load_end')}."
         + (
@@ -364,13 +375,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["synthetic", "ml-latest-small", "ml-1m"])
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--update-epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--update-epochs", type=int, default=6)
     p.add_argument(
         "--seed", type=int, default=0, help="train.seed of every run, and the reservoir's seed"
     )
-    p.add_argument("--test-share", type=float, default=0.1, help="share of the users held "
+    p.add_argument("--test-share", type=float, default=0.3, help="share of the users held "
                    "out as test users in every window (10 %% are valid users)")  # fmt: skip
+    p.add_argument("--checkpoint", choices=["best", "last"], default="last",
+                   help="best: the product's defaults (early stopping on the validation "
+                   "proxy, updates from and probes on best checkpoints); last: every run "
+                   "trains all its epochs, updates start from the parent's last checkpoint "
+                   "and probes read last checkpoints")  # fmt: skip
     p.add_argument("--timing-rounds", type=int, default=1, help="time the scratch run and "
                    "the W3 updates this many times in all; cost = best over best")  # fmt: skip
     p.add_argument(
@@ -394,6 +410,7 @@ def main() -> None:
         raise SystemExit(f"--test-share {args.test_share} must lie in (0, 0.9)")
     if args.render or args.retime:
         results = json.loads(args.results.read_text())
+        args.checkpoint = results.get("checkpoint", "best")  # --retime times the same runs
         for name, r in results["datasets"].items() if args.retime else ():
             results["load_start"] = [round(x, 2) for x in os.getloadavg()]
             work = args.work / name
@@ -418,7 +435,7 @@ def main() -> None:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info("torch", "polars"),
         "epochs": args.epochs, "update_epochs": args.update_epochs, "seed": args.seed,
-        "test_share": args.test_share,
+        "test_share": args.test_share, "checkpoint": args.checkpoint,
         "timing_rounds": args.timing_rounds,
         "load_start": [round(x, 2) for x in os.getloadavg()], "datasets": {},
     }  # fmt: skip

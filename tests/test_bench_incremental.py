@@ -14,14 +14,15 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "incremental.py"
 def test_incremental_study_runs_quick_with_intervals(tmp_path):
     res = tmp_path / "res.json"
     cmd = [sys.executable, str(SCRIPT), "--quick", "--strategies", "naive", "--test-share",
-           "0.3", "--work", str(tmp_path / "work"), "--results", str(res), "--plots",
-           str(tmp_path / "plots")]  # fmt: skip
+           "0.3", "--checkpoint", "last", "--work", str(tmp_path / "work"), "--results",
+           str(res), "--plots", str(tmp_path / "plots")]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1] / "src")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(res.read_text())
     r = out["datasets"]["synthetic"]
     w1 = r["counts"]["w1"]
+    assert out["checkpoint"] == "last"
     assert out["test_share"] == 0.3 and w1["splits"]["test"] == round(0.3 * w1["users"])
     assert 0 < r["test_users"]["future_categories"] <= w1["splits"]["test"]
     row = r["strategies"]["naive"]
@@ -30,7 +31,8 @@ def test_incremental_study_runs_quick_with_intervals(tmp_path):
             low, high = row["intervals"][key][task]
             assert low <= ratio <= high
     md = res.with_suffix(".md").read_text()
-    assert "test users 30% of each window's" in md and "Labelled W1 test users" in md
+    assert "test users 30% of each window's; checkpoints last" in md
+    assert "Labelled W1 test users" in md
     assert "| synthetic | naive | future_categories | " in md and "%-" in md
     assert (tmp_path / "plots" / "synthetic.png").is_file()
     bad = subprocess.run([*cmd[:2], "--test-share", "0.95"], capture_output=True, text=True,
