@@ -172,7 +172,7 @@ def compat_lines(result: dict[str, Any]) -> list[str]:
 
 
 def ratio_text(ratio: float | None, interval: list[float] | None) -> str:
-    """``87.2% (95% CI 61.0-110.3%)``, ``87.2%`` without an interval, or ``n/a``."""
+    """``87.2% (95% CI 61.0%-110.3%)``, ``87.2%`` without an interval, or ``n/a``."""
     if ratio is None:
         return "n/a"
     if interval is None:
