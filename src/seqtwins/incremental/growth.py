@@ -33,31 +33,37 @@ def vocab_map(old_ids: pl.Series, new_ids: pl.Series) -> np.ndarray:
     return out
 
 
-def cooccurrence(seqs: Sequences, users: np.ndarray, vocab: int) -> sp.csr_matrix:
-    """``(vocab, vocab)`` counts of pairs of items in the same history of ``users`` (each
-    user counted once per pair of distinct items it holds)."""
+def presence(seqs: Sequences, users: np.ndarray, vocab: int) -> sp.csc_matrix:
+    """``(len(users), vocab)`` 0/1: which items each of ``users`` holds in its history."""
     starts, ends = seqs.offsets[users], seqs.history_end[users]
     lengths = ends - starts
     rows = np.repeat(np.arange(len(users)), lengths)
     # positions of every history interaction of ``users``: start of its row + rank in row
     pos = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
     items = np.asarray(seqs.items)[pos]
-    a = sp.csr_matrix((np.ones(len(items), np.float32), (rows, items)), shape=(len(users), vocab))
+    a = sp.csc_matrix((np.ones(len(items), np.float32), (rows, items)), shape=(len(users), vocab))
     a.data[:] = 1.0  # duplicates summed: back to presence
-    return (a.T @ a).tocsr()
+    return a
+
+
+def cooccurrence(held: sp.csc_matrix, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
+    """``(len(rows), len(cols))`` counts of users holding both item ``rows[i]`` and item
+    ``cols[j]`` (``held`` from :func:`presence`): only the block asked for, never the
+    ``(vocab, vocab)`` product, which grows with the square of the catalogue."""
+    return (held[:, rows].T @ held[:, cols]).tocsr()
 
 
 def grow_item_table(
     old_weight: Tensor,
     new_to_old: np.ndarray,
-    cooc: sp.csr_matrix,
+    held: sp.csc_matrix,
     generator: torch.Generator,
     std: float = 0.02,
 ) -> tuple[Tensor, dict[str, int]]:
     """The new item table ``(new vocab, D)``: rows of known items (``new_to_old > 0``) and
     padding / MASK copied from ``old_weight``; each new item the co-occurrence-weighted mean
-    of the old rows of the known items it co-occurs with (``cooc``, new indices); a random
-    row only where it has none. Also counts: kept, from_neighbours, random."""
+    of the old rows of the known items it co-occurs with in the histories ``held`` (from
+    :func:`presence`, new indices); a random row only where it has none. Also counts: kept, from_neighbours, random."""
     vocab, dim = len(new_to_old), old_weight.shape[1]
     out = torch.empty(vocab, dim, dtype=old_weight.dtype)
     known = new_to_old > 0
@@ -68,7 +74,7 @@ def grow_item_table(
     n_neigh = 0
     if len(new):
         known_idx = np.flatnonzero(known)
-        m = cooc[new][:, known_idx]  # (new, known) co-occurrence counts
+        m = cooccurrence(held, new, known_idx)  # (new, known) co-occurrence counts
         weights = torch.from_numpy(np.asarray(m.sum(1)).ravel()).to(old_weight.dtype)
         mean = torch.from_numpy((m @ out[known_idx].numpy()).astype(np.float32)).to(out.dtype)
         has = weights > 0

@@ -36,7 +36,7 @@ from seqtwins.data.dataset import PAD, SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.files import write_json
 from seqtwins.incremental.config import IncrementalConfig
-from seqtwins.incremental.growth import cooccurrence, grow_item_table, vocab_map
+from seqtwins.incremental.growth import grow_item_table, presence, vocab_map
 from seqtwins.incremental.losses import Predictor, compat_loss, distill_loss
 from seqtwins.incremental.replay import Reservoir, histories, with_replay
 from seqtwins.models.encoder import SequenceEncoder
@@ -122,13 +122,14 @@ class Update:
                 {"predictor": Predictor(encoder_dim(model))}))  # fmt: skip
         own = model.state_dict()
         users = train_ds.split_users("train")
-        cooc = None
+        grown = False
         gen = torch.Generator().manual_seed(self.inc.seed)
         for key in own:
             if key.endswith("item_emb.weight") and key in old:
-                if cooc is None:
-                    cooc = cooccurrence(train_ds.sequences, users, len(self.new_to_old))
-                    old[key], self.growth = grow_item_table(old[key], self.new_to_old, cooc, gen)
+                if not grown:
+                    held = presence(train_ds.sequences, users, len(self.new_to_old))
+                    old[key], self.growth = grow_item_table(old[key], self.new_to_old, held, gen)
+                    grown = True
                 else:  # an alias of the same table (an encoder shared by two objectives)
                     old[key] = old[next(k for k in own if k.endswith("item_emb.weight"))]
             elif key.startswith(INCREMENTAL_PREFIX) or key.endswith(EXPECTED_MISSING):
