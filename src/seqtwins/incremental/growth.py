@@ -63,7 +63,8 @@ def grow_item_table(
     """The new item table ``(new vocab, D)``: rows of known items (``new_to_old > 0``) and
     padding / MASK copied from ``old_weight``; each new item the co-occurrence-weighted mean
     of the old rows of the known items it co-occurs with in the histories ``held`` (from
-    :func:`presence`, new indices); a random row only where it has none. Also counts: kept, from_neighbours, random."""
+    :func:`presence`, new indices); a random row only where it has none. Also counts: kept,
+    from_neighbours, random."""
     vocab, dim = len(new_to_old), old_weight.shape[1]
     out = torch.empty(vocab, dim, dtype=old_weight.dtype)
     known = new_to_old > 0
