@@ -69,13 +69,19 @@ RESULTS = ROOT / "results"
 PLOTS = ROOT.parent / "docs" / "incremental"
 DATA = Path(os.environ.get("SEQTWINS_DATA", ROOT.parent.parent / "shared" / "data"))
 CATEGORIES = 8
+RETIRED = 4
+"""Categories retired at time 100 in the ``synthetic-churn`` log."""
+DATASETS = ("synthetic", "synthetic-churn", "ml-latest-small", "ml-1m")
 
 
-def drift_log(folder: Path, users: int = 1500, seed: int = 0) -> Path:
+def drift_log(folder: Path, users: int = 1500, seed: int = 0, retired: int = 0) -> Path:
     """A log with planted drift over times 0..299: 8 item categories; items 1..160 exist from
     the start, items 161..240 appear in the second window and 241..320 in the third (10 per
     category each time); each user prefers one category, and 40 % of the users active after
-    time 100 have moved to another one. Returns the folder (log.parquet, items.csv)."""
+    time 100 have moved to another one. With ``retired`` = k, categories 0..k-1 are retired
+    at time 100 (a discontinued product line: none of their items is touched again) and
+    their fans move to a live one (category c to k + c mod (8 - k)). Returns the folder
+    (log.parquet, items.csv)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     n = users * 40
@@ -84,10 +90,16 @@ def drift_log(folder: Path, users: int = 1500, seed: int = 0) -> Path:
     taste = rng.integers(0, CATEGORIES, users)
     moved = (taste + rng.integers(1, CATEGORIES, users)) % CATEGORIES
     shifted = rng.random(users) < 0.4
-    cat = np.where((t >= 100) & shifted[user], moved[user], taste[user])
+    late = t >= 100
+    cat = np.where(late & shifted[user], moved[user], taste[user])
+    if retired:
+        cat = np.where(late & (cat < retired), retired + cat % (CATEGORIES - retired), cat)
     pool = np.where(t < 100, 20, np.where(t < 200, 30, 40))  # items per category so far
     own = rng.integers(0, pool) * CATEGORIES + cat  # an item of category ``cat``
     other = rng.integers(0, pool * CATEGORIES)
+    if retired:  # from time 100 the other items too come from live categories only
+        live = rng.integers(retired, CATEGORIES, n)
+        other = np.where(late, rng.integers(0, pool) * CATEGORIES + live, other)
     item = np.where(rng.random(n) < 0.75, own, other) + 1
     pl.DataFrame({"user_id": user, "item_id": item, "timestamp": t}).write_parquet(
         folder / "log.parquet"
@@ -99,11 +111,14 @@ def drift_log(folder: Path, users: int = 1500, seed: int = 0) -> Path:
     return folder
 
 
-def sources(work: Path) -> dict[str, tuple[Path, ReaderOptions]]:
-    synth = drift_log(work / "synthetic-log")
+def sources(work: Path, names: list[str]) -> dict[str, tuple[Path, ReaderOptions]]:
+    """Each dataset of ``names``: its log and reader options (the synthetic logs are written
+    into ``work``)."""
+    logs = {"synthetic": 0, "synthetic-churn": RETIRED}
+    synth = {n: drift_log(work / f"{n}-log", retired=logs[n]) for n in names if n in logs}
+    genres = lambda f: ReaderOptions(items_file=f / "items.csv", categories_col="genres")  # noqa: E731
     return {
-        "synthetic": (synth / "log.parquet",
-                      ReaderOptions(items_file=synth / "items.csv", categories_col="genres")),
+        **{n: (f / "log.parquet", genres(f)) for n, f in synth.items()},
         "ml-latest-small": (DATA / "ml-latest-small", ReaderOptions()),
         "ml-1m": (DATA / "ml-1m", ReaderOptions()),
     }  # fmt: skip
@@ -373,7 +388,7 @@ def plots(results: dict[str, Any], folder: Path = PLOTS) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["synthetic", "ml-latest-small", "ml-1m"])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--update-epochs", type=int, default=6)
@@ -429,7 +444,7 @@ def main() -> None:
         return
     if args.quick:
         args.epochs, args.update_epochs, args.datasets = 1, 1, ["synthetic"]
-    srcs = sources(args.work)
+    srcs = sources(args.work, args.datasets)
     say = lambda text: print(text, flush=True)  # noqa: E731
     results: dict[str, Any] = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),

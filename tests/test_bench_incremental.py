@@ -38,3 +38,24 @@ def test_incremental_study_runs_quick_with_intervals(tmp_path):
     bad = subprocess.run([*cmd[:2], "--test-share", "0.95"], capture_output=True, text=True,
                          timeout=120, check=False, env=env)  # fmt: skip
     assert bad.returncode != 0 and "--test-share 0.95 must lie in (0, 0.9)" in bad.stderr
+
+
+def test_churn_log_retires_whole_categories_and_leaves_the_plain_log_alone(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import incremental
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    import polars as pl
+
+    read = lambda f: pl.read_parquet(f / "log.parquet")  # noqa: E731
+    plain = read(incremental.drift_log(tmp_path / "plain"))
+    assert plain.equals(read(incremental.drift_log(tmp_path / "zero", retired=0)))
+    churn = read(incremental.drift_log(tmp_path / "churn", retired=incremental.RETIRED))
+    cat = (pl.col("item_id") - 1) % incremental.CATEGORIES
+    retired = churn.filter(cat < incremental.RETIRED)
+    assert retired.height > 0 and retired["timestamp"].max() < 100  # sold before, never after
+    # the same users and times; only what they pick changes
+    assert churn.select("user_id", "timestamp").equals(plain.select("user_id", "timestamp"))
+    late = churn.filter(pl.col("timestamp") >= 100).with_columns(cat.alias("cat"))
+    assert set(late["cat"].unique()) == set(range(incremental.RETIRED, incremental.CATEGORIES))
