@@ -54,8 +54,9 @@ evidence-quick: $(STAMP)
 tune: $(STAMP)
 	$(PY) benchmarks/evidence.py --tune ml-1m yelp beauty lastfm --trials 24 --tune-epochs 20
 
-# The incremental-pretraining study (docs/incremental.md): three time windows of a synthetic
-# log with planted drift, ml-latest-small and ML-1M; every strategy against forgetting.
+# The incremental-pretraining study (docs/incremental.md): three time windows of two synthetic
+# logs with planted drift (one with retired categories), ml-latest-small and ML-1M; every
+# strategy against forgetting.
 incremental: $(STAMP)
 	$(PY) benchmarks/incremental.py
 
