@@ -121,17 +121,17 @@ class Update:
             model.add_module(INCREMENTAL_PREFIX.rstrip("."), nn.ModuleDict(
                 {"predictor": Predictor(encoder_dim(model))}))  # fmt: skip
         own = model.state_dict()
-        users = train_ds.split_users("train")
-        grown = False
-        gen = torch.Generator().manual_seed(self.inc.seed)
+        table = None  # the key of the first item table, grown once
         for key in own:
             if key.endswith("item_emb.weight") and key in old:
-                if not grown:
+                if table is None:
+                    users = train_ds.split_users("train")
                     held = presence(train_ds.sequences, users, len(self.new_to_old))
+                    gen = torch.Generator().manual_seed(self.inc.seed)
                     old[key], self.growth = grow_item_table(old[key], self.new_to_old, held, gen)
-                    grown = True
+                    table = key
                 else:  # an alias of the same table (an encoder shared by two objectives)
-                    old[key] = old[next(k for k in own if k.endswith("item_emb.weight"))]
+                    old[key] = old[table]
             elif key.startswith(INCREMENTAL_PREFIX) or key.endswith(EXPECTED_MISSING):
                 old[key] = own[key]  # new: the predictor, the new dataset's category codes
             elif key.endswith("cat_emb.weight") and key in old and old[key].shape != own[key].shape:
