@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -17,7 +18,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+@pytest.mark.parametrize(
+    "preset",
+    sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*.yaml"))
+    + sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("tuned/*.yaml")),
+)
 def test_presets_load_and_validate(preset):
     cfg = load_experiment(CONFIGS / preset)
     assert cfg.objectives and {"barlow", "dual"} <= set(cfg.objectives)
@@ -25,6 +30,47 @@ def test_presets_load_and_validate(preset):
 
 def test_configs_demo_is_the_embedded_default():
     assert to_dict(load_experiment(None)) == to_dict(load_experiment(CONFIGS / "demo.yaml"))
+
+
+def _amazon_like_s3rec(folder: Path, users: int = 600, items: int = 300) -> Path:
+    """An Amazon review set in S3-Rec format that no preset was tuned on: every item lists
+    the root category ``1`` first, then two of 60 leaf categories users have tastes for."""
+    rng = np.random.default_rng(0)
+    leaf = rng.integers(2, 62, size=(items, 2))
+    attrs = {str(i + 1): [1, *map(int, leaf[i])] for i in range(items)}
+    lines = []
+    for u in range(users):
+        pool = np.flatnonzero(np.isin(leaf, rng.integers(2, 62, size=3)).any(axis=1)) + 1
+        seq = rng.choice(pool, size=int(rng.integers(5, 40)))
+        lines.append(" ".join(map(str, [u + 1, *seq])))
+    folder.mkdir()
+    (folder / "Toys_item2attributes.json").write_text(json.dumps(attrs))
+    path = folder / "Toys.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_shipped_amazon_preset_runs_on_an_unseen_amazon_set(tmp_path, monkeypatch):
+    # the product owner runs configs/tuned/beauty.yaml as shipped on an Amazon set the team
+    # never saw, changing only the input; here shortened to one epoch, one seed, one budget
+    monkeypatch.delenv("SEQTWINS_DATA", raising=False)
+    log = _amazon_like_s3rec(tmp_path / "toys")
+    out = tmp_path / "out"
+    args = ["run", str(CONFIGS / "tuned" / "beauty.yaml"), "--out", str(out), "--no-progress",
+            "--set", f"data.prepare.input={log}", "--set", "pretrain.train.epochs=1",
+            "--set", "evaluate.seeds=1", "--set", "evaluate.fractions=[0.1]"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    root = out / "beauty"
+    res = json.loads((root / "eval.json").read_text())
+    preset = load_experiment(CONFIGS / "tuned" / "beauty.yaml")
+    assert set(preset.objectives) | set(preset.evaluate.baselines) <= set(res["methods"])
+    assert res["tasks"]["future_categories"]["excluded_classes"] == ["1"]  # the root
+    scored = [c for c in res["cells"] if c["task"] in ("future_categories", "future_items")]
+    assert scored and all(v is not None for c in scored for v in c["mean"].values())
+    for objective in preset.objectives:
+        summary = json.loads((root / "runs" / objective / "summary.json").read_text())
+        assert summary["best_score"] is not None and np.isfinite(summary["best_score"])
 
 
 def test_bad_experiment_files(tmp_path):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,28 @@ def test_report_shows_headline_set_tasks_first(
     assert "dual:native" not in section  # the scorer does not apply there: no row
     assert "| method | 10% (n=" in section  # n = the labelled subset, not a label-free run's 0
     assert _png(tmp_path / "r" / "future_items.png")
+
+
+def test_task_without_any_score_gets_no_plot(
+    ds: SequenceDataset, kind_embeddings: dict, tmp_path: Path
+) -> None:
+    # e.g. a first-listed category task where every item's first category is the root:
+    # one class, every cell n/a; an empty figure (and matplotlib's legend warning) helps no one
+    res = evaluate_embeddings(
+        ds, {"barlow": kind_embeddings["good"], "dual": kind_embeddings["noise"]},
+        tasks=["kind", "favorite_category"], fractions=(0.1, 1.0), seeds=1,
+    )  # fmt: skip
+    folder, out = tmp_path / "run", tmp_path / "r"
+    folder.mkdir()
+    write_report([save_results(res, folder / "eval.json")], out)
+    assert _png(out / "kind.png")  # scored: plotted
+    for c in res["cells"]:
+        if c["task"] == "kind":
+            c["mean"] = dict.fromkeys(c["mean"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        md = write_report([save_results(res, folder / "eval.json")], out).read_text()
+    assert "### `kind`" in md and "![kind]" not in md
+    assert not (out / "kind.png").exists()  # the earlier report's plot would mislead
+    assert "![favorite_category](favorite_category.png)" in md
+    assert _png(out / "favorite_category.png")

@@ -235,11 +235,16 @@ def _method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     return styles
 
 
-def plot_task_curves(results: Mapping[str, Any], task: str, path: Path | str) -> Path:
-    """Metric vs label fraction for one task: one panel per metric, one line per method."""
+def plot_task_curves(results: Mapping[str, Any], task: str, path: Path | str) -> Path | None:
+    """Metric vs label fraction for one task: one panel per metric, one line per method.
+    ``None`` (and no file) when no cell has a value, e.g. a task with one class."""
     info = results["tasks"][task]
     metrics = info["metrics"]
     cells = [c for c in results["cells"] if c["task"] == task]
+    path = Path(path)
+    if not any(v is not None for c in cells for v in c["mean"].values()):
+        path.unlink(missing_ok=True)  # a stale plot from an earlier report would mislead
+        return None
     fig = Figure(figsize=(4.6 * len(metrics), 3.8))
     order = [m for m in results["methods"] if m not in FLOOR_METHODS] + [
         m for m in results["methods"] if m in FLOOR_METHODS
@@ -269,7 +274,6 @@ def plot_task_curves(results: Mapping[str, Any], task: str, path: Path | str) ->
         if j == len(metrics) - 1:
             ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
-    path = Path(path)
     _save(fig, path)
     return path
 
@@ -291,7 +295,7 @@ def _gain(a: float | None, b: float | None) -> str:
     return f"{(a - b) / abs(b) * 100:+.1f}%"
 
 
-def _task_header(task: str, info: Mapping[str, Any], plot: str) -> list[str]:
+def _task_header(task: str, info: Mapping[str, Any], plot: str | None) -> list[str]:
     """Title (headline / too-small marks) and the task's facts above its tables."""
     lab = info.get("labelled_users", {})
     mark = " ★ headline" if info.get("headline") else ""
@@ -325,10 +329,10 @@ def _task_header(task: str, info: Mapping[str, Any], plot: str) -> list[str]:
             f"`{info.get('majority_class')}`, from train labels)"
         )
     facts += f" · probe solver `{info.get('probe_solver', '?')}`"
-    return [*lines, facts, "", f"![{task}]({plot})", ""]
+    return [*lines, facts, "", *([f"![{task}]({plot})", ""] if plot else [])]
 
 
-def _task_section(results: Mapping[str, Any], task: str, plot: str) -> list[str]:
+def _task_section(results: Mapping[str, Any], task: str, plot: str | None) -> list[str]:
     info = results["tasks"][task]
     cells = {(c["method"], c["fraction"]): c for c in results["cells"] if c["task"] == task}
     fracs = results["fractions"]
@@ -618,8 +622,8 @@ def write_report(eval_paths: Sequence[Path | str], out: Path | str) -> Path:
         tasks = res["tasks"]
         for task in sorted(tasks, key=lambda t: not tasks[t].get("headline", False)):
             plot = f"{prefix}{_safe(task)}.png"
-            plot_task_curves(res, task, out / plot)
-            lines += _task_section(res, task, plot)
+            drawn = plot_task_curves(res, task, out / plot)
+            lines += _task_section(res, task, plot if drawn else None)
         for m, c in (arrays.get("cross_correlation") or {}).items():
             name = f"{prefix}cross_correlation_{_safe(m)}.png"
             plot_cross_correlation(c, out / name, title=f"{m}: cross-correlation (valid users)")
