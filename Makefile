@@ -4,15 +4,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # A CPU wheel of torch 2.13.0 lies on disk on our machines; an unpinned `torch`
-# pulls a multi-GB CUDA build instead.
+# pulls a multi-GB CUDA build instead. Elsewhere PyPI's Linux wheel of the same pin is
+# the CUDA build too: TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# takes the CPU one.
 TORCH  ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 
 .PHONY: demo test lint bench-prepare bench-large bench-train bench-serve evidence evidence-quick tune incremental clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q -e ".[dev,serve,explain]"
 	touch $(STAMP)
 

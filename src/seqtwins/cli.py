@@ -120,7 +120,6 @@ def inspect(
     directory: Annotated[Path, typer.Argument(help="A dataset directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     verify: Verify = True,
-    embeddings: Embeddings = None,
 ) -> None:
     """Counts, sequence lengths, categories, splits and fields of a dataset directory."""
     from seqtwins.data.inspect import inspect_dataset, render_summary
