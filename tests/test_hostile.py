@@ -1047,6 +1047,9 @@ def test_embed_replaces_own_output(run: Path, ds: Path, tmp_path: Path) -> None:
     succeeded(cli("embed", run, "--data", ds, "--out", out))
     succeeded(cli("embed", run, "--data", ds, "--out", out, "--which", "last"))
     _finite_embeddings(out, rows=200)
+    # --checkpoint, as serve / export / neighbors / explain spell it, is the same option
+    succeeded(cli("embed", run, "--data", ds, "--out", out, "--checkpoint", "last"))
+    _finite_embeddings(out, rows=200)
 
 
 def test_embed_locked_output(run: Path, ds: Path, tmp_path: Path) -> None:

@@ -219,7 +219,9 @@ def embed(
         Path | None,
         typer.Option(help="Embed new sequences instead: CSV (id, items) or JSON lines."),
     ] = None,
-    which: Annotated[str, typer.Option(help="Checkpoint: best (on valid) or last.")] = "best",
+    which: Annotated[
+        str, typer.Option("--which", "--checkpoint", help="Checkpoint: best (on valid) or last.")
+    ] = "best",
     shard: Annotated[
         str | None,
         typer.Option(
