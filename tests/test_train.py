@@ -11,6 +11,7 @@ import seqtwins.train as train_mod
 from seqtwins.checkpoint import load_model_tensors
 from seqtwins.cli import app
 from seqtwins.config import PretrainConfig, build
+from seqtwins.errors import SeqtwinsError
 from seqtwins.objectives import OBJECTIVES
 from seqtwins.train import load_encoder, pretrain
 from tests.helpers import tiny_dataset
@@ -113,6 +114,33 @@ def test_nan_loss_stops_with_clear_message(data, tmp_path, monkeypatch):
                                  *sum([["--set", s] for s in TINY], [])])  # fmt: skip
     assert result.exit_code == 2
     assert "loss became nan" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "select_from, best_epoch, epochs_done", [(0.0, 0, 3), (0.25, 2, 5), (0.5, 4, 7)]
+)
+def test_selection_starts_after_select_from(data, tmp_path, monkeypatch, select_from,
+                                            best_epoch, epochs_done):  # fmt: skip
+    # a noisy proxy that peaks at epoch 0 then stays flat: without select_from, epoch 0 is
+    # "best" and patience stops the run two epochs later
+    real = train_mod.validate
+
+    def scripted(t, epoch):  # type: ignore[no-untyped-def]
+        record = real(t, epoch)
+        record["score"] = 2.0 if epoch == 0 else 1.0
+        return record
+
+    monkeypatch.setattr(train_mod, "validate", scripted)
+    cfg = _cfg("barlow", "train.epochs=8", "train.patience=2", f"train.select_from={select_from}")
+    summary = pretrain(data, tmp_path / "run", cfg, progress=False)
+    assert (summary.best_epoch, summary.epochs_done) == (best_epoch, epochs_done)
+    assert summary.stopped_early and summary.best_score == (2.0 if best_epoch == 0 else 1.0)
+    assert (tmp_path / "run" / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+def test_select_from_must_be_a_fraction():
+    with pytest.raises(SeqtwinsError, match=r"train.select_from=1.0 must be in \[0, 1\)"):
+        _cfg("barlow", "train.select_from=1.0")
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,11 @@ class TrainConfig:
     """Group users of similar history length into batches (less padding)."""
     patience: int = 3
     """Early stopping: epochs without improvement of the validation score (0 = never stop)."""
+    select_from: float = 0.25
+    """Selection starts after this fraction of ``epochs``: the epochs before
+    ``floor(select_from * epochs)`` are validated and logged, but are never the ``best``
+    checkpoint and do not count towards ``patience``. On few valid users the proxy is noisy
+    enough to crown an epoch-0 checkpoint and stop there (0 = select from the first epoch)."""
     valid_users: int = 5000
     """Validation uses every valid user up to this many, else a seeded sample of this many
     (the ``valid`` record of metrics.jsonl says how many it used). The proxy's probes are
@@ -119,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"train.lr={self.lr} must be a finite number > 0")
         if not 0 <= self.warmup_frac < 1:
             raise ValueError(f"train.warmup_frac={self.warmup_frac} must be in [0, 1)")
+        if not 0 <= self.select_from < 1:
+            raise ValueError(f"train.select_from={self.select_from} must be in [0, 1)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if self.precision not in PRECISIONS:

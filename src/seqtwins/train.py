@@ -500,12 +500,13 @@ def fit(
         score = record["score"]
         if not math.isfinite(score):
             raise SeqtwinsError(_diverged(t, f"the validation score became {score}", epoch))
-        improved = state.best_score is None or score > state.best_score
+        eligible = epoch >= int(tc.select_from * tc.epochs)
+        improved = eligible and (state.best_score is None or score > state.best_score)
         state.epoch += 1
         state.batch = 0
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
-        else:
+        elif eligible:
             state.bad_epochs += 1
             if tc.patience and state.bad_epochs >= tc.patience:
                 state.stopped_early = True
