@@ -123,6 +123,17 @@ def test_run_tiny_experiment_end_to_end_and_resume(tmp_path):
     again = runner.invoke(app, ["run", str(exp), "--out", str(out), "--no-progress"])
     assert again.exit_code == 0, again.output
     assert "reusing" in again.output and "done already" in again.output
+    # a run written before a setting existed (its key missing from config.yaml) was trained
+    # without it, even where the default reads back equal: retrained, not reused
+    config = root / "runs" / "barlow" / "config.yaml"
+    written = yaml.safe_load(config.read_text())
+    del written["train"]["select_from"]
+    config.write_text(yaml.safe_dump(written, sort_keys=False))
+    third = runner.invoke(app, ["run", str(exp), "--out", str(out), "--no-progress"])
+    assert third.exit_code == 0, third.output
+    assert "pretrain barlow: training" in third.output
+    assert "pretrain dual: done already" in third.output
+    assert "select_from" in config.read_text()
 
 
 def test_run_never_replaces_a_data_folder_seqtwins_did_not_write(tmp_path):

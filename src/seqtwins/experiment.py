@@ -248,7 +248,7 @@ def pretrain_run(
 
     run = Run(run_dir)
     try:
-        same = to_dict(run.config) == to_dict(cfg)
+        same = run.trained_with(cfg)
     except SeqtwinsError:  # no run there yet, or a damaged config.yaml: (re)train
         same = False
     if same and run.finished:

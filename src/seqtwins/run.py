@@ -289,6 +289,14 @@ class Run:
             self._config = build(PretrainConfig, load_yaml(file))
         return self._config
 
+    def trained_with(self, cfg: PretrainConfig) -> bool:
+        """Whether config.yaml records exactly ``cfg``, every setting written out. A run
+        written before a setting existed lacks its key: it was trained without it, even
+        where the setting's default reads back equal."""
+        written = load_yaml(self.path / CONFIG) if (self.path / CONFIG).is_file() else None
+        want = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return written == want and to_dict(self.config) == to_dict(cfg)
+
     @property
     def lineage(self) -> Lineage:
         """Which dataset the run was trained on (dataset.json)."""
