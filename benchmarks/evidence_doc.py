@@ -48,7 +48,14 @@ def fairness(main: dict[str, Any], tune: dict[str, Any]) -> str:
         tuned.setdefault(str(h.get("objective") or key.rsplit("-", 1)[-1]), set()).add(
             f"{h.get('trials_wanted', '?')} trials x {_trial_epochs(h)}"
         )
-    untuned = [o for o in OBJECTIVES if o not in tuned]
+    # per dataset: an objective tuned on one dataset still runs with defaults on another
+    untuned: dict[str, list[str]] = {}
+    for name, res in sorted(main.items()):
+        for obj in res.get("pretrain", {}):
+            if f"{name}-{obj}" not in tune:
+                untuned.setdefault(obj, []).append(name)
+    untuned_text = ", ".join(f"`{o}` ({', '.join(untuned[o])})" for o in OBJECTIVES
+                             if o in untuned) or "no objective"  # fmt: skip
     known = [f"({d}, {m})" for d, m in dims if d is not None]
     shown = f"; in this study (dim, max_len) was {', '.join(known)}" if known else ""
     tuning = ("; ".join(f"`{o}`: {', '.join(sorted(b))}" for o, b in sorted(tuned.items()))
@@ -60,14 +67,15 @@ def fairness(main: dict[str, Any], tune: dict[str, Any]) -> str:
    experiment file; a tuned preset may give an objective its own width{shown}. The
    `random-init` and TF-IDF+SVD floors take the first run's width and window.
 2. **Same epochs, same selection.** Every objective gets the same maximum number of epochs
-   and the same early-stopping rule, on one validation proxy identical for every objective:
+   and the same early-stopping rule (selection from the first quarter of the epochs on), on
+   one validation proxy identical for every objective:
    the mean over the dataset's headline tasks of the valid users' probe score divided by
    the popularity floor's (docs/evaluation.md). The headline cells are also shown on the
    **last** checkpoint.
 3. **Same data.** One prepared dataset per experiment; the same train / valid / test users
    and the same labelled subsets (seeded) for every method.
 4. **Tuning.** The presets in `configs/tuned/` were tuned ({tuning}; histories under
-   "Tuning") on valid users only; {", ".join(f"`{o}`" for o in untuned) or "no objective"}
+   "Tuning") on valid users only; {untuned_text}
    ran untuned, with the experiment's defaults. Where the budgets differ, this table is not a
    comparison of tuned objectives.
 5. **Selection on valid users only.** Early stopping, the best checkpoint, probe

@@ -148,6 +148,21 @@ def test_tuning_budget_names_the_epochs_per_trial(evidence: Any) -> None:
     assert "8 trials x 5 epochs" in text and "None" not in text
 
 
+def test_untuned_objectives_are_named_per_dataset(evidence: Any) -> None:
+    import evidence_doc
+
+    # barlow+mask tuned on ml-1m only: on beauty it still ran with the defaults
+    tune = {
+        f"{d}-{o}": {"objective": o, "trials_wanted": 24, "epochs": None}
+        for d, o in (("beauty", "barlow"), ("ml-1m", "barlow"), ("ml-1m", "barlow+mask"))
+    }
+    main = {d: {"pretrain": {"barlow": {}, "barlow+mask": {}}} for d in ("beauty", "ml-1m")}
+    text = " ".join(evidence_doc.fairness(main, tune).split())
+    assert "`barlow+mask` (beauty) ran untuned" in text
+    assert "`barlow` (" not in text
+    assert "no objective ran untuned" in " ".join(evidence_doc.fairness({}, tune).split())
+
+
 def test_a_search_resumes_from_the_study_kept_beside_its_history(
     evidence: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
