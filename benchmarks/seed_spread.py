@@ -28,18 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from _machine import machine_info
-
-MAX_FRACTION = 0.1
+from evidence import FEW_LABELS, git_commit
 
 
 def headline_cells(results: dict[str, Any]) -> dict[tuple[str, str, float, str], float]:
-    """(task, metric, fraction, method) -> mean over probe seeds, headline tasks only."""
+    """(task, metric, fraction, method) -> mean over probe seeds of the task's primary
+    metric, headline tasks at <= ``FEW_LABELS`` only."""
     out = {}
     for cell in results["cells"]:
         info = results["tasks"][cell["task"]]
-        metric = info["metrics"][0]
+        metric = info["primary_metric"]
         value = cell["mean"].get(metric)
-        if info.get("headline") and cell["fraction"] <= MAX_FRACTION and value is not None:
+        if info.get("headline") and cell["fraction"] <= FEW_LABELS and value is not None:
             out[(cell["task"], metric, cell["fraction"], cell["method"])] = value
     return out
 
@@ -88,12 +88,10 @@ def main() -> None:
                        - 1 for c in cells]  # fmt: skip
                 gaps.append({"task": task, "metric": metric, "fraction": fraction,
                              "rival": rival, "gain_per_seed": rel})  # fmt: skip
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()  # fmt: skip
     command = "python benchmarks/seed_spread.py " + " ".join(sys.argv[1:])
     record = {
         "command": command,
-        "git": git,
+        "git": git_commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info("torch", "seqtwins"),
         "experiment": str(args.experiment),

@@ -294,8 +294,7 @@ class Run:
         written before a setting existed lacks its key: it was trained without it, even
         where the setting's default reads back equal."""
         written = load_yaml(self.path / CONFIG) if (self.path / CONFIG).is_file() else None
-        want = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return written == want and to_dict(self.config) == to_dict(cfg)
+        return written == yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     @property
     def lineage(self) -> Lineage:
