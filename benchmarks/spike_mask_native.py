@@ -6,18 +6,17 @@ scored on ``future_items`` natively, through its item tower, and beats every pro
 embedding there (docs/evidence.md). This scores the masked-item head natively too, with no
 labels, on **valid users only**, two ways:
 
-* ``mask``: BERT4Rec's inference, the user's last ``max_len - 1`` history items followed
-  by a MASK token; the head's scores at the MASK position;
-* ``pooled``: the user embedding (the pooled states of the plain history) through the same
-  head.
+* ``barlow+mask:native``: the user embedding (the pooled states of the plain history)
+  through the same head, as ``seqtwins evaluate`` scores it
+  (:func:`seqtwins.evaluate.native.native_scorer`);
+* ``MASK appended``: BERT4Rec's inference, the user's last ``max_len - 1`` history items
+  followed by a MASK token; the head's scores at the MASK position;
 
-beside ``dual:native`` (:func:`seqtwins.evaluate.native.native_scorer`), with the
-protocol's metrics and history exclusion (:func:`seqtwins.evaluate.probe.score`).
+beside ``dual:native``, with the protocol's metrics and history exclusion
+(:func:`seqtwins.evaluate.probe.score`). On the runs of ``make evidence``:
 
-    python benchmarks/spike_knn.py train configs/tuned/beauty.yaml out/beauty-data \\
-        out/spike/beauty dual,barlow+mask
-    python benchmarks/spike_mask_native.py out/beauty-data out/spike/beauty/dual \\
-        out/spike/beauty/barlow+mask
+    python benchmarks/spike_mask_native.py out/evidence/yelp/data \\
+        out/evidence/yelp/runs/dual out/evidence/yelp/runs/barlow+mask
 """
 
 from __future__ import annotations
@@ -40,14 +39,15 @@ from seqtwins.run import Run
 
 
 @torch.no_grad()
-def mask_scores(
+def mask_appended_scores(
     model: torch.nn.Module, ds: SequenceDataset, users: np.ndarray
-) -> dict[str, np.ndarray]:
-    """(users, items) scores of the masked-item head of a ``barlow+mask`` model, both ways."""
+) -> np.ndarray:
+    """(users, items) scores of a ``barlow+mask`` model's masked-item head at a MASK token
+    appended to each user's last ``max_len - 1`` history items (BERT4Rec's inference)."""
     enc, head = model.encoder, model.head
     table = enc.item_vectors(torch.arange(1, ds.num_items + 1))  # (N, D)
     mask_id = enc.vocab_size - 1
-    out = {k: np.empty((len(users), ds.num_items), np.float32) for k in ("mask", "pooled")}
+    out = np.empty((len(users), ds.num_items), np.float32)
     pos = 0
     for chunk, items in iter_history_batches(ds.sequences, users, enc.cfg.max_len - 1, 512):
         rows = torch.arange(len(items))
@@ -57,9 +57,7 @@ def mask_scores(
         where = torch.zeros_like(x, dtype=torch.bool)
         where[rows, lens] = True
         _, states = enc.embed_with_states(x, where)  # (B, D), one state per row
-        out["mask"][pos : pos + len(chunk)] = (head.transform(states) @ table.T).numpy()
-        pooled = enc.embed(items)  # the user embedding of the plain history
-        out["pooled"][pos : pos + len(chunk)] = (head.transform(pooled) @ table.T).numpy()
+        out[pos : pos + len(chunk)] = (head.transform(states) @ table.T).numpy()
         pos += len(chunk)
     return out
 
@@ -81,13 +79,13 @@ def main() -> None:
             got = score(pred, task.targets[valid], task.metrics, task.exclude[valid])
         return {k: round(float(v), 4) for k, v in got.items()}
 
-    dual = Run.open(args.dual)
-    emb = embed_users(dual.encoder(args.checkpoint, ds), ds, np.arange(ds.num_users))
-    scorer = native_scorer(dual.objective(args.checkpoint, ds), emb)
-    result = {"valid users": int(len(valid)), "dual:native": metrics(scorer(task, valid))}
-    model = Run.open(args.mask).objective(args.checkpoint, ds).eval()
-    for how, scores in mask_scores(model, ds, valid).items():
-        result[f"barlow+mask:native({how})"] = metrics(Prediction(scores, classes))
+    result: dict[str, object] = {"valid users": int(len(valid))}
+    for name, path in (("dual", args.dual), ("barlow+mask", args.mask)):
+        model = Run.open(path).objective(args.checkpoint, ds).eval()
+        emb = embed_users(model.encoder, ds, np.arange(ds.num_users))
+        result[f"{name}:native"] = metrics(native_scorer(model, emb)(task, valid))
+    scores = mask_appended_scores(model, ds, valid)
+    result["barlow+mask, MASK appended"] = metrics(Prediction(scores, classes))
     print(json.dumps(result, indent=1))
 
 

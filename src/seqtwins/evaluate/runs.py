@@ -2,10 +2,10 @@
 
 Each run contributes its encoder's embedding of every user (the ``best`` checkpoint,
 selected on valid users during pretraining, or with ``checkpoint="last"`` the last one).
-A run whose objective has an item tower (``dual``, ``barlow+next``) is also scored natively
-on item rankings, as ``<name>:native`` (:mod:`seqtwins.evaluate.native`). Floors beside
-them: the majority class (popularity on set tasks), the user's own history (``history``,
-``future_categories``), user-based collaborative filtering on raw item lists
+A run whose objective has an item head (``dual``, ``barlow+next``, ``barlow+mask``) is also
+scored natively on item rankings, as ``<name>:native`` (:mod:`seqtwins.evaluate.native`).
+Floors beside them: the majority class (popularity on set tasks), the user's own history
+(``history``, ``future_categories``), user-based collaborative filtering on raw item lists
 (``items-knn``, ``future_items``), an encoder of the same configuration with untrained weights
 (``random-init``) and TF-IDF + truncated SVD to the same dimension, on the whole history
 (``tfidf-svd``) and on the encoder's window (``tfidf-svd-window``). With
@@ -276,8 +276,9 @@ def native_scorers(
     checkpoint: str = "best",
 ) -> dict[str, Scorer]:
     """``{"<name>:native": scorer}`` for every run whose objective has an item tower
-    (``dual``, ``barlow+next``), from checkpoint ``checkpoint``; ``methods[name]`` holds
-    that checkpoint's user embeddings (:func:`seqtwins.evaluate.native.native_scorer`)."""
+    (:data:`~seqtwins.evaluate.native.NATIVE_OBJECTIVES`), from checkpoint ``checkpoint``;
+    ``methods[name]`` holds that checkpoint's user embeddings
+    (:func:`seqtwins.evaluate.native.native_scorer`)."""
     from seqtwins.evaluate.native import (
         NATIVE_OBJECTIVES,
         NATIVE_SUFFIX,

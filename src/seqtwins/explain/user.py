@@ -13,7 +13,7 @@ the loading once and then explains any number of users (``seqtwins serve``'s
   :mod:`seqtwins.explain.probe`);
 - the nearest users by cosine of the embeddings, and the history items each shares with
   the user;
-- for runs whose objective has an item tower (``dual``, ``barlow+next``,
+- for runs whose objective has an item tower (``dual``, ``barlow+next``, ``barlow+mask``,
   :mod:`seqtwins.evaluate.native`), the items that tower ranks highest for the user.
 
 See docs/explain.md.
