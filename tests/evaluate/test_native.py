@@ -94,6 +94,22 @@ def test_masked_item_logits_are_the_training_logits(trained) -> None:
     assert tower.scale == 1.0
 
 
+def test_explain_lists_the_masked_item_heads_nearest_items(trained) -> None:
+    """``seqtwins explain`` on a ``barlow+mask`` run shows the items its head ranks
+    highest, with the native scores."""
+    from seqtwins.explain.user import Explainer
+
+    ds, runs = trained
+    explainer = Explainer.load(runs["barlow+mask"].path, ds.path)
+    user = str(ds.users["user_id"][0])
+    items = explainer.explain(user, k=3).items
+    assert items is not None and len(items) == 3
+    model = runs["barlow+mask"].objective("best", ds)
+    emb = embed_users(model.encoder, ds, np.array([0]))
+    logits = ItemTower(model).logits(torch.from_numpy(emb))[0].numpy()
+    assert items["score"].to_numpy() == pytest.approx(np.sort(logits)[::-1][:3], abs=1e-4)
+
+
 def test_scorer_ranks_every_item_for_test_users_in_chunks(trained) -> None:
     ds, runs = trained
     run = runs["dual"]
