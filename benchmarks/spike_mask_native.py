@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from seqtwins.data.batching import iter_history_batches
 from seqtwins.data.dataset import SequenceDataset
-from seqtwins.evaluate.native import native_scorer
+from seqtwins.evaluate.native import ItemTower, native_scorer
 from seqtwins.evaluate.probe import Prediction, cpu_threads, score
 from seqtwins.evaluate.tasks import FUTURE_ITEMS, build_task
 from seqtwins.models.encoder import PAD, embed_users
@@ -44,8 +44,7 @@ def mask_appended_scores(
 ) -> np.ndarray:
     """(users, items) scores of a ``barlow+mask`` model's masked-item head at a MASK token
     appended to each user's last ``max_len - 1`` history items (BERT4Rec's inference)."""
-    enc, head = model.encoder, model.head
-    table = enc.item_vectors(torch.arange(1, ds.num_items + 1))  # (N, D)
+    enc, tower = model.encoder, ItemTower(model)  # the head's transform and item table
     mask_id = enc.vocab_size - 1
     out = np.empty((len(users), ds.num_items), np.float32)
     pos = 0
@@ -57,7 +56,7 @@ def mask_appended_scores(
         where = torch.zeros_like(x, dtype=torch.bool)
         where[rows, lens] = True
         _, states = enc.embed_with_states(x, where)  # (B, D), one state per row
-        out[pos : pos + len(chunk)] = (head.transform(states) @ table.T).numpy()
+        out[pos : pos + len(chunk)] = tower.logits(states).numpy()
         pos += len(chunk)
     return out
 
