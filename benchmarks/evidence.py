@@ -309,8 +309,10 @@ def run_batch(
     for obj in ("barlow", "dual"):
         for tag, (batch, ep) in variants.items():
             layer = dict(cfg.objectives.get(obj) or {})
+            # the budget is set here (equal epochs, or equal steps): no early stopping, and
+            # no train.min_steps raising the epochs
             for path, value in (("train.batch_size", batch), ("train.epochs", ep),
-                                ("train.patience", 0)):  # fmt: skip
+                                ("train.patience", 0), ("train.min_steps", 0)):  # fmt: skip
                 layer = deep_merge(layer, nest(path, value))
             sub = dataclasses.replace(cfg, objectives={**cfg.objectives, obj: layer})
             folder = root / "batch" / f"{obj}-{tag}"

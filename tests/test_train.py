@@ -11,6 +11,7 @@ import seqtwins.train as train_mod
 from seqtwins.checkpoint import load_model_tensors
 from seqtwins.cli import app
 from seqtwins.config import PretrainConfig, build
+from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.objectives import OBJECTIVES
 from seqtwins.train import load_encoder, pretrain
@@ -254,3 +255,41 @@ def test_domain_aware_augmentations_on_synth_data(tmp_path):
                 "train.epochs=1")  # fmt: skip
     pretrain(data, run, both, progress=False)
     assert all(np.isfinite(_losses(run)))
+
+
+@pytest.mark.parametrize(
+    "epochs, patience, min_steps, users, expected",
+    [
+        (20, 4, 0, 2099, (20, 4)),  # off
+        (20, 4, 500, 2099, (63, 13)),  # ML-1M: 8 steps per epoch -> 500 steps
+        (20, 4, 500, 17891, (20, 4)),  # Beauty: 69 steps per epoch, already 1,380 steps
+        (20, 0, 500, 2099, (63, 0)),  # patience 0 still never stops
+        (3, 2, 10, 100, (10, 7)),  # fewer users than a batch: one (clipped) step per epoch
+    ],
+)
+def test_min_steps_raises_epochs_and_patience(epochs, patience, min_steps, users, expected):
+    tc = build(PretrainConfig, {}, overrides=[f"train.epochs={epochs}", f"train.min_steps="
+                                              f"{min_steps}", f"train.patience={patience}",
+                                              "train.batch_size=256"]).train  # fmt: skip
+    assert train_mod.budget(tc, users) == expected
+
+
+def test_min_steps_trains_that_many_steps(data, tmp_path, monkeypatch):
+    # a flat proxy: patience 1 of 2 epochs stops a run after its second epoch; min_steps
+    # raises the epochs and the patience alike, and the LR schedule spans all the steps
+    real = train_mod.validate
+
+    def flat(t, epoch):  # type: ignore[no-untyped-def]
+        return real(t, epoch) | {"score": 1.0}
+
+    monkeypatch.setattr(train_mod, "validate", flat)
+    per_epoch = len(train_mod.training_users(SequenceDataset.open(data), "barlow")) // 32
+    cfg = _cfg("barlow", "train.epochs=2", "train.patience=1", "train.select_from=0",
+               f"train.min_steps={6 * per_epoch}")  # fmt: skip
+    summary = pretrain(data, tmp_path / "run", cfg, progress=False)
+    # 6 epochs planned, patience 3: best at epoch 0, stopped after epochs 1-3 did not improve
+    assert (summary.epochs_done, summary.best_epoch, summary.stopped_early) == (4, 0, True)
+    assert summary.steps == 4 * per_epoch
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    last_lr = [x["lr"] for x in map(json.loads, lines) if "lr" in x][-1]
+    assert last_lr > 0.1 * 0.003  # the cosine over 6 epochs, not yet at its floor

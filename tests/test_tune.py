@@ -9,10 +9,11 @@ import yaml
 from typer.testing import CliRunner
 
 from seqtwins.cli import app
+from seqtwins.data.dataset import SequenceDataset
 from seqtwins.errors import SeqtwinsError
 from seqtwins.experiment import ExperimentConfig, load_experiment
 from seqtwins.objectives import OBJECTIVES
-from seqtwins.train import RunSummary
+from seqtwins.train import RunSummary, budget, training_users
 from seqtwins.tune import DEFAULT_SPACES, TuneSpec, parse_param, prune_warmup, tune_experiment
 
 runner = CliRunner()
@@ -190,7 +191,8 @@ def fake_pretrain(
         if clock is not None:
             clock[0] += 100.0
         epoch = 0
-        for epoch in range(cfg.train.epochs):
+        users = training_users(SequenceDataset.open(data_dir, verify=False), cfg.objective)
+        for epoch in range(budget(cfg.train, len(users))[0]):  # as train.min_steps raises them
             if on_epoch is not None:
                 on_epoch({"event": "valid", "epoch": epoch, "loss": 1.0, "proxy": score,
                           "score": score})  # fmt: skip
@@ -217,6 +219,21 @@ def test_median_pruner_waits_for_40_percent_of_the_epochs(tmp_path, monkeypatch)
     r = result["barlow"]
     assert (r.complete, r.pruned, r.failed, r.stopped) == (3, 1, 0, None)
     assert r.best_value == 0.7 and r.n_trials == 4 and len(calls) == 4
+
+
+def test_pruner_warm_up_follows_epochs_raised_by_min_steps(tmp_path, monkeypatch):
+    fake_pretrain(monkeypatch, [0.6, 0.2, 0.7, 0.65])
+    exp = tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}, epochs=5)
+    spec = yaml.safe_load(exp.read_text())
+    spec["pretrain"]["train"]["min_steps"] = 1000  # 10 steps per epoch: 5 -> 100 epochs
+    exp.write_text(yaml.safe_dump(spec, sort_keys=False))
+    tune_experiment(load_experiment(exp), tmp_path / "out", trials=3, objectives=["barlow"],
+                    say=lambda *a: None)  # fmt: skip
+    trials = history(tmp_path / "out", "barlow")["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"]
+    epochs = trials[0]["epochs_done"]
+    assert epochs == 100  # the trials trained the raised epochs
+    assert trials[1]["epochs_done"] == prune_warmup(TuneSpec(), epochs) + 1  # not 3 (of 5)
 
 
 def test_prune_warmup_and_defaults():

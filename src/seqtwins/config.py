@@ -58,6 +58,12 @@ class TrainConfig:
 
     epochs: int = 20
     """Passes over the training users (each user once per epoch)."""
+    min_steps: int = 0
+    """Train at least this many optimiser steps: a dataset with few training users gets
+    ``ceil(min_steps / steps per epoch)`` epochs when that is more than ``epochs``, and
+    ``patience`` grows in the same ratio (0 = ``epochs`` as given). Epochs are a poor
+    budget across dataset sizes: ML-1M (2,099 training users, 8 steps per epoch) stopped
+    after ~100 steps where Beauty takes ~1,400 (benchmarks/results/spike_min_steps.md)."""
     batch_size: int = 256
     """Users per step. Barlow Twins works at small batches (arXiv:2505.00953); the dual
     encoder's negatives are the other users' items, so its quality depends on this."""
@@ -89,12 +95,14 @@ class TrainConfig:
     bucket_by_length: bool = True
     """Group users of similar history length into batches (less padding)."""
     patience: int = 3
-    """Early stopping: epochs without improvement of the validation score (0 = never stop)."""
+    """Early stopping: epochs without improvement of the validation score (0 = never stop);
+    grown with the epochs when ``min_steps`` raises them."""
     select_from: float = 0.25
-    """Selection starts after this fraction of ``epochs``: the epochs before
-    ``floor(select_from * epochs)`` are validated and logged, but are never the ``best``
-    checkpoint and do not count towards ``patience``. On few valid users the proxy is noisy
-    enough to crown an epoch-0 checkpoint and stop there (0 = select from the first epoch)."""
+    """Selection starts after this fraction of ``epochs`` (as raised by ``min_steps``): the
+    epochs before ``floor(select_from * epochs)`` are validated and logged, but are never
+    the ``best`` checkpoint and do not count towards ``patience``. On few valid users the
+    proxy is noisy enough to crown an epoch-0 checkpoint and stop there (0 = select from the
+    first epoch)."""
     valid_users: int = 5000
     """Validation uses every valid user up to this many, else a seeded sample of this many
     (the ``valid`` record of metrics.jsonl says how many it used). The proxy's probes are
@@ -135,6 +143,7 @@ class TrainConfig:
             "grad_clip",
             "num_workers",
             "patience",
+            "min_steps",
             "checkpoint_every",
             "threads",
         ):

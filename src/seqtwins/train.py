@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from seqtwins.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from seqtwins.config import PretrainConfig, build, to_dict
+from seqtwins.config import PretrainConfig, TrainConfig, build, to_dict
 from seqtwins.data.batching import (
     NEEDS_MASKED,
     NEEDS_VIEWS,
@@ -232,6 +232,10 @@ class Trainer:
     transform: Transform | None
     proxy: Proxy | None
     total_steps: int
+    epochs: int
+    """``train.epochs``, raised by ``train.min_steps`` on a small dataset (:func:`budget`)."""
+    patience: int
+    """``train.patience``, grown in the same ratio as ``epochs``."""
     update: Update | None = None
     """An incremental update (``--init``): its lineage is written with the run."""
 
@@ -344,7 +348,7 @@ def _pretrain(
         t = setup(ds, run, cfg, world, train_users, proxy, update)
         world.barrier()  # every rank has passed its checks before rank 0 writes
         state, log = _start(t, resume, overwrite)
-        bar = Progress(progress and world.is_main, t.total_steps, state.step, cfg.train.epochs)
+        bar = Progress(progress and world.is_main, t.total_steps, state.step, t.epochs)
         try:
             fit(t, state, log, bar, on_epoch)
         finally:
@@ -364,15 +368,21 @@ def _claim(held: ExitStack, run: Run, resume: bool, overwrite: bool) -> None:
         Run.check_new(run.path, overwrite)
 
 
+def training_users(ds: SequenceDataset, objective: str) -> np.ndarray:
+    """The train-split users an objective trains on: all of them for ``barlow``, those
+    with at least two history items for the objectives that predict an item."""
+    users = ds.split_users("train")
+    if objective == "barlow":
+        return users
+    return users[ds.sequences.history_lengths()[users] >= 2]
+
+
 def _training_users(
     ds: SequenceDataset, cfg: PretrainConfig, world: World
 ) -> tuple[PretrainConfig, np.ndarray]:
     """The users trained on, and the config with the batch size clipped to them."""
     tc = cfg.train
-    train_users = ds.split_users("train")
-    hist_len = ds.sequences.history_lengths()
-    if cfg.objective != "barlow":
-        train_users = train_users[hist_len[train_users] >= 2]
+    train_users = training_users(ds, cfg.objective)
     if len(train_users) < 2:
         raise SeqtwinsError(f"{ds.path} has fewer than 2 usable training users")
     if tc.batch_size > len(train_users):
@@ -420,7 +430,8 @@ def setup(
     if update is not None:
         update.attach(model, ds, device)
     transform = build_transform(cfg, ds, train_users)
-    total_steps = len(train_users) // tc.batch_size * tc.epochs
+    epochs, patience = budget(tc, len(train_users))
+    total_steps = len(train_users) // tc.batch_size * epochs
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(total_steps, tc.warmup_frac, tc.min_lr_ratio)
@@ -440,7 +451,16 @@ def setup(
     scorer = proxy(ds, valid_users, tc.seed) if proxy is not None and len(valid_users) else None
     return Trainer(cfg, ds, run, world, device, resolve_precision(tc.precision, device),
                    train_users, valid_users, encoder, model, step_model, opt, sched,
-                   transform, scorer, total_steps, update)  # fmt: skip
+                   transform, scorer, total_steps, epochs, patience, update)  # fmt: skip
+
+
+def budget(tc: TrainConfig, n_train: int) -> tuple[int, int]:
+    """Epochs and patience for ``n_train`` training users: ``train.epochs`` and
+    ``train.patience``, unless ``train.min_steps`` needs more epochs on a small dataset;
+    then ``ceil(min_steps / steps per epoch)`` epochs, and patience grown in that ratio."""
+    per_epoch = max(1, n_train // tc.batch_size)
+    epochs = max(tc.epochs, math.ceil(tc.min_steps / per_epoch))
+    return epochs, math.ceil(tc.patience * epochs / tc.epochs)
 
 
 def _start(t: Trainer, resume: bool, overwrite: bool) -> tuple[TrainState, MetricsLog]:
@@ -486,7 +506,7 @@ def fit(
     checkpoint (``best`` when improved, always ``last``)."""
     tc = t.cfg.train
     started = time.perf_counter() - state.seconds
-    while state.epoch < tc.epochs and not state.stopped_early:
+    while state.epoch < t.epochs and not state.stopped_early:
         epoch = state.epoch
         t0 = time.perf_counter()
         users = _train_epoch(t, state, log, bar, started)
@@ -500,7 +520,7 @@ def fit(
         score = record["score"]
         if not math.isfinite(score):
             raise SeqtwinsError(_diverged(t, f"the validation score became {score}", epoch))
-        eligible = epoch >= int(tc.select_from * tc.epochs)
+        eligible = epoch >= int(tc.select_from * t.epochs)
         improved = eligible and (state.best_score is None or score > state.best_score)
         state.epoch += 1
         state.batch = 0
@@ -508,7 +528,7 @@ def fit(
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
         elif eligible:
             state.bad_epochs += 1
-            if tc.patience and state.bad_epochs >= tc.patience:
+            if t.patience and state.bad_epochs >= t.patience:
                 state.stopped_early = True
         state.seconds = time.perf_counter() - started
         bar.epoch_done(record)

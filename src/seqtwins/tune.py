@@ -11,14 +11,15 @@ Test users are never touched.
 
 **Fairness rule: every objective gets the same budget** -- the same number of complete
 (finished) trials, the same wall-clock timeout per objective, the same training epochs per
-trial (``tune.epochs``) and the same pruner -- so that tuned objectives are compared on
-equal terms (issues 5 and 11). Pruned and failed trials do not count towards the
-``tune.trials`` complete ones: an objective whose trials are pruned more often runs more
-of them, up to :data:`MAX_ATTEMPTS` x ``tune.trials`` attempts, and one that an earlier call
-left behind catches up, so the complete counts end equal. When the timeout (or the
-attempts cap) stops an objective first, ``summary.json`` and the preset header say so
-("NOT EQUAL: ..."). The pruner (Optuna's MedianPruner) never stops a trial in its first
-``ceil(tune.prune_warmup * epochs)`` epochs (40 % by default).
+trial (``tune.epochs``, raised alike by ``train.min_steps`` on a small dataset) and the same
+pruner -- so that tuned objectives are compared on equal terms (issues 5 and 11). Pruned and
+failed trials do not count towards the ``tune.trials`` complete ones: an objective whose
+trials are pruned more often runs more of them, up to :data:`MAX_ATTEMPTS` x ``tune.trials``
+attempts, and one that an earlier call left behind catches up, so the complete counts end
+equal. When the timeout (or the attempts cap) stops an objective first, ``summary.json`` and
+the preset header say so ("NOT EQUAL: ..."). The pruner (Optuna's MedianPruner) never stops
+a trial in its first ``ceil(tune.prune_warmup * epochs)`` epochs (40 % by default) of the
+epochs it trains.
 
 Outputs, under ``<out>/<name>/tune/<objective>/``::
 
@@ -356,11 +357,17 @@ def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str
     import optuna
     from optuna.trial import TrialState
 
+    from seqtwins.data.dataset import SequenceDataset
+    from seqtwins.train import budget, training_users
+
     cfg, spec, params = search.cfg, search.cfg.tune, search.spaces[objective]
     folder = search.folder / objective
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "study.db"
     base = _trial_config(cfg, objective, {}, spec.epochs)
+    # the epochs a trial trains: train.min_steps raises them on a small dataset
+    users = training_users(SequenceDataset.open(search.data_dir, verify=False), objective)
+    epochs, _ = budget(base.train, len(users))
     # what must not change for a study to be resumed: the base config and the space
     setup = {
         "config": to_dict(base),
@@ -384,7 +391,7 @@ def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str
                                                n_startup_trials=spec.startup_trials)  # fmt: skip
     study.pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=max(1, spec.startup_trials // 2),
-                                    n_warmup_steps=prune_warmup(spec, base.train.epochs))
+                                    n_warmup_steps=prune_warmup(spec, epochs))
         if spec.prune
         else optuna.pruners.NopPruner()
     )  # fmt: skip
