@@ -67,7 +67,8 @@ def fairness(main: dict[str, Any], tune: dict[str, Any]) -> str:
    experiment file; a tuned preset may give an objective its own width{shown}. The
    `random-init` and TF-IDF+SVD floors take the first run's width and window.
 2. **Same epochs, same selection.** Every objective gets the same maximum number of epochs
-   and the same early-stopping rule (selection from the first quarter of the epochs on), on
+   (raised alike to at least `train.min_steps` optimiser steps on a small dataset) and the
+   same early-stopping rule (selection from the first quarter of the epochs on), on
    one validation proxy identical for every objective:
    the mean over the dataset's headline tasks of the valid users' probe score divided by
    the popularity floor's (docs/evaluation.md). The headline cells are also shown on the
@@ -80,9 +81,9 @@ def fairness(main: dict[str, Any], tune: dict[str, Any]) -> str:
    comparison of tuned objectives.
 5. **Selection on valid users only.** Early stopping, the best checkpoint, probe
    regularisation and tuning use valid users. **Test users are scored once**.
-6. **Both ways for the dual encoder.** `dual` (and `barlow+next`) are scored through the
-   probe and natively (`:native`: user embedding · its own item vectors, no labels); the
-   targets compare `barlow` with whichever is better for `dual`.
+6. **Both ways for the dual encoder.** `dual` (and `barlow+next`, `barlow+mask`) are scored
+   through the probe and natively (`:native`: user embedding · its own item vectors, no
+   labels); the targets compare `barlow` with whichever is better for `dual`.
 7. **Nothing dropped.** Every dataset, task, label fraction and seed that ran is in the
    tables, including the cells where a floor wins. Tasks with fewer than 500 labelled test
    users are marked *too small to compare* and left out of the targets only.
