@@ -52,12 +52,14 @@ def _amazon_like_s3rec(folder: Path, users: int = 600, items: int = 300) -> Path
 
 def test_shipped_amazon_preset_runs_on_an_unseen_amazon_set(tmp_path, monkeypatch):
     # the product owner runs configs/tuned/beauty.yaml as shipped on an Amazon set the team
-    # never saw, changing only the input; here shortened to one epoch, one seed, one budget
+    # never saw, changing only the input; here shortened to one epoch (train.min_steps off),
+    # one seed, one budget
     monkeypatch.delenv("SEQTWINS_DATA", raising=False)
     log = _amazon_like_s3rec(tmp_path / "toys")
     out = tmp_path / "out"
     args = ["run", str(CONFIGS / "tuned" / "beauty.yaml"), "--out", str(out), "--no-progress",
             "--set", f"data.prepare.input={log}", "--set", "pretrain.train.epochs=1",
+            "--set", "pretrain.train.min_steps=0",
             "--set", "evaluate.seeds=1", "--set", "evaluate.fractions=[0.1]"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

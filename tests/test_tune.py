@@ -170,6 +170,31 @@ def test_changed_space_refuses_to_resume(tmp_path, monkeypatch):
         tune_experiment(cfg, tmp_path / "out", trials=2, objectives=["barlow"], say=print)
 
 
+def test_a_study_made_before_a_setting_existed_resumes_at_its_default(tmp_path, monkeypatch):
+    import optuna
+
+    fake_pretrain(monkeypatch, [0.5, 0.6, 0.7])
+    exp, out = tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}), tmp_path / "out"
+    tune_experiment(load_experiment(exp), out, trials=1, objectives=["barlow"],
+                    say=lambda *a: None)  # fmt: skip
+    # the study as a seqtwins without train.min_steps stored it
+    study = optuna.load_study(study_name="barlow",
+                              storage=f"sqlite:///{out / 'tiny/tune/barlow/study.db'}")  # fmt: skip
+    setup = study.user_attrs["setup"]
+    del setup["config"]["train"]["min_steps"]
+    study.set_user_attr("setup", setup)
+    tune_experiment(load_experiment(exp), out, trials=2, objectives=["barlow"],
+                    say=lambda *a: None)  # fmt: skip
+    assert [t["number"] for t in history(out, "barlow")["trials"]] == [0, 1]
+    # away from its default, the setting changes what a trial does: no resuming
+    spec = yaml.safe_load(exp.read_text())
+    spec["pretrain"]["train"]["min_steps"] = 100
+    exp.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(SeqtwinsError, match="study.db was made with another config"):
+        tune_experiment(load_experiment(exp), out, trials=3, objectives=["barlow"],
+                        say=lambda *a: None)  # fmt: skip
+
+
 def fake_pretrain(
     monkeypatch: pytest.MonkeyPatch,
     scores: list[float] | dict[str, list[float]],

@@ -23,7 +23,9 @@ epochs it trains.
 
 Outputs, under ``<out>/<name>/tune/<objective>/``::
 
-    study.db          the Optuna study (SQLite): a rerun resumes it
+    study.db          the Optuna study (SQLite): a rerun resumes it when the base config, the
+                      space and the data are the same (a setting added to seqtwins since
+                      counts as the same at its default)
     history.json      every trial: number, state, params, value, seconds, epochs done;
                       the complete / pruned / failed counts and why the search stopped
     trial-NNNN/       each trial's run dir (config.yaml, summary.json, metrics.jsonl;
@@ -380,7 +382,7 @@ def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str
     if "setup" not in study.user_attrs:
         study.set_user_attr("setup", setup)
         study.set_user_attr("objective", objective)
-    elif study.user_attrs["setup"] != setup:
+    elif not _same_setup(study.user_attrs["setup"], setup, {"config": _default_config()}):
         raise SeqtwinsError(
             f"{db} was made with another config, search space or dataset for {objective}; "
             f"delete {folder} to start that search afresh, or use another --out"
@@ -396,6 +398,24 @@ def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str
         else optuna.pruners.NopPruner()
     )  # fmt: skip
     return study, setup
+
+
+def _default_config() -> dict[str, Any]:
+    """Every pretraining setting at its default, as a study stores its setup."""
+    return dict(json.loads(json.dumps(to_dict(PretrainConfig()))))
+
+
+def _same_setup(stored: Any, current: Any, default: Any) -> bool:
+    """``stored == current``, except that a key the stored setup lacks (a setting added to
+    seqtwins after the study was made) matches when ``current`` holds its default: the
+    study's trials ran with what that default does."""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return bool(stored == current)
+    known = default if isinstance(default, dict) else {}
+    return set(stored) <= set(current) and all(
+        _same_setup(stored[k], v, known.get(k)) if k in stored else k in known and v == known[k]
+        for k, v in current.items()
+    )
 
 
 def prune_warmup(spec: TuneSpec, epochs: int) -> int:
