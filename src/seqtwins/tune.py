@@ -73,6 +73,7 @@ from seqtwins.tune_space import (  # noqa: F401  (DEFAULT_SPACES, parse_*: re-ex
 if TYPE_CHECKING:
     import optuna
 
+    from seqtwins.data.dataset import SequenceDataset
     from seqtwins.experiment import ExperimentConfig
 
 
@@ -275,7 +276,7 @@ def tune_experiment(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        search = _Search(cfg, spaces, data_dir, root / "tune", budget, progress, say)
+        search = _Search(cfg, spaces, data_dir, ds, root / "tune", budget, progress, say)
         results = search.run(chosen, n_wanted, budget_s)
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -319,6 +320,8 @@ class _Search:
     cfg: ExperimentConfig
     spaces: dict[str, list[Param]]
     data_dir: Path
+    ds: SequenceDataset
+    """The prepared dataset at ``data_dir``, opened once for every objective."""
     folder: Path
     budget: dict[str, Any]
     progress: bool
@@ -359,7 +362,6 @@ def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str
     import optuna
     from optuna.trial import TrialState
 
-    from seqtwins.data.dataset import SequenceDataset
     from seqtwins.train import budget, training_users
 
     cfg, spec, params = search.cfg, search.cfg.tune, search.spaces[objective]
@@ -368,8 +370,7 @@ def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str
     db = folder / "study.db"
     base = _trial_config(cfg, objective, {}, spec.epochs)
     # the epochs a trial trains: train.min_steps raises them on a small dataset
-    users = training_users(SequenceDataset.open(search.data_dir, verify=False), objective)
-    epochs, _ = budget(base.train, len(users))
+    epochs, _ = budget(base.train, len(training_users(search.ds, objective)))
     # what must not change for a study to be resumed: the base config and the space
     setup = {
         "config": to_dict(base),
