@@ -274,7 +274,7 @@ def test_min_steps_raises_epochs_and_patience(epochs, patience, min_steps, users
     assert train_mod.budget(tc, users) == expected
 
 
-def test_min_steps_trains_that_many_steps(data, tmp_path, monkeypatch):
+def test_min_steps_trains_that_many_steps(data, tmp_path, monkeypatch, capsys):
     # a flat proxy: patience 1 of 2 epochs stops a run after its second epoch; min_steps
     # raises the epochs and the patience alike, and the LR schedule spans all the steps
     real = train_mod.validate
@@ -286,7 +286,12 @@ def test_min_steps_trains_that_many_steps(data, tmp_path, monkeypatch):
     per_epoch = len(train_mod.training_users(SequenceDataset.open(data), "barlow")) // 32
     cfg = _cfg("barlow", "train.epochs=2", "train.patience=1", "train.select_from=0",
                f"train.min_steps={6 * per_epoch}")  # fmt: skip
-    summary = pretrain(data, tmp_path / "run", cfg, progress=False)
+    summary = pretrain(data, tmp_path / "run", cfg, progress=True)
+    # the raised budget is said once, before training
+    notes = [x for x in capsys.readouterr().err.splitlines() if "min_steps" in x]
+    assert len(notes) == 1 and notes[0].startswith(
+        f"train.min_steps={6 * per_epoch}: 6 epochs, patience 3 on "
+    )
     # 6 epochs planned, patience 3: best at epoch 0, stopped after epochs 1-3 did not improve
     assert (summary.epochs_done, summary.best_epoch, summary.stopped_early) == (4, 0, True)
     assert summary.steps == 4 * per_epoch

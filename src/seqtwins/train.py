@@ -349,6 +349,12 @@ def _pretrain(
         world.barrier()  # every rank has passed its checks before rank 0 writes
         state, log = _start(t, resume, overwrite)
         bar = Progress(progress and world.is_main, t.total_steps, state.step, t.epochs)
+        if t.epochs > cfg.train.epochs:
+            bar.note(
+                f"train.min_steps={cfg.train.min_steps}: {t.epochs} epochs, patience "
+                f"{t.patience} on {len(train_users):,} training users (train.epochs="
+                f"{cfg.train.epochs}); train.min_steps=0 trains exactly train.epochs"
+            )
         try:
             fit(t, state, log, bar, on_epoch)
         finally:
@@ -779,6 +785,15 @@ class Progress:
                  f"step {self.step}/{self.total}", f"loss {self.loss:.4g}",
                  f"{self.rate():,.0f} users/s", self.valid, f"ETA {_duration(eta)}"]  # fmt: skip
         print(" ".join(p for p in parts if p), file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        """One line above the bar (or among the plain lines)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
