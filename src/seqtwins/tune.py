@@ -276,7 +276,7 @@ def tune_experiment(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        search = _Search(cfg, spaces, data_dir, ds, root / "tune", budget, progress, say)
+        search = _Search(cfg, spaces, ds, root / "tune", budget, progress, say)
         results = search.run(chosen, n_wanted, budget_s)
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -319,9 +319,8 @@ class _Search:
 
     cfg: ExperimentConfig
     spaces: dict[str, list[Param]]
-    data_dir: Path
     ds: SequenceDataset
-    """The prepared dataset at ``data_dir``, opened once for every objective."""
+    """The prepared dataset (``ds.path``), opened once for every objective."""
     folder: Path
     budget: dict[str, Any]
     progress: bool
@@ -454,7 +453,7 @@ def _tune_objective(
                 stopped = "attempts"
                 break
             trial = study.ask()
-            state, value = _run_trial(trial, search.cfg, objective, params, search.data_dir,
+            state, value = _run_trial(trial, search.cfg, objective, params, search.ds.path,
                                       folder, pretrain)  # fmt: skip
             study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
             tried += 1
