@@ -195,6 +195,27 @@ def test_a_study_made_before_a_setting_existed_resumes_at_its_default(tmp_path, 
                         say=lambda *a: None)  # fmt: skip
 
 
+def test_a_min_steps_that_raises_no_epochs_resumes_the_study(tmp_path, monkeypatch):
+    # so an experiment file may gain train.min_steps without orphaning its searches
+    fake_pretrain(monkeypatch, [0.5, 0.6, 0.7])
+    exp, out = tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}), tmp_path / "out"
+    tune_experiment(load_experiment(exp), out, trials=1, objectives=["barlow"],
+                    say=lambda *a: None)  # fmt: skip
+    spec = yaml.safe_load(exp.read_text())
+    users = training_users(SequenceDataset.open(out / "tiny/data", verify=False), "barlow")
+    per_epoch = len(users) // spec["pretrain"]["train"]["batch_size"]
+    for min_steps, resumes in ((per_epoch, True), (per_epoch + 1, False)):  # 1 epoch a trial
+        spec["pretrain"]["train"]["min_steps"] = min_steps
+        exp.write_text(yaml.safe_dump(spec, sort_keys=False))
+        cfg = load_experiment(exp)
+        if resumes:
+            tune_experiment(cfg, out, trials=2, objectives=["barlow"], say=lambda *a: None)
+            assert [t["number"] for t in history(out, "barlow")["trials"]] == [0, 1]
+        else:
+            with pytest.raises(SeqtwinsError, match="study.db was made with another config"):
+                tune_experiment(cfg, out, trials=3, objectives=["barlow"], say=lambda *a: None)
+
+
 def fake_pretrain(
     monkeypatch: pytest.MonkeyPatch,
     scores: list[float] | dict[str, list[float]],

@@ -23,9 +23,10 @@ epochs it trains.
 
 Outputs, under ``<out>/<name>/tune/<objective>/``::
 
-    study.db          the Optuna study (SQLite): a rerun resumes it when the base config, the
-                      space and the data are the same (a setting added to seqtwins since
-                      counts as the same at its default)
+    study.db          the Optuna study (SQLite): a rerun resumes it when the base config (as
+                      trials train it: a train.min_steps that raises no epochs changes
+                      nothing), the space and the data are the same (a setting added to
+                      seqtwins since counts as the same at its default)
     history.json      every trial: number, state, params, value, seconds, epochs done;
                       the complete / pruned / failed counts and why the search stopped
     trial-NNNN/       each trial's run dir (config.yaml, summary.json, metrics.jsonl;
@@ -369,10 +370,12 @@ def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str
     db = folder / "study.db"
     base = _trial_config(cfg, objective, {}, spec.epochs)
     # the epochs a trial trains: train.min_steps raises them on a small dataset
-    epochs, _ = budget(base.train, len(training_users(search.ds, objective)))
-    # what must not change for a study to be resumed: the base config and the space
+    epochs, patience = budget(base.train, len(training_users(search.ds, objective)))
+    # what must not change for a study to be resumed: the base config as a trial trains it
+    # (a train.min_steps that raises no epochs changes nothing), the space and the data
+    trained = dataclasses.replace(base.train, epochs=epochs, patience=patience, min_steps=0)
     setup = {
-        "config": to_dict(base),
+        "config": to_dict(dataclasses.replace(base, train=trained)),
         "space": [dataclasses.asdict(p) | {"choices": list(p.choices)} for p in params],
         "data": to_dict(cfg.data),
     }
