@@ -230,6 +230,7 @@ def _run_summary(run: Path) -> dict[str, Any]:
     out = {k: summary[k] for k in ("epochs_done", "steps", "best_epoch", "best_score", "seconds")}
     out["encoder_dim"] = r.config.encoder.dim
     out["max_len"] = r.config.encoder.max_len
+    out["precision"] = summary.get("precision")  # not in runs made before it was recorded
     records = [json.loads(line) for line in r.metrics_file.read_text().splitlines() if line]
     return out | valid_summary(records)
 
@@ -562,7 +563,7 @@ def run_study(
     invocation = {"command": meta["command"], "git_commit": meta["git_commit"],
                   "started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                   "wall_minutes": round((time.perf_counter() - t_all) / 60, 1),
-                  "stages": stages}  # fmt: skip
+                  "stages": stages, "machine": meta["machine"]}  # fmt: skip
     # read now, not at the start: another invocation may have finished in the meantime
     previous = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     meta["plan"] = dataclasses.asdict(plan)

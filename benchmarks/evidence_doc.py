@@ -191,11 +191,12 @@ def _main_section(name: str, res: dict[str, Any], plots: Path, rel: str) -> list
              f"{p['seconds']:.0f}", _fmt(p.get("users_per_s_steps"), 0),
              _fmt(p.get("users_per_s_end_to_end"), 0),
              "–" if p.get("valid_share") is None else
-             f"{100 * p['valid_share']:.1f}% / {100 * p['valid_share_max']:.1f}%"]
+             f"{100 * p['valid_share']:.1f}% / {100 * p['valid_share_max']:.1f}%",
+             p.get("precision") or "not recorded"]
             for o, p in res.get("pretrain", {}).items()]  # fmt: skip
     lines += _table(["run", "epochs", "best epoch", "valid proxy", "seconds", "users/s (steps)",
-                     "users/s (end to end)", "validation share (all / worst epoch)"],
-                    rows)  # fmt: skip
+                     "users/s (end to end)", "validation share (all / worst epoch)",
+                     "precision"], rows)  # fmt: skip
     lines += [f"![{name}]({rel}/{_plot_curves(name, res, plots / f'main-{name}.png')})", ""]
     fracs = res["fractions"]
     for task, info in res["tasks"].items():
@@ -340,6 +341,13 @@ def _tune_section(tune: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _machine(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "machine not recorded"
+    bf16 = "AVX512-BF16, so bf16 autocast" if m.get("avx512_bf16") else "no AVX512-BF16, so fp32"
+    return f"{m['cpu']}, {m['nproc']} cores, {bf16}"
+
+
 def _provenance(meta: dict[str, Any]) -> list[str]:
     if not meta:
         return []
@@ -351,11 +359,13 @@ def _provenance(meta: dict[str, Any]) -> list[str]:
         stages = ", ".join(f"{k} {v / 60:.1f} min" for k, v in inv["stages"].items())
         lines.append(f"  - `{inv['command']}` (git `{inv['git_commit']}`), {inv['started']} to "
                      f"{inv['finished']}, {inv.get('wall_minutes', '?')} min: "
-                     f"{stages or 'documents only'}")  # fmt: skip
+                     f"{stages or 'documents only'}; {_machine(inv.get('machine'))}")  # fmt: skip
     lines += [
-        f"- Machine: {m['cpu']}, {m['nproc']} cores, load average {m['load_avg_start']:.1f} at "
-        f"the last start / {m.get('load_avg_end', float('nan')):.1f} at its end. The machine "
-        "is shared with other jobs, so these times are not benchmarks.",
+        f"- Machine of the last invocation: {_machine(m)}, load average "
+        f"{m['load_avg_start']:.1f} at its start / {m.get('load_avg_end', float('nan')):.1f} at "
+        "its end. The machines are shared with other jobs, so these times are not benchmarks; "
+        "a CPU with AVX512-BF16 trains under bf16 autocast (`train.precision: auto`), one "
+        "without it in fp32, and the two do not give the same numbers.",
         f"- Python {meta['python']}; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- Plan: `{json.dumps(plan)}`",
         "",

@@ -113,6 +113,7 @@ def test_quick_study_end_to_end(evidence: Any, tmp_path: Path) -> None:
     assert evidence.headline(main) and main["last"]["checkpoint"] == "last"
     assert {r["against"] for r in main["significance"]} == {"dual", "floor"}
     assert main["pretrain"]["barlow"]["valid_share"] > 0
+    assert main["pretrain"]["barlow"]["precision"] in ("bf16", "fp32")
     batch = json.loads((results / "batch-toy.json").read_text())
     assert set(batch["pretrain"]) == {
         f"{o}-{v}" for o in ("barlow", "dual") for v in ("ref", "small", "small-steps")
@@ -120,8 +121,10 @@ def test_quick_study_end_to_end(evidence: Any, tmp_path: Path) -> None:
     assert batch["variants"]["small-steps"] == {"batch_size": 32, "epochs": 1}
     meta = json.loads((results / "meta.json").read_text())
     assert meta["command"] == "python evidence.py --test" and "torch" in meta["versions"]
+    assert meta["invocations"][-1]["machine"]["nproc"] == meta["machine"]["nproc"]
 
     text = docs.read_text()
+    assert "precision" in text and "machine not recorded" not in text
     assert "## Fairness rules" in text and "## Targets" in text and "### toy" in text
     assert (docs.parent / "evidence" / "main-toy.png").is_file()
     docs.unlink()  # --docs-only rebuilds the same document from the JSON alone

@@ -65,6 +65,16 @@ def test_pretrain_cli_each_objective(data, tmp_path, objective):
     assert encoder.embed(torch.tensor([[1, 2, 3]])).shape == (1, 16)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_summary_records_the_precision_trained_under(data, tmp_path, precision):
+    # bf16 autocast on one CPU and fp32 on another do not give the same numbers
+    run = tmp_path / "run"
+    pretrain(data, run, _cfg("barlow", "train.epochs=1", f"train.precision={precision}"),
+             progress=False)  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["device"], summary["precision"]) == ("cpu", precision)
+
+
 def test_checkpoint_round_trip(data, tmp_path):
     run = tmp_path / "run"
     pretrain(data, run, _cfg("barlow", "train.epochs=1"), progress=False)

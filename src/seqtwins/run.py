@@ -9,7 +9,8 @@
     metrics.jsonl        one JSON line per logged step, per validation, and the final summary
     checkpoints/last/    the latest checkpoint (model, optimizer, RNG, TrainState)
     checkpoints/best/    the checkpoint with the best validation score (selected on valid users)
-    summary.json         written when training ends
+    summary.json         written when training ends: epochs, steps, best epoch and score,
+                         seconds, world size, device and precision (bf16 autocast or fp32)
     model_card.md        written when training ends, rewritten by evaluate (rendered by
                          :mod:`seqtwins.model_card`, written by :meth:`Run.write_model_card`)
     incremental.json     an update (``pretrain --init OLD``): lineage (parent run, parent and

@@ -490,6 +490,9 @@ def _finish(t: Trainer, state: TrainState, log: MetricsLog) -> RunSummary:
                          state.best_score, state.stopped_early, state.seconds)  # fmt: skip
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}
     out["world_size"] = t.world.size
+    # results differ across machines that autocast differently (bf16 needs AVX512-BF16 on CPU)
+    out["device"] = t.device.type
+    out["precision"] = "fp32" if t.amp_dtype is None else "bf16"
     log.write({"event": "done", **out})
     if t.world.is_main:
         t.run.write_summary(out)
