@@ -211,9 +211,27 @@ def test_a_min_steps_that_raises_no_epochs_resumes_the_study(tmp_path, monkeypat
         if resumes:
             tune_experiment(cfg, out, trials=2, objectives=["barlow"], say=lambda *a: None)
             assert [t["number"] for t in history(out, "barlow")["trials"]] == [0, 1]
-        else:
-            with pytest.raises(SeqtwinsError, match="study.db was made with another config"):
+        else:  # the message names what changed
+            changed = r"another config.*config\.train\.epochs 1 -> 2"
+            with pytest.raises(SeqtwinsError, match=changed):
                 tune_experiment(cfg, out, trials=3, objectives=["barlow"], say=lambda *a: None)
+
+
+def test_setup_changes_name_each_path_that_differs():
+    from seqtwins.tune import _setup_changes
+
+    stored = {"config": {"train": {"epochs": 20, "gone": 1}}, "space": [1]}
+    default = {"config": {"train": {"min_steps": 0}}}
+    assert _setup_changes(stored, stored, default) == []
+    current = {"config": {"train": {"epochs": 63, "min_steps": 0}}, "space": [2]}
+    assert _setup_changes(stored, current, default) == [
+        "config.train.gone only in the study",
+        "config.train.epochs 20 -> 63",
+        "space [1] -> [2]",
+    ]  # min_steps, added since the study, matches at its default only
+    current["config"]["train"]["min_steps"] = 500
+    added = _setup_changes(stored, current, default)
+    assert "config.train.min_steps 500, not in the study" in added
 
 
 def fake_pretrain(

@@ -385,10 +385,13 @@ def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str
     if "setup" not in study.user_attrs:
         study.set_user_attr("setup", setup)
         study.set_user_attr("objective", objective)
-    elif not _same_setup(study.user_attrs["setup"], setup, {"config": _default_config()}):
+    elif changes := _setup_changes(study.user_attrs["setup"], setup,
+                                   {"config": _default_config()}):  # fmt: skip
+        more = f"; {len(changes) - 3} more" if len(changes) > 3 else ""
         raise SeqtwinsError(
-            f"{db} was made with another config, search space or dataset for {objective}; "
-            f"delete {folder} to start that search afresh, or use another --out"
+            f"{db} was made with another config, search space or dataset for {objective} "
+            f"({'; '.join(changes[:3])}{more}); delete {folder} to start that search afresh, "
+            "or use another --out"
         )
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(stale.number, state=TrialState.FAIL)  # killed mid-trial: not counted
@@ -408,17 +411,27 @@ def _default_config() -> dict[str, Any]:
     return dict(json.loads(json.dumps(to_dict(PretrainConfig()))))
 
 
-def _same_setup(stored: Any, current: Any, default: Any) -> bool:
-    """``stored == current``, except that a key the stored setup lacks (a setting added to
+def _setup_changes(stored: Any, current: Any, default: Any, at: str = "") -> list[str]:
+    """Where ``current`` differs from ``stored`` (dotted paths, with both values; none when
+    they are the same), except that a key the stored setup lacks (a setting added to
     seqtwins after the study was made) matches when ``current`` holds its default: the
     study's trials ran with what that default does."""
     if not (isinstance(stored, dict) and isinstance(current, dict)):
-        return bool(stored == current)
+        return [] if stored == current else [f"{at} {_brief(stored)} -> {_brief(current)}"]
     known = default if isinstance(default, dict) else {}
-    return set(stored) <= set(current) and all(
-        _same_setup(stored[k], v, known.get(k)) if k in stored else k in known and v == known[k]
-        for k, v in current.items()
-    )
+    path = lambda k: f"{at}.{k}" if at else k  # noqa: E731
+    changes = [f"{path(k)} only in the study" for k in stored if k not in current]
+    for k, v in current.items():
+        if k in stored:
+            changes += _setup_changes(stored[k], v, known.get(k), path(k))
+        elif not (k in known and v == known[k]):
+            changes.append(f"{path(k)} {_brief(v)}, not in the study")
+    return changes
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def prune_warmup(spec: TuneSpec, epochs: int) -> int:
