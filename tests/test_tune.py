@@ -118,7 +118,8 @@ def test_tune_both_objectives_same_budget_history_preset_and_resume(tmp_path):
         assert t["state"] == "COMPLETE" and t["epochs_done"] == 1 and len(t["scores"]) == 1
         assert t["value"] > 0 and t["seconds"] > 0  # a ratio to the popularity floor
         run_dir = Path(t["run_dir"])
-        assert json.loads((run_dir / "summary.json").read_text())["best_score"] == t["value"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert (summary["best_score"], summary["precision"]) == (t["value"], t["precision"])
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 1
         assert not (run_dir / "checkpoints").exists()  # deleted (tune.keep_runs is false)
     assert set(dual["trials"][0]["params"]) == set(DEFAULT_SPACES["dual"])

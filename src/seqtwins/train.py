@@ -100,6 +100,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """What a run records of its precision: ``fp32``, or ``bf16`` under bf16 autocast. Runs
+    of one config on CPUs that autocast differently do not give the same numbers."""
+    return "fp32" if amp_dtype is None else "bf16"
+
+
 # --- building blocks ------------------------------------------------------------------------
 
 
@@ -490,9 +496,8 @@ def _finish(t: Trainer, state: TrainState, log: MetricsLog) -> RunSummary:
                          state.best_score, state.stopped_early, state.seconds)  # fmt: skip
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}
     out["world_size"] = t.world.size
-    # results differ across machines that autocast differently (bf16 needs AVX512-BF16 on CPU)
     out["device"] = t.device.type
-    out["precision"] = "fp32" if t.amp_dtype is None else "bf16"
+    out["precision"] = precision_name(t.amp_dtype)
     log.write({"event": "done", **out})
     if t.world.is_main:
         t.run.write_summary(out)

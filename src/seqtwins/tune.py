@@ -27,7 +27,8 @@ Outputs, under ``<out>/<name>/tune/<objective>/``::
                       trials train it: a train.min_steps that raises no epochs changes
                       nothing), the space and the data are the same (a setting added to
                       seqtwins since counts as the same at its default)
-    history.json      every trial: number, state, params, value, seconds, epochs done;
+    history.json      every trial: number, state, params, value, seconds, epochs done,
+                      precision (bf16 autocast or fp32: this CPU's, with train.precision auto);
                       the complete / pruned / failed counts and why the search stopped
     trial-NNNN/       each trial's run dir (config.yaml, summary.json, metrics.jsonl;
                       checkpoints are deleted unless tune.keep_runs)
@@ -159,6 +160,7 @@ def _history(study: optuna.Study, params: list[Param], budget: dict[str, Any]) -
                 "error": t.user_attrs.get("error"),
                 "interrupted": t.state.name == "FAIL" and "error" not in t.user_attrs,
                 "run_dir": t.user_attrs.get("run_dir"),
+                "precision": t.user_attrs.get("precision"),  # None: not recorded then
             }
         )
     done = [t for t in trials if t["state"] == "COMPLETE"]
@@ -549,6 +551,7 @@ def _run_trial(
     from optuna.trial import TrialState
 
     from seqtwins.evaluate.proxy import headline_proxy
+    from seqtwins.train import precision_name, resolve_device, resolve_precision
 
     run_dir = folder / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
@@ -572,6 +575,10 @@ def _run_trial(
             trial.set_user_attr("error", f"invalid setting: {e}")
             return TrialState.FAIL, None
         try:
+            device = resolve_device(pcfg.train.device)
+            trial.set_user_attr(
+                "precision", precision_name(resolve_precision(pcfg.train.precision, device))
+            )
             summary = pretrain(data_dir, run_dir, pcfg, progress=False, overwrite=True,
                                on_epoch=on_epoch, proxy=headline_proxy)  # fmt: skip
         except optuna.TrialPruned:
