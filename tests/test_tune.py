@@ -269,6 +269,26 @@ def fake_pretrain(
     return calls
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_each_trial_shows_its_training_bar_on_a_terminal_only(tmp_path, monkeypatch, terminal):
+    import seqtwins.train
+
+    fake_pretrain(monkeypatch, [0.5, 0.6])
+    fake, shown = seqtwins.train.pretrain, []
+
+    def pretrain(*args: Any, progress: bool = True, **kwargs: Any) -> Any:
+        shown.append(progress)
+        return fake(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr("seqtwins.train.pretrain", pretrain)
+    monkeypatch.setattr("seqtwins.train.is_terminal", lambda stream: terminal)
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}))
+    tune_experiment(cfg, tmp_path / "out", trials=1, objectives=["barlow"], say=lambda *a: None)
+    tune_experiment(cfg, tmp_path / "out", trials=2, objectives=["barlow"], progress=False,
+                    say=lambda *a: None)  # fmt: skip
+    assert shown == [terminal, False]  # in a log, only the line per trial
+
+
 def test_median_pruner_waits_for_40_percent_of_the_epochs(tmp_path, monkeypatch):
     calls = fake_pretrain(monkeypatch, [0.6, 0.2, 0.7, 0.65])
     exp = tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}, epochs=5)

@@ -779,7 +779,9 @@ def tune(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="key=value, e.g. tune.epochs=3.")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Print a line per trial.")] = True,
+    progress: Annotated[
+        bool, typer.Option(help="Print a line per trial, and on a terminal each trial's bar.")
+    ] = True,
 ) -> None:
     """Optuna search per objective, scored on valid users; writes the best values back as
     a preset experiment and the search history. Every objective gets the SAME budget

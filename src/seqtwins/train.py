@@ -734,7 +734,7 @@ class Progress:
         self.t0 = self.t_print = time.perf_counter()
         self.users, self.loss, self.epoch, self.valid = 0, float("nan"), 0, ""
         self.bar: Any = None
-        if enabled and _is_terminal(self.stream):
+        if enabled and is_terminal(self.stream):
             self._start_bar(done)
 
     def _start_bar(self, done: int) -> None:
@@ -809,7 +809,8 @@ class Progress:
             self.bar = None
 
 
-def _is_terminal(stream: IO[str]) -> bool:
+def is_terminal(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a terminal (a live progress bar), not a file or a pipe."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

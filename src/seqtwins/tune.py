@@ -50,6 +50,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -236,7 +237,8 @@ def tune_experiment(
     Writes ``<out>/<name>/tune/<objective>/{study.db,history.json,trial-NNNN/}``,
     ``<out>/<name>/tune/summary.json`` (trial counts per objective) and the preset
     ``write_preset`` (default ``<out>/<name>/tune/tuned.yaml``); ``source`` names the
-    experiment file in the preset's header. ``progress`` prints a line per trial.
+    experiment file in the preset's header. ``progress`` prints a line per trial, and on a
+    terminal each trial's training progress bar.
     """
     import optuna
 
@@ -448,7 +450,7 @@ def _tune_objective(
     """Run trials until ``target`` complete ones, the timeout, or too many attempts."""
     from optuna.trial import TrialState
 
-    from seqtwins.train import pretrain
+    from seqtwins.train import is_terminal, pretrain
 
     study, setup = _open_study(search, objective)
     folder, params, say = search.folder / objective, search.spaces[objective], search.say
@@ -462,6 +464,7 @@ def _tune_objective(
         say(f"tune {objective}: {target - counts['complete']} complete trial(s) to go "
             f"({counts['complete']} done) -> {folder}")  # fmt: skip
     started, best, stopped = _clock(), None, None
+    bar = search.progress and is_terminal(sys.stderr)  # each trial's bar; in a log, a line
     try:
         while counts["complete"] < target:
             if budget_s is not None and _clock() - started >= budget_s:
@@ -472,7 +475,7 @@ def _tune_objective(
                 break
             trial = study.ask()
             state, value = _run_trial(trial, search.cfg, objective, params, search.ds.path,
-                                      folder, pretrain)  # fmt: skip
+                                      folder, pretrain, bar)  # fmt: skip
             study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
             tried += 1
             counts = trial_counts(study)
@@ -544,9 +547,11 @@ def _run_trial(
     data_dir: Path,
     folder: Path,
     pretrain: Callable[..., Any],
+    bar: bool,
 ) -> tuple[Any, float | None]:
-    """Train one trial; (state, value). A bad sampled setting or a diverging run fails
-    the trial; any other exception is a bug and propagates (the trial is marked failed)."""
+    """Train one trial (with pretrain's progress bar when ``bar``); (state, value). A bad
+    sampled setting or a diverging run fails the trial; any other exception is a bug and
+    propagates (the trial is marked failed)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -579,7 +584,7 @@ def _run_trial(
             trial.set_user_attr(
                 "precision", precision_name(resolve_precision(pcfg.train.precision, device))
             )
-            summary = pretrain(data_dir, run_dir, pcfg, progress=False, overwrite=True,
+            summary = pretrain(data_dir, run_dir, pcfg, progress=bar, overwrite=True,
                                on_epoch=on_epoch, proxy=headline_proxy)  # fmt: skip
         except optuna.TrialPruned:
             return TrialState.PRUNED, None
