@@ -289,6 +289,22 @@ def test_each_trial_shows_its_training_bar_on_a_terminal_only(tmp_path, monkeypa
     assert shown == [terminal, False]  # in a log, only the line per trial
 
 
+def test_resuming_on_a_machine_of_another_precision_says_so(tmp_path, monkeypatch):
+    fake_pretrain(monkeypatch, [0.5, 0.6, 0.7])
+    cfg = load_experiment(tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}))
+    out, lines = tmp_path / "out", []
+    monkeypatch.setattr("seqtwins.tune._precision", lambda pcfg: "bf16")
+    tune_experiment(cfg, out, trials=1, objectives=["barlow"], say=lines.append)
+    tune_experiment(cfg, out, trials=2, objectives=["barlow"], say=lines.append)
+    assert not any("trained under" in line for line in lines)
+    monkeypatch.setattr("seqtwins.tune._precision", lambda pcfg: "fp32")
+    tune_experiment(cfg, out, trials=3, objectives=["barlow"], say=lines.append)
+    said = "\n".join(lines)
+    assert "2 earlier trial(s) trained under bf16, this machine trains under fp32" in said
+    precisions = [t["precision"] for t in history(out, "barlow")["trials"]]
+    assert precisions == ["bf16", "bf16", "fp32"]
+
+
 def test_median_pruner_waits_for_40_percent_of_the_epochs(tmp_path, monkeypatch):
     calls = fake_pretrain(monkeypatch, [0.6, 0.2, 0.7, 0.65])
     exp = tiny_experiment(tmp_path, space={"barlow": BARLOW_SPACE}, epochs=5)

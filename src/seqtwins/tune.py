@@ -26,7 +26,8 @@ Outputs, under ``<out>/<name>/tune/<objective>/``::
     study.db          the Optuna study (SQLite): a rerun resumes it when the base config (as
                       trials train it: a train.min_steps that raises no epochs changes
                       nothing), the space and the data are the same (a setting added to
-                      seqtwins since counts as the same at its default)
+                      seqtwins since counts as the same at its default); resumed on a
+                      machine of another precision, it says so
     history.json      every trial: number, state, params, value, seconds, epochs done,
                       precision (bf16 autocast or fp32: this CPU's, with train.precision auto);
                       the complete / pruned / failed counts and why the search stopped
@@ -454,6 +455,8 @@ def _tune_objective(
 
     study, setup = _open_study(search, objective)
     folder, params, say = search.folder / objective, search.spaces[objective], search.say
+    _say_mixed_precision(study, _precision(_trial_config(search.cfg, objective, {}, None)),
+                         objective, say)  # fmt: skip
     history = folder / "history.json"
     budget = {**search.budget, "space": setup["space"], "complete_target": target}
     counts = trial_counts(study)
@@ -490,6 +493,29 @@ def _tune_objective(
         say(f"tune {objective}: stopped ({stopped}) at {counts['complete']} of {target} "
             "complete trials")  # fmt: skip
     return _result(study, objective, params, history, folder / "study.db", stopped)
+
+
+def _precision(pcfg: PretrainConfig) -> str:
+    """``bf16`` or ``fp32``: how a config trains on this machine."""
+    from seqtwins.train import precision_name, resolve_device, resolve_precision
+
+    device = resolve_device(pcfg.train.device)
+    return precision_name(resolve_precision(pcfg.train.precision, device))
+
+
+def _say_mixed_precision(
+    study: optuna.Study, now: str, objective: str, say: Callable[..., Any]
+) -> None:
+    """Warn when earlier trials of a resumed study trained under another precision (bf16
+    autocast on a CPU with AVX512-BF16, fp32 without): their scores are not strictly
+    comparable with this machine's."""
+    other = [t for t in study.get_trials(deepcopy=False)
+             if t.user_attrs.get("precision") not in (None, now)]  # fmt: skip
+    if other:
+        was = other[0].user_attrs["precision"]
+        say(f"tune {objective}: {len(other)} earlier trial(s) trained under {was}, this "
+            f"machine trains under {now}; the search mixes the two (history.json records "
+            "each trial's)")  # fmt: skip
 
 
 def _trial_line(
@@ -556,7 +582,6 @@ def _run_trial(
     from optuna.trial import TrialState
 
     from seqtwins.evaluate.proxy import headline_proxy
-    from seqtwins.train import precision_name, resolve_device, resolve_precision
 
     run_dir = folder / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
@@ -580,10 +605,7 @@ def _run_trial(
             trial.set_user_attr("error", f"invalid setting: {e}")
             return TrialState.FAIL, None
         try:
-            device = resolve_device(pcfg.train.device)
-            trial.set_user_attr(
-                "precision", precision_name(resolve_precision(pcfg.train.precision, device))
-            )
+            trial.set_user_attr("precision", _precision(pcfg))
             summary = pretrain(data_dir, run_dir, pcfg, progress=bar, overwrite=True,
                                on_epoch=on_epoch, proxy=headline_proxy)  # fmt: skip
         except optuna.TrialPruned:
