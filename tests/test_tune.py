@@ -221,14 +221,16 @@ def test_a_min_steps_that_raises_no_epochs_resumes_the_study(tmp_path, monkeypat
 def test_setup_changes_name_each_path_that_differs():
     from seqtwins.tune import _setup_changes
 
-    stored = {"config": {"train": {"epochs": 20, "gone": 1}}, "space": [1]}
+    stored = {"config": {"train": {"epochs": 20, "gone": 1}}, "space": [{"high": 1}], "x": [1]}
     default = {"config": {"train": {"min_steps": 0}}}
     assert _setup_changes(stored, stored, default) == []
-    current = {"config": {"train": {"epochs": 63, "min_steps": 0}}, "space": [2]}
+    current = {"config": {"train": {"epochs": 63, "min_steps": 0}}, "space": [{"high": 2}],
+               "x": [1, 2]}  # fmt: skip
     assert _setup_changes(stored, current, default) == [
         "config.train.gone only in the study",
         "config.train.epochs 20 -> 63",
-        "space [1] -> [2]",
+        "space[0].high 1 -> 2",
+        "x [1] -> [1, 2]",
     ]  # min_steps, added since the study, matches at its default only
     current["config"]["train"]["min_steps"] = 500
     added = _setup_changes(stored, current, default)

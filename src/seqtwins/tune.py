@@ -421,6 +421,9 @@ def _setup_changes(stored: Any, current: Any, default: Any, at: str = "") -> lis
     they are the same), except that a key the stored setup lacks (a setting added to
     seqtwins after the study was made) matches when ``current`` holds its default: the
     study's trials ran with what that default does."""
+    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+        return [c for i, (s, v) in enumerate(zip(stored, current, strict=True))
+                for c in _setup_changes(s, v, None, f"{at}[{i}]")]  # fmt: skip
     if not (isinstance(stored, dict) and isinstance(current, dict)):
         return [] if stored == current else [f"{at} {_brief(stored)} -> {_brief(current)}"]
     known = default if isinstance(default, dict) else {}
