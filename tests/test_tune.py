@@ -52,6 +52,14 @@ def history(out: Path, objective: str) -> dict[str, Any]:
     return data
 
 
+def test_docs_name_every_setting_of_the_default_spaces():
+    text = (Path(__file__).parents[1] / "docs" / "tuning.md").read_text()
+    for objective, space in DEFAULT_SPACES.items():
+        assert f"`{objective}`" in text
+        for path in space:
+            assert f"`{path}`" in text, path
+
+
 def test_default_spaces_are_valid_for_every_objective():
     spec = TuneSpec()
     assert set(DEFAULT_SPACES) == set(OBJECTIVES)

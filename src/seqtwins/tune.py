@@ -7,7 +7,7 @@ sampled values on top, and scores it with the run's validation proxy,
 ``summary.best_score``: linear probes of the dataset's headline tasks on the embeddings of
 **valid** users, each relative to its popularity floor, over 5 rotated folds
 (:mod:`seqtwins.evaluate.proxy`).
-Test users are never touched.
+Test users are never touched. The user's guide is docs/tuning.md.
 
 **Fairness rule: every objective gets the same budget** -- the same number of complete
 (finished) trials, the same wall-clock timeout per objective, the same training epochs per
