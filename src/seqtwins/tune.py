@@ -362,8 +362,9 @@ class _Search:
 
 
 def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str, Any]]:
-    """The objective's study (created, or resumed when its setup is unchanged), with the
-    sampler and the pruner set; also the setup that must not change."""
+    """The objective's study (created, or resumed when its setup is unchanged, saying so
+    when its trials trained under another precision), with the sampler and the pruner set;
+    also the setup that must not change."""
     import optuna
     from optuna.trial import TrialState
 
@@ -400,6 +401,7 @@ def _open_study(search: _Search, objective: str) -> tuple[optuna.Study, dict[str
         )
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(stale.number, state=TrialState.FAIL)  # killed mid-trial: not counted
+    _say_mixed_precision(study, _precision(base), objective, search.say)
     study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials),
                                                n_startup_trials=spec.startup_trials)  # fmt: skip
     study.pruner = (
@@ -458,8 +460,6 @@ def _tune_objective(
 
     study, setup = _open_study(search, objective)
     folder, params, say = search.folder / objective, search.spaces[objective], search.say
-    _say_mixed_precision(study, _precision(_trial_config(search.cfg, objective, {}, None)),
-                         objective, say)  # fmt: skip
     history = folder / "history.json"
     budget = {**search.budget, "space": setup["space"], "complete_target": target}
     counts = trial_counts(study)
